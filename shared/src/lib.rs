@@ -1,0 +1,15 @@
+//! The Gatehouse configuration model, shared by the control plane and the data planes.
+//!
+//! - [`schema`]: a Kong-style schema engine (typed fields, defaults, checks, form coercion,
+//!   Kong-shaped field errors);
+//! - [`entities`]: the schema of every entity (services, routes, certificates, ...) and the
+//!   plugins the data plane knows;
+//! - [`checks`]: validators for names, tags, hosts, paths, regexes and SNIs;
+//! - [`x509`]: PEM parsing, key/certificate matching and certificate facts.
+//!
+//! No I/O happens here: both planes call into this crate with bytes they already hold.
+
+pub mod checks;
+pub mod entities;
+pub mod schema;
+pub mod x509;

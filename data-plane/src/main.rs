@@ -11,7 +11,11 @@ use clap::Parser;
 #[command(name = "gatehouse-dp", version, about)]
 struct Cli {
     /// Address of the control plane's cluster listener.
-    #[arg(long, env = "GATEHOUSE_CLUSTER_CONTROL_PLANE", default_value = "127.0.0.1:8005")]
+    #[arg(
+        long,
+        env = "GATEHOUSE_CLUSTER_CONTROL_PLANE",
+        default_value = "127.0.0.1:8005"
+    )]
     cluster_control_plane: String,
 }
 

@@ -79,9 +79,9 @@ pub struct Field {
     pub unique: bool,
 }
 
-/// An entity-level rule: looks at the whole (typed, defaulted) object and reports violations
-/// that involve several fields.
-pub type EntityCheck = fn(&Map<String, Value>, &mut FieldErrors);
+/// An entity-level rule: looks at the whole (typed, defaulted) object, reports violations
+/// that involve several fields, and may fill computed fields or normalise values.
+pub type EntityCheck = fn(&mut Map<String, Value>, &mut FieldErrors);
 
 /// The schema of one entity.
 #[derive(Debug, Clone)]
@@ -257,10 +257,13 @@ impl Schema {
 
 fn merge_record(fields: &[Field], stored: &mut Map<String, Value>, patch: Map<String, Value>) {
     for (key, value) in patch {
-        let record_fields = fields.iter().find(|f| f.name == key).and_then(|f| match &f.ty {
-            Type::Record(inner) => Some(inner),
-            _ => None,
-        });
+        let record_fields = fields
+            .iter()
+            .find(|f| f.name == key)
+            .and_then(|f| match &f.ty {
+                Type::Record(inner) => Some(inner),
+                _ => None,
+            });
         match (record_fields, stored.get_mut(&key), value) {
             (Some(inner), Some(Value::Object(old)), Value::Object(new)) => {
                 merge_record(inner, old, new)
@@ -367,10 +370,8 @@ fn validate_record(
             continue;
         }
         if !obj.contains_key(field.name) {
-            if fill_defaults {
-                if let Some(default) = &field.default {
-                    obj.insert(field.name.to_owned(), default.clone());
-                }
+            if let (true, Some(default)) = (fill_defaults, &field.default) {
+                obj.insert(field.name.to_owned(), default.clone());
             }
             if !obj.contains_key(field.name) && field.access != Access::Auto {
                 obj.insert(field.name.to_owned(), Value::Null);
@@ -485,7 +486,8 @@ fn validate_list(
             if items[..i].contains(item) {
                 return Some(Value::from(format!(
                     "{} is duplicated",
-                    item.as_str().map_or_else(|| item.to_string(), str::to_owned)
+                    item.as_str()
+                        .map_or_else(|| item.to_string(), str::to_owned)
                 )));
             }
         }
@@ -627,6 +629,7 @@ impl std::fmt::Display for FieldErrors {
 impl std::error::Error for FieldErrors {}
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use serde_json::json;
 
@@ -659,13 +662,19 @@ mod tests {
 
     #[test]
     fn fills_defaults_and_nulls() {
-        let mut obj = json!({"name": "a", "config": {}}).as_object().cloned().unwrap();
+        let mut obj = json!({"name": "a", "config": {}})
+            .as_object()
+            .cloned()
+            .unwrap();
         schema().validate(&mut obj).unwrap();
         assert_eq!(obj["port"], json!(80));
         assert_eq!(obj["enabled"], json!(true));
         assert_eq!(obj["tags"], Value::Null);
         assert_eq!(obj["config"], json!({"allow": null, "hide": false}));
-        assert!(!obj.contains_key("id"), "auto fields are filled by the store");
+        assert!(
+            !obj.contains_key("id"),
+            "auto fields are filled by the store"
+        );
     }
 
     #[test]

@@ -1,1 +1,48 @@
-//! placeholder
+//! End-to-end test harness for Gatehouse: real PostgreSQL, real `gatehouse-cp` processes, real
+//! HTTP.
+//!
+//! Every integration test in `tests/tests/*.rs` builds on three pieces:
+//!
+//! - [`test_db`] gives the test a fresh, empty database of its own on a PostgreSQL server shared
+//!   by all tests, even by tests running in other processes (cargo nextest runs each test in its
+//!   own process). The server is the one named by `GATEHOUSE_TEST_DATABASE_URL`, or else a private
+//!   throwaway cluster the harness creates (once) under `<target>/gatehouse-test-pg/` and leaves
+//!   running for the next test run; `deploy/test.sh` stops it at the end.
+//! - [`ControlPlane`] spawns the `gatehouse-cp` binary on that database, waits until its Admin API
+//!   listens, keeps its logs, and kills it when dropped.
+//! - [`Admin`] is a small HTTP client for the Admin API returning a [`Response`] whose body is
+//!   already parsed as JSON.
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! use gatehouse_tests::{ControlPlane, test_db};
+//!
+//! let db = test_db().await?;
+//! let cp = ControlPlane::start(&db).await?;
+//! let res = cp.admin().post_form("/services", &[("name", "example"), ("url", "http://httpbin.org")]).await?;
+//! assert_eq!(res.status, 201, "{res:?}");
+//! assert!(!cp.logs().contains("PRIVATE KEY"));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Environment variables:
+//!
+//! | variable | effect |
+//! |---|---|
+//! | `GATEHOUSE_TEST_DATABASE_URL` | use this server (the URL names a database to connect to, e.g. `postgres://postgres@127.0.0.1:5432/postgres`; the user must be allowed to `CREATE DATABASE`) instead of a private cluster |
+//! | `GATEHOUSE_TEST_KEEP_DB` | set to `1` to keep each test's database after the test, for inspection |
+//! | `GATEHOUSE_CP_BIN` | path of the `gatehouse-cp` binary (default: next to the test executable's `deps/` directory, e.g. `target/debug/gatehouse-cp`) |
+//!
+//! The binaries are not built by `cargo test`: run `cargo build --bins` first (`deploy/test.sh`
+//! does), or the tests exercise a stale or missing `gatehouse-cp`.
+#![warn(missing_docs)]
+
+mod admin;
+mod control_plane;
+mod postgres;
+mod target_dir;
+
+pub use admin::{Admin, Response};
+pub use control_plane::{ControlPlane, cp_bin};
+pub use postgres::{TestDb, test_db};

@@ -1,0 +1,618 @@
+//! The Kong-compatible Admin API.
+//!
+//! Every route is declared once in [`endpoints`]; the axum router and the OpenAPI document
+//! are both built from that table, so the document cannot miss a mounted route.
+
+mod body;
+mod openapi;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, RawPathParams, RawQuery};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, on};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use gatehouse_shared::checks;
+use gatehouse_shared::entities::{self, COLLECTIONS, KNOWN_PLUGINS};
+use gatehouse_shared::schema::Type;
+
+use crate::config::Settings;
+use crate::error::ApiError;
+use crate::store::{ListQuery, Parent, Selector, Store, TagFilter};
+
+/// Default page size of list endpoints.
+const DEFAULT_PAGE_SIZE: i64 = 100;
+/// Largest page size of list endpoints.
+const MAX_PAGE_SIZE: i64 = 1000;
+/// Most tags in one `?tags=` filter.
+const MAX_TAGS: usize = 5;
+
+/// What an endpoint does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// `GET /`: node information.
+    Root,
+    /// `GET /status`: database reachability and config version.
+    Status,
+    /// `GET /openapi.json`.
+    OpenApi,
+    /// `GET /tags`.
+    Tags,
+    /// `GET /tags/{tag}`.
+    Tag,
+    /// A collection: list and create.
+    Collection(Scope),
+    /// One entity: read, patch, replace, delete.
+    Entity(Scope),
+}
+
+/// A collection, possibly nested under a parent (`/services/{s}/routes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Scope {
+    /// The collection.
+    pub(crate) collection: &'static str,
+    /// The parent's collection and the child's field referencing it.
+    pub(crate) parent: Option<(&'static str, &'static str)>,
+}
+
+/// One mounted route.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    /// Path in axum syntax (`/services/{service}/routes`).
+    pub(crate) path: String,
+    /// Methods served (HEAD and OPTIONS are added for every route).
+    pub(crate) methods: &'static [Method],
+    /// What it does.
+    pub(crate) op: Op,
+}
+
+/// Nested collections: (parent, child). The child's field referencing the parent is found in
+/// its schema.
+const NESTED: &[(&str, &str)] = &[
+    ("services", "routes"),
+    ("services", "plugins"),
+    ("routes", "plugins"),
+    ("consumers", "plugins"),
+    ("consumers", "acls"),
+    ("certificates", "snis"),
+    ("upstreams", "targets"),
+];
+
+const COLLECTION_METHODS: &[Method] = &[Method::GET, Method::POST];
+const ENTITY_METHODS: &[Method] = &[Method::GET, Method::PATCH, Method::PUT, Method::DELETE];
+
+/// Singular name of a collection, used for path parameters (`{service}`).
+pub(crate) fn singular(collection: &str) -> &str {
+    match collection {
+        "ca_certificates" => "ca_certificate",
+        "certificates" => "certificate",
+        "snis" => "sni",
+        "services" => "service",
+        "routes" => "route",
+        "upstreams" => "upstream",
+        "targets" => "target",
+        "consumers" => "consumer",
+        "acls" => "acl",
+        "plugins" => "plugin",
+        other => other,
+    }
+}
+
+/// Every route of the Admin API.
+pub(crate) fn endpoints() -> Vec<Endpoint> {
+    let mut all = vec![
+        Endpoint {
+            path: "/".into(),
+            methods: &[Method::GET],
+            op: Op::Root,
+        },
+        Endpoint {
+            path: "/status".into(),
+            methods: &[Method::GET],
+            op: Op::Status,
+        },
+        Endpoint {
+            path: "/openapi.json".into(),
+            methods: &[Method::GET],
+            op: Op::OpenApi,
+        },
+        Endpoint {
+            path: "/tags".into(),
+            methods: &[Method::GET],
+            op: Op::Tags,
+        },
+        Endpoint {
+            path: "/tags/{tag}".into(),
+            methods: &[Method::GET],
+            op: Op::Tag,
+        },
+    ];
+    for collection in COLLECTIONS {
+        let scope = Scope {
+            collection,
+            parent: None,
+        };
+        all.push(Endpoint {
+            path: format!("/{collection}"),
+            methods: COLLECTION_METHODS,
+            op: Op::Collection(scope),
+        });
+        all.push(Endpoint {
+            path: format!("/{collection}/{{{}}}", singular(collection)),
+            methods: ENTITY_METHODS,
+            op: Op::Entity(scope),
+        });
+    }
+    for (parent, child) in NESTED {
+        let Some(field) = parent_field(parent, child) else {
+            continue;
+        };
+        let Some(parent) = COLLECTIONS.iter().find(|c| *c == parent).copied() else {
+            continue;
+        };
+        let Some(child) = COLLECTIONS.iter().find(|c| *c == child).copied() else {
+            continue;
+        };
+        let scope = Scope {
+            collection: child,
+            parent: Some((parent, field)),
+        };
+        let base = format!("/{parent}/{{{}}}/{child}", singular(parent));
+        all.push(Endpoint {
+            path: format!("{base}/{{{}}}", singular(child)),
+            methods: ENTITY_METHODS,
+            op: Op::Entity(scope),
+        });
+        all.push(Endpoint {
+            path: base,
+            methods: COLLECTION_METHODS,
+            op: Op::Collection(scope),
+        });
+    }
+    all
+}
+
+/// The child's field that references `parent` (`routes.service` for `services`).
+fn parent_field(parent: &str, child: &str) -> Option<&'static str> {
+    entities::schema(child)?
+        .fields
+        .iter()
+        .find(|f| matches!(f.ty, Type::Foreign(target) if target == parent))
+        .map(|f| f.name)
+}
+
+/// Shared state of the handlers.
+#[derive(Debug, Clone)]
+pub(crate) struct State {
+    store: Arc<Store>,
+    node_id: Uuid,
+    hostname: String,
+    settings: Arc<Settings>,
+}
+
+impl State {
+    /// State for a freshly started node.
+    pub(crate) fn new(store: Arc<Store>, settings: &Settings) -> Self {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        Self {
+            store,
+            node_id: Uuid::new_v4(),
+            hostname,
+            settings: Arc::new(settings.clone()),
+        }
+    }
+}
+
+/// The Admin API router.
+pub(crate) fn router(state: State) -> Router {
+    let max_body = state.settings.admin_max_body;
+    let mut router = Router::new();
+    for endpoint in endpoints() {
+        let op = endpoint.op;
+        let allow = allow_header(endpoint.methods);
+        let mut filter = MethodFilter::OPTIONS;
+        for method in endpoint.methods {
+            if let Ok(f) = MethodFilter::try_from(method.clone()) {
+                filter = filter.or(f);
+            }
+        }
+        let handler =
+            move |axum::extract::State(state): axum::extract::State<State>,
+                  method: Method,
+                  params: Result<
+                RawPathParams,
+                axum::extract::rejection::RawPathParamsRejection,
+            >,
+                  RawQuery(query): RawQuery,
+                  uri: Uri,
+                  headers: HeaderMap,
+                  body: Result<Bytes, axum::extract::rejection::BytesRejection>| {
+                let allow = allow.clone();
+                async move {
+                    if method == Method::OPTIONS {
+                        return options(allow);
+                    }
+                    let params: Vec<String> = match params {
+                        Ok(params) => params.iter().map(|(_, v)| v.to_owned()).collect(),
+                        Err(_) => return ApiError::NotFound("Not found").into_response(),
+                    };
+                    let request = Request {
+                        method,
+                        params,
+                        query: query.unwrap_or_default(),
+                        path: uri.path().to_owned(),
+                        headers,
+                    };
+                    let body = match body {
+                        Ok(body) => body,
+                        Err(rejection) => {
+                            return ApiError::PayloadTooLarge(format!(
+                                "request body rejected: {}",
+                                rejection.body_text()
+                            ))
+                            .into_response();
+                        }
+                    };
+                    match dispatch(&state, op, request, body).await {
+                        Ok(response) => response,
+                        Err(error) => error.into_response(),
+                    }
+                }
+            };
+        router = router.route(&endpoint.path, on(filter, handler));
+    }
+    router
+        .fallback(|| async { ApiError::NotFound("Not found") })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                axum::Json(json!({"message": "Method not allowed"})),
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+fn allow_header(methods: &[Method]) -> String {
+    let mut names: Vec<&str> = methods.iter().map(Method::as_str).collect();
+    if methods.contains(&Method::GET) {
+        names.push("HEAD");
+    }
+    names.push("OPTIONS");
+    names.join(", ")
+}
+
+fn options(allow: String) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if let Ok(value) = HeaderValue::from_str(&allow) {
+        response.headers_mut().insert(header::ALLOW, value.clone());
+        response
+            .headers_mut()
+            .insert(header::ACCESS_CONTROL_ALLOW_METHODS, value);
+    }
+    response
+}
+
+/// The parts of a request the handlers use.
+struct Request {
+    method: Method,
+    params: Vec<String>,
+    query: String,
+    path: String,
+    headers: HeaderMap,
+}
+
+fn ok(status: StatusCode, value: Value) -> Response {
+    (status, axum::Json(value)).into_response()
+}
+
+async fn dispatch(
+    state: &State,
+    op: Op,
+    request: Request,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    match op {
+        Op::Root => root(state).await,
+        Op::Status => status(state).await,
+        Op::OpenApi => Ok(ok(StatusCode::OK, openapi::document())),
+        Op::Tags | Op::Tag => {
+            let query = list_query(&request.query)?;
+            let tag = request.params.first().map(String::as_str);
+            if let Some(tag) = tag {
+                checks::tag(tag).map_err(ApiError::BadRequest)?;
+            }
+            let page = state.store.tags(tag, &query).await?;
+            Ok(ok(StatusCode::OK, page_json(&request, &query, page)))
+        }
+        Op::Collection(scope) => collection(state, scope, request, body).await,
+        Op::Entity(scope) => entity(state, scope, request, body).await,
+    }
+}
+
+fn selector(segment: &str) -> Selector {
+    match Uuid::parse_str(segment) {
+        Ok(id) => Selector::Id(id),
+        Err(_) => Selector::Key(segment.to_owned()),
+    }
+}
+
+/// Resolves the parent of a nested endpoint (404 when it does not exist).
+async fn parent(
+    state: &State,
+    scope: Scope,
+    request: &Request,
+) -> Result<Option<Parent>, ApiError> {
+    let Some((collection, field)) = scope.parent else {
+        return Ok(None);
+    };
+    let key = request
+        .params
+        .first()
+        .ok_or(ApiError::NotFound("Not found"))?;
+    let found = state
+        .store
+        .get(collection, &selector(key), None)
+        .await?
+        .ok_or(ApiError::NotFound("Not found"))?;
+    let id = found
+        .get("id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or_else(|| ApiError::Internal("entity without id".into()))?;
+    Ok(Some(Parent { field, id }))
+}
+
+async fn read_body(
+    collection: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Map<String, Value>, ApiError> {
+    let decoded = body::decode(headers, body).await.map_err(|e| {
+        if e.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            ApiError::UnsupportedMediaType(e.message())
+        } else {
+            ApiError::BadRequest(e.message())
+        }
+    })?;
+    let value = match decoded.encoding {
+        body::Encoding::Json => decoded.value,
+        body::Encoding::Form => crate::store::coerce_form(collection, decoded.value)?,
+    };
+    match value {
+        Value::Object(obj) => Ok(obj),
+        _ => Err(ApiError::BadRequest("Cannot parse JSON body".into())),
+    }
+}
+
+async fn collection(
+    state: &State,
+    scope: Scope,
+    request: Request,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let parent = parent(state, scope, &request).await?;
+    match request.method {
+        Method::GET | Method::HEAD => {
+            let query = list_query(&request.query)?;
+            let page = state
+                .store
+                .list(scope.collection, parent.as_ref(), &query)
+                .await?;
+            Ok(ok(StatusCode::OK, page_json(&request, &query, page)))
+        }
+        Method::POST => {
+            let input = read_body(scope.collection, &request.headers, body).await?;
+            let created = state
+                .store
+                .create(scope.collection, input, parent.as_ref())
+                .await?;
+            tracing::info!(collection = scope.collection, id = %created["id"], "created");
+            Ok(ok(StatusCode::CREATED, created))
+        }
+        _ => Err(ApiError::NotFound("Not found")),
+    }
+}
+
+async fn entity(
+    state: &State,
+    scope: Scope,
+    request: Request,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let parent = parent(state, scope, &request).await?;
+    let key = request
+        .params
+        .last()
+        .ok_or(ApiError::NotFound("Not found"))?;
+    let selector = selector(key);
+    let not_found = if scope.collection == "certificates" && matches!(selector, Selector::Key(_)) {
+        ApiError::NotFound("SNI not found")
+    } else {
+        ApiError::NotFound("Not found")
+    };
+    match request.method {
+        Method::GET | Method::HEAD => {
+            let found = state
+                .store
+                .get(scope.collection, &selector, parent.as_ref())
+                .await?;
+            found.map(|e| ok(StatusCode::OK, e)).ok_or(not_found)
+        }
+        Method::PATCH => {
+            let input = read_body(scope.collection, &request.headers, body).await?;
+            let updated = state
+                .store
+                .patch(scope.collection, &selector, input, parent.as_ref())
+                .await
+                .map_err(|e| match e {
+                    ApiError::NotFound(_) => not_found,
+                    other => other,
+                })?;
+            tracing::info!(collection = scope.collection, id = %updated["id"], "updated");
+            Ok(ok(StatusCode::OK, updated))
+        }
+        Method::PUT => {
+            let input = read_body(scope.collection, &request.headers, body).await?;
+            let stored = state
+                .store
+                .upsert(scope.collection, &selector, input, parent.as_ref())
+                .await?;
+            tracing::info!(collection = scope.collection, id = %stored["id"], "upserted");
+            Ok(ok(StatusCode::OK, stored))
+        }
+        Method::DELETE => {
+            state
+                .store
+                .delete(scope.collection, &selector, parent.as_ref())
+                .await?;
+            tracing::info!(collection = scope.collection, key = %key, "deleted");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        _ => Err(ApiError::NotFound("Not found")),
+    }
+}
+
+/// Parses `size`, `offset`, `tags` and the collection filters of a list request.
+fn list_query(raw: &str) -> Result<ListQuery, ApiError> {
+    let mut query = ListQuery {
+        size: DEFAULT_PAGE_SIZE,
+        ..ListQuery::default()
+    };
+    for (key, value) in url::form_urlencoded::parse(raw.as_bytes()) {
+        match key.as_ref() {
+            "size" => {
+                let size: i64 = value
+                    .parse()
+                    .map_err(|_| ApiError::InvalidSize("size must be a number".into()))?;
+                if !(1..=MAX_PAGE_SIZE).contains(&size) {
+                    return Err(ApiError::InvalidSize(format!(
+                        "size must be an integer between 1 and {MAX_PAGE_SIZE}"
+                    )));
+                }
+                query.size = size;
+            }
+            "offset" => query.offset = Some(value.into_owned()),
+            "tags" => query.tags = Some(tag_filter(&value)?),
+            "expiring_within" => {
+                let seconds: i64 = value.parse().ok().filter(|s| *s >= 0).ok_or_else(|| {
+                    ApiError::BadRequest(
+                        "expiring_within must be a non-negative number of seconds".into(),
+                    )
+                })?;
+                query.expiring_within = Some(seconds);
+            }
+            "custom_id" => query.custom_id = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    Ok(query)
+}
+
+fn tag_filter(value: &str) -> Result<TagFilter, ApiError> {
+    let invalid =
+        |message: String| ApiError::BadRequest(format!("invalid option (tags: {message})"));
+    if value.contains(',') && value.contains('/') {
+        return Err(invalid("cannot mix 'or' and 'and'".into()));
+    }
+    let any = value.contains('/');
+    let tags: Vec<String> = value.split([',', '/']).map(str::to_owned).collect();
+    if tags.len() > MAX_TAGS {
+        return Err(invalid(format!("cannot query more than {MAX_TAGS} tags")));
+    }
+    for tag in &tags {
+        checks::tag(tag).map_err(invalid)?;
+    }
+    Ok(if any {
+        TagFilter::Any(tags)
+    } else {
+        TagFilter::All(tags)
+    })
+}
+
+/// `{"data": [...], "offset": ..., "next": "/path?offset=...&size=N&tags=..."}`.
+fn page_json(request: &Request, query: &ListQuery, page: crate::store::Page) -> Value {
+    let mut out = Map::new();
+    out.insert("data".into(), Value::Array(page.data));
+    match page.offset {
+        Some(offset) => {
+            let mut next = url::form_urlencoded::Serializer::new(String::new());
+            next.append_pair("offset", &offset);
+            next.append_pair("size", &query.size.to_string());
+            for (key, value) in url::form_urlencoded::parse(request.query.as_bytes()) {
+                if !matches!(key.as_ref(), "offset" | "size") {
+                    next.append_pair(&key, &value);
+                }
+            }
+            out.insert(
+                "next".into(),
+                Value::from(format!("{}?{}", request.path, next.finish())),
+            );
+            out.insert("offset".into(), Value::from(offset));
+        }
+        None => {
+            out.insert("next".into(), Value::Null);
+        }
+    }
+    Value::Object(out)
+}
+
+async fn root(state: &State) -> Result<Response, ApiError> {
+    let config_version = state.store.config_version().await.ok();
+    let enabled_in_cluster = state.store.plugins_in_use().await.unwrap_or_default();
+    let available: Map<String, Value> = KNOWN_PLUGINS
+        .iter()
+        .map(|name| {
+            (
+                (*name).to_owned(),
+                json!({"version": env!("CARGO_PKG_VERSION"), "enabled": state.store.plugins().iter().any(|p| p == name)}),
+            )
+        })
+        .collect();
+    let settings = &state.settings;
+    Ok(ok(
+        StatusCode::OK,
+        json!({
+            "tagline": "Welcome to gatehouse",
+            "version": env!("CARGO_PKG_VERSION"),
+            "edition": "community",
+            "hostname": state.hostname,
+            "node_id": state.node_id,
+            "role": "control_plane",
+            "config_version": config_version,
+            "plugins": {
+                "available_on_server": available,
+                "enabled": state.store.plugins(),
+                "enabled_in_cluster": enabled_in_cluster,
+            },
+            "configuration": {
+                "admin_listen": settings.admin_listen.to_string(),
+                "database": "postgres",
+                "plugins": settings.plugins,
+                "admin_max_body": settings.admin_max_body,
+            },
+        }),
+    ))
+}
+
+async fn status(state: &State) -> Result<Response, ApiError> {
+    let version = state.store.config_version().await;
+    let reachable = version.is_ok();
+    if let Err(error) = &version {
+        tracing::warn!(%error, "database unreachable");
+    }
+    Ok(ok(
+        StatusCode::OK,
+        json!({
+            "database": {"reachable": reachable},
+            "config_version": version.ok(),
+        }),
+    ))
+}

@@ -1,0 +1,207 @@
+//! Admin API errors, shaped like Kong's (`kong/db/errors.lua`): `{code, name, message, fields}`
+//! for entity errors and `{message}` for the rest. This is the one place errors become HTTP.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde_json::{Map, Value, json};
+
+use gatehouse_shared::schema::FieldErrors;
+
+/// An error answered by the Admin API. Messages never carry private keys: they quote field
+/// names, ids and unique values only.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum ApiError {
+    /// Schema or entity-rule violations (400, code 2).
+    #[error("{0}")]
+    Schema(FieldErrors),
+    /// A unique value is taken (409, code 5).
+    #[error("UNIQUE violation detected on '{}'", lua(.0))]
+    Unique(Map<String, Value>),
+    /// A duplicate primary key (400, code 3).
+    #[error("primary key violation on key '{}'", lua(.0))]
+    PrimaryKey(Map<String, Value>),
+    /// A reference to an entity that does not exist (400, code 4).
+    #[error(
+        "the foreign key '{}' does not reference an existing '{collection}' entity.",
+        lua(key)
+    )]
+    ForeignKey {
+        /// Field holding the reference (`service`, or `config.ca_certificates`).
+        field: String,
+        /// Referenced collection.
+        collection: &'static str,
+        /// The reference as given (`{id=...}` or `{name=...}`).
+        key: Map<String, Value>,
+    },
+    /// Deleting an entity that others still reference with a restricting key (400, code 4).
+    #[error("an existing '{child}' entity references this '{parent}' entity")]
+    ReferencedBy {
+        /// Referenced collection.
+        parent: &'static str,
+        /// Referencing collection.
+        child: &'static str,
+    },
+    /// Deleting a CA certificate still used by services or plugins (400, code 19).
+    #[error("{0}")]
+    ReferencedByOthers(String),
+    /// Unknown entity or endpoint (404).
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// A bad page size (400, code 9).
+    #[error("{0}")]
+    InvalidSize(String),
+    /// A bad page offset (400, code 7).
+    #[error("{0}")]
+    InvalidOffset(String),
+    /// A request that cannot be understood (bad JSON, bad query) (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Content type not accepted (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Body larger than allowed (413).
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// A failure of ours or of the database (500). The cause is logged, not returned.
+    #[error("An unexpected error occurred")]
+    Internal(String),
+}
+
+/// Renders a map the way Kong quotes keys in messages: `{name="svc",port=80}`.
+pub(crate) fn lua(map: &Map<String, Value>) -> String {
+    let parts: Vec<String> = map
+        .iter()
+        .map(|(k, v)| {
+            let value = match v {
+                Value::String(s) => format!("\"{s}\""),
+                Value::Null => "null".to_owned(),
+                Value::Object(inner) => lua(inner),
+                other => other.to_string(),
+            };
+            format!("{k}={value}")
+        })
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+// === impl ApiError ===
+
+impl ApiError {
+    /// A single-field schema violation.
+    pub(crate) fn field(name: &str, message: impl Into<String>) -> Self {
+        Self::Schema(FieldErrors::one(name, message))
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Unique(_) => StatusCode::CONFLICT,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn body(&self) -> Value {
+        let entity = |code: u8, name: &str, fields: Value| json!({"code": code, "name": name, "message": self.to_string(), "fields": fields});
+        match self {
+            Self::Schema(errors) => entity(2, "schema violation", errors.to_json()),
+            Self::PrimaryKey(key) => entity(3, "primary key violation", Value::Object(key.clone())),
+            Self::ForeignKey { field, key, .. } => {
+                let mut fields = Map::new();
+                nest(&mut fields, field, Value::Object(key.clone()));
+                entity(4, "foreign key violation", Value::Object(fields))
+            }
+            Self::ReferencedBy { child, .. } => {
+                entity(4, "foreign key violation", json!({"@referenced_by": child}))
+            }
+            Self::Unique(key) => {
+                entity(5, "unique constraint violation", Value::Object(key.clone()))
+            }
+            Self::InvalidOffset(_) => entity(7, "invalid offset", json!({})),
+            Self::InvalidSize(_) => entity(9, "invalid size", json!({})),
+            Self::ReferencedByOthers(_) => entity(19, "referenced by others", json!({})),
+            Self::NotFound(_)
+            | Self::BadRequest(_)
+            | Self::UnsupportedMediaType(_)
+            | Self::PayloadTooLarge(_)
+            | Self::Internal(_) => json!({"message": self.to_string()}),
+        }
+    }
+}
+
+/// Inserts `value` at a dotted path (`config.ca_certificates`).
+fn nest(map: &mut Map<String, Value>, path: &str, value: Value) {
+    match path.split_once('.') {
+        None => {
+            map.insert(path.to_owned(), value);
+        }
+        Some((head, rest)) => {
+            let inner = map
+                .entry(head.to_owned())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(inner) = inner {
+                nest(inner, rest, value);
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Internal(cause) = &self {
+            tracing::error!(%cause, "admin request failed");
+        }
+        (self.status(), Json(self.body())).into_response()
+    }
+}
+
+impl From<FieldErrors> for ApiError {
+    fn from(errors: FieldErrors) -> Self {
+        Self::Schema(errors)
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ApiError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        Self::Internal(format!("database pool: {error}"))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kong_shapes() {
+        let mut key = Map::new();
+        key.insert("name".into(), json!("svc"));
+        let err = ApiError::Unique(key);
+        assert_eq!(err.status(), StatusCode::CONFLICT);
+        assert_eq!(
+            err.body(),
+            json!({"code": 5, "name": "unique constraint violation",
+                   "message": "UNIQUE violation detected on '{name=\"svc\"}'",
+                   "fields": {"name": "svc"}})
+        );
+        let mut key = Map::new();
+        key.insert("id".into(), json!("abc"));
+        let err = ApiError::ForeignKey {
+            field: "config.ca_certificates".into(),
+            collection: "ca_certificates",
+            key,
+        };
+        assert_eq!(
+            err.body()["fields"],
+            json!({"config": {"ca_certificates": {"id": "abc"}}})
+        );
+        assert_eq!(
+            err.to_string(),
+            "the foreign key '{id=\"abc\"}' does not reference an existing 'ca_certificates' entity."
+        );
+    }
+}

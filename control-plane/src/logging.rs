@@ -1,0 +1,31 @@
+//! Structured logging with `tracing`. Text to stderr (no colours unless stderr is a terminal) or
+//! JSON lines. Nothing logged by the control plane carries a private key: entity bodies are never
+//! logged, and database errors are logged by code and constraint, not by their detail text
+//! (which can quote values).
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogSettings;
+
+/// Installs the global subscriber. Safe to call once per process.
+pub fn init(settings: &LogSettings) {
+    let filter = match &settings.level {
+        Some(level) => EnvFilter::new(level),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = if settings.json {
+        builder.json().try_init()
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
+    };
+    if let Err(error) = result {
+        eprintln!("logging already initialised: {error}");
+    }
+}

@@ -1,0 +1,161 @@
+//! The PostgreSQL store: migrations, generic entity CRUD driven by the shared schemas, and the
+//! config version.
+//!
+//! Rows are converted with Postgres' own JSON functions (`jsonb_populate_record` in,
+//! `to_jsonb` out), so one code path serves every entity. Only static identifiers from the
+//! schemas are ever interpolated into SQL; every value is a bound parameter.
+//!
+//! Each write is one transaction: resolve references (locking referenced rows `FOR KEY SHARE`),
+//! validate, write, bump `config_version` and `NOTIFY gatehouse_config`. The version bump takes
+//! the config-version row lock last, so concurrent writers serialise only for the short tail of
+//! their transaction and versions are gap-free in commit order.
+
+mod entity;
+mod query;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
+use tokio_postgres::NoTls;
+
+pub(crate) use self::entity::{Parent, Selector, coerce_form};
+pub(crate) use self::query::{ListQuery, Page, TagFilter};
+use crate::Error;
+use crate::error::ApiError;
+
+/// The NOTIFY channel carrying each committed config version.
+pub(crate) const NOTIFY_CHANNEL: &str = "gatehouse_config";
+
+/// Advisory-lock key serialising migrations across control-plane replicas ("gatehous").
+const MIGRATION_LOCK: i64 = 0x6761_7465_686f_7573;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Handle to the configuration database.
+#[derive(Debug, Clone)]
+pub(crate) struct Store {
+    pool: Pool,
+    plugins: Vec<String>,
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Builds a pool for `url` (connections are opened lazily).
+    pub(crate) fn connect(url: &str, max: usize, plugins: Vec<String>) -> Result<Self, Error> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| Error::Database(format!("invalid database URL: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max)
+            .build()
+            .map_err(|e| Error::Database(e.to_string()))?;
+        Ok(Self { pool, plugins })
+    }
+
+    /// Applies pending migrations under a Postgres advisory lock, so replicas starting together
+    /// migrate once. Returns how many were applied.
+    pub(crate) async fn migrate(&self) -> Result<usize, Error> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| Error::Database(format!("cannot connect: {e}")))?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(|e| Error::Database(e.to_string()))?;
+        let report = embedded::migrations::runner()
+            .run_async(&mut **client)
+            .await;
+        // Unlock whatever happened; the session also releases it when the connection closes.
+        let unlocked = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await;
+        let report = report.map_err(|e| Error::Database(format!("migration failed: {e}")))?;
+        unlocked.map_err(|e| Error::Database(e.to_string()))?;
+        Ok(report.applied_migrations().len())
+    }
+
+    /// Plugins that may be configured.
+    pub(crate) fn plugins(&self) -> &[String] {
+        &self.plugins
+    }
+
+    /// The current config version.
+    pub(crate) async fn config_version(&self) -> Result<i64, ApiError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one("SELECT version FROM config_version", &[])
+            .await
+            .map_err(db_error)?;
+        Ok(row.get(0))
+    }
+
+    /// Names of the plugins configured at least once (Kong's `enabled_in_cluster`).
+    pub(crate) async fn plugins_in_use(&self) -> Result<Vec<String>, ApiError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query("SELECT DISTINCT name FROM plugins ORDER BY name", &[])
+            .await
+            .map_err(db_error)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn begin<'a>(
+        client: &'a mut deadpool_postgres::Object,
+    ) -> Result<Transaction<'a>, ApiError> {
+        client.transaction().await.map_err(db_error)
+    }
+}
+
+/// Bumps the config version and queues the notification; both take effect at commit.
+async fn bump_version(tx: &Transaction<'_>) -> Result<i64, ApiError> {
+    let row = tx
+        .query_one(
+            "UPDATE config_version SET version = version + 1 RETURNING version",
+            &[],
+        )
+        .await
+        .map_err(db_error)?;
+    let version: i64 = row.get(0);
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&NOTIFY_CHANNEL, &version.to_string()],
+    )
+    .await
+    .map_err(db_error)?;
+    Ok(version)
+}
+
+/// Unix time in seconds.
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Maps a database error we did not expect to a 500. Only the SQLSTATE and constraint are kept:
+/// the detail text can quote values.
+fn db_error(error: tokio_postgres::Error) -> ApiError {
+    match error.as_db_error() {
+        Some(db) => ApiError::Internal(format!(
+            "database error {} ({}){}",
+            db.code().code(),
+            db.message(),
+            db.constraint()
+                .map(|c| format!(" on constraint {c}"))
+                .unwrap_or_default()
+        )),
+        None => ApiError::Internal(format!("database: {error}")),
+    }
+}

@@ -1,0 +1,802 @@
+//! Generic create / read / update / upsert / delete of entities, driven by the shared schemas.
+
+use serde_json::{Map, Value, json};
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use gatehouse_shared::checks;
+use gatehouse_shared::entities::{self, KNOWN_PLUGINS};
+use gatehouse_shared::schema::{Access, FieldErrors, Schema, Type};
+
+use super::{Store, Transaction, bump_version, db_error, now};
+use crate::error::ApiError;
+
+/// How an entity is named in a URL: by id, or by its endpoint key (name, username, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Selector {
+    /// A UUID.
+    Id(Uuid),
+    /// The endpoint key's value.
+    Key(String),
+}
+
+/// The parent of a nested endpoint (`/services/{s}/routes`): the child's foreign-key field
+/// and the parent's id.
+#[derive(Debug, Clone)]
+pub(crate) struct Parent {
+    /// The child's field referencing the parent (`service`).
+    pub(crate) field: &'static str,
+    /// The parent's id.
+    pub(crate) id: Uuid,
+}
+
+/// What a write does with an existing row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    Create,
+    Replace,
+    Patch,
+}
+
+/// A Postgres-quoted identifier; identifiers come from the static schemas only.
+fn ident(name: &str) -> String {
+    format!("\"{name}\"")
+}
+
+/// The column holding a field.
+pub(super) fn column(field: &gatehouse_shared::schema::Field) -> String {
+    match field.ty {
+        Type::Foreign(_) => format!("{}_id", field.name),
+        _ => field.name.to_owned(),
+    }
+}
+
+/// The expression selecting one row as the API's JSON (certificates carry their SNIs).
+pub(super) fn select_expr(collection: &str) -> &'static str {
+    match collection {
+        "certificates" => {
+            "to_jsonb(t.*) || jsonb_build_object('snis', (SELECT coalesce(jsonb_agg(s.name \
+             ORDER BY s.name), '[]'::jsonb) FROM snis s WHERE s.certificate_id = t.id))"
+        }
+        _ => "to_jsonb(t.*)",
+    }
+}
+
+/// The base schema of a collection.
+pub(super) fn base_schema(collection: &str) -> Result<&'static Schema, ApiError> {
+    entities::schema(collection)
+        .ok_or_else(|| ApiError::Internal(format!("no schema for {collection}")))
+}
+
+/// Converts a row (as `to_jsonb`) to the API's shape: foreign keys become `{"id": ...}`.
+pub(super) fn from_row(schema: &Schema, row: Value) -> Value {
+    let Value::Object(mut row) = row else {
+        return row;
+    };
+    let mut obj = Map::new();
+    for field in &schema.fields {
+        let value = match field.ty {
+            Type::Foreign(_) => match row.remove(&column(field)) {
+                Some(Value::String(id)) => json!({ "id": id }),
+                _ => Value::Null,
+            },
+            _ if field.access == Access::Transient => match row.remove(field.name) {
+                Some(value) => value,
+                None => continue,
+            },
+            _ => row.remove(field.name).unwrap_or(Value::Null),
+        };
+        obj.insert(field.name.to_owned(), value);
+    }
+    Value::Object(obj)
+}
+
+/// Converts an API object to a row for `jsonb_populate_record`.
+fn to_row(schema: &Schema, obj: &Map<String, Value>) -> Value {
+    let mut row = Map::new();
+    for field in schema.fields.iter().filter(|f| f.is_stored()) {
+        let value = obj.get(field.name).cloned().unwrap_or(Value::Null);
+        let value = match field.ty {
+            Type::Foreign(_) => value.get("id").cloned().unwrap_or(Value::Null),
+            _ => value,
+        };
+        row.insert(column(field), value);
+    }
+    Value::Object(row)
+}
+
+/// The schema that validates `obj` in `collection`: plugins follow their named plugin.
+fn schema_for(collection: &str, obj: &Map<String, Value>) -> Result<&'static Schema, ApiError> {
+    if collection == "plugins"
+        && let Some(schema) = obj
+            .get("name")
+            .and_then(Value::as_str)
+            .and_then(entities::plugin_schema)
+    {
+        return Ok(schema);
+    }
+    base_schema(collection)
+}
+
+/// Form-encoded input carries strings only: type it by the schema that will validate it.
+pub(crate) fn coerce_form(collection: &str, value: Value) -> Result<Value, ApiError> {
+    let obj = value.as_object().cloned().unwrap_or_default();
+    Ok(schema_for(collection, &obj)?.coerce_form(value))
+}
+
+fn unique_fields(constraint: &str) -> Option<&'static [&'static str]> {
+    Some(match constraint {
+        "ca_certificates_cert_digest_key" => &["cert_digest"],
+        "snis_name_key" | "services_name_key" | "routes_name_key" | "upstreams_name_key" => {
+            &["name"]
+        }
+        "consumers_username_key" => &["username"],
+        "consumers_custom_id_key" => &["custom_id"],
+        "plugins_instance_name_key" => &["instance_name"],
+        "targets_upstream_id_target_key" => &["upstream", "target"],
+        "acls_consumer_id_group_key" => &["consumer", "group"],
+        "plugins_cache_key" => &["consumer", "name", "route", "service"],
+        _ => return None,
+    })
+}
+
+/// Maps constraint violations of a write to Kong's errors.
+fn write_error(error: tokio_postgres::Error, obj: &Map<String, Value>) -> ApiError {
+    let Some(db) = error.as_db_error() else {
+        return db_error(error);
+    };
+    let constraint = db.constraint().unwrap_or_default();
+    let pick = |fields: &[&str]| -> Map<String, Value> {
+        fields
+            .iter()
+            .map(|f| ((*f).to_owned(), obj.get(*f).cloned().unwrap_or(Value::Null)))
+            .collect()
+    };
+    match db.code() {
+        c if *c == SqlState::UNIQUE_VIOLATION && constraint.ends_with("_pkey") => {
+            ApiError::PrimaryKey(pick(&["id"]))
+        }
+        c if *c == SqlState::UNIQUE_VIOLATION => match unique_fields(constraint) {
+            Some(fields) => ApiError::Unique(pick(fields)),
+            None => db_error(error),
+        },
+        _ => db_error(error),
+    }
+}
+
+/// Maps a restricting foreign key hit by a delete (`routes_service_id_fkey`) to Kong's error.
+fn delete_error(error: tokio_postgres::Error, parent: &'static str) -> ApiError {
+    let child = error
+        .as_db_error()
+        .filter(|db| *db.code() == SqlState::FOREIGN_KEY_VIOLATION)
+        .and_then(|db| db.table())
+        .and_then(|table| entities::COLLECTIONS.iter().find(|c| **c == table).copied());
+    match child {
+        Some(child) => ApiError::ReferencedBy { parent, child },
+        None => db_error(error),
+    }
+}
+
+fn static_collection(collection: &str) -> Result<&'static str, ApiError> {
+    entities::COLLECTIONS
+        .iter()
+        .find(|c| **c == collection)
+        .copied()
+        .ok_or(ApiError::NotFound("Not found"))
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Reads one entity.
+    pub(crate) async fn get(
+        &self,
+        collection: &str,
+        selector: &Selector,
+        parent: Option<&Parent>,
+    ) -> Result<Option<Value>, ApiError> {
+        let mut client = self.pool.get().await?;
+        let tx = Self::begin(&mut client).await?;
+        let found = read(&tx, collection, selector, parent, false).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(found)
+    }
+
+    /// Creates an entity (`POST`).
+    pub(crate) async fn create(
+        &self,
+        collection: &str,
+        input: Map<String, Value>,
+        parent: Option<&Parent>,
+    ) -> Result<Value, ApiError> {
+        self.write(collection, None, input, parent, Write::Create)
+            .await
+    }
+
+    /// Partially updates an entity (`PATCH`); `None` when it does not exist.
+    pub(crate) async fn patch(
+        &self,
+        collection: &str,
+        selector: &Selector,
+        input: Map<String, Value>,
+        parent: Option<&Parent>,
+    ) -> Result<Value, ApiError> {
+        self.write(collection, Some(selector), input, parent, Write::Patch)
+            .await
+    }
+
+    /// Creates or fully replaces an entity (`PUT`).
+    pub(crate) async fn upsert(
+        &self,
+        collection: &str,
+        selector: &Selector,
+        input: Map<String, Value>,
+        parent: Option<&Parent>,
+    ) -> Result<Value, ApiError> {
+        self.write(collection, Some(selector), input, parent, Write::Replace)
+            .await
+    }
+
+    async fn write(
+        &self,
+        collection: &str,
+        selector: Option<&Selector>,
+        mut input: Map<String, Value>,
+        parent: Option<&Parent>,
+        mode: Write,
+    ) -> Result<Value, ApiError> {
+        let collection = static_collection(collection)?;
+        let base = base_schema(collection)?;
+        let mut client = self.pool.get().await?;
+        let tx = Self::begin(&mut client).await?;
+
+        if let Some(parent) = parent {
+            input.insert(parent.field.to_owned(), json!({ "id": parent.id }));
+        }
+        expand_shorthands(collection, &mut input)?;
+
+        let existing = match selector {
+            Some(selector) => {
+                let existing = read(&tx, collection, selector, parent, true).await?;
+                if existing.is_none() && mode == Write::Patch {
+                    return Err(ApiError::NotFound("Not found"));
+                }
+                existing
+            }
+            None => None,
+        };
+        let existing_obj = existing.as_ref().and_then(Value::as_object);
+
+        // What the URL names must agree with the body; on create through PUT it fills it.
+        if let Some(selector) = selector {
+            apply_selector(collection, base, selector, &mut input, existing_obj)?;
+        }
+
+        let mut obj = match (mode, existing_obj) {
+            (Write::Patch, Some(stored)) => {
+                let mut stored = stored.clone();
+                let schema = schema_for(collection, &stored)?;
+                // Transient and computed fields are not part of what is merged.
+                for field in &schema.fields {
+                    if matches!(field.access, Access::Transient | Access::Computed) {
+                        stored.remove(field.name);
+                    }
+                }
+                schema.merge(&mut stored, input);
+                stored
+            }
+            _ => input,
+        };
+        let transient_snis = if collection == "certificates" {
+            obj.remove("snis")
+        } else {
+            None
+        };
+
+        self.resolve_foreign(&tx, base, &mut obj).await?;
+        self.check_plugin_name(collection, &obj)?;
+        let schema = schema_for(collection, &obj)?;
+        schema.validate(&mut obj)?;
+        if let Some(snis) = &transient_snis {
+            validate_snis(snis)?;
+        }
+        check_references(&tx, collection, schema, &obj).await?;
+
+        let now = now();
+        let stamp = if collection == "targets" {
+            json!((now * 1000.0).round() / 1000.0)
+        } else {
+            json!(now.floor() as i64)
+        };
+        match existing_obj {
+            Some(stored) => {
+                obj.insert("id".into(), stored["id"].clone());
+                let created = stored.get("created_at").cloned().unwrap_or(stamp.clone());
+                obj.insert("created_at".into(), created);
+            }
+            None => {
+                if obj.get("id").is_none_or(Value::is_null) {
+                    obj.insert("id".into(), json!(Uuid::now_v7()));
+                }
+                if obj.get("created_at").is_none_or(Value::is_null) {
+                    obj.insert("created_at".into(), stamp.clone());
+                }
+            }
+        }
+        obj.insert("updated_at".into(), stamp);
+
+        let id = obj
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .ok_or_else(|| ApiError::field("id", "expected a valid UUID"))?;
+        let row = to_row(schema, &obj);
+        let table = ident(collection);
+        if existing_obj.is_some() {
+            let columns: Vec<String> = schema
+                .fields
+                .iter()
+                .filter(|f| f.is_stored() && f.name != "id")
+                .map(|f| ident(&column(f)))
+                .collect();
+            let columns = columns.join(", ");
+            let sql = format!(
+                "UPDATE {table} SET ({columns}) = (SELECT {columns} FROM \
+                 jsonb_populate_record(NULL::{table}, $1::jsonb)) WHERE id = $2"
+            );
+            tx.execute(&sql, &[&row, &id])
+                .await
+                .map_err(|e| write_error(e, &obj))?;
+        } else {
+            let sql = format!(
+                "INSERT INTO {table} SELECT * FROM jsonb_populate_record(NULL::{table}, $1::jsonb)"
+            );
+            tx.execute(&sql, &[&row])
+                .await
+                .map_err(|e| write_error(e, &obj))?;
+        }
+        if let Some(snis) = transient_snis {
+            sync_snis(&tx, id, &snis, mode).await?;
+        }
+        bump_version(&tx).await?;
+        let stored = read(&tx, collection, &Selector::Id(id), None, false)
+            .await?
+            .ok_or_else(|| ApiError::Internal("written row vanished".into()))?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(stored)
+    }
+
+    /// Deletes an entity. Deleting what does not exist succeeds and changes nothing.
+    pub(crate) async fn delete(
+        &self,
+        collection: &str,
+        selector: &Selector,
+        parent: Option<&Parent>,
+    ) -> Result<(), ApiError> {
+        let collection = static_collection(collection)?;
+        let mut client = self.pool.get().await?;
+        let tx = Self::begin(&mut client).await?;
+        let Some(existing) = read(&tx, collection, selector, parent, true).await? else {
+            return Ok(());
+        };
+        let id = existing
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .ok_or_else(|| ApiError::Internal("row without id".into()))?;
+        if collection == "ca_certificates" {
+            ca_still_referenced(&tx, id).await?;
+        }
+        let sql = format!("DELETE FROM {} WHERE id = $1", ident(collection));
+        tx.execute(&sql, &[&id])
+            .await
+            .map_err(|e| delete_error(e, collection))?;
+        bump_version(&tx).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Replaces foreign references given by a unique key (`service.name=foo`) with ids.
+    async fn resolve_foreign(
+        &self,
+        tx: &Transaction<'_>,
+        schema: &Schema,
+        obj: &mut Map<String, Value>,
+    ) -> Result<(), ApiError> {
+        for field in &schema.fields {
+            let Type::Foreign(target) = field.ty else {
+                continue;
+            };
+            let Some(Value::Object(reference)) = obj.get(field.name) else {
+                continue;
+            };
+            if reference.contains_key("id") || reference.len() != 1 {
+                continue;
+            }
+            let Some((key, Value::String(value))) = reference.iter().next() else {
+                continue;
+            };
+            let target_schema = base_schema(target)?;
+            let unique = target_schema
+                .field(key)
+                .is_some_and(|f| f.unique && !matches!(f.ty, Type::Foreign(_)));
+            if !unique {
+                continue;
+            }
+            let sql = format!("SELECT id FROM {} WHERE {} = $1", ident(target), ident(key));
+            let row = tx.query_opt(&sql, &[value]).await.map_err(db_error)?;
+            match row {
+                Some(row) => {
+                    let id: Uuid = row.get(0);
+                    obj.insert(field.name.to_owned(), json!({ "id": id }));
+                }
+                None => {
+                    return Err(ApiError::ForeignKey {
+                        field: field.name.to_owned(),
+                        collection: target,
+                        key: reference.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_plugin_name(
+        &self,
+        collection: &str,
+        obj: &Map<String, Value>,
+    ) -> Result<(), ApiError> {
+        if collection != "plugins" {
+            return Ok(());
+        }
+        match obj.get("name") {
+            Some(Value::String(name)) if !self.plugins.iter().any(|p| p == name) => {
+                let message = if KNOWN_PLUGINS.contains(&name.as_str()) {
+                    format!(
+                        "plugin '{name}' not enabled; add it to the 'plugins' configuration property"
+                    )
+                } else {
+                    format!(
+                        "plugin '{name}' not enabled; add it to the 'plugins' configuration \
+                         property (known plugins: {})",
+                        KNOWN_PLUGINS.join(", ")
+                    )
+                };
+                Err(ApiError::field("name", message))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Reads one entity inside `tx`, optionally locking it for a write.
+pub(super) async fn read(
+    tx: &Transaction<'_>,
+    collection: &str,
+    selector: &Selector,
+    parent: Option<&Parent>,
+    lock: bool,
+) -> Result<Option<Value>, ApiError> {
+    let schema = base_schema(collection)?;
+    let table = ident(collection);
+    let parent_clause = parent
+        .map(|p| format!(" AND t.{} = $2", ident(&format!("{}_id", p.field))))
+        .unwrap_or_default();
+    let parent_id = parent.map(|p| p.id);
+    let id: Option<Uuid> = match selector {
+        Selector::Id(id) => {
+            let sql = format!("SELECT t.id FROM {table} t WHERE t.id = $1{parent_clause}");
+            query_id(tx, &sql, id, parent_id).await?
+        }
+        Selector::Key(key) if collection == "certificates" => {
+            let sql = format!(
+                "SELECT t.id FROM {table} t JOIN snis s ON s.certificate_id = t.id \
+                 WHERE s.name = $1{parent_clause}"
+            );
+            query_id(tx, &sql, key, parent_id).await?
+        }
+        Selector::Key(key) => {
+            let Some(endpoint_key) = schema.endpoint_key else {
+                return Ok(None);
+            };
+            // Keys unique only under a parent (acl groups, targets) need that parent.
+            let scoped = matches!(collection, "acls" | "targets");
+            if scoped && parent.is_none() {
+                return Ok(None);
+            }
+            let sql = format!(
+                "SELECT t.id FROM {table} t WHERE t.{} = $1{parent_clause}",
+                ident(endpoint_key)
+            );
+            query_id(tx, &sql, key, parent_id).await?
+        }
+    };
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    if lock {
+        let sql = format!("SELECT 1 FROM {table} WHERE id = $1 FOR UPDATE");
+        tx.execute(&sql, &[&id]).await.map_err(db_error)?;
+    }
+    let sql = format!(
+        "SELECT {} FROM {table} t WHERE t.id = $1",
+        select_expr(collection)
+    );
+    let row = tx.query_opt(&sql, &[&id]).await.map_err(db_error)?;
+    Ok(row.map(|row| from_row(schema, row.get(0))))
+}
+
+async fn query_id<T: tokio_postgres::types::ToSql + Sync>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    value: &T,
+    parent: Option<Uuid>,
+) -> Result<Option<Uuid>, ApiError> {
+    let row = match &parent {
+        Some(parent) => tx.query_opt(sql, &[value, parent]).await,
+        None => tx.query_opt(sql, &[value]).await,
+    }
+    .map_err(db_error)?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Expands write-only shorthands: `url` on services.
+fn expand_shorthands(collection: &str, obj: &mut Map<String, Value>) -> Result<(), ApiError> {
+    if collection != "services" {
+        return Ok(());
+    }
+    match obj.remove("url") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(url)) => {
+            let parsed = checks::service_url(&url).map_err(|e| ApiError::field("url", e))?;
+            obj.insert("protocol".into(), json!(parsed.protocol));
+            obj.insert("host".into(), json!(parsed.host));
+            obj.insert("port".into(), json!(parsed.port));
+            obj.insert("path".into(), json!(parsed.path));
+            Ok(())
+        }
+        Some(_) => Err(ApiError::field("url", "expected a string")),
+    }
+}
+
+/// On `PUT /{collection}/{key}` the key fills the endpoint-key field; a body naming another
+/// value is refused. Ids in the URL win over ids in the body.
+fn apply_selector(
+    collection: &str,
+    schema: &Schema,
+    selector: &Selector,
+    input: &mut Map<String, Value>,
+    existing: Option<&Map<String, Value>>,
+) -> Result<(), ApiError> {
+    match selector {
+        Selector::Id(id) => {
+            input.insert("id".into(), json!(id));
+        }
+        Selector::Key(key) if collection == "certificates" => {
+            // PUT /certificates/{sni}: the SNI is added to the certificate's snis.
+            if existing.is_none() || input.contains_key("snis") {
+                let mut snis = match input.remove("snis") {
+                    Some(Value::Array(items)) => items,
+                    Some(Value::Null) | None => existing
+                        .and_then(|e| e.get("snis"))
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default(),
+                    Some(other) => vec![other],
+                };
+                if !snis.iter().any(|s| s.as_str() == Some(key)) {
+                    snis.push(json!(key));
+                }
+                input.insert("snis".into(), Value::Array(snis));
+            }
+        }
+        Selector::Key(key) => {
+            let Some(field) = schema.endpoint_key else {
+                return Err(ApiError::NotFound("Not found"));
+            };
+            match input.get(field) {
+                None | Some(Value::Null) => {
+                    input.insert(field.to_owned(), json!(key));
+                }
+                Some(Value::String(given)) if given == key => {}
+                Some(_) => {
+                    return Err(ApiError::field(
+                        field,
+                        format!("must be '{key}' as in the URL, or be left out"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_snis(snis: &Value) -> Result<(), ApiError> {
+    let field = base_schema("certificates")?
+        .field("snis")
+        .cloned()
+        .ok_or_else(|| ApiError::Internal("certificates without snis".into()))?;
+    let schema = Schema {
+        name: "certificates",
+        fields: vec![field.access(Access::Normal)],
+        endpoint_key: None,
+        entity_checks: Vec::new(),
+    };
+    let mut obj = Map::new();
+    obj.insert("snis".into(), snis.clone());
+    schema.validate(&mut obj).map_err(ApiError::Schema)
+}
+
+/// Makes the certificate's SNI rows match `snis` (the `snis` shorthand).
+async fn sync_snis(
+    tx: &Transaction<'_>,
+    certificate: Uuid,
+    snis: &Value,
+    mode: Write,
+) -> Result<(), ApiError> {
+    let names: Vec<String> = snis
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let taken = tx
+        .query(
+            "SELECT name, certificate_id FROM snis WHERE name = ANY($1) FOR UPDATE",
+            &[&names],
+        )
+        .await
+        .map_err(db_error)?;
+    for row in &taken {
+        let owner: Uuid = row.get(1);
+        if owner != certificate {
+            let name: String = row.get(0);
+            return Err(ApiError::field(
+                "snis",
+                format!("{name} already associated with existing certificate '{owner}'"),
+            ));
+        }
+    }
+    if mode != Write::Create {
+        tx.execute(
+            "DELETE FROM snis WHERE certificate_id = $1 AND NOT (name = ANY($2))",
+            &[&certificate, &names],
+        )
+        .await
+        .map_err(db_error)?;
+    }
+    let stamp = now().floor() as i64;
+    for name in names {
+        tx.execute(
+            "INSERT INTO snis (id, created_at, updated_at, name, certificate_id) \
+             VALUES ($1, $2, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
+            &[&Uuid::now_v7(), &stamp, &name, &certificate],
+        )
+        .await
+        .map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// Checks that referenced entities exist and locks them against concurrent deletes.
+async fn check_references(
+    tx: &Transaction<'_>,
+    collection: &str,
+    schema: &Schema,
+    obj: &Map<String, Value>,
+) -> Result<(), ApiError> {
+    for field in &schema.fields {
+        let Type::Foreign(target) = field.ty else {
+            continue;
+        };
+        let Some(id) = obj
+            .get(field.name)
+            .and_then(|r| r.get("id"))
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::parse_str(s).ok())
+        else {
+            continue;
+        };
+        let sql = format!(
+            "SELECT 1 FROM {} WHERE id = $1 FOR KEY SHARE",
+            ident(target)
+        );
+        if tx
+            .query_opt(&sql, &[&id])
+            .await
+            .map_err(db_error)?
+            .is_none()
+        {
+            let mut key = Map::new();
+            key.insert("id".into(), json!(id));
+            return Err(ApiError::ForeignKey {
+                field: field.name.to_owned(),
+                collection: target,
+                key,
+            });
+        }
+    }
+    let ca_ids = match collection {
+        "services" => Some(("ca_certificates", obj.get("ca_certificates"))),
+        "plugins" => Some((
+            "config.ca_certificates",
+            obj.get("config").and_then(|c| c.get("ca_certificates")),
+        )),
+        _ => None,
+    };
+    if let Some((field, Some(Value::Array(ids)))) = ca_ids {
+        let ids: Vec<Uuid> = ids
+            .iter()
+            .filter_map(Value::as_str)
+            .filter_map(|s| Uuid::parse_str(s).ok())
+            .collect();
+        let rows = tx
+            .query(
+                "SELECT id FROM ca_certificates WHERE id = ANY($1) FOR KEY SHARE",
+                &[&ids],
+            )
+            .await
+            .map_err(db_error)?;
+        let found: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+        if let Some(missing) = ids.iter().find(|id| !found.contains(id)) {
+            let mut key = Map::new();
+            key.insert("id".into(), json!(missing));
+            return Err(ApiError::ForeignKey {
+                field: field.to_owned(),
+                collection: "ca_certificates",
+                key,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Kong refuses to delete a CA certificate that services or plugins still use.
+async fn ca_still_referenced(tx: &Transaction<'_>, id: Uuid) -> Result<(), ApiError> {
+    let services = tx
+        .query(
+            "SELECT id FROM services WHERE ca_certificates @> ARRAY[$1::uuid] ORDER BY id",
+            &[&id],
+        )
+        .await
+        .map_err(db_error)?;
+    let plugins = tx
+        .query(
+            "SELECT id FROM plugins WHERE config -> 'ca_certificates' ? $1 ORDER BY id",
+            &[&id.to_string()],
+        )
+        .await
+        .map_err(db_error)?;
+    let ids = |rows: &[tokio_postgres::Row]| {
+        rows.iter()
+            .map(|r| r.get::<_, Uuid>(0).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut users = Vec::new();
+    if !services.is_empty() {
+        users.push(format!("services (id = {})", ids(&services)));
+    }
+    if !plugins.is_empty() {
+        users.push(format!("plugins (id = {})", ids(&plugins)));
+    }
+    if users.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::ReferencedByOthers(format!(
+            "ca certificate {id} is still referenced by {}",
+            users.join(" and ")
+        )))
+    }
+}
+
+impl From<FieldErrors> for Box<ApiError> {
+    fn from(errors: FieldErrors) -> Self {
+        Box::new(ApiError::Schema(errors))
+    }
+}

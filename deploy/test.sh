@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The test command: formatting, lints, build, and every test of the workspace, against a real
+# PostgreSQL. Run by CI (.ci/run) on a fresh Debian machine; run it locally the same way.
+#
+#   deploy/test.sh [ARGS...]   ARGS go to the test runner (cargo nextest run, else cargo test),
+#                              e.g. `deploy/test.sh -p gatehouse-tests` or a test name filter.
+#
+# Without GATEHOUSE_TEST_DATABASE_URL the tests start a private PostgreSQL cluster (see
+# tests/src/postgres.rs); this script makes sure the server binaries exist (installing Debian's
+# `postgresql` package as root if needed) and stops that cluster when it ends.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=deploy/lib.sh
+. deploy/lib.sh
+
+section() { printf '\n==> %s\n' "$*"; }
+
+# Stops the harness's private cluster. Its directory is <target>/gatehouse-test-pg, or
+# /tmp/gatehouse-test-pg-<hash of the target dir> when the postgres user cannot reach the target dir.
+stop_test_cluster() {
+    local status=$? target dir
+    target=$(cargo metadata --no-deps --format-version 1 2>/dev/null |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p') || true
+    target=${target:-$PWD/target}
+    target=$(cd "$target" 2>/dev/null && pwd -P) || return "$status"
+    for dir in "$target/gatehouse-test-pg" "/tmp/gatehouse-test-pg-$(gh_path_hash "$target")"; do
+        if [ -f "$dir/data/postmaster.pid" ] &&
+            gh_pg_run "$PG_BINDIR/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+            section "stopping the test PostgreSQL cluster in $dir"
+            gh_pg_run "$PG_BINDIR/pg_ctl" -D "$dir/data" -m fast -w stop || true
+        fi
+    done
+    return "$status"
+}
+
+if [ -n "${GATEHOUSE_TEST_DATABASE_URL:-}" ]; then
+    section "PostgreSQL: using GATEHOUSE_TEST_DATABASE_URL"
+else
+    section "PostgreSQL server binaries"
+    gh_ensure_pg_bins
+    echo "using $PG_BINDIR"
+    trap stop_test_cluster EXIT
+fi
+
+section "cargo fmt --check"
+cargo fmt --all -- --check
+
+section "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+section "cargo build (binaries the tests spawn)"
+cargo build --workspace --bins
+
+if cargo nextest --version >/dev/null 2>&1; then
+    section "cargo nextest run"
+    cargo nextest run --workspace "$@"
+    if [ $# -eq 0 ]; then
+        # nextest does not run doctests.
+        section "cargo test --doc"
+        cargo test --workspace --doc
+    fi
+else
+    section "cargo test (cargo-nextest not installed)"
+    cargo test --workspace "$@"
+fi
+
+section "all checks passed"

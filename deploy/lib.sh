@@ -5,6 +5,7 @@
 # gh_pg_run CMD...   runs CMD as the `postgres` OS user when we are root (initdb and postgres refuse
 #                    to run as root), else as ourselves.
 # gh_pg_can_use DIR  true if the user gh_pg_run runs as may write into DIR.
+# gh_pg_running DATADIR  true if the server of DATADIR runs (and it is really ours).
 # gh_path_hash PATH  a short stable hash of PATH (the same as the test harness's).
 # gh_log_tail FILE   prints the last lines of FILE to stderr.
 
@@ -71,6 +72,17 @@ gh_pg_run() {
 
 gh_pg_can_use() {
     gh_pg_run test -w "$1" -a -x "$1"
+}
+
+gh_pg_running() {
+    local pid
+    pid=$(head -n 1 "$1/postmaster.pid" 2>/dev/null) || return 1
+    # A pid file outlives a crash or a reboot, and its pid may since belong to another process,
+    # which `pg_ctl stop` would signal: our postmaster has `-D DATADIR` in its command line.
+    if [ -d /proc/self ] && ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$1"; then
+        return 1
+    fi
+    gh_pg_run "$PG_BINDIR/pg_ctl" -D "$1" status >/dev/null 2>&1
 }
 
 gh_path_hash() {

@@ -64,9 +64,6 @@ pg_new_datadir() {
     exit 1
 }
 
-pg_is_running() { # DATADIR
-    [ -f "$1/postmaster.pid" ] && gh_pg_run "$PG_BINDIR/pg_ctl" -D "$1" status >/dev/null 2>&1
-}
 
 pg_port() { # DATADIR: the port of the running server (line 4 of postmaster.pid)
     sed -n 4p "$1/postmaster.pid"
@@ -86,12 +83,15 @@ pg_up() {
             exit 1
         fi
     fi
-    if pg_is_running "$datadir"; then
+    if gh_pg_running "$datadir"; then
         port=$(pg_port "$datadir")
         section "PostgreSQL already running on 127.0.0.1:$port"
     else
         port=$PG_PORT
         section "starting PostgreSQL on 127.0.0.1:$port"
+        # Left by a crash or a reboot (gh_pg_running checked it is not ours); its pid, if now
+        # another process's, would stop the server from starting.
+        rm -f "$datadir/postmaster.pid"
         # TCP only (-k ''): no socket path length limits, no /var/run/postgresql needed.
         if ! gh_pg_run "$PG_BINDIR/pg_ctl" -D "$datadir" -w -t 60 -l "$datadir/server.log" \
             -o "-p $port -k '' -c listen_addresses=127.0.0.1" start >/dev/null; then
@@ -115,7 +115,7 @@ pg_down() {
     local datadir
     datadir=$(pg_existing_datadir) || return 0
     PG_BINDIR=$(gh_find_pg_bindir) || return 0
-    if pg_is_running "$datadir"; then
+    if gh_pg_running "$datadir"; then
         section "stopping PostgreSQL ($datadir)"
         gh_pg_run "$PG_BINDIR/pg_ctl" -D "$datadir" -m fast -w stop >/dev/null
     fi
@@ -128,7 +128,7 @@ pg_status() {
     fi
     if ! datadir=$(pg_existing_datadir); then
         echo "PostgreSQL:    no private cluster"
-    elif PG_BINDIR=$(gh_find_pg_bindir) && pg_is_running "$datadir"; then
+    elif PG_BINDIR=$(gh_find_pg_bindir) && gh_pg_running "$datadir"; then
         echo "PostgreSQL:    running, postgres://postgres@127.0.0.1:$(pg_port "$datadir")/gatehouse (data: $datadir)"
     else
         echo "PostgreSQL:    stopped (data: $datadir)"
@@ -155,7 +155,7 @@ admin_url() { # LISTEN_ADDR
 }
 
 cp_up() {
-    local pid target bin url
+    local pid target bin url log_offset
     if pid=$(cp_running_pid); then
         url=$(admin_url "$(cat "$STATE/cp.admin" 2>/dev/null || echo "$ADMIN_LISTEN")")
         section "control plane already running (pid $pid)"
@@ -169,18 +169,26 @@ cp_up() {
     }
     section "building (cargo build --release --bins)"
     cargo build --release --bins
-    target=$(cargo metadata --no-deps --format-version 1 |
-        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+    target=$(cargo metadata --no-deps --format-version 1 2>/dev/null |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p') || true
     bin=${target:-$ROOT/target}/release/gatehouse-cp
     url=$(admin_url "$ADMIN_LISTEN")
+    if curl -fsS -o /dev/null --max-time 2 "$url/status" 2>/dev/null; then
+        echo "error: something else already answers on $url (another Gatehouse?); stop it or set GATEHOUSE_ADMIN_LISTEN" >&2
+        exit 1
+    fi
     section "starting the control plane (Admin API on $ADMIN_LISTEN)"
+    touch "$CP_LOG"
+    log_offset=$(($(wc -c <"$CP_LOG") + 1))
     nohup "$bin" serve --database-url "$DATABASE_URL" --admin-listen "$ADMIN_LISTEN" \
         >>"$CP_LOG" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >"$CP_PID"
     echo "$ADMIN_LISTEN" >"$STATE/cp.admin"
     for _ in $(seq 120); do
-        if curl -fsS -o /dev/null "$url/status" 2>/dev/null; then
+        # Our own process says it listens (not just anyone on that port), and it answers.
+        if tail -c +"$log_offset" "$CP_LOG" | grep -q 'admin API listening' &&
+            curl -fsS -o /dev/null --max-time 2 "$url/status" 2>/dev/null; then
             CP_SUMMARY="$url  (log: $CP_LOG, pid $pid)"
             ADMIN_URL=$url
             return 0

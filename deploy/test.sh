@@ -24,8 +24,7 @@ stop_test_cluster() {
     target=${target:-$PWD/target}
     target=$(cd "$target" 2>/dev/null && pwd -P) || return "$status"
     for dir in "$target/gatehouse-test-pg" "/tmp/gatehouse-test-pg-$(gh_path_hash "$target")"; do
-        if [ -f "$dir/data/postmaster.pid" ] &&
-            gh_pg_run "$PG_BINDIR/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+        if gh_pg_running "$dir/data"; then
             section "stopping the test PostgreSQL cluster in $dir"
             gh_pg_run "$PG_BINDIR/pg_ctl" -D "$dir/data" -m fast -w stop || true
         fi

@@ -167,7 +167,10 @@ impl From<FieldErrors> for ApiError {
 
 impl From<deadpool_postgres::PoolError> for ApiError {
     fn from(error: deadpool_postgres::PoolError) -> Self {
-        Self::Internal(format!("database pool: {error}"))
+        Self::Internal(format!(
+            "database pool: {}",
+            crate::store::pool_error_text(&error)
+        ))
     }
 }
 

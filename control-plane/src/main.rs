@@ -50,7 +50,6 @@ fn main() -> ExitCode {
         }
         Err(error) => {
             tracing::error!("{error}");
-            eprintln!("gatehouse-cp: {error}");
             ExitCode::FAILURE
         }
     }

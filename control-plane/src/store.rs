@@ -69,7 +69,7 @@ impl Store {
             .pool
             .get()
             .await
-            .map_err(|e| Error::Database(format!("cannot connect: {e}")))?;
+            .map_err(|e| Error::Database(format!("cannot connect: {}", pool_error_text(&e))))?;
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .await
@@ -135,6 +135,22 @@ async fn bump_version(tx: &Transaction<'_>) -> Result<i64, ApiError> {
     .await
     .map_err(db_error)?;
     Ok(version)
+}
+
+/// The whole cause chain of a pool error: deadpool and tokio-postgres put the useful part
+/// ("connection refused", "database \"x\" does not exist") in sources.
+pub(crate) fn pool_error_text(error: &deadpool_postgres::PoolError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Unix time in seconds.

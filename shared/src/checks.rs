@@ -1072,10 +1072,7 @@ mod tests {
             service_url("tls_passthrough://h"),
             Ok(url("tls_passthrough", "h", 80, None))
         );
-        assert_eq!(
-            service_url("udp://h:53"),
-            service_url("udp://h:53")
-        );
+        assert_eq!(service_url("udp://h:53"), service_url("udp://h:53"));
 
         assert_eq!(
             err(service_url("ftp://example.com")),

@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+pub mod certs;
 mod control_plane;
 mod postgres;
 mod target_dir;

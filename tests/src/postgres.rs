@@ -364,13 +364,16 @@ impl Cluster {
         if valid
             && running
             && let Some(port) = self.running_port()
-            && ping(port, Duration::from_secs(10)).await.is_ok()
+            && ping(port, Duration::from_secs(3)).await.is_ok()
         {
             return Ok(port);
         }
         if running {
             // Unusable: not answering, or about to be wiped.
-            let _ = self.pg_ctl(&["stop", "-m", "immediate"]).output().await;
+            let _ = self
+                .pg_ctl(&["-t", "10", "stop", "-m", "immediate"])
+                .output()
+                .await;
         }
         if !valid {
             self.initdb().await?;
@@ -391,8 +394,20 @@ impl Cluster {
     }
 
     async fn is_running(&self) -> Result<bool> {
-        if !self.data().join("postmaster.pid").is_file() {
+        let pid_file = self.data().join("postmaster.pid");
+        let Some(pid) = postmaster_pid_line::<u32>(&pid_file, 0) else {
             return Ok(false);
+        };
+        // A pid file outlives a crash or a reboot, and its pid may since belong to another
+        // process, which `pg_ctl stop` would signal. Our postmaster has `-D <data>` in its
+        // command line. (Without /proc, trust `pg_ctl status`.)
+        if Path::new("/proc/self").exists() {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let data = self.data();
+            if !String::from_utf8_lossy(&cmdline).contains(&*data.to_string_lossy()) {
+                let _ = std::fs::remove_file(&pid_file);
+                return Ok(false);
+            }
         }
         // 0: running; 3: not running; 4: no usable data directory.
         Ok(self.pg_ctl(&["status"]).output().await?.status.success())
@@ -400,8 +415,7 @@ impl Cluster {
 
     /// The port of the running server, from line 4 of `postmaster.pid`.
     fn running_port(&self) -> Option<u16> {
-        let pid_file = std::fs::read_to_string(self.data().join("postmaster.pid")).ok()?;
-        pid_file.lines().nth(3)?.trim().parse().ok()
+        postmaster_pid_line(&self.data().join("postmaster.pid"), 3)
     }
 
     async fn initdb(&self) -> Result<()> {
@@ -479,6 +493,12 @@ impl Cluster {
             log_tail.join("\n")
         )
     }
+}
+
+/// Line `index` of `postmaster.pid` (0: pid, 3: port), parsed.
+fn postmaster_pid_line<T: std::str::FromStr>(pid_file: &Path, index: usize) -> Option<T> {
+    let text = std::fs::read_to_string(pid_file).ok()?;
+    text.lines().nth(index)?.trim().parse().ok()
 }
 
 fn admin_url(port: u16) -> String {

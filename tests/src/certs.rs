@@ -1,0 +1,106 @@
+//! Test certificates made with rcgen at test time (nothing is checked in).
+
+use anyhow::Result;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256, RsaKeySize,
+};
+
+/// A PEM certificate and its PEM private key.
+#[derive(Debug, Clone)]
+pub struct Pem {
+    /// `-----BEGIN CERTIFICATE-----` ...
+    pub cert: String,
+    /// `-----BEGIN PRIVATE KEY-----` ... (PKCS#8)
+    pub key: String,
+}
+
+/// Which key algorithm a certificate uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// ECDSA P-256.
+    Ecdsa,
+    /// RSA 2048.
+    Rsa,
+}
+
+/// A certificate authority that can issue leaves.
+pub struct Ca {
+    /// The CA's own certificate and key.
+    pub pem: Pem,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").field("cert", &self.pem.cert).finish()
+    }
+}
+
+/// Now plus `days` (negative: past).
+fn offset(days: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc() + time::Duration::days(days)
+}
+
+fn key(algorithm: Algorithm) -> Result<KeyPair> {
+    Ok(match algorithm {
+        Algorithm::Ecdsa => KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?,
+        Algorithm::Rsa => KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, RsaKeySize::_2048)?,
+    })
+}
+
+fn params(cn: &str, sans: &[&str], from_days: i64, to_days: i64) -> Result<CertificateParams> {
+    let mut params =
+        CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    params.distinguished_name = dn;
+    params.not_before = offset(from_days);
+    params.not_after = offset(to_days);
+    Ok(params)
+}
+
+impl Ca {
+    /// A CA valid from yesterday for a year.
+    pub fn new(cn: &str) -> Result<Ca> {
+        Self::valid(cn, -1, 365)
+    }
+
+    /// A CA valid between `from_days` and `to_days` relative to today (negative: past).
+    pub fn valid(cn: &str, from_days: i64, to_days: i64) -> Result<Ca> {
+        let key = key(Algorithm::Ecdsa)?;
+        let mut params = params(cn, &[], from_days, to_days)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key)?;
+        let pem = Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        };
+        Ok(Ca {
+            pem,
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// A leaf for `sans` (the first is also the CN), valid from yesterday for `days`.
+    pub fn leaf(&self, sans: &[&str], algorithm: Algorithm, days: i64) -> Result<Pem> {
+        let key = key(algorithm)?;
+        let params = params(sans.first().copied().unwrap_or("leaf"), sans, -1, days)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+}
+
+/// A self-signed leaf (not a CA) for `sans`, valid from yesterday for `days`.
+pub fn self_signed(sans: &[&str], algorithm: Algorithm, days: i64) -> Result<Pem> {
+    let key = key(algorithm)?;
+    let params = params(sans.first().copied().unwrap_or("leaf"), sans, -1, days)?;
+    let cert = params.self_signed(&key)?;
+    Ok(Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}

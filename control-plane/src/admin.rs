@@ -370,10 +370,14 @@ async fn parent(
     Ok(Some(Parent { field, id }))
 }
 
+/// Decodes a write's body. Form bodies are typed by the schema that will validate them; for a
+/// plugin that is its plugin's schema, named by the body or, for a partial update, by the
+/// stored plugin (`stored_name`).
 async fn read_body(
     collection: &str,
     headers: &HeaderMap,
     body: Bytes,
+    stored_name: Option<&str>,
 ) -> Result<Map<String, Value>, ApiError> {
     let decoded = body::decode(headers, body).await.map_err(|e| {
         if e.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
@@ -384,7 +388,9 @@ async fn read_body(
     })?;
     let value = match decoded.encoding {
         body::Encoding::Json => decoded.value,
-        body::Encoding::Form => crate::store::coerce_form(collection, decoded.value)?,
+        body::Encoding::Form => {
+            crate::store::coerce_form(collection, decoded.value, stored_name)?
+        }
     };
     match value {
         Value::Object(obj) => Ok(obj),
@@ -409,7 +415,7 @@ async fn collection(
             Ok(ok(StatusCode::OK, page_json(&request, &query, page)))
         }
         Method::POST => {
-            let input = read_body(scope.collection, &request.headers, body).await?;
+            let input = read_body(scope.collection, &request.headers, body, None).await?;
             let created = state
                 .store
                 .create(scope.collection, input, parent.as_ref())
@@ -447,7 +453,22 @@ async fn entity(
             found.map(|e| ok(StatusCode::OK, e)).ok_or(not_found)
         }
         Method::PATCH => {
-            let input = read_body(scope.collection, &request.headers, body).await?;
+            let stored_name = if scope.collection == "plugins" {
+                state
+                    .store
+                    .get(scope.collection, &selector, parent.as_ref())
+                    .await?
+                    .and_then(|p| p.get("name").and_then(Value::as_str).map(str::to_owned))
+            } else {
+                None
+            };
+            let input = read_body(
+                scope.collection,
+                &request.headers,
+                body,
+                stored_name.as_deref(),
+            )
+            .await?;
             let updated = state
                 .store
                 .patch(scope.collection, &selector, input, parent.as_ref())
@@ -460,7 +481,7 @@ async fn entity(
             Ok(ok(StatusCode::OK, updated))
         }
         Method::PUT => {
-            let input = read_body(scope.collection, &request.headers, body).await?;
+            let input = read_body(scope.collection, &request.headers, body, None).await?;
             let stored = state
                 .store
                 .upsert(scope.collection, &selector, input, parent.as_ref())

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::checks;
 use crate::schema::{Access, Check, Field, FieldErrors, Schema, Type};
-use crate::x509;
+use crate::x509::{self, KeyPairError};
 
 /// Names of the plugins this build of the data plane runs.
 pub const KNOWN_PLUGINS: &[&str] = &["acl", "mtls-auth"];
@@ -259,7 +259,8 @@ fn routes() -> Schema {
                     _ => Err("expected one of: 426, 301, 302, 307, 308".into()),
                 }),
             Field::integer("regex_priority").default(json!(0)),
-            Field::boolean("strip_path").required().default(json!(true)),
+            // Defaulted by `check_route`: true, or false for grpc routes (as Kong's subschemas).
+            Field::boolean("strip_path"),
             Field::string("path_handling")
                 .default(json!("v0"))
                 .check(Check::OneOf(&["v0", "v1"])),
@@ -595,15 +596,29 @@ fn check_certificate(obj: &mut Map<String, Value>, errors: &mut FieldErrors) {
     let (Some(cert), Some(key)) = (str_field(obj, "cert"), str_field(obj, "key")) else {
         return;
     };
+    // As Kong: unparsable PEM is a field error (each field reported), a key that does not match
+    // its certificate fails the entity check (`@entity`).
     let facts = match x509::check_key_pair(cert, key) {
         Ok(facts) => facts,
+        Err(KeyPairError::Mismatch) => return errors.entity("certificate does not match key"),
+        Err(error @ KeyPairError::Cert(_)) => {
+            errors.field("cert", error.message());
+            if let Err(reason) = x509::parse_private_key(key) {
+                errors.field("key", KeyPairError::Key(reason).message());
+            }
+            return;
+        }
         Err(error) => return errors.field(error.field(), error.message()),
     };
     match (str_field(obj, "cert_alt"), str_field(obj, "key_alt")) {
         (None, None) => {}
-        (Some(_), None) => errors.field("key_alt", "required field missing"),
-        (None, Some(_)) => errors.field("cert_alt", "required field missing"),
+        (Some(_), None) | (None, Some(_)) => {
+            errors.entity("all or none of these fields must be set: 'cert_alt', 'key_alt'");
+        }
         (Some(cert_alt), Some(key_alt)) => match x509::check_key_pair(cert_alt, key_alt) {
+            Err(KeyPairError::Mismatch) => {
+                errors.entity("alternative certificate does not match key");
+            }
             Err(error) => {
                 let field = if error.field() == "cert" {
                     "cert_alt"
@@ -669,6 +684,13 @@ fn check_service(obj: &mut Map<String, Value>, errors: &mut FieldErrors) {
 }
 
 fn check_route(obj: &mut Map<String, Value>, errors: &mut FieldErrors) {
+    // Kong's grpc route subschema defaults `strip_path` to false, the others to true.
+    if obj.get("strip_path").is_none_or(Value::is_null) {
+        let grpc = protocols(obj)
+            .iter()
+            .any(|p| matches!(*p, "grpc" | "grpcs"));
+        obj.insert("strip_path".into(), Value::Bool(!grpc));
+    }
     let protocols = protocols(obj);
     let groups: [&[&str]; 4] = [
         &["http", "https"],
@@ -724,6 +746,12 @@ fn check_route(obj: &mut Map<String, Value>, errors: &mut FieldErrors) {
             "cannot set 'strip_path' when 'protocols' is 'grpc' or 'grpcs'",
         );
     }
+    if is_grpc && has("methods") {
+        errors.field(
+            "methods",
+            "cannot set 'methods' when 'protocols' is 'grpc' or 'grpcs'",
+        );
+    }
     if is_stream {
         for field in ["methods", "hosts", "paths", "headers"] {
             if has(field) {
@@ -752,45 +780,45 @@ fn check_route(obj: &mut Map<String, Value>, errors: &mut FieldErrors) {
     if !errors.is_empty() {
         return;
     }
-    let (criteria, list): (&[&str], &str) = if protocols == ["tls_passthrough"] {
-        (&["snis"], "'snis'")
+    // Kong's wording (`routes_subschemas.lua`): the message names the protocol whose subschema
+    // applies (`https` over `http`, `grpcs` over `grpc`), not every protocol given.
+    let message =
+        |list: &str, when: &str| format!("must set one of {list} when 'protocols' is {when}");
+    let (criteria, message): (&[&str], String) = if protocols == ["tls_passthrough"] {
+        (
+            &["snis"],
+            "must set snis when 'protocols' is 'tls_passthrough'".to_owned(),
+        )
     } else if is_stream {
         (
             &["sources", "destinations", "snis"],
-            "'sources', 'destinations', 'snis'",
+            message("'sources', 'destinations', 'snis'", "'tcp', 'tls' or 'udp'"),
         )
     } else if is_grpc {
         if protocols.contains(&"grpcs") {
             (
                 &["hosts", "headers", "paths", "snis"],
-                "'hosts', 'headers', 'paths', 'snis'",
+                message("'hosts', 'headers', 'paths', 'snis'", "'grpcs'"),
             )
         } else {
             (
                 &["hosts", "headers", "paths"],
-                "'hosts', 'headers', 'paths'",
+                message("'hosts', 'headers', 'paths'", "'grpc'"),
             )
         }
     } else if is_http && protocols.contains(&"https") {
         (
             &["methods", "hosts", "headers", "paths", "snis"],
-            "'methods', 'hosts', 'headers', 'paths', 'snis'",
+            message("'methods', 'hosts', 'headers', 'paths', 'snis'", "'https'"),
         )
     } else {
         (
             &["methods", "hosts", "headers", "paths"],
-            "'methods', 'hosts', 'headers', 'paths'",
+            message("'methods', 'hosts', 'headers', 'paths'", "'http'"),
         )
     };
     if !criteria.iter().any(|field| has(field)) {
-        let named = protocols
-            .iter()
-            .map(|p| format!("'{p}'"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        errors.entity(format!(
-            "must set one of {list} when 'protocols' is {named}"
-        ));
+        errors.entity(message);
     }
 }
 
@@ -929,7 +957,27 @@ mod tests {
         );
         validate("routes", json!({"paths": ["/a"]})).unwrap();
         let err = validate("routes", json!({"protocols": ["tls_passthrough"]})).unwrap_err();
-        assert!(err.message().contains("'snis'"), "{}", err.message());
+        assert_eq!(
+            err.message(),
+            "schema violation (must set snis when 'protocols' is 'tls_passthrough')"
+        );
+    }
+
+    #[test]
+    fn route_strip_path_defaults_by_protocol() {
+        let obj = validate("routes", json!({"paths": ["/a"]})).unwrap();
+        assert_eq!(obj["strip_path"], json!(true));
+        let obj = validate("routes", json!({"protocols": ["grpc"], "paths": ["/a"]})).unwrap();
+        assert_eq!(obj["strip_path"], json!(false));
+        let err = validate(
+            "routes",
+            json!({"protocols": ["grpcs"], "paths": ["/a"], "strip_path": true}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_json(),
+            json!({"strip_path": "cannot set 'strip_path' when 'protocols' is 'grpc' or 'grpcs'"})
+        );
     }
 
     #[test]

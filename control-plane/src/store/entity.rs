@@ -119,8 +119,16 @@ fn schema_for(collection: &str, obj: &Map<String, Value>) -> Result<&'static Sch
 }
 
 /// Form-encoded input carries strings only: type it by the schema that will validate it.
-pub(crate) fn coerce_form(collection: &str, value: Value) -> Result<Value, ApiError> {
-    let obj = value.as_object().cloned().unwrap_or_default();
+/// `stored_name` names the plugin when the body does not (a partial update).
+pub(crate) fn coerce_form(
+    collection: &str,
+    value: Value,
+    stored_name: Option<&str>,
+) -> Result<Value, ApiError> {
+    let mut obj = value.as_object().cloned().unwrap_or_default();
+    if let (Some(name), false) = (stored_name, obj.contains_key("name")) {
+        obj.insert("name".into(), Value::from(name));
+    }
     Ok(schema_for(collection, &obj)?.coerce_form(value))
 }
 
@@ -267,8 +275,11 @@ impl Store {
         };
         let existing_obj = existing.as_ref().and_then(Value::as_object);
 
-        // What the URL names must agree with the body; on create through PUT it fills it.
-        if let Some(selector) = selector {
+        // On PUT, what the URL names must agree with the body, and fills it on create. A PATCH
+        // may change the key (`PATCH /services/old {"name": "new"}` renames, as in Kong).
+        if let Some(selector) = selector
+            && mode == Write::Replace
+        {
             apply_selector(collection, base, selector, &mut input, existing_obj)?;
         }
 
@@ -377,7 +388,12 @@ impl Store {
         let mut client = self.pool.get().await?;
         let tx = Self::begin(&mut client).await?;
         let Some(existing) = read(&tx, collection, selector, parent, true).await? else {
-            return Ok(());
+            // As Kong: a top-level DELETE of nothing succeeds, but a nested one
+            // (`/services/{s}/routes/{r}`) is 404 when the child is not under that parent.
+            return match parent {
+                Some(_) => Err(ApiError::NotFound("Not found")),
+                None => Ok(()),
+            };
         };
         let id = existing
             .get("id")
@@ -470,6 +486,16 @@ impl Store {
     }
 }
 
+/// The field naming an entity in URLs besides its id. ACLs are named by `group` under their
+/// consumer (`/consumers/{c}/acls/{group}`); the group is unique per consumer only, so the
+/// schema does not list it as the endpoint key.
+fn endpoint_key(collection: &str, schema: &Schema) -> Option<&'static str> {
+    match collection {
+        "acls" => Some("group"),
+        _ => schema.endpoint_key,
+    }
+}
+
 /// Reads one entity inside `tx`, optionally locking it for a write.
 pub(super) async fn read(
     tx: &Transaction<'_>,
@@ -497,7 +523,7 @@ pub(super) async fn read(
             query_id(tx, &sql, key, parent_id).await?
         }
         Selector::Key(key) => {
-            let Some(endpoint_key) = schema.endpoint_key else {
+            let Some(endpoint_key) = endpoint_key(collection, schema) else {
                 return Ok(None);
             };
             // Keys unique only under a parent (acl groups, targets) need that parent.
@@ -592,7 +618,7 @@ fn apply_selector(
             }
         }
         Selector::Key(key) => {
-            let Some(field) = schema.endpoint_key else {
+            let Some(field) = endpoint_key(collection, schema) else {
                 return Err(ApiError::NotFound("Not found"));
             };
             match input.get(field) {

@@ -539,7 +539,7 @@ fn list_query(raw: &str) -> Result<ListQuery, ApiError> {
 
 fn tag_filter(value: &str) -> Result<TagFilter, ApiError> {
     let invalid =
-        |message: String| ApiError::BadRequest(format!("invalid option (tags: {message})"));
+        |message: String| ApiError::InvalidOptions(format!("invalid option (tags: {message})"));
     if value.contains(',') && value.contains('/') {
         return Err(invalid("cannot mix 'or' and 'and'".into()));
     }

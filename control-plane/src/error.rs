@@ -52,6 +52,9 @@ pub(crate) enum ApiError {
     /// A bad page size (400, code 9).
     #[error("{0}")]
     InvalidSize(String),
+    /// A bad list option such as a malformed `tags` filter (400, code 11).
+    #[error("{0}")]
+    InvalidOptions(String),
     /// A bad page offset (400, code 7).
     #[error("{0}")]
     InvalidOffset(String),
@@ -123,7 +126,10 @@ impl ApiError {
             }
             Self::InvalidOffset(_) => entity(7, "invalid offset", json!({})),
             Self::InvalidSize(_) => entity(9, "invalid size", json!({})),
-            Self::ReferencedByOthers(_) => entity(19, "referenced by others", json!({})),
+            Self::InvalidOptions(_) => entity(11, "invalid options", json!({})),
+            Self::ReferencedByOthers(_) => {
+                json!({"code": 19, "name": "referenced by others", "message": self.to_string()})
+            }
             Self::NotFound(_)
             | Self::BadRequest(_)
             | Self::UnsupportedMediaType(_)

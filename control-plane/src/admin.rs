@@ -388,9 +388,7 @@ async fn read_body(
     })?;
     let value = match decoded.encoding {
         body::Encoding::Json => decoded.value,
-        body::Encoding::Form => {
-            crate::store::coerce_form(collection, decoded.value, stored_name)?
-        }
+        body::Encoding::Form => crate::store::coerce_form(collection, decoded.value, stored_name)?,
     };
     match value {
         Value::Object(obj) => Ok(obj),

@@ -34,6 +34,9 @@ pub enum Command {
     Serve(Flags),
     /// Apply database migrations and exit.
     Migrate(Flags),
+    /// Write the cluster PKI: a CA and the CP, shared-mode and DP certificates.
+    #[command(subcommand)]
+    Pki(crate::pki::PkiCommand),
 }
 
 /// Flags shared by every subcommand (each is also a `GATEHOUSE_*` variable and a TOML key).
@@ -116,6 +119,8 @@ impl Cli {
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         let flags = match &self.command {
             Command::Serve(flags) | Command::Migrate(flags) => flags,
+            // `pki` reads no settings: it gets the defaults.
+            Command::Pki(_) => return Flags::default().resolve(),
         };
         let file = match &flags.config {
             Some(path) => Flags::from_file(path)?,

@@ -2,13 +2,15 @@
 //!
 //! - [`config`]: settings from flags, `GATEHOUSE_*` variables and a TOML file;
 //! - `store`: the PostgreSQL store (migrations, generic entity CRUD, the config version);
-//! - `admin`: the Kong-compatible Admin API (axum).
+//! - `admin`: the Kong-compatible Admin API (axum);
+//! - [`pki`]: the `pki` subcommand, which writes the cluster CA and node certificates.
 //!
 //! Every write to the store runs in one transaction that also bumps the config version and
 //! sends `NOTIFY gatehouse_config, '<version>'`; a failed write changes nothing.
 
 pub mod config;
 pub mod logging;
+pub mod pki;
 
 mod admin;
 mod error;

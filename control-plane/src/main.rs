@@ -18,6 +18,15 @@ fn main() -> ExitCode {
     {
         eprintln!("gatehouse-cp: a rustls crypto provider was already installed");
     }
+    if let Command::Pki(command) = &cli.command {
+        return match gatehouse_cp::pki::run(command, &mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("gatehouse-cp: {error}");
+                ExitCode::from(if error.is_usage() { EX_USAGE } else { 1 })
+            }
+        };
+    }
     let settings = match cli.settings() {
         Ok(settings) => settings,
         Err(error) => {
@@ -40,6 +49,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(_) => gatehouse_cp::serve(settings).await,
             Command::Migrate(_) => gatehouse_cp::migrate(&settings).await,
+            // Handled above, before logging and the runtime.
+            Command::Pki(_) => Ok(()),
         }
     });
     match result {

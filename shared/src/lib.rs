@@ -5,11 +5,15 @@
 //! - [`entities`]: the schema of every entity (services, routes, certificates, ...) and the
 //!   plugins the data plane knows;
 //! - [`checks`]: validators for names, tags, hosts, paths, regexes and SNIs;
-//! - [`x509`]: PEM parsing, key/certificate matching and certificate facts.
+//! - [`x509`]: PEM parsing, key/certificate matching and certificate facts;
+//! - [`cluster`]: cluster trust between the control plane and the data planes (PKI
+//!   generation, rustls configurations for `shared` and `pki` modes, reload on change).
 //!
-//! No I/O happens here: both planes call into this crate with bytes they already hold.
+//! No I/O happens here, except in [`cluster`], which reads and writes the cluster certificate
+//! files: otherwise both planes call into this crate with bytes they already hold.
 
 pub mod checks;
+pub mod cluster;
 pub mod entities;
 pub mod schema;
 pub mod x509;

@@ -15,5 +15,7 @@
 pub mod checks;
 pub mod cluster;
 pub mod entities;
+pub mod model;
 pub mod schema;
+pub mod snapshot;
 pub mod x509;

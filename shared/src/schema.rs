@@ -423,7 +423,7 @@ fn validate_value(field: &Field, value: &mut Value, fill_defaults: bool) -> Opti
         (Type::Map(elem), Value::Object(map)) => {
             let mut errors = Map::new();
             for (key, item) in map.iter_mut() {
-                if let Some(error) = validate_value(elem, item, fill_defaults) {
+                if let Some(error) = validate_element(elem, item, fill_defaults) {
                     errors.insert(key.clone(), error);
                 }
             }
@@ -464,6 +464,15 @@ fn validate_foreign(obj: &Map<String, Value>) -> Option<Value> {
     (!errors.is_empty()).then_some(Value::Object(errors))
 }
 
+/// A list element or map value: present means non-null (`["/a", null]` is refused, or the
+/// stored configuration could not be read back as the typed model).
+fn validate_element(elem: &Field, item: &mut Value, fill_defaults: bool) -> Option<Value> {
+    if item.is_null() {
+        return Some(Value::from("required field missing"));
+    }
+    validate_value(elem, item, fill_defaults)
+}
+
 fn validate_list(
     elem: &Field,
     items: &mut [Value],
@@ -473,7 +482,7 @@ fn validate_list(
     let mut errors = vec![Value::Null; items.len()];
     let mut any = false;
     for (i, item) in items.iter_mut().enumerate() {
-        if let Some(error) = validate_value(elem, item, fill_defaults) {
+        if let Some(error) = validate_element(elem, item, fill_defaults) {
             errors[i] = error;
             any = true;
         }
@@ -726,6 +735,20 @@ mod tests {
         assert_eq!(
             err.message(),
             "2 schema violations (config.allow.1: expected a string; tags: x is duplicated)"
+        );
+    }
+
+    #[test]
+    fn null_list_elements_and_map_values_are_refused() {
+        let mut obj = json!({"name": "a", "tags": ["x", null], "config": {"allow": [null]}})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let err = schema().validate(&mut obj).unwrap_err();
+        assert_eq!(
+            err.to_json(),
+            json!({"tags": [null, "required field missing"],
+                   "config": {"allow": ["required field missing"]}})
         );
     }
 

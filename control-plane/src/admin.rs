@@ -21,9 +21,10 @@ use gatehouse_shared::checks;
 use gatehouse_shared::entities::{self, COLLECTIONS, KNOWN_PLUGINS};
 use gatehouse_shared::schema::Type;
 
+use crate::cluster::{self, Counters, Current, Node};
 use crate::config::Settings;
 use crate::error::ApiError;
-use crate::store::{ListQuery, Parent, Selector, Store, TagFilter};
+use crate::store::{ListQuery, Parent, Selector, Store, TagFilter, unix_now};
 
 /// Default page size of list endpoints.
 const DEFAULT_PAGE_SIZE: i64 = 100;
@@ -45,6 +46,12 @@ pub(crate) enum Op {
     Tags,
     /// `GET /tags/{tag}`.
     Tag,
+    /// `GET /clustering/data-planes`: every known data plane.
+    DataPlanes,
+    /// `DELETE /clustering/data-planes/{id}`: forget a data plane.
+    DataPlane,
+    /// `GET /clustering/status`: the current config version and who lags.
+    ClusterStatus,
     /// A collection: list and create.
     Collection(Scope),
     /// One entity: read, patch, replace, delete.
@@ -131,6 +138,21 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             methods: &[Method::GET],
             op: Op::Tag,
         },
+        Endpoint {
+            path: "/clustering/data-planes".into(),
+            methods: &[Method::GET],
+            op: Op::DataPlanes,
+        },
+        Endpoint {
+            path: "/clustering/data-planes/{id}".into(),
+            methods: &[Method::DELETE],
+            op: Op::DataPlane,
+        },
+        Endpoint {
+            path: "/clustering/status".into(),
+            methods: &[Method::GET],
+            op: Op::ClusterStatus,
+        },
     ];
     for collection in COLLECTIONS {
         let scope = Scope {
@@ -190,21 +212,16 @@ fn parent_field(parent: &str, child: &str) -> Option<&'static str> {
 #[derive(Debug, Clone)]
 pub(crate) struct State {
     store: Arc<Store>,
-    node_id: Uuid,
-    hostname: String,
+    node: Arc<Node>,
     settings: Arc<Settings>,
 }
 
 impl State {
-    /// State for a freshly started node.
-    pub(crate) fn new(store: Arc<Store>, settings: &Settings) -> Self {
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "localhost".into());
+    /// State of the Admin API of `node`.
+    pub(crate) fn new(store: Arc<Store>, node: Arc<Node>, settings: &Settings) -> Self {
         Self {
             store,
-            node_id: Uuid::new_v4(),
-            hostname,
+            node,
             settings: Arc::new(settings.clone()),
         }
     }
@@ -334,6 +351,9 @@ async fn dispatch(
         }
         Op::Collection(scope) => collection(state, scope, request, body).await,
         Op::Entity(scope) => entity(state, scope, request, body).await,
+        Op::DataPlanes => data_planes(state).await,
+        Op::DataPlane => delete_data_plane(state, &request).await,
+        Op::ClusterStatus => cluster_status(state).await,
     }
 }
 
@@ -602,8 +622,8 @@ async fn root(state: &State) -> Result<Response, ApiError> {
             "tagline": "Welcome to gatehouse",
             "version": env!("CARGO_PKG_VERSION"),
             "edition": "community",
-            "hostname": state.hostname,
-            "node_id": state.node_id,
+            "hostname": state.node.hostname,
+            "node_id": state.node.id,
             "role": "control_plane",
             "config_version": config_version,
             "plugins": {
@@ -616,6 +636,9 @@ async fn root(state: &State) -> Result<Response, ApiError> {
                 "database": "postgres",
                 "plugins": settings.plugins,
                 "admin_max_body": settings.admin_max_body,
+                "cluster_listen": state.node.cluster_addr.map(|a| a.to_string()),
+                "cluster_mtls": settings.cluster.mtls.as_str(),
+                "status_listen": settings.status_listen.map(|a| a.to_string()),
             },
         }),
     ))
@@ -633,5 +656,65 @@ async fn status(state: &State) -> Result<Response, ApiError> {
             "database": {"reachable": reachable},
             "config_version": version.ok(),
         }),
+    ))
+}
+
+/// `GET /clustering/data-planes`: every data plane of the fleet, whichever replica it is
+/// connected to, ordered by hostname then id (one page: `next` is always null).
+async fn data_planes(state: &State) -> Result<Response, ApiError> {
+    let now = unix_now();
+    let data: Vec<Value> = state
+        .store
+        .data_planes()
+        .await?
+        .iter()
+        .map(|dp| cluster::data_plane_json(dp, now))
+        .collect();
+    Ok(ok(StatusCode::OK, json!({"data": data, "next": null})))
+}
+
+/// `DELETE /clustering/data-planes/{id}`: 204 whether or not it was known; 404 for an id that
+/// is not a UUID (it cannot name a data plane).
+async fn delete_data_plane(state: &State, request: &Request) -> Result<Response, ApiError> {
+    let id = request
+        .params
+        .first()
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .ok_or(ApiError::NotFound("Not found"))?;
+    if state.store.delete_data_plane(id).await? {
+        tracing::info!(%id, "data plane forgotten");
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /clustering/status`: the snapshot this node serves, how many data planes run it, and
+/// why the others lag.
+async fn cluster_status(state: &State) -> Result<Response, ApiError> {
+    let rows = state.store.data_planes().await?;
+    let latest = state
+        .node
+        .latest
+        .as_ref()
+        .and_then(|latest| latest.borrow().clone());
+    let current = latest.as_ref().map(|snapshot| Current {
+        version: snapshot.version,
+        hash: &snapshot.hash,
+    });
+    let no_current = if state.node.latest.is_some() {
+        "this control plane has not built a snapshot yet"
+    } else {
+        "unknown: this control plane builds no snapshots (cluster listener disabled)"
+    };
+    let (built, sent) = state.node.stats.get();
+    Ok(ok(
+        StatusCode::OK,
+        cluster::status_json(
+            &rows,
+            current,
+            no_current,
+            Counters { built, sent },
+            state.node.cluster_addr.map(|a| a.to_string()),
+            unix_now(),
+        ),
     ))
 }

@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
+use gatehouse_shared::cluster::{ClusterMtls, ClusterTlsFiles};
 use gatehouse_shared::entities::KNOWN_PLUGINS;
 
 /// Default Admin API address (Kong's `admin_listen`).
@@ -16,6 +17,10 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8001";
 pub const DEFAULT_DATABASE_MAX_CONNECTIONS: usize = 16;
 /// Default largest accepted Admin API request body, in bytes.
 pub const DEFAULT_ADMIN_MAX_BODY: usize = 8 * 1024 * 1024;
+/// Default address of the cluster (config sync) listener (Kong's `cluster_listen`).
+pub const DEFAULT_CLUSTER_LISTEN: &str = "0.0.0.0:8005";
+/// Default address of the status listener (Kong's `status_listen`).
+pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:8100";
 
 /// Gatehouse control plane: keeps the gateway configuration in PostgreSQL behind a
 /// Kong-compatible Admin API.
@@ -79,6 +84,43 @@ pub struct Flags {
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "GATEHOUSE_LOG_FORMAT")]
     pub log_format: Option<String>,
+
+    /// Address of the cluster listener, where data planes connect over mutual TLS to receive
+    /// the configuration (port 0 picks a free port; the address is logged). It runs only when
+    /// --cluster-cert and --cluster-cert-key are set [default: 0.0.0.0:8005].
+    #[arg(long, env = "GATEHOUSE_CLUSTER_LISTEN")]
+    pub cluster_listen: Option<String>,
+
+    /// How control plane and data planes authenticate each other: `shared` (every node has the
+    /// same certificate, pinned by digest) or `pki` (a cluster CA issues each node's
+    /// certificate; needs --cluster-ca-cert) [default: shared].
+    #[arg(long, env = "GATEHOUSE_CLUSTER_MTLS")]
+    pub cluster_mtls: Option<String>,
+
+    /// PEM certificate of the cluster listener (in `shared` mode the certificate every node
+    /// holds). Re-read when it changes on disk.
+    #[arg(long, env = "GATEHOUSE_CLUSTER_CERT")]
+    pub cluster_cert: Option<PathBuf>,
+
+    /// PEM private key of --cluster-cert. Re-read when it changes on disk.
+    #[arg(long, env = "GATEHOUSE_CLUSTER_CERT_KEY")]
+    pub cluster_cert_key: Option<PathBuf>,
+
+    /// PEM cluster CA certificate(s) that issue data-plane certificates (`pki` mode).
+    /// Re-read when it changes on disk.
+    #[arg(long, env = "GATEHOUSE_CLUSTER_CA_CERT")]
+    pub cluster_ca_cert: Option<PathBuf>,
+
+    /// `pki` mode only: comma-separated common names a data-plane certificate must carry one
+    /// of (in the TOML file, a string or a list of strings) [default: any name the CA signed].
+    #[arg(long, env = "GATEHOUSE_CLUSTER_ALLOWED_COMMON_NAMES")]
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub cluster_allowed_common_names: Option<String>,
+
+    /// Address of the status listener (`GET /status`, `GET /status/ready`), or `off`
+    /// (port 0 picks a free port; the address is logged) [default: 127.0.0.1:8100].
+    #[arg(long, env = "GATEHOUSE_STATUS_LISTEN")]
+    pub status_listen: Option<String>,
 }
 
 /// Logging settings.
@@ -105,12 +147,38 @@ pub struct Settings {
     pub plugins: Vec<String>,
     /// Logging.
     pub log: LogSettings,
+    /// The cluster listener.
+    pub cluster: ClusterSettings,
+    /// Status listener address; `None` when `off`.
+    pub status_listen: Option<SocketAddr>,
+}
+
+/// Settings of the cluster (config sync) listener.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClusterSettings {
+    /// Listener address.
+    pub listen: SocketAddr,
+    /// Trust mode.
+    pub mtls: ClusterMtls,
+    /// Certificate files; `None` (neither --cluster-cert nor --cluster-cert-key set) disables
+    /// the listener.
+    pub files: Option<ClusterTlsFiles>,
 }
 
 /// A setting that does not parse; the message names the setting.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(String);
+
+// === impl ConfigError ===
+
+impl ConfigError {
+    /// An error with this message (which names the setting at fault).
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
 
 // === impl Cli ===
 
@@ -152,6 +220,15 @@ impl Flags {
             plugins: self.plugins.or(other.plugins),
             log_level: self.log_level.or(other.log_level),
             log_format: self.log_format.or(other.log_format),
+            cluster_listen: self.cluster_listen.or(other.cluster_listen),
+            cluster_mtls: self.cluster_mtls.or(other.cluster_mtls),
+            cluster_cert: self.cluster_cert.or(other.cluster_cert),
+            cluster_cert_key: self.cluster_cert_key.or(other.cluster_cert_key),
+            cluster_ca_cert: self.cluster_ca_cert.or(other.cluster_ca_cert),
+            cluster_allowed_common_names: self
+                .cluster_allowed_common_names
+                .or(other.cluster_allowed_common_names),
+            status_listen: self.status_listen.or(other.status_listen),
         }
     }
 
@@ -211,21 +288,124 @@ impl Flags {
         if database_max_connections == 0 {
             problems.push("--database-max-connections: must be at least 1".into());
         }
-        match admin_listen {
-            Some(admin_listen) if problems.is_empty() => Ok(Settings {
-                database_url: self.database_url,
-                database_max_connections,
-                admin_listen,
-                admin_max_body: self.admin_max_body.unwrap_or(DEFAULT_ADMIN_MAX_BODY),
-                plugins,
-                log: LogSettings {
-                    level: self.log_level,
-                    json,
-                },
-            }),
+        let cluster = self.cluster(&mut problems);
+        let status_listen = match self.status_listen.as_deref().map(str::trim) {
+            Some("off") => Some(None),
+            other => other
+                .unwrap_or(DEFAULT_STATUS_LISTEN)
+                .parse::<SocketAddr>()
+                .map_err(|e| {
+                    problems.push(format!("--status-listen: {e} (expected IP:PORT or off)"))
+                })
+                .ok()
+                .map(Some),
+        };
+        match (admin_listen, cluster, status_listen) {
+            (Some(admin_listen), Some(cluster), Some(status_listen)) if problems.is_empty() => {
+                Ok(Settings {
+                    database_url: self.database_url,
+                    database_max_connections,
+                    admin_listen,
+                    admin_max_body: self.admin_max_body.unwrap_or(DEFAULT_ADMIN_MAX_BODY),
+                    plugins,
+                    log: LogSettings {
+                        level: self.log_level,
+                        json,
+                    },
+                    cluster,
+                    status_listen,
+                })
+            }
             _ => Err(ConfigError(problems.join("; "))),
         }
     }
+
+    /// Parses the `--cluster-*` settings, adding what is wrong to `problems`. The files are
+    /// only named here; they are read when the listener starts.
+    fn cluster(&self, problems: &mut Vec<String>) -> Option<ClusterSettings> {
+        let listen = self
+            .cluster_listen
+            .as_deref()
+            .unwrap_or(DEFAULT_CLUSTER_LISTEN)
+            .trim()
+            .parse::<SocketAddr>()
+            .map_err(|e| problems.push(format!("--cluster-listen: {e} (expected IP:PORT)")))
+            .ok();
+        let mtls = match self.cluster_mtls.as_deref() {
+            None => Some(ClusterMtls::default()),
+            Some(value) => value
+                .parse::<ClusterMtls>()
+                .map_err(|_| {
+                    problems.push(format!(
+                        "--cluster-mtls: '{}' is not one of shared, pki",
+                        value.trim()
+                    ))
+                })
+                .ok(),
+        };
+        let allowed: Vec<String> = self
+            .cluster_allowed_common_names
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .collect();
+        let files = match (&self.cluster_cert, &self.cluster_cert_key) {
+            (Some(cert), Some(key)) => Some(ClusterTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: self.cluster_ca_cert.clone(),
+                allowed_common_names: allowed.clone(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                problems.push("--cluster-cert is set but --cluster-cert-key is not".into());
+                None
+            }
+            (None, Some(_)) => {
+                problems.push("--cluster-cert-key is set but --cluster-cert is not".into());
+                None
+            }
+        };
+        if files.is_some() {
+            if mtls == Some(ClusterMtls::Pki) && self.cluster_ca_cert.is_none() {
+                problems.push(
+                    "--cluster-mtls pki needs --cluster-ca-cert (the cluster CA that issues \
+                     data-plane certificates)"
+                        .into(),
+                );
+            }
+            if mtls == Some(ClusterMtls::Shared) && !allowed.is_empty() {
+                problems.push(
+                    "--cluster-allowed-common-names needs --cluster-mtls pki (in shared mode \
+                     the certificate digest is checked, not names)"
+                        .into(),
+                );
+            }
+        }
+        Some(ClusterSettings {
+            listen: listen?,
+            mtls: mtls?,
+            files,
+        })
+    }
+}
+
+/// Reads an optional TOML string, or a list of strings joined with commas.
+fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum StringOrList {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(
+        Option::<StringOrList>::deserialize(deserializer)?.map(|value| match value {
+            StringOrList::One(one) => one,
+            StringOrList::Many(many) => many.join(","),
+        }),
+    )
 }
 
 // === impl Settings ===
@@ -260,6 +440,107 @@ mod tests {
         assert_eq!(settings.plugins, vec!["acl", "mtls-auth"]);
         assert!(settings.database_url.is_none());
         assert!(settings.require_database_url().is_err());
+        assert_eq!(settings.cluster.listen.to_string(), DEFAULT_CLUSTER_LISTEN);
+        assert_eq!(settings.cluster.mtls, ClusterMtls::Shared);
+        assert!(settings.cluster.files.is_none(), "listener disabled");
+        assert_eq!(
+            settings.status_listen.map(|a| a.to_string()).as_deref(),
+            Some(DEFAULT_STATUS_LISTEN)
+        );
+    }
+
+    #[test]
+    fn cluster_settings() {
+        let settings = parse(&[
+            "--cluster-listen",
+            "127.0.0.1:0",
+            "--cluster-mtls",
+            "pki",
+            "--cluster-cert",
+            "/pki/cp.crt",
+            "--cluster-cert-key",
+            "/pki/cp.key",
+            "--cluster-ca-cert",
+            "/pki/ca.crt",
+            "--cluster-allowed-common-names",
+            "dp1, dp2,",
+            "--status-listen",
+            "off",
+        ])
+        .unwrap();
+        assert_eq!(settings.cluster.listen.to_string(), "127.0.0.1:0");
+        assert_eq!(settings.cluster.mtls, ClusterMtls::Pki);
+        assert_eq!(
+            settings.cluster.files,
+            Some(ClusterTlsFiles {
+                cert: "/pki/cp.crt".into(),
+                key: "/pki/cp.key".into(),
+                ca: Some("/pki/ca.crt".into()),
+                allowed_common_names: vec!["dp1".into(), "dp2".into()],
+            })
+        );
+        assert_eq!(settings.status_listen, None);
+    }
+
+    #[test]
+    fn bad_cluster_settings_are_reported_together() {
+        let err = parse(&[
+            "--cluster-listen",
+            "8005",
+            "--cluster-mtls",
+            "mutual",
+            "--cluster-cert",
+            "/pki/cp.crt",
+            "--status-listen",
+            "localhost",
+        ])
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "--cluster-listen",
+            "--cluster-mtls: 'mutual' is not one of shared, pki",
+            "--cluster-cert is set but --cluster-cert-key is not",
+            "--status-listen",
+        ] {
+            assert!(err.contains(needle), "{needle} in {err}");
+        }
+
+        let pki = ["--cluster-cert", "a", "--cluster-cert-key", "b"];
+        let err = parse(&[&pki[..], &["--cluster-mtls", "pki"]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pki needs --cluster-ca-cert"), "{err}");
+        let err = parse(&[&pki[..], &["--cluster-allowed-common-names", "dp1"]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--cluster-allowed-common-names needs --cluster-mtls pki"),
+            "{err}"
+        );
+        // Without certificates the listener is off, and the mode's needs do not matter.
+        assert!(parse(&["--cluster-mtls", "pki"]).is_ok());
+    }
+
+    #[test]
+    fn allowed_common_names_may_be_a_toml_list() {
+        let dir = std::env::temp_dir().join(format!("gh-cfg3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cp.toml");
+        std::fs::write(
+            &path,
+            "cluster_mtls = \"pki\"\ncluster_cert = \"/c\"\ncluster_cert_key = \"/k\"\n\
+             cluster_ca_cert = \"/ca\"\ncluster_allowed_common_names = [\"dp1\", \"dp2\"]\n\
+             status_listen = \"127.0.0.1:9100\"\n",
+        )
+        .unwrap();
+        let settings = parse(&["--config", path.to_str().unwrap()]).unwrap();
+        let files = settings.cluster.files.unwrap();
+        assert_eq!(files.allowed_common_names, ["dp1", "dp2"]);
+        assert_eq!(files.ca.unwrap().to_str(), Some("/ca"));
+        assert_eq!(
+            settings.status_listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9100")
+        );
     }
 
     #[test]

@@ -97,6 +97,14 @@ impl ApiError {
         Self::Schema(FieldErrors::one(name, message))
     }
 
+    /// The message for logs: the cause for [`ApiError::Internal`], else the answered message.
+    pub(crate) fn detail(&self) -> String {
+        match self {
+            Self::Internal(cause) => cause.clone(),
+            other => other.to_string(),
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             Self::Unique(_) => StatusCode::CONFLICT,

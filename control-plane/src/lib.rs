@@ -1,27 +1,45 @@
 //! The Gatehouse control plane.
 //!
 //! - [`config`]: settings from flags, `GATEHOUSE_*` variables and a TOML file;
-//! - `store`: the PostgreSQL store (migrations, generic entity CRUD, the config version);
-//! - `admin`: the Kong-compatible Admin API (axum);
+//! - `store`: the PostgreSQL store (migrations, generic entity CRUD, the config version, the
+//!   data-plane registry);
+//! - `admin`: the Kong-compatible Admin API (axum), with `/clustering/*`;
+//! - `snapshot`: LISTENs for config changes and builds each version's snapshot once;
+//! - `cluster`: the config-sync listener (gRPC over mutual TLS) serving data planes;
+//! - `status`: the status listener (`/status`, `/status/ready`);
 //! - [`pki`]: the `pki` subcommand, which writes the cluster CA and node certificates.
 //!
 //! Every write to the store runs in one transaction that also bumps the config version and
 //! sends `NOTIFY gatehouse_config, '<version>'`; a failed write changes nothing.
+//!
+//! `serve` logs one line per listener once it is bound, with the address (port 0 picks one):
+//! `cluster listener listening addr=IP:PORT`, `status listener listening addr=IP:PORT`, then
+//! `admin API listening addr=IP:PORT` last, when everything accepts connections.
 
 pub mod config;
 pub mod logging;
 pub mod pki;
 
 mod admin;
+mod cluster;
 mod error;
+mod snapshot;
+mod status;
 mod store;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
+use crate::cluster::Node;
 use crate::config::{ConfigError, Settings};
-use crate::store::Store;
+use crate::store::{Store, unix_now};
+
+/// Longest wait at shutdown for recording that this node's data planes are disconnected.
+const SHUTDOWN_RECORD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Errors that stop the control plane.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +54,16 @@ pub enum Error {
     /// A listener could not be bound or served.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A listener address cannot be bound.
+    #[error("cannot listen on {addr} ({listener}): {source}")]
+    Listen {
+        /// Which listener (`--admin-listen`, ...).
+        listener: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Applies the database migrations and returns.
@@ -46,33 +74,132 @@ pub async fn migrate(settings: &Settings) -> Result<(), Error> {
     Ok(())
 }
 
-/// Migrates the database, then serves the Admin API until SIGINT or SIGTERM.
+/// Migrates the database, then serves the Admin API, the cluster listener (when cluster
+/// certificates are set) and the status listener until SIGINT or SIGTERM.
 pub async fn serve(settings: Settings) -> Result<(), Error> {
-    let store = Store::connect(
-        settings.require_database_url()?,
+    // Bad cluster certificate files are a configuration error: refuse them before anything.
+    let tls = cluster::load_tls(&settings.cluster)?;
+    let database_url = settings.require_database_url()?.to_owned();
+    let store = Arc::new(Store::connect(
+        &database_url,
         settings.database_max_connections,
         settings.plugins.clone(),
-    )?;
+    )?);
     let applied = store.migrate().await?;
     tracing::info!(applied, "migrations are up to date");
 
-    let listener = TcpListener::bind(settings.admin_listen).await?;
-    let addr = listener.local_addr()?;
-    let app = admin::router(admin::State::new(Arc::new(store), &settings));
+    let admin_listener = bind("--admin-listen", settings.admin_listen).await?;
+    let cluster_listener = match &tls {
+        Some(_) => Some(bind("--cluster-listen", settings.cluster.listen).await?),
+        None => None,
+    };
+    let status_listener = match settings.status_listen {
+        Some(addr) => Some(bind("--status-listen", addr).await?),
+        None => None,
+    };
+
+    let stats = Arc::new(snapshot::Stats::default());
+    let cluster_addr = cluster_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    // The builder runs only for the cluster listener: without it nobody takes snapshots.
+    let latest = cluster_listener
+        .as_ref()
+        .map(|_| snapshot::spawn(store.clone(), database_url.clone(), stats.clone()));
+    let node = Arc::new(Node::new(stats, latest, cluster_addr));
+    tracing::info!(node_id = %node.id, hostname = %node.hostname, "control plane node");
+
+    let (stop, shutdown) = watch::channel(false);
+    let signal = shutdown_signal();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        signal.await;
+        let _ = on_signal.send(true);
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    if let (Some(listener), Some(tls)) = (cluster_listener, tls) {
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            mtls = %settings.cluster.mtls,
+            "cluster listener listening"
+        );
+        tasks.spawn(cluster::serve(
+            listener,
+            tls,
+            node.clone(),
+            store.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if let Some(listener) = status_listener {
+        tracing::info!(addr = %listener.local_addr()?, "status listener listening");
+        let app = status::router(store.clone(), node.clone());
+        let signal = stopped(shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(error) = axum::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .await
+            {
+                tracing::error!(%error, "status listener failed");
+            }
+        });
+    }
+    let addr = admin_listener.local_addr()?;
+    let app = admin::router(admin::State::new(store.clone(), node.clone(), &settings));
     tracing::info!(%addr, "admin API listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let served = axum::serve(admin_listener, app)
+        .with_graceful_shutdown(stopped(shutdown.clone()))
+        .await;
     tracing::info!("admin API stopped");
+    // Also when the Admin API failed without a signal: stop the other listeners.
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
+    if node.latest.is_some() {
+        // This node's streams are closed: say so now rather than when their leases expire.
+        match tokio::time::timeout(
+            SHUTDOWN_RECORD_TIMEOUT,
+            store.data_planes_disconnected_from(node.id, unix_now()),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error.detail(), "cannot record the data planes as disconnected");
+            }
+            Err(_) => tracing::warn!("timed out recording the data planes as disconnected"),
+        }
+    }
+    served?;
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Binds a listener, naming it and the address when that fails.
+async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen {
+            listener,
+            addr,
+            source,
+        })
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Resolves at SIGINT or SIGTERM. SIGTERM is caught from the call on (not from the first
+/// poll), so a signal sent as soon as the listeners are logged still shuts down gracefully.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match term {
                 Ok(term) => term,
                 Err(error) => {
                     tracing::warn!(%error, "cannot listen for SIGTERM");
@@ -80,12 +207,13 @@ async fn shutdown_signal() {
                     return;
                 }
             };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
         }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
 }

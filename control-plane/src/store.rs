@@ -10,7 +10,9 @@
 //! the config-version row lock last, so concurrent writers serialise only for the short tail of
 //! their transaction and versions are gap-free in commit order.
 
+mod data_planes;
 mod entity;
+mod export;
 mod query;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,7 +20,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
 use tokio_postgres::NoTls;
 
+pub(crate) use self::data_planes::{Claim, DataPlane, SyncStatus};
 pub(crate) use self::entity::{Parent, Selector, coerce_form};
+pub(crate) use self::export::Export;
 pub(crate) use self::query::{ListQuery, Page, TagFilter};
 use crate::Error;
 use crate::error::ApiError;
@@ -151,6 +155,13 @@ pub(crate) fn pool_error_text(error: &deadpool_postgres::PoolError) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Unix time in whole seconds.
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Unix time in seconds.

@@ -1,31 +1,69 @@
-//! `gatehouse-dp`: the Gatehouse data plane.
-//!
-//! The data plane receives configuration snapshots from the control plane and proxies traffic
-//! with them. The sync client and the proxy are built by the config-sync and proxy work; until
-//! then this binary only validates its command line and reports what it would connect to.
+//! `gatehouse-dp`: the Gatehouse data plane binary. Parses the settings, sets up logging and
+//! the TLS crypto provider, runs the library until SIGTERM or SIGINT.
+
+use std::process::ExitCode;
 
 use clap::Parser;
+use gatehouse_dp::config::Cli;
 
-/// Gatehouse data plane.
-#[derive(Debug, Parser)]
-#[command(name = "gatehouse-dp", version, about)]
-struct Cli {
-    /// Address of the control plane's cluster listener.
-    #[arg(
-        long,
-        env = "GATEHOUSE_CLUSTER_CONTROL_PLANE",
-        default_value = "127.0.0.1:8005"
-    )]
-    cluster_control_plane: String,
+/// Exit code for bad configuration (sysexits `EX_USAGE`).
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match cli.settings() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("gatehouse-dp: {error}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    // One crypto provider for the whole process, before anything builds a rustls config.
+    if rustls::crypto::aws_lc_rs::default_provider()
+        .install_default()
+        .is_err()
+    {
+        eprintln!("gatehouse-dp: a rustls crypto provider was already installed");
+    }
+    gatehouse_dp::logging::init(&settings.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("gatehouse-dp: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(gatehouse_dp::run(settings, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            ExitCode::from(if error.is_config() { EX_USAGE } else { 1 })
+        }
+    }
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    // Keep the generated protocol linked in so the wire types stay checked by every build.
-    let hello = gatehouse_proto::v1::Hello::default();
-    anyhow::bail!(
-        "gatehouse-dp: config sync with {} is not available in this build (protocol {:?})",
-        cli.cluster_control_plane,
-        hello.version
-    )
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = terminate.recv() => tracing::info!("SIGTERM received"),
+                () = interrupt => tracing::info!("SIGINT received"),
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT stops the data plane");
+            interrupt.await;
+            tracing::info!("SIGINT received");
+        }
+    }
 }

@@ -23,7 +23,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long [`ControlPlane::stop`] waits after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The log line `serve` writes once the Admin API accepts connections (with `addr=IP:PORT`).
+/// `serve` logs it last, after the lines of its other listeners.
 const READY_LINE: &str = "admin API listening";
+/// The log line of the cluster (config sync) listener, absent when it is disabled.
+const CLUSTER_LINE: &str = "cluster listener listening";
+/// The log line of the status listener, absent with `--status-listen off`.
+const STATUS_LINE: &str = "status listener listening";
 
 /// A running `gatehouse-cp serve` process, killed when dropped.
 ///
@@ -34,6 +39,8 @@ pub struct ControlPlane {
     child: Child,
     pid: u32,
     addr: SocketAddr,
+    cluster_addr: Option<SocketAddr>,
+    status_addr: Option<SocketAddr>,
     admin: Admin,
     logs: Arc<Logs>,
 }
@@ -64,15 +71,17 @@ pub fn cp_bin() -> Result<PathBuf> {
 // === impl ControlPlane ===
 
 impl ControlPlane {
-    /// Starts `gatehouse-cp serve --database-url <db> --admin-listen 127.0.0.1:0` and waits
-    /// until its Admin API listens.
+    /// Starts `gatehouse-cp serve --database-url <db> --admin-listen 127.0.0.1:0
+    /// --cluster-listen 127.0.0.1:0 --status-listen 127.0.0.1:0` and waits until its Admin API
+    /// listens. Without cluster certificates the cluster listener stays disabled.
     pub async fn start(db: &TestDb) -> Result<ControlPlane> {
         Self::start_with(db, &[], &[]).await
     }
 
     /// Like [`ControlPlane::start`], with extra `serve` arguments and environment variables.
     ///
-    /// `args` may give `--database-url` or `--admin-listen` to replace the defaults. The child
+    /// `args` may give `--database-url`, `--admin-listen`, `--cluster-listen` or
+    /// `--status-listen` to replace the defaults. The child
     /// gets `RUST_LOG=info` and none of the test process's `GATEHOUSE_*` variables; `env` is
     /// applied last and may override both.
     pub async fn start_with(
@@ -92,6 +101,12 @@ impl ControlPlane {
         }
         if !gives("--admin-listen") {
             cmd.args(["--admin-listen", "127.0.0.1:0"]);
+        }
+        if !gives("--cluster-listen") {
+            cmd.args(["--cluster-listen", "127.0.0.1:0"]);
+        }
+        if !gives("--status-listen") {
+            cmd.args(["--status-listen", "127.0.0.1:0"]);
         }
         cmd.args(args);
         // A developer's own settings must not leak into the test.
@@ -150,11 +165,17 @@ impl ControlPlane {
             // Woken by new output; the timeout polls for the process's exit.
             let _ = timeout(Duration::from_millis(100), changed).await;
         };
+        // The other listeners log before the Admin API, on the same stream: their lines are in.
+        let text = logs.text();
+        let cluster_addr = find_addr(&text, CLUSTER_LINE);
+        let status_addr = find_addr(&text, STATUS_LINE);
         let admin = Admin::new(format!("http://{addr}"))?;
         Ok(ControlPlane {
             child,
             pid,
             addr,
+            cluster_addr,
+            status_addr,
             admin,
             logs,
         })
@@ -168,6 +189,18 @@ impl ControlPlane {
     /// The address the Admin API listens on.
     pub fn admin_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the cluster (config sync) listener, `None` when it is disabled (no
+    /// `--cluster-cert`/`--cluster-cert-key`). Data planes connect here.
+    pub fn cluster_addr(&self) -> Option<SocketAddr> {
+        self.cluster_addr
+    }
+
+    /// The status listener's base URL, `http://127.0.0.1:PORT` (`GET /status`,
+    /// `GET /status/ready`), `None` with `--status-listen off`.
+    pub fn status_url(&self) -> Option<String> {
+        self.status_addr.map(|addr| format!("http://{addr}"))
     }
 
     /// A client for the Admin API.
@@ -275,7 +308,13 @@ async fn drain(stream: impl AsyncRead + Unpin, logs: Arc<Logs>, prefix: String) 
 
 /// Finds `addr=IP:PORT` on the first line saying the Admin API listens.
 fn find_admin_addr(logs: &str) -> Option<SocketAddr> {
-    let line = logs.lines().find(|l| l.contains(READY_LINE))?;
+    find_addr(logs, READY_LINE)
+}
+
+/// Finds `addr=IP:PORT` on the first line containing `marker`; an unspecified IP
+/// (`0.0.0.0`) becomes `127.0.0.1`.
+fn find_addr(logs: &str, marker: &str) -> Option<SocketAddr> {
+    let line = logs.lines().find(|l| l.contains(marker))?;
     let line = strip_ansi(line);
     let value = line.split("addr=").nth(1)?;
     let value = value
@@ -328,6 +367,27 @@ mod tests {
         assert_eq!(
             find_admin_addr(logs),
             Some("127.0.0.1:8001".parse().expect("addr"))
+        );
+    }
+
+    #[test]
+    fn listener_addrs_are_found() {
+        let logs = "2026-11-25T14:00:00Z  INFO gatehouse_cp: cluster listener listening \
+                    addr=0.0.0.0:43001 mtls=pki\n\
+                    2026-11-25T14:00:00Z  INFO gatehouse_cp: status listener listening \
+                    addr=127.0.0.1:43002\n\
+                    2026-11-25T14:00:00Z  INFO gatehouse_cp: admin API listening addr=127.0.0.1:43003\n";
+        assert_eq!(
+            find_addr(logs, CLUSTER_LINE),
+            Some("127.0.0.1:43001".parse().expect("addr"))
+        );
+        assert_eq!(
+            find_addr(logs, STATUS_LINE),
+            Some("127.0.0.1:43002".parse().expect("addr"))
+        );
+        assert_eq!(
+            find_addr("INFO admin API listening addr=127.0.0.1:1\n", CLUSTER_LINE),
+            None
         );
     }
 

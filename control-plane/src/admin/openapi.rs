@@ -12,6 +12,7 @@
 //! - `<Entity>List`: one page of a list.
 //! - `Plugin`, whose `config` is one of the per-plugin `<Name>Config` schemas.
 //! - `Error`, `Message`, `NodeInfo`, `Status`, `TagRow`, `TagList`.
+//! - `DataPlane`, `DataPlaneList`, `ClusterStatus`: the `/clustering` endpoints.
 
 use std::fmt::Write as _;
 
@@ -203,6 +204,8 @@ fn tags() -> Value {
     let mut all = vec![
         json!({"name": "information", "description": "Node information, status and this document."}),
         json!({"name": "tags", "description": "Tagged entities across every collection."}),
+        json!({"name": "clustering", "description": "The data planes of the cluster and \
+               whether they run the current configuration (`/clustering`)."}),
     ];
     for collection in COLLECTIONS {
         let (_, many) = label(collection);
@@ -248,6 +251,7 @@ fn operation(endpoint: &Endpoint, method: &Method) -> Value {
         Op::Root | Op::Status | Op::OpenApi | Op::Tags | Op::Tag => {
             information(endpoint.op, method)
         }
+        Op::DataPlanes | Op::DataPlane | Op::ClusterStatus => clustering(endpoint.op, method),
         Op::Collection(scope) => collection_operation(scope, method),
         Op::Entity(scope) => entity_operation(scope, method),
     };
@@ -300,6 +304,8 @@ fn fallback(endpoint: &Endpoint, method: &Method) -> Operation {
 fn path_parameter(endpoint: &Endpoint, name: &str, last: bool) -> Value {
     let description = if matches!(endpoint.op, Op::Tag) && name == "tag" {
         "A tag".to_owned()
+    } else if matches!(endpoint.op, Op::DataPlane) && name == "id" {
+        "id of the data plane (its node id, a UUID)".to_owned()
     } else {
         match COLLECTIONS.iter().find(|c| singular(c) == name) {
             Some(collection) => {
@@ -516,7 +522,9 @@ fn information(op: Op, method: &Method) -> Option<Operation> {
                 )
             }
         }
-        Op::Collection(_) | Op::Entity(_) => return None,
+        Op::Collection(_) | Op::Entity(_) | Op::DataPlanes | Op::DataPlane | Op::ClusterStatus => {
+            return None;
+        }
     };
     Some(Operation {
         id: id.into(),
@@ -524,6 +532,61 @@ fn information(op: Op, method: &Method) -> Option<Operation> {
         description: Some(description.into()),
         tag: tag.into(),
         query,
+        body: None,
+        responses,
+    })
+}
+
+fn clustering(op: Op, method: &Method) -> Option<Operation> {
+    let mut responses = Map::new();
+    let (id, summary, description) = match (op, method) {
+        (Op::DataPlanes, &Method::GET) => {
+            responses.insert(
+                "200".into(),
+                json_response("Every data plane.", schema_ref("DataPlaneList")),
+            );
+            (
+                "getClusteringDataPlanes",
+                "List data planes",
+                "Every data plane known to the cluster, whichever control plane it is connected \
+                 to, ordered by hostname then id, in one page (`next` is always null). A data \
+                 plane stays listed after it disconnects, until deleted.",
+            )
+        }
+        (Op::DataPlane, &Method::DELETE) => {
+            responses.insert(
+                "204".into(),
+                json!({"description": "Forgotten (also when it was not known)."}),
+            );
+            responses.insert("404".into(), not_found("The id is not a UUID."));
+            (
+                "deleteClusteringDataPlane",
+                "Forget a data plane",
+                "Removes a data plane from the registry, e.g. after it was scaled away. A data \
+                 plane that is still connected reappears at its next report.",
+            )
+        }
+        (Op::ClusterStatus, &Method::GET) => {
+            responses.insert(
+                "200".into(),
+                json_response("The fleet summary.", schema_ref("ClusterStatus")),
+            );
+            (
+                "getClusteringStatus",
+                "Config sync status",
+                "The configuration this control plane pushes, how many data planes run it, and \
+                 why the others lag.",
+            )
+        }
+        _ => return None,
+    };
+    internal_error(&mut responses);
+    Some(Operation {
+        id: id.into(),
+        summary: summary.into(),
+        description: Some(description.into()),
+        tag: "clustering".into(),
+        query: Vec::new(),
         body: None,
         responses,
     })
@@ -818,6 +881,24 @@ fn schemas() -> Map<String, Value> {
         }),
     );
     all.insert("TagList".into(), page_schema("TagRow", "tag rows"));
+    all.insert("DataPlane".into(), data_plane_schema());
+    all.insert(
+        "DataPlaneList".into(),
+        json!({
+            "type": "object",
+            "description": "Every data plane, in one page.",
+            "required": ["data", "next"],
+            "properties": {
+                "data": {"type": "array", "items": schema_ref("DataPlane")},
+                "next": {
+                    "type": "string",
+                    "nullable": true,
+                    "description": "Always null: every data plane is on one page.",
+                },
+            },
+        }),
+    );
+    all.insert("ClusterStatus".into(), cluster_status_schema());
     for name in KNOWN_PLUGINS {
         let Some(fields) = plugin_config_fields(name) else {
             continue;
@@ -929,12 +1010,157 @@ fn node_info_schema() -> Value {
             },
             "configuration": {
                 "type": "object",
-                "required": ["admin_listen", "database", "plugins", "admin_max_body"],
+                "required": [
+                    "admin_listen", "database", "plugins", "admin_max_body", "cluster_listen",
+                    "cluster_mtls", "status_listen",
+                ],
                 "properties": {
                     "admin_listen": {"type": "string"},
                     "database": {"type": "string", "enum": ["postgres"]},
                     "plugins": strings,
                     "admin_max_body": {"type": "integer"},
+                    "cluster_listen": {
+                        "type": "string",
+                        "nullable": true,
+                        "description": "Address of the cluster listener; null when it is \
+                                        disabled (no cluster certificate).",
+                    },
+                    "cluster_mtls": {"type": "string", "enum": ["shared", "pki"]},
+                    "status_listen": {
+                        "type": "string",
+                        "nullable": true,
+                        "description": "Address of the status listener; null when `off`.",
+                    },
+                },
+            },
+        },
+    })
+}
+
+fn data_plane_schema() -> Value {
+    let seconds = |description: &str| json!({"type": "integer", "description": description});
+    let nullable_seconds = |description: &str| json!({"type": "integer", "nullable": true, "description": description});
+    json!({
+        "type": "object",
+        "description": "A data plane as the registry knows it: Kong's fields plus \
+                        `config_version`, `cert_expiry`, `error`, `connected`, \
+                        `control_plane` and `created_at`.",
+        "required": [
+            "id", "hostname", "ip", "version", "config_version", "config_hash", "last_seen",
+            "sync_status", "labels", "cert_expiry", "cert_details", "error", "connected",
+            "control_plane", "created_at", "updated_at",
+        ],
+        "properties": {
+            "id": {"type": "string", "format": "uuid", "description": "The data plane's node id."},
+            "hostname": {"type": "string"},
+            "ip": {"type": "string", "description": "Address its stream comes from."},
+            "version": {"type": "string", "description": "Its Gatehouse version."},
+            "config_version": {
+                "type": "integer",
+                "nullable": true,
+                "description": "The config version it runs; null while it runs none.",
+            },
+            "config_hash": {
+                "type": "string",
+                "nullable": true,
+                "description": "The config hash it runs (hex SHA-256); null while it runs none.",
+            },
+            "last_seen": seconds("Last time it was heard of, Unix seconds."),
+            "sync_status": {
+                "type": "string",
+                "enum": ["unknown", "normal", "rejected", "version_incompatible"],
+                "description": "`rejected`: it refused its last snapshot (see `error`); \
+                                `version_incompatible`: the control plane does not serve its \
+                                version (see `error`).",
+            },
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "cert_expiry": nullable_seconds("End of validity of its cluster certificate, Unix seconds."),
+            "cert_details": {
+                "type": "object",
+                "description": "Kong's shape of `cert_expiry`.",
+                "properties": {"expiry_timestamp": {"type": "integer", "nullable": true}},
+            },
+            "error": {
+                "type": "string",
+                "nullable": true,
+                "description": "Why its last snapshot was rejected, or why it was refused.",
+            },
+            "connected": {
+                "type": "boolean",
+                "description": "Whether its stream to a control plane is open.",
+            },
+            "control_plane": {
+                "type": "string",
+                "format": "uuid",
+                "nullable": true,
+                "description": "Node id of the control plane holding its stream.",
+            },
+            "created_at": seconds("First registration, Unix seconds."),
+            "updated_at": seconds("Last change other than `last_seen`, Unix seconds."),
+        },
+    })
+}
+
+fn cluster_status_schema() -> Value {
+    let count = json!({"type": "integer", "minimum": 0});
+    json!({
+        "type": "object",
+        "required": [
+            "config_version", "config_hash", "snapshots_built", "snapshots_sent",
+            "cluster_listener", "data_planes", "lagging",
+        ],
+        "properties": {
+            "config_version": {
+                "type": "integer",
+                "nullable": true,
+                "description": "Version of the snapshot this control plane pushes; null before \
+                                its first build or without cluster listener.",
+            },
+            "config_hash": {"type": "string", "nullable": true},
+            "snapshots_built": {
+                "type": "integer",
+                "description": "Snapshots this control plane built since it started.",
+            },
+            "snapshots_sent": {
+                "type": "integer",
+                "description": "Snapshots this control plane sent (one per data plane and \
+                                snapshot) since it started.",
+            },
+            "cluster_listener": {"type": "string", "nullable": true},
+            "data_planes": {
+                "type": "object",
+                "required": ["total", "connected", "in_sync"],
+                "properties": {
+                    "total": count.clone(),
+                    "connected": count.clone(),
+                    "in_sync": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Connected and running `config_hash`.",
+                    },
+                },
+            },
+            "lagging": {
+                "type": "array",
+                "description": "Every data plane not in sync.",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "hostname", "config_version", "config_hash", "connected", "reason"],
+                    "properties": {
+                        "id": {"type": "string", "format": "uuid"},
+                        "hostname": {"type": "string"},
+                        "config_version": {"type": "integer", "nullable": true},
+                        "config_hash": {"type": "string", "nullable": true},
+                        "connected": {"type": "boolean"},
+                        "reason": {
+                            "type": "string",
+                            "example": "rejected: routes[0]: invalid regex",
+                            "description": "`applying version N`, `rejected: <error>`, \
+                                            `disconnected since <time>`, `version incompatible: \
+                                            <reason>`, `runs version N, newer than this control \
+                                            plane's M`.",
+                        },
+                    },
                 },
             },
         },

@@ -1,0 +1,142 @@
+use super::*;
+
+fn running(version: u64, hash: &str) -> Running {
+    Running::reported(version, hash)
+}
+
+#[test]
+fn a_dp_running_nothing_gets_any_version() {
+    assert_eq!(running(0, "").decide(0, "h0"), Decision::Send);
+    assert_eq!(running(7, " ").decide(3, "h3"), Decision::Send);
+}
+
+#[test]
+fn the_same_hash_is_not_sent_again() {
+    assert_eq!(running(3, "h").decide(3, "h"), Decision::AlreadyRuns);
+    // A later version with the same content (a write undone) is not sent either.
+    assert_eq!(running(3, "h").decide(5, "h"), Decision::AlreadyRuns);
+}
+
+#[test]
+fn newer_versions_are_sent_older_ones_never() {
+    assert_eq!(running(3, "a").decide(4, "b"), Decision::Send);
+    assert_eq!(running(9, "a").decide(4, "b"), Decision::Older);
+    // Same version, other content (a restored database): the DP decides.
+    assert_eq!(running(4, "a").decide(4, "b"), Decision::Send);
+}
+
+fn snapshot(version: u64) -> Option<Arc<EncodedSnapshot>> {
+    Some(Arc::new(EncodedSnapshot {
+        version,
+        hash: format!("h{version}"),
+        message: gatehouse_proto::v1::Snapshot {
+            version,
+            hash: format!("h{version}"),
+            ..Default::default()
+        },
+    }))
+}
+
+fn sent_version(message: Option<ControlPlaneMessage>) -> Option<u64> {
+    match message?.kind? {
+        control_plane_message::Kind::Snapshot(snapshot) => Some(snapshot.version),
+        control_plane_message::Kind::Refusal(_) => None,
+    }
+}
+
+/// The channels feeding a test [`Sender`].
+struct Feed {
+    latest: watch::Sender<Option<Arc<EncodedSnapshot>>>,
+    closed: watch::Sender<bool>,
+    _shutdown: watch::Sender<bool>,
+}
+
+/// A sender for a DP in state `running`, fed by the returned channels.
+fn sender(running: Running, first: Option<Arc<EncodedSnapshot>>) -> (Sender, Feed) {
+    let (latest_tx, latest) = watch::channel(first);
+    let (closed_tx, closed) = watch::channel(false);
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let node = Arc::new(Node::new(Arc::default(), None, None));
+    let sender = Sender {
+        latest,
+        running,
+        first: true,
+        warned_older: false,
+        dp: Uuid::nil(),
+        node,
+        closed,
+        shutdown,
+    };
+    let feed = Feed {
+        latest: latest_tx,
+        closed: closed_tx,
+        _shutdown: shutdown_tx,
+    };
+    (sender, feed)
+}
+
+async fn next(sender: &mut Sender) -> Option<u64> {
+    tokio::time::timeout(Duration::from_millis(50), sender.next())
+        .await
+        .ok()
+        .and_then(sent_version)
+}
+
+#[tokio::test]
+async fn superseded_versions_are_skipped_and_each_sent_once() {
+    let (mut sender, feed) = sender(running(0, ""), snapshot(1));
+    assert_eq!(next(&mut sender).await, Some(1), "current snapshot at once");
+    assert_eq!(next(&mut sender).await, None, "nothing new");
+    for version in 2..=5 {
+        feed.latest.send_replace(snapshot(version));
+    }
+    assert_eq!(next(&mut sender).await, Some(5), "only the newest");
+    assert_eq!(next(&mut sender).await, None);
+    assert_eq!(sender.node.stats.get(), (0, 2));
+    feed.closed.send_replace(true);
+    assert!(sender.next().await.is_none(), "the stream ends with its DP");
+}
+
+#[tokio::test]
+async fn a_dp_already_running_the_current_hash_gets_nothing_until_a_change() {
+    let (mut sender, feed) = sender(running(3, "h3"), snapshot(3));
+    assert_eq!(next(&mut sender).await, None);
+    feed.latest.send_replace(snapshot(4));
+    assert_eq!(next(&mut sender).await, Some(4));
+}
+
+#[tokio::test]
+async fn a_dp_running_a_newer_version_gets_only_newer_ones() {
+    let (mut sender, feed) = sender(running(9, "h9"), snapshot(4));
+    assert_eq!(next(&mut sender).await, None);
+    feed.latest.send_replace(snapshot(8));
+    assert_eq!(next(&mut sender).await, None);
+    feed.latest.send_replace(snapshot(10));
+    assert_eq!(next(&mut sender).await, Some(10));
+}
+
+#[tokio::test]
+async fn the_stream_waits_for_the_first_build() {
+    let (mut sender, feed) = sender(running(0, ""), None);
+    assert_eq!(next(&mut sender).await, None);
+    feed.latest.send_replace(snapshot(1));
+    assert_eq!(next(&mut sender).await, Some(1));
+}
+
+#[test]
+fn truncate_respects_char_boundaries() {
+    assert_eq!(truncate("héllo".into(), 2), "h");
+    assert_eq!(truncate("héllo".into(), 3), "hé");
+    assert_eq!(truncate("abc".into(), 10), "abc");
+}
+
+#[test]
+fn labels_are_sorted_and_capped() {
+    let labels = (0..100)
+        .map(|i| (format!("k{i:03}"), format!("v{i}")))
+        .collect();
+    let json = labels_json(labels);
+    let object = json.as_object().expect("object");
+    assert_eq!(object.len(), MAX_LABELS);
+    assert_eq!(object.keys().next().map(String::as_str), Some("k000"));
+}

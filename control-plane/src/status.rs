@@ -1,0 +1,89 @@
+//! The status listener (`--status-listen`, Kong's `status_listen`): health of this control
+//! plane node for probes and operators, apart from the Admin API.
+//!
+//! - `GET /status`: 200 with `{"database": {"reachable"}, "config_version", "snapshot":
+//!   {"version", "hash"} | null, "data_planes": {"connected"}, "cluster_listener",
+//!   "snapshots_built", "snapshots_sent"}` (`connected` counts the streams on this node);
+//! - `GET /status/ready`: 200 `{"ready": true}` when the database answers and, with the
+//!   cluster listener, a snapshot is built; else 503 with `{"ready": false, "reason"}`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::StatusCode;
+use serde_json::json;
+
+use crate::cluster::Node;
+use crate::store::Store;
+
+/// State of the status handlers.
+#[derive(Debug, Clone)]
+pub(crate) struct Status {
+    store: Arc<Store>,
+    node: Arc<Node>,
+}
+
+/// The status router.
+pub(crate) fn router(store: Arc<Store>, node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/status", get(status))
+        .route("/status/ready", get(ready))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                axum::Json(json!({"message": "Not found"})),
+            )
+        })
+        .with_state(Status { store, node })
+}
+
+async fn status(State(state): State<Status>) -> Response {
+    let version = state.store.config_version().await;
+    if let Err(error) = &version {
+        tracing::warn!(error = %error.detail(), "database unreachable");
+    }
+    let snapshot = state
+        .node
+        .latest
+        .as_ref()
+        .and_then(|latest| latest.borrow().clone())
+        .map(|s| json!({"version": s.version, "hash": s.hash}));
+    let (built, sent) = state.node.stats.get();
+    axum::Json(json!({
+        "database": {"reachable": version.is_ok()},
+        "config_version": version.ok(),
+        "snapshot": snapshot,
+        "data_planes": {"connected": state.node.connected()},
+        "cluster_listener": state.node.cluster_addr.map(|a| a.to_string()),
+        "snapshots_built": built,
+        "snapshots_sent": sent,
+    }))
+    .into_response()
+}
+
+async fn ready(State(state): State<Status>) -> Response {
+    let reason = if let Err(error) = state.store.config_version().await {
+        tracing::warn!(error = %error.detail(), "database unreachable");
+        Some("database unreachable")
+    } else if state
+        .node
+        .latest
+        .as_ref()
+        .is_some_and(|latest| latest.borrow().is_none())
+    {
+        Some("no snapshot built yet")
+    } else {
+        None
+    };
+    match reason {
+        None => axum::Json(json!({"ready": true})).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"ready": false, "reason": reason})),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,432 @@
+//! Settings of the data plane. Every setting is a command-line flag, the same name as a
+//! `GATEHOUSE_*` environment variable, or a key of the TOML file given with `--config` (the flag
+//! name with `_` for `-`; labels are the key `labels`). Flags and variables win over the file;
+//! the file wins over defaults.
+//!
+//! | flag | variable | TOML key | default |
+//! |---|---|---|---|
+//! | `--cluster-control-plane HOST:PORT` | `GATEHOUSE_CLUSTER_CONTROL_PLANE` | `cluster_control_plane` | `127.0.0.1:8005` |
+//! | `--cluster-server-name NAME` | `GATEHOUSE_CLUSTER_SERVER_NAME` | `cluster_server_name` | the host of `--cluster-control-plane` (`pki` mode only) |
+//! | `--cluster-cert FILE` | `GATEHOUSE_CLUSTER_CERT` | `cluster_cert` | required |
+//! | `--cluster-cert-key FILE` | `GATEHOUSE_CLUSTER_CERT_KEY` | `cluster_cert_key` | required |
+//! | `--cluster-ca-cert FILE` | `GATEHOUSE_CLUSTER_CA_CERT` | `cluster_ca_cert` | required in `pki` mode |
+//! | `--cluster-mtls shared\|pki` | `GATEHOUSE_CLUSTER_MTLS` | `cluster_mtls` | `shared` |
+//! | `--cache-dir DIR` | `GATEHOUSE_CACHE_DIR` | `cache_dir` | `/var/lib/gatehouse-dp` |
+//! | `--status-listen IP:PORT` | `GATEHOUSE_STATUS_LISTEN` | `status_listen` | `127.0.0.1:8100` |
+//! | `--label KEY=VALUE` (repeatable) | `GATEHOUSE_LABELS` (`k=v,k2=v2`) | `labels` (table or list of `k=v`) | none |
+//! | `--log-level FILTER` | `GATEHOUSE_LOG_LEVEL` | `log_level` | `RUST_LOG`, else `info` |
+//! | `--log-format text\|json` | `GATEHOUSE_LOG_FORMAT` | `log_format` | `text` |
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser};
+use serde::{Deserialize, Deserializer};
+
+use gatehouse_shared::cluster::{ClusterMtls, ClusterTlsFiles, SHARED_SERVER_NAME};
+
+/// Default address of the control plane's cluster listener (Kong's `cluster_control_plane`).
+pub const DEFAULT_CLUSTER_CONTROL_PLANE: &str = "127.0.0.1:8005";
+/// Default directory of the node id and the snapshot cache.
+pub const DEFAULT_CACHE_DIR: &str = "/var/lib/gatehouse-dp";
+/// Default address of the status listener.
+pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:8100";
+/// Longest label key or value (Kong's limit).
+const MAX_LABEL_LEN: usize = 63;
+
+/// Gatehouse data plane: applies the configuration snapshots pushed by the control plane.
+#[derive(Debug, Parser)]
+#[command(name = "gatehouse-dp", version, about)]
+pub struct Cli {
+    /// The settings.
+    #[command(flatten)]
+    pub flags: Flags,
+}
+
+/// Every setting as given (each is also a `GATEHOUSE_*` variable and a TOML key); unset values
+/// are `None` so that the file and the defaults can fill them.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Flags {
+    /// TOML file with settings; keys are the flag names with `_` (e.g. `cache_dir`), labels
+    /// are `labels = { region = "eu" }`.
+    #[arg(long, short = 'c', env = "GATEHOUSE_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Control plane cluster listener, HOST:PORT [default: 127.0.0.1:8005].
+    #[arg(long, env = "GATEHOUSE_CLUSTER_CONTROL_PLANE")]
+    pub cluster_control_plane: Option<String>,
+
+    /// Name the control plane's certificate must carry in `pki` mode, also sent as SNI
+    /// [default: the host of --cluster-control-plane]. `shared` mode always uses
+    /// `gatehouse_clustering`.
+    #[arg(long, env = "GATEHOUSE_CLUSTER_SERVER_NAME")]
+    pub cluster_server_name: Option<String>,
+
+    /// PEM certificate this node presents to the control plane. Required.
+    #[arg(long, env = "GATEHOUSE_CLUSTER_CERT")]
+    pub cluster_cert: Option<PathBuf>,
+
+    /// PEM private key of --cluster-cert. Required.
+    #[arg(long, env = "GATEHOUSE_CLUSTER_CERT_KEY")]
+    pub cluster_cert_key: Option<PathBuf>,
+
+    /// PEM cluster CA certificate(s) the control plane's certificate is verified against.
+    /// Required in `pki` mode.
+    #[arg(long, env = "GATEHOUSE_CLUSTER_CA_CERT")]
+    pub cluster_ca_cert: Option<PathBuf>,
+
+    /// Cluster trust: `shared` (one certificate on every node, pinned by digest) or `pki`
+    /// (verified against --cluster-ca-cert) [default: shared].
+    #[arg(long, env = "GATEHOUSE_CLUSTER_MTLS")]
+    pub cluster_mtls: Option<String>,
+
+    /// Directory of the node id and the cached snapshot; created (mode 0700) if missing
+    /// [default: /var/lib/gatehouse-dp].
+    #[arg(long, env = "GATEHOUSE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Address of the status listener (port 0 picks a free port; the address is logged)
+    /// [default: 127.0.0.1:8100].
+    #[arg(long, env = "GATEHOUSE_STATUS_LISTEN")]
+    pub status_listen: Option<String>,
+
+    /// A label reported to the control plane, KEY=VALUE; repeatable (the variable takes a
+    /// comma-separated list).
+    #[arg(
+        long = "label",
+        env = "GATEHOUSE_LABELS",
+        value_name = "KEY=VALUE",
+        value_delimiter = ','
+    )]
+    #[serde(alias = "label", deserialize_with = "labels_from_toml")]
+    pub labels: Vec<String>,
+
+    /// Log filter in `RUST_LOG` syntax, e.g. `info` or `gatehouse_dp=debug` [default: info;
+    /// `RUST_LOG` is read when this is unset].
+    #[arg(long, env = "GATEHOUSE_LOG_LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Log format: `text` or `json` [default: text].
+    #[arg(long, env = "GATEHOUSE_LOG_FORMAT")]
+    pub log_format: Option<String>,
+
+    /// Test only: the Gatehouse version announced to the control plane (X.Y.Z) [default: this
+    /// build's version].
+    #[arg(long, env = "GATEHOUSE_ADVERTISE_VERSION", hide = true)]
+    pub advertise_version: Option<String>,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// Filter directives; `None` means `RUST_LOG` or `info`.
+    pub level: Option<String>,
+    /// Emit JSON lines instead of text.
+    pub json: bool,
+}
+
+/// Where the control plane is and how this node authenticates to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// `HOST:PORT` of the control plane, as configured (resolved at each connection).
+    pub control_plane: String,
+    /// The name the control plane's certificate is checked against in `pki` mode.
+    pub server_name: String,
+    /// Trust mode.
+    pub mode: ClusterMtls,
+    /// Certificate, key and CA files (re-read when they change).
+    pub files: ClusterTlsFiles,
+}
+
+/// Typed, validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The cluster link.
+    pub cluster: ClusterSettings,
+    /// Directory of the node id and the snapshot cache.
+    pub cache_dir: PathBuf,
+    /// Address of the status listener.
+    pub status_listen: SocketAddr,
+    /// Labels reported to the control plane.
+    pub labels: BTreeMap<String, String>,
+    /// The version announced to the control plane and shown by `/status`.
+    pub advertise_version: String,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// A setting that does not parse, or a required one that is missing; the message names every
+/// problem found.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// A TOML `labels` value: a table or a list of `KEY=VALUE` strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TomlLabels {
+    Table(BTreeMap<String, String>),
+    List(Vec<String>),
+}
+
+// === impl Cli ===
+
+impl Cli {
+    /// The flags merged with the `--config` file and the defaults.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let file = match &self.flags.config {
+            Some(path) => Flags::from_file(path)?,
+            None => Flags::default(),
+        };
+        self.flags.clone().or(file).resolve()
+    }
+}
+
+// === impl Flags ===
+
+impl Flags {
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    }
+
+    /// Fills every unset value from `other`.
+    fn or(self, other: Self) -> Self {
+        Self {
+            config: self.config,
+            cluster_control_plane: self.cluster_control_plane.or(other.cluster_control_plane),
+            cluster_server_name: self.cluster_server_name.or(other.cluster_server_name),
+            cluster_cert: self.cluster_cert.or(other.cluster_cert),
+            cluster_cert_key: self.cluster_cert_key.or(other.cluster_cert_key),
+            cluster_ca_cert: self.cluster_ca_cert.or(other.cluster_ca_cert),
+            cluster_mtls: self.cluster_mtls.or(other.cluster_mtls),
+            cache_dir: self.cache_dir.or(other.cache_dir),
+            status_listen: self.status_listen.or(other.status_listen),
+            labels: if self.labels.is_empty() {
+                other.labels
+            } else {
+                self.labels
+            },
+            log_level: self.log_level.or(other.log_level),
+            log_format: self.log_format.or(other.log_format),
+            advertise_version: self.advertise_version.or(other.advertise_version),
+        }
+    }
+
+    /// Parses every value, reporting all problems at once.
+    fn resolve(self) -> Result<Settings, ConfigError> {
+        let mut problems = Vec::new();
+
+        let control_plane = self
+            .cluster_control_plane
+            .as_deref()
+            .unwrap_or(DEFAULT_CLUSTER_CONTROL_PLANE)
+            .trim()
+            .to_owned();
+        let host = match split_host_port(&control_plane) {
+            Ok(host) => Some(host),
+            Err(reason) => {
+                problems.push(format!("--cluster-control-plane: {reason}"));
+                None
+            }
+        };
+
+        let mode = match self.cluster_mtls.as_deref().map(str::trim) {
+            None | Some("shared") => ClusterMtls::Shared,
+            Some("pki") => ClusterMtls::Pki,
+            Some(other) => {
+                problems.push(format!(
+                    "--cluster-mtls: '{other}' is not one of shared, pki"
+                ));
+                ClusterMtls::Shared
+            }
+        };
+
+        let server_name = self
+            .cluster_server_name
+            .clone()
+            .or_else(|| host.clone())
+            .unwrap_or_default();
+        if (self.cluster_server_name.is_some() || host.is_some())
+            && rustls::pki_types::ServerName::try_from(server_name.as_str()).is_err()
+        {
+            problems.push(format!(
+                "--cluster-server-name: '{server_name}' is not a DNS name or an IP address"
+            ));
+        }
+
+        let required = |value: Option<PathBuf>, flag: &str, problems: &mut Vec<String>| {
+            value.unwrap_or_else(|| {
+                let name = flag.trim_start_matches("--");
+                problems.push(format!(
+                    "{flag} ({}, or {} in --config) is required",
+                    format_args!("GATEHOUSE_{}", name.replace('-', "_").to_uppercase()),
+                    name.replace('-', "_"),
+                ));
+                PathBuf::new()
+            })
+        };
+        let cert = required(self.cluster_cert, "--cluster-cert", &mut problems);
+        let key = required(self.cluster_cert_key, "--cluster-cert-key", &mut problems);
+        if mode == ClusterMtls::Pki && self.cluster_ca_cert.is_none() {
+            problems.push(
+                "--cluster-ca-cert (GATEHOUSE_CLUSTER_CA_CERT, or cluster_ca_cert in --config) \
+                 is required with --cluster-mtls pki"
+                    .to_owned(),
+            );
+        }
+
+        let cache_dir = self
+            .cache_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR));
+        if cache_dir.as_os_str().is_empty() {
+            problems.push("--cache-dir: must not be empty".to_owned());
+        }
+
+        let status_listen = self
+            .status_listen
+            .as_deref()
+            .unwrap_or(DEFAULT_STATUS_LISTEN)
+            .trim()
+            .parse::<SocketAddr>()
+            .map_err(|e| problems.push(format!("--status-listen: {e} (expected IP:PORT)")))
+            .ok();
+
+        let labels = parse_labels(&self.labels, &mut problems);
+
+        let advertise_version = self
+            .advertise_version
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned());
+        if !is_version(&advertise_version) {
+            problems.push(format!(
+                "--advertise-version: '{advertise_version}' is not a version X.Y.Z"
+            ));
+        }
+
+        let json = match self.log_format.as_deref().map(str::trim) {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                problems.push(format!("--log-format: '{other}' is not one of text, json"));
+                false
+            }
+        };
+
+        match status_listen {
+            Some(status_listen) if problems.is_empty() => Ok(Settings {
+                cluster: ClusterSettings {
+                    control_plane,
+                    server_name,
+                    mode,
+                    files: ClusterTlsFiles {
+                        cert,
+                        key,
+                        ca: self.cluster_ca_cert,
+                        allowed_common_names: Vec::new(),
+                    },
+                },
+                cache_dir,
+                status_listen,
+                labels,
+                advertise_version,
+                log: LogSettings {
+                    level: self.log_level,
+                    json,
+                },
+            }),
+            _ => Err(ConfigError(problems.join("; "))),
+        }
+    }
+}
+
+// === impl ClusterSettings ===
+
+impl ClusterSettings {
+    /// The name the connection is opened with (SNI): [`SHARED_SERVER_NAME`] in `shared` mode
+    /// (where names are not checked, the certificate digest is), the server name otherwise.
+    pub fn tls_server_name(&self) -> &str {
+        match self.mode {
+            ClusterMtls::Pki => &self.server_name,
+            _ => SHARED_SERVER_NAME,
+        }
+    }
+}
+
+/// The host of `HOST:PORT` (IPv6 in brackets, returned without them), checking the port.
+fn split_host_port(addr: &str) -> Result<String, String> {
+    let bad = || format!("'{addr}' is not HOST:PORT");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let host = match host.strip_prefix('[') {
+        Some(rest) => rest.strip_suffix(']').ok_or_else(bad)?,
+        // An unbracketed IPv6 address would have split at its last group.
+        None if host.contains(':') => return Err(bad()),
+        None => host,
+    };
+    if host.is_empty() {
+        return Err(bad());
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("'{addr}': invalid port '{port}'")),
+        Ok(_) => Ok(host.to_owned()),
+    }
+}
+
+/// Parses `KEY=VALUE` labels; keys and values are 1 to 63 characters of `A-Z a-z 0-9 . _ -`
+/// (values may also hold `:` and `/`), each key at most once.
+fn parse_labels(raw: &[String], problems: &mut Vec<String>) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    for item in raw.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
+        let Some((key, value)) = item.split_once('=') else {
+            problems.push(format!("--label: '{item}' is not KEY=VALUE"));
+            continue;
+        };
+        let (key, value) = (key.trim(), value.trim());
+        let key_ok = !key.is_empty()
+            && key.len() <= MAX_LABEL_LEN
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        let value_ok = !value.is_empty()
+            && value.len() <= MAX_LABEL_LEN
+            && value.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'/')
+            });
+        if !key_ok {
+            problems.push(format!(
+                "--label: invalid key '{key}' (1 to 63 of A-Z a-z 0-9 . _ -)"
+            ));
+        } else if !value_ok {
+            problems.push(format!(
+                "--label: invalid value '{value}' for '{key}' (1 to 63 of A-Z a-z 0-9 . _ - : /)"
+            ));
+        } else if labels.insert(key.to_owned(), value.to_owned()).is_some() {
+            problems.push(format!("--label: '{key}' is given more than once"));
+        }
+    }
+    labels
+}
+
+/// Whether `v` is `X.Y.Z` (decimal numbers), optionally followed by `-pre` or `+build`.
+fn is_version(v: &str) -> bool {
+    let core = v.split(['-', '+']).next().unwrap_or_default();
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Reads `labels` from TOML as a table (`{ region = "eu" }`) or a list (`["region=eu"]`).
+fn labels_from_toml<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    Ok(match TomlLabels::deserialize(deserializer)? {
+        TomlLabels::Table(map) => map.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        TomlLabels::List(list) => list,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,177 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+const REQUIRED: [&str; 4] = [
+    "--cluster-cert",
+    "/etc/gh/dp.crt",
+    "--cluster-cert-key",
+    "/etc/gh/dp.key",
+];
+
+fn parse(args: &[&str]) -> Result<Settings, ConfigError> {
+    let mut argv = vec!["gatehouse-dp"];
+    argv.extend_from_slice(args);
+    Cli::try_parse_from(argv).unwrap().settings()
+}
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "gh-dp-cfg-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn defaults() {
+    let settings = parse(&REQUIRED).unwrap();
+    assert_eq!(
+        settings.cluster.control_plane,
+        DEFAULT_CLUSTER_CONTROL_PLANE
+    );
+    assert_eq!(settings.cluster.server_name, "127.0.0.1");
+    assert_eq!(settings.cluster.mode, ClusterMtls::Shared);
+    assert_eq!(settings.cluster.tls_server_name(), SHARED_SERVER_NAME);
+    assert_eq!(settings.cache_dir, PathBuf::from(DEFAULT_CACHE_DIR));
+    assert_eq!(settings.status_listen.to_string(), DEFAULT_STATUS_LISTEN);
+    assert_eq!(settings.advertise_version, env!("CARGO_PKG_VERSION"));
+    assert!(settings.labels.is_empty());
+    assert!(!settings.log.json);
+}
+
+#[test]
+fn cluster_certificate_is_required() {
+    let err = parse(&[]).unwrap_err().to_string();
+    assert!(
+        err.contains("--cluster-cert (GATEHOUSE_CLUSTER_CERT"),
+        "{err}"
+    );
+    assert!(
+        err.contains("--cluster-cert-key (GATEHOUSE_CLUSTER_CERT_KEY"),
+        "{err}"
+    );
+    let mut args = REQUIRED.to_vec();
+    args.extend(["--cluster-mtls", "pki"]);
+    let err = parse(&args).unwrap_err().to_string();
+    assert!(err.contains("--cluster-ca-cert"), "{err}");
+}
+
+#[test]
+fn pki_server_name_defaults_to_the_host() {
+    let mut args = REQUIRED.to_vec();
+    args.extend([
+        "--cluster-mtls",
+        "pki",
+        "--cluster-ca-cert",
+        "/ca.crt",
+        "--cluster-control-plane",
+        "cp.example.com:9005",
+    ]);
+    let settings = parse(&args).unwrap();
+    assert_eq!(settings.cluster.tls_server_name(), "cp.example.com");
+    args.extend(["--cluster-server-name", "cp.internal"]);
+    assert_eq!(
+        parse(&args).unwrap().cluster.tls_server_name(),
+        "cp.internal"
+    );
+    let mut args = REQUIRED.to_vec();
+    args.extend(["--cluster-control-plane", "[::1]:8005"]);
+    assert_eq!(parse(&args).unwrap().cluster.server_name, "::1");
+}
+
+#[test]
+fn labels_from_flags_and_file() {
+    let mut args = REQUIRED.to_vec();
+    args.extend(["--label", "region=eu-west", "--label", "tier=gold,zone=a"]);
+    let labels = parse(&args).unwrap().labels;
+    assert_eq!(labels.len(), 3);
+    assert_eq!(labels["region"], "eu-west");
+    assert_eq!(labels["zone"], "a");
+
+    let path = temp_file("dp.toml", "labels = { region = \"us\" }\n");
+    let mut args = REQUIRED.to_vec();
+    args.extend(["--config", path.to_str().unwrap()]);
+    assert_eq!(parse(&args).unwrap().labels["region"], "us");
+    let path = temp_file("dp.toml", "labels = [\"a=b\"]\n");
+    let mut args = REQUIRED.to_vec();
+    args.extend(["--config", path.to_str().unwrap()]);
+    assert_eq!(parse(&args).unwrap().labels["a"], "b");
+}
+
+#[test]
+fn file_fills_what_flags_leave_unset() {
+    let path = temp_file(
+        "dp.toml",
+        "cluster_cert = \"/f/dp.crt\"\ncluster_cert_key = \"/f/dp.key\"\n\
+         status_listen = \"127.0.0.1:9100\"\ncache_dir = \"/tmp/dp\"\n",
+    );
+    let settings = parse(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--status-listen",
+        "127.0.0.1:0",
+    ])
+    .unwrap();
+    assert_eq!(settings.cluster.files.cert, PathBuf::from("/f/dp.crt"));
+    assert_eq!(settings.cache_dir, PathBuf::from("/tmp/dp"));
+    assert_eq!(settings.status_listen.to_string(), "127.0.0.1:0");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let err = parse(&[
+        "--cluster-control-plane",
+        "nope",
+        "--cluster-mtls",
+        "mutual",
+        "--status-listen",
+        "x",
+        "--label",
+        "novalue",
+        "--label",
+        "a=b",
+        "--label",
+        "a=c",
+        "--log-format",
+        "xml",
+        "--advertise-version",
+        "1.2",
+    ])
+    .unwrap_err()
+    .to_string();
+    for expected in [
+        "--cluster-control-plane",
+        "--cluster-mtls",
+        "--status-listen",
+        "'novalue' is not KEY=VALUE",
+        "'a' is given more than once",
+        "--log-format",
+        "--advertise-version",
+        "--cluster-cert ",
+    ] {
+        assert!(err.contains(expected), "{expected} in {err}");
+    }
+
+    let path = temp_file("dp.toml", "cache_dri = \"x\"\n");
+    let err = parse(&["--config", path.to_str().unwrap()]).unwrap_err();
+    assert!(err.to_string().contains("cache_dri"), "{err}");
+}
+
+#[test]
+fn host_port_and_versions() {
+    assert_eq!(split_host_port("cp:8005").unwrap(), "cp");
+    assert_eq!(split_host_port("[fe80::1]:1").unwrap(), "fe80::1");
+    assert!(split_host_port("fe80::1:8005").is_err());
+    assert!(split_host_port(":8005").is_err());
+    assert!(split_host_port("cp:0").is_err());
+    assert!(split_host_port("cp").is_err());
+    assert!(is_version("0.1.0"));
+    assert!(is_version("10.20.30-rc.1"));
+    assert!(!is_version("1.2"));
+    assert!(!is_version("1.x.3"));
+}

@@ -1,0 +1,239 @@
+//! `gatehouse-dp`: the Gatehouse data plane, as a library the binary and the tests drive.
+//!
+//! The data plane receives configuration snapshots from the control plane and (from the proxy
+//! issue on) proxies traffic with them. This crate holds:
+//!
+//! - [`config`]: settings (flags, `GATEHOUSE_*` variables, TOML file);
+//! - [`logging`]: the `tracing` subscriber;
+//! - [`runtime`]: a snapshot compiled into immutable lookups ([`runtime::Runtime`]) and the
+//!   lock-free holder of the current one ([`runtime::SharedRuntime`]);
+//! - the sync client (gRPC over mutual TLS, reconnect with backoff), the snapshot cache and the
+//!   status listener, started together by [`DataPlane::start`].
+//!
+//! Start order: the cluster TLS files are checked, the cache directory is opened (node id),
+//! the cached snapshot is loaded if it compiles, the status listener is bound, then the sync
+//! client connects. With the control plane away the data plane serves the cached
+//! configuration indefinitely.
+//!
+//! No Cargo features.
+
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use gatehouse_shared::cluster::{ClusterTlsError, DEFAULT_RELOAD_INTERVAL, ReloadingConfig};
+
+pub mod config;
+pub mod logging;
+pub mod runtime;
+
+mod cache;
+mod status;
+mod sync;
+#[cfg(test)]
+mod test_support;
+
+pub use status::{ConfigSource, ControlPlaneStatus, StatusReport};
+
+use crate::cache::Cache;
+use crate::config::Settings;
+use crate::runtime::SharedRuntime;
+use crate::status::NodeState;
+use crate::sync::{SyncClient, Timing};
+
+/// Why the data plane cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The cluster certificate, key or CA cannot be used (a configuration problem).
+    #[error("cluster TLS: {0}")]
+    ClusterTls(#[from] ClusterTlsError),
+    /// The cache directory cannot be created or its node id written.
+    #[error("cache directory {path}: {source}", path = .path.display())]
+    CacheDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The status listener cannot be bound.
+    #[error("cannot listen on {addr} (status listener): {source}")]
+    StatusListen {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A started data plane: the sync client, the status listener and the certificate reloader
+/// run in the background until [`DataPlane::shutdown`].
+#[derive(Debug)]
+pub struct DataPlane {
+    state: Arc<NodeState>,
+    status_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    reloader: JoinHandle<()>,
+}
+
+// === impl Error ===
+
+impl Error {
+    /// Whether the operator must fix the settings or files (exit code `EX_USAGE`).
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::ClusterTls(_))
+    }
+}
+
+// === impl DataPlane ===
+
+impl DataPlane {
+    /// Starts the data plane. Fails on unusable cluster TLS files, an unusable cache directory
+    /// or a status address that cannot be bound; a bad cached snapshot is only logged.
+    pub async fn start(settings: Settings) -> Result<Self, Error> {
+        Self::start_with(settings, Timing::default()).await
+    }
+
+    async fn start_with(settings: Settings, timing: Timing) -> Result<Self, Error> {
+        let cluster = &settings.cluster;
+        let server_name = ServerName::try_from(cluster.tls_server_name())
+            .map(|name| name.to_owned())
+            .map_err(|_| ClusterTlsError::ServerName {
+                name: cluster.tls_server_name().to_owned(),
+            })?;
+        let tls = Arc::new(ReloadingConfig::client(
+            cluster.mode,
+            cluster.files.clone(),
+            cluster.tls_server_name(),
+        )?);
+
+        let cache_error = |source| Error::CacheDir {
+            path: settings.cache_dir.clone(),
+            source,
+        };
+        let cache = Cache::open(&settings.cache_dir).map_err(cache_error)?;
+        let (node_id, problem) = cache.node_id().map_err(cache_error)?;
+        if let Some(problem) = problem {
+            tracing::warn!("{problem}");
+        }
+        tracing::info!(%node_id, cache_dir = %cache.dir().display(), "data plane starting");
+
+        let runtime = Arc::new(SharedRuntime::default());
+        let state = Arc::new(NodeState::new(
+            node_id,
+            settings.advertise_version.clone(),
+            cluster.control_plane.clone(),
+            runtime.clone(),
+        ));
+        load_cache(&cache, &state).await;
+
+        let (listener, status_addr) =
+            status::bind(settings.status_listen)
+                .await
+                .map_err(|source| Error::StatusListen {
+                    addr: settings.status_listen,
+                    source,
+                })?;
+
+        let (stop, stopped) = watch::channel(false);
+        let reloader = tokio::spawn(tls.clone().watch(DEFAULT_RELOAD_INTERVAL));
+        let status = tokio::spawn(status::serve(listener, state.clone(), stopped.clone()));
+        let client = SyncClient::new(
+            cluster.control_plane.clone(),
+            server_name,
+            tls,
+            state.clone(),
+            cache,
+            settings.labels.clone(),
+            timing,
+        );
+        let sync = tokio::spawn(client.run(stopped));
+        Ok(Self {
+            state,
+            status_addr,
+            stop,
+            tasks: vec![status, sync],
+            reloader,
+        })
+    }
+
+    /// This node's id (kept in the cache directory).
+    pub fn node_id(&self) -> Uuid {
+        self.state.node_id
+    }
+
+    /// The bound address of the status listener.
+    pub fn status_addr(&self) -> SocketAddr {
+        self.status_addr
+    }
+
+    /// The current runtime holder (the proxy loads from it).
+    pub fn runtime(&self) -> &Arc<SharedRuntime> {
+        &self.state.runtime
+    }
+
+    /// What `GET /status` reports now.
+    pub fn status(&self) -> StatusReport {
+        self.state.report()
+    }
+
+    /// Stops the sync client and the status listener and waits for them.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.reloader.abort();
+    }
+}
+
+/// Loads the cached snapshot into `state`; a bad cache is reported and ignored.
+async fn load_cache(cache: &Cache, state: &NodeState) {
+    let reader = cache.clone();
+    match tokio::task::spawn_blocking(move || reader.load()).await {
+        Ok(Ok(Some(cached))) => {
+            tracing::info!(
+                version = cached.runtime.version(),
+                hash = %cached.runtime.hash(),
+                "loaded cached snapshot"
+            );
+            let _empty = state.runtime.store(Arc::new(cached.runtime));
+            state.update(|s| {
+                s.source = Some(ConfigSource::Cache);
+                s.last_sync = cached.written_at;
+            });
+        }
+        Ok(Ok(None)) => {
+            tracing::info!("no cached snapshot; waiting for the control plane");
+        }
+        Ok(Err(error)) => tracing::warn!(
+            %error,
+            "ignoring the cached snapshot; waiting for the control plane"
+        ),
+        Err(join) => tracing::warn!(%join, "ignoring the cached snapshot"),
+    }
+}
+
+/// Completes when `shutdown` turns true (or its sender is gone). The guard `wait_for`
+/// returns is dropped here: it is not `Send`, and select arms would otherwise hold it.
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Runs the data plane until `signal` completes, then shuts it down.
+pub async fn run(settings: Settings, signal: impl Future<Output = ()>) -> Result<(), Error> {
+    let data_plane = DataPlane::start(settings).await?;
+    signal.await;
+    tracing::info!("shutting down");
+    data_plane.shutdown().await;
+    Ok(())
+}

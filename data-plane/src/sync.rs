@@ -1,0 +1,612 @@
+//! The config-sync client: one `ConfigSync.Sync` stream to the control plane over mutual TLS.
+//!
+//! The client sends `Hello` (node id, hostname, version, labels and the running config's
+//! version and hash), then handles what the control plane sends:
+//!
+//! - `Snapshot`: an older version than the running one is refused (`REJECTED`, never
+//!   applied); the running hash is acknowledged (`APPLIED`) without compiling; anything else
+//!   is decoded and compiled off the async threads, swapped in and acknowledged, then written
+//!   to the cache; a snapshot that does not decode or compile is `REJECTED` with the error,
+//!   and the running runtime stays.
+//! - `Refusal`: logged as an error; the next attempt waits [`Timing::refusal_delay`].
+//!
+//! A heartbeat with the running version and hash goes out every [`Timing::heartbeat`]. HTTP/2
+//! keepalive pings detect a dead control plane within [`KEEPALIVE`] × 2. Failed or lost
+//! connections are retried with exponential backoff and full jitter ([`Backoff`]).
+//!
+//! TLS is ours, not tonic's: each connection takes the current [`ReloadingConfig`] (so a
+//! rotated cluster certificate is used by the next connection) and its handshake errors keep
+//! rustls' reason (`invalid peer certificate: UnknownIssuer`).
+
+use std::collections::BTreeMap;
+use std::collections::hash_map::RandomState;
+use std::error::Error as StdError;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use gatehouse_proto::v1::{self as pb, ack, config_sync_client::ConfigSyncClient};
+use gatehouse_proto::v1::{control_plane_message, data_plane_message};
+use gatehouse_shared::cluster::ReloadingConfig;
+use gatehouse_shared::snapshot::{self, MAX_CONFIG_SIZE};
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::MissedTickBehavior;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cache::Cache;
+use crate::runtime::{Runtime, SharedRuntime};
+use crate::status::{ConfigSource, NodeState, unix_now};
+use crate::stopped;
+
+#[cfg(test)]
+mod tests;
+
+/// HTTP/2 keepalive: a ping every 5 s, the connection is dead when one is not answered within
+/// 5 s.
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(5);
+/// Largest message accepted from the control plane: the largest config plus room for the
+/// envelope (tonic's default of 4 MiB is far too small for a large snapshot).
+const MAX_MESSAGE_SIZE: usize = MAX_CONFIG_SIZE as usize + 1024 * 1024;
+/// Messages queued towards the control plane (hello, acks, heartbeats).
+const OUTBOUND_QUEUE: usize = 16;
+
+/// The delays of the sync loop; [`Timing::default`] is production's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    /// Between two heartbeats.
+    pub(crate) heartbeat: Duration,
+    /// Before reconnecting after a `Refusal`.
+    pub(crate) refusal_delay: Duration,
+    /// A stream open this long was a stable connection: the backoff starts over after it.
+    pub(crate) stable_after: Duration,
+    /// The reconnection backoff.
+    pub(crate) backoff: Backoff,
+    /// Longest TCP connect + TLS handshake + HTTP/2 handshake.
+    pub(crate) connect_timeout: Duration,
+}
+
+/// Exponential backoff with full jitter and a floor: the n-th consecutive retry waits
+/// `floor + random(0 ..= min(base × 2ⁿ, cap - floor))`, so the first waits 100 to 300 ms,
+/// the ceiling doubles each time, and no wait exceeds `cap` (10 s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Backoff {
+    floor: Duration,
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+/// What to do with a snapshot, given the running runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Older than the running version: refuse it with this reason.
+    Reject(String),
+    /// The running version and hash: acknowledge, change nothing.
+    Unchanged,
+    /// The running hash under a newer version: relabel the runtime, no compile.
+    Renumber,
+    /// Decode, compile and swap.
+    Compile,
+}
+
+/// The sync client of one node.
+pub(crate) struct SyncClient {
+    addr: String,
+    server_name: ServerName<'static>,
+    tls: Arc<ReloadingConfig<ClientConfig>>,
+    state: Arc<NodeState>,
+    cache: Cache,
+    hostname: String,
+    labels: BTreeMap<String, String>,
+    timing: Timing,
+}
+
+/// How a sync stream ended.
+#[derive(Debug)]
+enum SessionEnd {
+    /// The control plane refused this node.
+    Refused(String),
+    /// The connection failed or was lost; `stable` when the stream had been open for a while.
+    Failed { error: String, stable: bool },
+}
+
+/// Why a connection to the control plane could not be made.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    /// TCP connect (or name resolution) failed.
+    #[error("cannot connect to {addr}: {source}")]
+    Tcp {
+        addr: String,
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed; the source carries rustls' reason.
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+// === impl Timing ===
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(10),
+            refusal_delay: Duration::from_secs(30),
+            stable_after: Duration::from_secs(10),
+            backoff: Backoff::default(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+// === impl Backoff ===
+
+impl Backoff {
+    /// A backoff waiting at least `floor`, with a first ceiling of `base` above the floor,
+    /// doubling, and never more than `cap` in total.
+    pub(crate) fn new(floor: Duration, base: Duration, cap: Duration) -> Self {
+        Self {
+            floor,
+            base,
+            cap: cap.max(floor),
+            attempt: 0,
+        }
+    }
+
+    /// The wait before the next retry.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        self.next_with(random_unit())
+    }
+
+    /// The wait before the next retry, with `unit` in `[0, 1]` as the random draw.
+    pub(crate) fn next_with(&mut self, unit: f64) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        (self.floor + ceiling.mul_f64(unit.clamp(0.0, 1.0))).min(self.cap)
+    }
+
+    /// Starts over (after a stable connection).
+    pub(crate) fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// The jitter range of the coming retry.
+    fn ceiling(&self) -> Duration {
+        let room = self.cap.saturating_sub(self.floor);
+        // 2^20 × any sane base is far above any sane cap; stop doubling there.
+        let factor = 1u32 << self.attempt.min(20);
+        self.base.saturating_mul(factor).min(room)
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new(
+            Duration::from_millis(100),
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+        )
+    }
+}
+
+/// A uniform draw in `[0, 1)`. Jitter needs no cryptographic quality: SipHash with the
+/// process's random keys, over the clock, is plenty.
+fn random_unit() -> f64 {
+    let mut hasher = RandomState::new().build_hasher();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(nanos);
+    // 53 random bits make an exact f64 in [0, 1).
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+// === impl Decision ===
+
+/// The version rule: a snapshot older than the running version is refused; the running hash
+/// is not compiled again; anything else is compiled. Before any configuration every snapshot
+/// is compiled.
+pub(crate) fn decide(running: &Runtime, version: u64, hash: &str) -> Decision {
+    if !running.is_loaded() {
+        return Decision::Compile;
+    }
+    if version < running.version() {
+        return Decision::Reject(format!(
+            "snapshot version {version} is older than the running version {}",
+            running.version()
+        ));
+    }
+    if hash == running.hash() {
+        if version == running.version() {
+            Decision::Unchanged
+        } else {
+            Decision::Renumber
+        }
+    } else {
+        Decision::Compile
+    }
+}
+
+// === impl SyncClient ===
+
+impl SyncClient {
+    /// A client for `addr` (`HOST:PORT`), opening connections with `server_name` as SNI.
+    pub(crate) fn new(
+        addr: String,
+        server_name: ServerName<'static>,
+        tls: Arc<ReloadingConfig<ClientConfig>>,
+        state: Arc<NodeState>,
+        cache: Cache,
+        labels: BTreeMap<String, String>,
+        timing: Timing,
+    ) -> Self {
+        Self {
+            addr,
+            server_name,
+            tls,
+            state,
+            cache,
+            hostname: hostname(),
+            labels,
+            timing,
+        }
+    }
+
+    fn runtime(&self) -> &SharedRuntime {
+        &self.state.runtime
+    }
+
+    /// Syncs until `shutdown` turns true, reconnecting forever.
+    pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = self.timing.backoff;
+        loop {
+            let end = tokio::select! {
+                end = self.session() => end,
+                () = stopped(&mut shutdown) => return,
+            };
+            let delay = match end {
+                SessionEnd::Refused(reason) => {
+                    tracing::error!(
+                        addr = %self.addr,
+                        retry_in_ms = millis(self.timing.refusal_delay),
+                        "control plane refused this data plane: {reason}"
+                    );
+                    self.disconnected(format!("refused by the control plane: {reason}"));
+                    backoff.reset();
+                    self.timing.refusal_delay
+                }
+                SessionEnd::Failed { error, stable } => {
+                    if stable {
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::warn!(
+                        addr = %self.addr,
+                        error = %error,
+                        retry_in_ms = millis(delay),
+                        "control plane connection failed"
+                    );
+                    self.disconnected(error);
+                    delay
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stopped(&mut shutdown) => return,
+            }
+        }
+    }
+
+    fn disconnected(&self, error: String) {
+        self.state.update(|s| {
+            s.connected = false;
+            s.connected_since = None;
+            s.last_error = Some(error);
+        });
+    }
+
+    /// One connection and stream, until it ends.
+    async fn session(&self) -> SessionEnd {
+        let failed = |error: String| SessionEnd::Failed {
+            error,
+            stable: false,
+        };
+        let channel = match self.connect().await {
+            Ok(channel) => channel,
+            Err(error) => return failed(error),
+        };
+        let mut client = ConfigSyncClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        // The receiver is alive and the queue empty: this cannot fail.
+        let _ = tx.try_send(self.hello());
+        let mut inbound = match client.sync(ReceiverStream::new(rx)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return failed(describe_status(&status)),
+        };
+        let opened = Instant::now();
+        self.state.update(|s| {
+            s.connected = true;
+            s.connected_since = Some(unix_now());
+        });
+        tracing::info!(addr = %self.addr, "connected to control plane");
+
+        let lost = |error: String| SessionEnd::Failed {
+            error,
+            stable: opened.elapsed() >= self.timing.stable_after,
+        };
+        let start = tokio::time::Instant::now() + self.timing.heartbeat;
+        let mut heartbeat = tokio::time::interval_at(start, self.timing.heartbeat);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let outgoing = tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => match message.kind {
+                        Some(control_plane_message::Kind::Snapshot(snapshot)) => {
+                            data_plane_message::Kind::Ack(self.apply(snapshot).await)
+                        }
+                        Some(control_plane_message::Kind::Refusal(refusal)) => {
+                            return SessionEnd::Refused(refusal.reason);
+                        }
+                        None => {
+                            tracing::debug!("ignoring an empty or unknown message from the control plane");
+                            continue;
+                        }
+                    },
+                    Ok(None) => return lost("the control plane closed the stream".to_owned()),
+                    Err(status) => return lost(describe_status(&status)),
+                },
+                _ = heartbeat.tick() => {
+                    let running = self.runtime().load();
+                    data_plane_message::Kind::Heartbeat(pb::Heartbeat {
+                        config_version: running.version(),
+                        config_hash: running.hash().to_owned(),
+                    })
+                }
+            };
+            let message = pb::DataPlaneMessage {
+                kind: Some(outgoing),
+            };
+            if tx.send(message).await.is_err() {
+                return lost("the sync stream closed".to_owned());
+            }
+        }
+    }
+
+    /// Opens the HTTP/2 connection: TCP, our TLS, keepalive.
+    async fn connect(&self) -> Result<Channel, String> {
+        // The scheme is `http` on purpose: tonic refuses an `https` URI unless it does the TLS
+        // itself, and here the connector below does it (with rustls' errors intact).
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
+            .map_err(|e| format!("invalid control plane address {}: {e}", self.addr))?
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_while_idle(true)
+            .connect_timeout(self.timing.connect_timeout);
+        let tls = self.tls.clone();
+        let addr = self.addr.clone();
+        let server_name = self.server_name.clone();
+        let connector = tower::service_fn(move |_: http::Uri| {
+            // The configuration current now: a rotated certificate is used from here on.
+            let config = tls.current();
+            let addr = addr.clone();
+            let server_name = server_name.clone();
+            async move {
+                connect_tls(&addr, server_name, config)
+                    .await
+                    .map(TokioIo::new)
+            }
+        });
+        endpoint
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| {
+                if timed_out(&e) {
+                    format!(
+                        "cannot connect to {} within {} ms (TCP, TLS and HTTP/2 handshakes)",
+                        self.addr,
+                        self.timing.connect_timeout.as_millis()
+                    )
+                } else {
+                    // tonic's own text ("transport error") says nothing its sources do not.
+                    e.source().map_or_else(|| e.to_string(), error_chain)
+                }
+            })
+    }
+
+    fn hello(&self) -> pb::DataPlaneMessage {
+        let running = self.runtime().load();
+        pb::DataPlaneMessage {
+            kind: Some(data_plane_message::Kind::Hello(pb::Hello {
+                node_id: self.state.node_id.to_string(),
+                hostname: self.hostname.clone(),
+                version: self.state.version.clone(),
+                labels: self
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                config_version: running.version(),
+                config_hash: running.hash().to_owned(),
+            })),
+        }
+    }
+
+    /// Applies a snapshot (or refuses it) and returns the acknowledgement.
+    async fn apply(&self, snapshot: pb::Snapshot) -> pb::Ack {
+        let started = Instant::now();
+        let version = snapshot.version;
+        let hash = snapshot.hash.clone();
+        let running = self.runtime().load_full();
+        let applied = |runtime: Option<Runtime>| {
+            if let Some(runtime) = runtime {
+                let previous = self.runtime().store(Arc::new(runtime));
+                // Freeing a large runtime (thousands of keys) is work too: not on this thread.
+                // Requests still holding it keep it alive; the last one frees it.
+                if Arc::strong_count(&previous) == 1 {
+                    tokio::task::spawn_blocking(move || drop(previous));
+                }
+            }
+            self.state.update(|s| {
+                s.source = Some(ConfigSource::ControlPlane);
+                s.last_sync = Some(unix_now());
+            });
+            pb::Ack {
+                version,
+                hash: hash.clone(),
+                status: ack::Status::Applied.into(),
+                error: String::new(),
+            }
+        };
+        let rejected = |error: String| {
+            tracing::warn!(version, error = %error, hash = %hash, "snapshot rejected");
+            pb::Ack {
+                version,
+                hash: hash.clone(),
+                status: ack::Status::Rejected.into(),
+                error,
+            }
+        };
+
+        let runtime = match decide(&running, version, &hash) {
+            Decision::Reject(reason) => return rejected(reason),
+            Decision::Unchanged => {
+                tracing::debug!(version, hash = %hash, "snapshot already running");
+                return applied(None);
+            }
+            Decision::Renumber => running.with_version(version),
+            Decision::Compile => {
+                let message = snapshot.clone();
+                let compiled = tokio::task::spawn_blocking(move || {
+                    let config = snapshot::decode(&message).map_err(|e| e.to_string())?;
+                    Runtime::compile(message.version, message.hash, config)
+                        .map_err(|e| e.to_string())
+                })
+                .await;
+                match compiled {
+                    Ok(Ok(runtime)) => runtime,
+                    Ok(Err(error)) => return rejected(error),
+                    Err(join) => {
+                        return rejected(format!("internal error while compiling: {join}"));
+                    }
+                }
+            }
+        };
+        drop(running);
+        let ack = applied(Some(runtime));
+        tracing::info!(
+            version,
+            hash = %hash,
+            took_ms = millis(started.elapsed()),
+            "snapshot applied"
+        );
+        let cache = self.cache.clone();
+        match tokio::task::spawn_blocking(move || cache.store(&snapshot)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(
+                path = %self.cache.snapshot_path().display(),
+                %error,
+                "cannot write the snapshot cache; the running configuration is not affected"
+            ),
+            Err(join) => tracing::warn!(%join, "cannot write the snapshot cache"),
+        }
+        ack
+    }
+}
+
+/// TCP connect, then the TLS handshake with `config`.
+async fn connect_tls(
+    addr: &str,
+    server_name: ServerName<'static>,
+    config: Arc<ClientConfig>,
+) -> Result<TlsStream<TcpStream>, ConnectError> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|source| ConnectError::Tcp {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    // Small frames (acks, pings) should not wait for Nagle.
+    let _ = tcp.set_nodelay(true);
+    TlsConnector::from(config)
+        .connect(server_name, tcp)
+        .await
+        .map_err(|source| ConnectError::Tls {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+/// An error and its sources, `: `-separated, without repeating a message a wrapper already
+/// printed.
+fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut out = error.to_string();
+    append_sources(&mut out, error.source());
+    out
+}
+
+/// Appends `first` and its sources to `out`, skipping texts `out` already holds.
+fn append_sources(out: &mut String, first: Option<&(dyn StdError + 'static)>) {
+    let mut next = first;
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+}
+
+/// Whether the connect timeout, rather than a refusal, ended the attempt.
+fn timed_out(error: &(dyn StdError + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        if cause.is::<tokio::time::error::Elapsed>()
+            || cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        next = cause.source();
+    }
+    false
+}
+
+/// A gRPC status as one line: its code and message, and the transport error behind it.
+fn describe_status(status: &tonic::Status) -> String {
+    let mut out = if status.message().is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        format!("{:?}: {}", status.code(), status.message())
+    };
+    append_sources(&mut out, status.source());
+    out
+}
+
+/// Whole milliseconds, as a number log formats print as one (a `u128` becomes a string in
+/// JSON logs).
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// This machine's name, for the control plane's registry.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| "unknown".to_owned())
+}

@@ -8,6 +8,7 @@
 # gh_pg_running DATADIR  true if the server of DATADIR runs (and it is really ours).
 # gh_path_hash PATH  a short stable hash of PATH (the same as the test harness's).
 # gh_log_tail FILE   prints the last lines of FILE to stderr.
+# gh_running_pid, gh_stop_pid, gh_http_code, gh_json_field: see below.
 
 GH_INSTALL_HINT="install Debian's \`postgresql\` package (\`apt-get install postgresql\`)"
 
@@ -93,4 +94,38 @@ gh_log_tail() {
     echo "--- last lines of $1:" >&2
     tail -n "${2:-30}" "$1" >&2 2>/dev/null || true
     echo "---" >&2
+}
+
+# gh_running_pid PIDFILE NAME   prints the pid in PIDFILE if that process runs and its command
+#                               line contains NAME (a recycled pid belongs to something else).
+gh_running_pid() {
+    local pid
+    pid=$(cat "$1" 2>/dev/null) || return 1
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    if [ -r "/proc/$pid/cmdline" ] && ! tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$2"; then
+        return 1
+    fi
+    echo "$pid"
+}
+
+# gh_stop_pid PID WHAT   SIGTERM, then SIGKILL if PID has not exited within 10 s.
+gh_stop_pid() {
+    kill -TERM "$1" 2>/dev/null || return 0
+    for _ in $(seq 100); do
+        kill -0 "$1" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    echo "$2 (pid $1) did not exit within 10 s of SIGTERM: killing it"
+    kill -KILL "$1" 2>/dev/null || true
+}
+
+# gh_http_code URL   prints the HTTP status code of GET URL (000 when nothing answers).
+gh_http_code() {
+    curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" 2>/dev/null || true
+}
+
+# gh_json_field JSON KEY   prints the first scalar value of "KEY" in JSON (no jq needed; for
+#                          the flat fields of status documents).
+gh_json_field() {
+    printf '%s' "$1" | grep -o "\"$2\":[^,}]*" | head -n 1 | cut -d: -f2- | tr -d '"'
 }

@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
-# A local Gatehouse for trying it out: a private PostgreSQL and a control plane, in the background.
+# A local Gatehouse cluster for trying it out, in the background: a private PostgreSQL, the
+# cluster PKI, one control plane and two data planes.
 #
 #   deploy/quickstart.sh [up]   start what is not running yet (running it twice starts nothing twice)
-#   deploy/quickstart.sh down   stop the control plane and the private PostgreSQL (data is kept)
+#   deploy/quickstart.sh down   stop the data planes, the control plane and the private PostgreSQL
+#                               (data, PKI and data-plane caches are kept)
 #   deploy/quickstart.sh status show what runs
+#
+# What runs (all on 127.0.0.1):
+#   control plane  Admin API :8001, cluster listener :8005 (gRPC, mTLS pki), status :8100
+#   data plane dp1 status :8101, cache .gatehouse/dp1  (proxy :8000/:8443 come with the proxy)
+#   data plane dp2 status :9101, cache .gatehouse/dp2  (the same ports + 1000: :9000/:9443 later)
 #
 # Settings (environment):
 #   GATEHOUSE_DATABASE_URL   use this database instead of a private PostgreSQL
 #   GATEHOUSE_PG_PORT        port of the private PostgreSQL (default 54329, on 127.0.0.1 only)
 #   GATEHOUSE_ADMIN_LISTEN   Admin API address (default 127.0.0.1:8001)
 #   GATEHOUSE_QUICKSTART_PG_ONLY=1   `up` starts only PostgreSQL and creates the database
+#   GATEHOUSE_QUICKSTART_NO_DP=1     `up` starts no data plane
 #
 # State lives in .gatehouse/ in the checkout: pg/ (PostgreSQL data directory, log in
-# pg/server.log), cp.log, cp.pid. When running as root, PostgreSQL runs as the `postgres` OS user;
-# if that user cannot reach the checkout, the data directory is
-# /var/tmp/gatehouse-pg-<hash of the checkout path> instead. The private PostgreSQL trusts every
-# local connection on 127.0.0.1 (no password): it is for trying Gatehouse out, not for production.
+# pg/server.log), pki/ (cluster CA, CP and DP certificates, written once by
+# `gatehouse-cp pki init`; keys are mode 0600), cp.log, cp.pid, dp1/ and dp2/ (data-plane caches:
+# node id and last snapshot), dp1.log, dp1.pid, dp2.log, dp2.pid. When running as root,
+# PostgreSQL runs as the `postgres` OS user; if that user cannot reach the checkout, the data
+# directory is /var/tmp/gatehouse-pg-<hash of the checkout path> instead. The private PostgreSQL
+# trusts every local connection on 127.0.0.1 (no password): it is for trying Gatehouse out, not
+# for production.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd -P)
@@ -27,6 +38,11 @@ PG_PORT=${GATEHOUSE_PG_PORT:-54329}
 ADMIN_LISTEN=${GATEHOUSE_ADMIN_LISTEN:-127.0.0.1:8001}
 CP_PID=$STATE/cp.pid
 CP_LOG=$STATE/cp.log
+PKI=$STATE/pki
+CLUSTER_LISTEN=127.0.0.1:8005
+CP_STATUS_LISTEN=127.0.0.1:8100
+# Data planes: NAME STATUS_LISTEN (dp2 on the ports of dp1 + 1000).
+DATA_PLANES=("dp1 127.0.0.1:8101" "dp2 127.0.0.1:9101")
 PG_FALLBACK=/var/tmp/gatehouse-pg-$(gh_path_hash "$ROOT")
 
 section() { printf '==> %s\n' "$*"; }
@@ -135,17 +151,45 @@ pg_status() {
     fi
 }
 
+# --- binaries and cluster PKI -----------------------------------------------------------------
+
+# Builds the release binaries once per invocation and sets BIN_DIR.
+build() {
+    local target
+    [ -n "${BIN_DIR:-}" ] && return 0
+    section "building (cargo build --release --bins)"
+    cargo build --release --bins
+    target=$(cargo metadata --no-deps --format-version 1 2>/dev/null |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p') || true
+    BIN_DIR=${target:-$ROOT/target}/release
+}
+
+# Writes the cluster CA, the CP certificate and the dp1/dp2 certificates, once.
+pki_up() {
+    local args=() dp
+    if [ -f "$PKI/ca.crt" ] && [ -f "$PKI/cp.crt" ]; then
+        for dp in "${DATA_PLANES[@]}"; do
+            dp=${dp%% *}
+            if [ ! -f "$PKI/$dp.crt" ]; then
+                build
+                section "issuing a cluster certificate for $dp"
+                "$BIN_DIR/gatehouse-cp" pki issue --ca-dir "$PKI" --dp "$dp" >/dev/null
+            fi
+        done
+        return 0
+    fi
+    build
+    for dp in "${DATA_PLANES[@]}"; do
+        args+=(--dp "${dp%% *}")
+    done
+    section "writing the cluster PKI into $PKI"
+    "$BIN_DIR/gatehouse-cp" pki init --out "$PKI" "${args[@]}" >/dev/null
+}
+
 # --- control plane ----------------------------------------------------------------------------
 
 cp_running_pid() {
-    local pid
-    pid=$(cat "$CP_PID" 2>/dev/null) || return 1
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-    # A recycled pid belongs to something else.
-    if [ -r "/proc/$pid/cmdline" ] && ! tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q gatehouse-cp; then
-        return 1
-    fi
-    echo "$pid"
+    gh_running_pid "$CP_PID" gatehouse-cp
 }
 
 admin_url() { # LISTEN_ADDR
@@ -155,11 +199,16 @@ admin_url() { # LISTEN_ADDR
 }
 
 cp_up() {
-    local pid target bin url log_offset
+    local pid url log_offset
     if pid=$(cp_running_pid); then
         url=$(admin_url "$(cat "$STATE/cp.admin" 2>/dev/null || echo "$ADMIN_LISTEN")")
         section "control plane already running (pid $pid)"
-        CP_SUMMARY="$url  (log: $CP_LOG, pid $pid)"
+        if [ ! -f "$STATE/cp.cluster" ]; then
+            echo "error: this control plane (pid $pid) was started without a cluster listener, by an" >&2
+            echo "       older quickstart; restart it: deploy/quickstart.sh down && deploy/quickstart.sh" >&2
+            exit 1
+        fi
+        CP_SUMMARY="Admin API $url, cluster $(cat "$STATE/cp.cluster") (mTLS pki), status http://$CP_STATUS_LISTEN/status  (log: $CP_LOG, pid $pid)"
         ADMIN_URL=$url
         return 0
     fi
@@ -167,29 +216,29 @@ cp_up() {
         echo "error: curl not found (apt-get install curl)" >&2
         exit 1
     }
-    section "building (cargo build --release --bins)"
-    cargo build --release --bins
-    target=$(cargo metadata --no-deps --format-version 1 2>/dev/null |
-        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p') || true
-    bin=${target:-$ROOT/target}/release/gatehouse-cp
+    build
     url=$(admin_url "$ADMIN_LISTEN")
     if curl -fsS -o /dev/null --max-time 2 "$url/status" 2>/dev/null; then
         echo "error: something else already answers on $url (another Gatehouse?); stop it or set GATEHOUSE_ADMIN_LISTEN" >&2
         exit 1
     fi
-    section "starting the control plane (Admin API on $ADMIN_LISTEN)"
+    section "starting the control plane (Admin API on $ADMIN_LISTEN, cluster listener on $CLUSTER_LISTEN)"
     touch "$CP_LOG"
     log_offset=$(($(wc -c <"$CP_LOG") + 1))
-    nohup "$bin" serve --database-url "$DATABASE_URL" --admin-listen "$ADMIN_LISTEN" \
+    nohup "$BIN_DIR/gatehouse-cp" serve --database-url "$DATABASE_URL" --admin-listen "$ADMIN_LISTEN" \
+        --cluster-listen "$CLUSTER_LISTEN" --status-listen "$CP_STATUS_LISTEN" \
+        --cluster-mtls pki --cluster-cert "$PKI/cp.crt" --cluster-cert-key "$PKI/cp.key" \
+        --cluster-ca-cert "$PKI/ca.crt" \
         >>"$CP_LOG" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >"$CP_PID"
     echo "$ADMIN_LISTEN" >"$STATE/cp.admin"
+    echo "$CLUSTER_LISTEN" >"$STATE/cp.cluster"
     for _ in $(seq 120); do
         # Our own process says it listens (not just anyone on that port), and it answers.
         if tail -c +"$log_offset" "$CP_LOG" | grep -q 'admin API listening' &&
             curl -fsS -o /dev/null --max-time 2 "$url/status" 2>/dev/null; then
-            CP_SUMMARY="$url  (log: $CP_LOG, pid $pid)"
+            CP_SUMMARY="Admin API $url, cluster $CLUSTER_LISTEN (mTLS pki), status http://$CP_STATUS_LISTEN/status  (log: $CP_LOG, pid $pid)"
             ADMIN_URL=$url
             return 0
         fi
@@ -211,26 +260,137 @@ cp_down() {
     local pid
     if pid=$(cp_running_pid); then
         section "stopping the control plane (pid $pid)"
-        kill -TERM "$pid"
-        for _ in $(seq 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            echo "it did not exit within 10 s of SIGTERM: killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
+        gh_stop_pid "$pid" "the control plane"
     fi
-    rm -f "$CP_PID"
+    rm -f "$CP_PID" "$STATE/cp.cluster"
 }
 
 cp_status() {
     local pid
     if pid=$(cp_running_pid); then
-        echo "control plane: running, pid $pid, Admin API $(admin_url "$(cat "$STATE/cp.admin" 2>/dev/null || echo "$ADMIN_LISTEN")") (log: $CP_LOG)"
+        echo "control plane: running, pid $pid, Admin API $(admin_url "$(cat "$STATE/cp.admin" 2>/dev/null || echo "$ADMIN_LISTEN")"), cluster $(cat "$STATE/cp.cluster" 2>/dev/null || echo none) (log: $CP_LOG)"
     else
         echo "control plane: stopped"
     fi
+}
+
+# --- data planes ------------------------------------------------------------------------------
+
+dp_running_pid() { # NAME
+    gh_running_pid "$STATE/$1.pid" gatehouse-dp
+}
+
+# Starts data plane NAME with its status listener on STATUS_LISTEN, unless it runs.
+dp_up() { # NAME STATUS_LISTEN
+    local name=$1 status=$2 pid log_offset
+    if pid=$(dp_running_pid "$name"); then
+        section "data plane $name already running (pid $pid)"
+        return 0
+    fi
+    build
+    if [ "$(gh_http_code "http://$status/status")" != 000 ]; then
+        echo "error: something else already answers on $status (another Gatehouse?); stop it first" >&2
+        exit 1
+    fi
+    section "starting data plane $name (status on $status)"
+    touch "$STATE/$name.log"
+    log_offset=$(($(wc -c <"$STATE/$name.log") + 1))
+    nohup "$BIN_DIR/gatehouse-dp" --cluster-control-plane "$(cat "$STATE/cp.cluster")" \
+        --cluster-server-name localhost --cluster-mtls pki \
+        --cluster-cert "$PKI/$name.crt" --cluster-cert-key "$PKI/$name.key" \
+        --cluster-ca-cert "$PKI/ca.crt" --cache-dir "$STATE/$name" --status-listen "$status" \
+        --label "quickstart=$name" \
+        >>"$STATE/$name.log" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$STATE/$name.pid"
+    for _ in $(seq 60); do
+        if tail -c +"$log_offset" "$STATE/$name.log" | grep -q 'status listener listening'; then
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            rm -f "$STATE/$name.pid"
+            gh_log_tail "$STATE/$name.log"
+            echo "error: data plane $name exited" >&2
+            exit 1
+        fi
+        sleep 0.5
+    done
+    gh_log_tail "$STATE/$name.log"
+    echo "error: data plane $name did not open its status listener within 30 s (pid $pid is left" >&2
+    echo "       running; deploy/quickstart.sh down stops it)" >&2
+    exit 1
+}
+
+# One line about data plane NAME: ready / connected / not connected, and its config version.
+dp_state() { # NAME STATUS_LISTEN
+    local body version connected
+    if [ "$(gh_http_code "http://$2/status/ready")" = 200 ]; then
+        body=$(curl -s --max-time 2 "http://$2/status" 2>/dev/null || true)
+        version=$(gh_json_field "$body" config_version)
+        echo "ready, config version ${version:-?}"
+        return 0
+    fi
+    body=$(curl -s --max-time 2 "http://$2/status" 2>/dev/null || true)
+    connected=$(gh_json_field "$body" connected)
+    if [ "$connected" = true ]; then
+        echo "connected, no configuration yet"
+    elif [ -n "$body" ]; then
+        echo "not connected to the control plane: $(gh_json_field "$body" last_error)"
+    else
+        echo "not answering"
+    fi
+}
+
+# Waits until every data plane is ready (or at least connected) and fills DP_SUMMARY.
+dps_wait() {
+    local entry name status state pid
+    DP_SUMMARY=""
+    for entry in "${DATA_PLANES[@]}"; do
+        name=${entry%% *}
+        status=${entry#* }
+        state=$(dp_state "$name" "$status")
+        for _ in $(seq 60); do
+            case "$state" in ready*) break ;; esac
+            sleep 0.5
+            state=$(dp_state "$name" "$status")
+        done
+        case "$state" in
+        ready* | connected*) ;;
+        *)
+            gh_log_tail "$STATE/$name.log"
+            echo "error: data plane $name: $state (deploy/quickstart.sh down stops everything)" >&2
+            exit 1
+            ;;
+        esac
+        pid=$(dp_running_pid "$name" || echo "?")
+        DP_SUMMARY+="  Data plane $name: status http://$status/status, $state"
+        DP_SUMMARY+="  (cache: $STATE/$name, log: $STATE/$name.log, pid $pid)"$'\n'
+    done
+}
+
+dps_down() {
+    local entry name pid
+    for entry in "${DATA_PLANES[@]}"; do
+        name=${entry%% *}
+        if pid=$(dp_running_pid "$name"); then
+            section "stopping data plane $name (pid $pid)"
+            gh_stop_pid "$pid" "data plane $name"
+        fi
+        rm -f "$STATE/$name.pid"
+    done
+}
+
+dps_status() {
+    local entry name status pid
+    for entry in "${DATA_PLANES[@]}"; do
+        name=${entry%% *}
+        status=${entry#* }
+        if pid=$(dp_running_pid "$name"); then
+            echo "data plane $name: running, pid $pid, status http://$status/status, $(dp_state "$name" "$status") (log: $STATE/$name.log)"
+        else
+            echo "data plane $name: stopped"
+        fi
+    done
 }
 
 # --- commands ---------------------------------------------------------------------------------
@@ -248,16 +408,26 @@ up() {
         echo "PostgreSQL:  $PG_SUMMARY"
         return 0
     fi
+    pki_up
     cp_up
+    DP_SUMMARY=""
+    if [ "${GATEHOUSE_QUICKSTART_NO_DP:-0}" != 1 ]; then
+        for entry in "${DATA_PLANES[@]}"; do
+            dp_up "${entry%% *}" "${entry#* }"
+        done
+        dps_wait
+    fi
     cat <<EOT
 
 Gatehouse is up.
-  PostgreSQL:  $PG_SUMMARY
-  Admin API:   $CP_SUMMARY
+  PostgreSQL:     $PG_SUMMARY
+  Control plane:  $CP_SUMMARY
+${DP_SUMMARY}  Cluster PKI:    $PKI (CA, control-plane and data-plane certificates)
 
 Try it:
   curl -i -X POST $ADMIN_URL/services -d name=example -d url=http://httpbin.org
-  curl -i $ADMIN_URL/services
+  curl -s $ADMIN_URL/clustering/data-planes     # both data planes, their config version and hash
+  curl -s http://${DATA_PLANES[0]#* }/status              # the data plane follows every write
 
 Stop everything: deploy/quickstart.sh down
 EOT
@@ -266,10 +436,12 @@ EOT
 case "${1:-up}" in
 up) up ;;
 down)
+    dps_down
     cp_down
     pg_down
     ;;
 status)
+    dps_status
     cp_status
     pg_status
     ;;

@@ -12,6 +12,13 @@
 //!   listens, keeps its logs, and kills it when dropped.
 //! - [`Admin`] is a small HTTP client for the Admin API returning a [`Response`] whose body is
 //!   already parsed as JSON.
+//! - [`DataPlane`] spawns `gatehouse-dp` with [`DataPlaneOptions`] (CP address, cluster mTLS
+//!   files, cache directory), waits until its status listener listens, reads `/status` and
+//!   `/status/ready`, and stops, kills and restarts it on the same cache directory.
+//! - [`Pki`] writes a cluster PKI (`gatehouse-cp pki init`) into a temporary directory;
+//!   [`tls_handshake`] probes the cluster port with a raw TLS client.
+//! - [`wait_until`] polls a condition with a deadline ([`patience`]); the tests never sleep a
+//!   fixed time.
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
@@ -33,6 +40,8 @@
 //! | `GATEHOUSE_TEST_DATABASE_URL` | use this server (the URL names a database to connect to, e.g. `postgres://postgres@127.0.0.1:5432/postgres`; the user must be allowed to `CREATE DATABASE`) instead of a private cluster |
 //! | `GATEHOUSE_TEST_KEEP_DB` | set to `1` to keep each test's database after the test, for inspection |
 //! | `GATEHOUSE_CP_BIN` | path of the `gatehouse-cp` binary (default: next to the test executable's `deps/` directory, e.g. `target/debug/gatehouse-cp`) |
+//! | `GATEHOUSE_DP_BIN` | path of the `gatehouse-dp` binary (default: beside `gatehouse-cp`, as above) |
+//! | `GATEHOUSE_TEST_PATIENCE_SECS` | how long the cluster tests wait for something that should happen soon (default 20) |
 //!
 //! The binaries are not built by `cargo test`: run `cargo build --bins` first (`deploy/test.sh`
 //! does), or the tests exercise a stale or missing `gatehouse-cp`.
@@ -40,10 +49,23 @@
 
 mod admin;
 pub mod certs;
+mod cluster;
 mod control_plane;
+mod data_plane;
+mod pki;
 mod postgres;
 mod target_dir;
+mod temp_dir;
+mod wait;
 
 pub use admin::{Admin, Response};
+pub use cluster::{
+    Handshake, cert_der, clustering_status, config_version, data_plane, data_planes, log_field,
+    tls_client_config, tls_handshake, wait_for_cp_snapshot, wait_for_data_plane,
+};
 pub use control_plane::{ControlPlane, cp_bin};
+pub use data_plane::{DataPlane, DataPlaneOptions, Exited, dp_bin};
+pub use pki::Pki;
 pub use postgres::{TestDb, test_db};
+pub use temp_dir::TempDir;
+pub use wait::{POLL_INTERVAL, patience, wait_until};

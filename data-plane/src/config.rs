@@ -16,6 +16,9 @@
 //! | `--label KEY=VALUE` (repeatable) | `GATEHOUSE_LABELS` (`k=v,k2=v2`) | `labels` (table or list of `k=v`) | none |
 //! | `--log-level FILTER` | `GATEHOUSE_LOG_LEVEL` | `log_level` | `RUST_LOG`, else `info` |
 //! | `--log-format text\|json` | `GATEHOUSE_LOG_FORMAT` | `log_format` | `text` |
+//! | `--ssl-cert FILE[,FILE]` | `GATEHOUSE_SSL_CERT` | `ssl_cert` | a self-signed certificate for `localhost`, generated at start |
+//! | `--ssl-cert-key FILE[,FILE]` | `GATEHOUSE_SSL_CERT_KEY` | `ssl_cert_key` | the key of the generated certificate |
+//! | `--ssl-session-tickets on\|off` | `GATEHOUSE_SSL_SESSION_TICKETS` | `ssl_session_tickets` (`"on"`, `"off"` or a boolean) | `on` |
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,6 +37,8 @@ pub const DEFAULT_CACHE_DIR: &str = "/var/lib/gatehouse-dp";
 pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:8100";
 /// Longest label key or value (Kong's limit).
 const MAX_LABEL_LEN: usize = 63;
+/// Most default certificates (`--ssl-cert`): one per key type, RSA and ECDSA.
+const MAX_SSL_CERTS: usize = 2;
 
 /// Gatehouse data plane: applies the configuration snapshots pushed by the control plane.
 #[derive(Debug, Parser)]
@@ -113,6 +118,22 @@ pub struct Flags {
     #[arg(long, env = "GATEHOUSE_LOG_FORMAT")]
     pub log_format: Option<String>,
 
+    /// PEM certificate (chain) the proxy presents when no SNI matches (Kong's `ssl_cert`); a
+    /// comma-separated pair (one RSA, one ECDSA) serves each client the key type it prefers
+    /// [default: a self-signed certificate for `localhost`, generated at start].
+    #[arg(long, env = "GATEHOUSE_SSL_CERT")]
+    pub ssl_cert: Option<String>,
+
+    /// PEM private key(s) of --ssl-cert, in the same order. Required with --ssl-cert.
+    #[arg(long, env = "GATEHOUSE_SSL_CERT_KEY")]
+    pub ssl_cert_key: Option<String>,
+
+    /// TLS session tickets (stateless resumption): `on` or `off` [default: on]. Sessions
+    /// are also resumed from a per-process cache either way.
+    #[arg(long, env = "GATEHOUSE_SSL_SESSION_TICKETS")]
+    #[serde(deserialize_with = "on_off_from_toml")]
+    pub ssl_session_tickets: Option<String>,
+
     /// Test only: the Gatehouse version announced to the control plane (X.Y.Z) [default: this
     /// build's version].
     #[arg(long, env = "GATEHOUSE_ADVERTISE_VERSION", hide = true)]
@@ -156,6 +177,28 @@ pub struct Settings {
     pub advertise_version: String,
     /// Logging.
     pub log: LogSettings,
+    /// Server TLS of the proxy listeners.
+    pub ssl: SslSettings,
+}
+
+/// Server TLS of the proxy listeners (Kong's `ssl_cert`, `ssl_cert_key`,
+/// `ssl_session_tickets`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SslSettings {
+    /// The default certificate: one pair, or two of different key types (RSA and ECDSA).
+    /// Empty: a self-signed certificate for `localhost` is generated at start.
+    pub certs: Vec<CertKeyFiles>,
+    /// Whether stateless session tickets are issued (default true).
+    pub session_tickets: bool,
+}
+
+/// A PEM certificate file and the file of its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertKeyFiles {
+    /// Certificate, leaf first, optionally followed by intermediates.
+    pub cert: PathBuf,
+    /// Private key of the leaf (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// A setting that does not parse, or a required one that is missing; the message names every
@@ -163,6 +206,14 @@ pub struct Settings {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(String);
+
+/// A TOML on/off value: `"on"`/`"off"` or a boolean.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TomlOnOff {
+    Bool(bool),
+    Text(String),
+}
 
 /// A TOML `labels` value: a table or a list of `KEY=VALUE` strings.
 #[derive(Deserialize)]
@@ -214,6 +265,9 @@ impl Flags {
             log_level: self.log_level.or(other.log_level),
             log_format: self.log_format.or(other.log_format),
             advertise_version: self.advertise_version.or(other.advertise_version),
+            ssl_cert: self.ssl_cert.or(other.ssl_cert),
+            ssl_cert_key: self.ssl_cert_key.or(other.ssl_cert_key),
+            ssl_session_tickets: self.ssl_session_tickets.or(other.ssl_session_tickets),
         }
     }
 
@@ -316,6 +370,24 @@ impl Flags {
             }
         };
 
+        let ssl = SslSettings {
+            certs: parse_ssl_certs(
+                self.ssl_cert.as_deref(),
+                self.ssl_cert_key.as_deref(),
+                &mut problems,
+            ),
+            session_tickets: match self.ssl_session_tickets.as_deref().map(str::trim) {
+                None | Some("on") => true,
+                Some("off") => false,
+                Some(other) => {
+                    problems.push(format!(
+                        "--ssl-session-tickets: '{other}' is not one of on, off"
+                    ));
+                    true
+                }
+            },
+        };
+
         match status_listen {
             Some(status_listen) if problems.is_empty() => Ok(Settings {
                 cluster: ClusterSettings {
@@ -337,6 +409,7 @@ impl Flags {
                     level: self.log_level,
                     json,
                 },
+                ssl,
             }),
             _ => Err(ConfigError(problems.join("; "))),
         }
@@ -352,6 +425,18 @@ impl ClusterSettings {
         match self.mode {
             ClusterMtls::Pki => &self.server_name,
             _ => SHARED_SERVER_NAME,
+        }
+    }
+}
+
+// === impl SslSettings ===
+
+/// No certificate files (a self-signed one is generated), session tickets on.
+impl Default for SslSettings {
+    fn default() -> Self {
+        Self {
+            certs: Vec::new(),
+            session_tickets: true,
         }
     }
 }
@@ -410,6 +495,52 @@ fn parse_labels(raw: &[String], problems: &mut Vec<String>) -> BTreeMap<String, 
     labels
 }
 
+/// Pairs the comma-separated `--ssl-cert` and `--ssl-cert-key` lists: both or neither, the
+/// same length, at most [`MAX_SSL_CERTS`]. The files are read when the proxy starts.
+fn parse_ssl_certs(
+    certs: Option<&str>,
+    keys: Option<&str>,
+    problems: &mut Vec<String>,
+) -> Vec<CertKeyFiles> {
+    let split = |list: Option<&str>| -> Vec<PathBuf> {
+        list.into_iter()
+            .flat_map(|l| l.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect()
+    };
+    let (certs, keys) = (split(certs), split(keys));
+    match (certs.len(), keys.len()) {
+        (0, 0) => Vec::new(),
+        (_, 0) => {
+            problems.push("--ssl-cert-key is required with --ssl-cert".to_owned());
+            Vec::new()
+        }
+        (0, _) => {
+            problems.push("--ssl-cert is required with --ssl-cert-key".to_owned());
+            Vec::new()
+        }
+        (c, k) if c != k => {
+            problems.push(format!(
+                "--ssl-cert lists {c} file(s) but --ssl-cert-key lists {k}"
+            ));
+            Vec::new()
+        }
+        (c, _) if c > MAX_SSL_CERTS => {
+            problems.push(format!(
+                "--ssl-cert: at most {MAX_SSL_CERTS} certificates (one RSA, one ECDSA), got {c}"
+            ));
+            Vec::new()
+        }
+        _ => certs
+            .into_iter()
+            .zip(keys)
+            .map(|(cert, key)| CertKeyFiles { cert, key })
+            .collect(),
+    }
+}
+
 /// Whether `v` is `X.Y.Z` (decimal numbers), optionally followed by `-pre` or `+build`.
 fn is_version(v: &str) -> bool {
     let core = v.split(['-', '+']).next().unwrap_or_default();
@@ -418,6 +549,17 @@ fn is_version(v: &str) -> bool {
         && parts
             .iter()
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Reads an on/off setting from TOML as `"on"`/`"off"` or a boolean.
+fn on_off_from_toml<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    Ok(Some(match TomlOnOff::deserialize(deserializer)? {
+        TomlOnOff::Bool(true) => "on".to_owned(),
+        TomlOnOff::Bool(false) => "off".to_owned(),
+        TomlOnOff::Text(text) => text,
+    }))
 }
 
 /// Reads `labels` from TOML as a table (`{ region = "eu" }`) or a list (`["region=eu"]`).

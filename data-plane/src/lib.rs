@@ -7,6 +7,10 @@
 //! - [`logging`]: the `tracing` subscriber;
 //! - [`runtime`]: a snapshot compiled into immutable lookups ([`runtime::Runtime`]) and the
 //!   lock-free holder of the current one ([`runtime::SharedRuntime`]);
+//! - [`tls`]: TLS termination for the proxy listeners (certificate by SNI from the current
+//!   runtime, default certificate, session resumption);
+//! - [`router`]: Kong's route matching and priority, compiled once per runtime
+//!   ([`router::Router`]), and the upstream path rules;
 //! - the sync client (gRPC over mutual TLS, reconnect with backoff), the snapshot cache and the
 //!   status listener, started together by [`DataPlane::start`].
 //!
@@ -33,7 +37,9 @@ use gatehouse_shared::cluster::{ClusterTlsError, DEFAULT_RELOAD_INTERVAL, Reload
 
 pub mod config;
 pub mod logging;
+pub mod router;
 pub mod runtime;
+pub mod tls;
 
 mod cache;
 mod status;

@@ -14,7 +14,7 @@
 //! | server certificate for a TLS ClientHello | [`Runtime::certificate_for_sni`] (exact, `*.rest`, `first.*`, `*`), then the proxy's own default |
 //! | certificate by id (upstream mTLS) | [`Runtime::certificate`] → [`TlsCertificate`] (rustls [`CertifiedKey`]s, main and alt) |
 //! | upstream trust of a service | [`Runtime::service_trust`] (a [`RootCertStore`] of its `ca_certificates`) |
-//! | routing | [`Runtime::routes`], [`Runtime::routes_for_host`], each a [`CompiledRoute`] (hosts, prefix and compiled regex paths, header matchers, service) |
+//! | routing | [`Runtime::router`] ([`Router::find`]: Kong's matching and priority); [`Runtime::routes`], [`Runtime::routes_for_host`], each a [`CompiledRoute`] (hosts, prefix and compiled regex paths, header matchers, service) |
 //! | services, upstreams, targets | [`Runtime::service`], [`Runtime::upstream_by_name`], [`Runtime::targets`] |
 //! | consumers and ACL groups | [`Runtime::consumer`], [`Runtime::consumer_by_username`], [`Runtime::consumer_by_custom_id`], [`Runtime::consumer_groups`] |
 //! | plugins | [`Runtime::plugins`], each a [`CompiledPlugin`] with resolved scopes (and its trust store for `mtls-auth`) |
@@ -40,6 +40,8 @@ use uuid::Uuid;
 use gatehouse_shared::entities::PROTOCOLS;
 use gatehouse_shared::model::{self, PluginConfig};
 use gatehouse_shared::{checks, x509};
+
+use crate::router::Router;
 
 #[cfg(test)]
 mod tests;
@@ -88,6 +90,7 @@ struct Compiled {
     consumers_by_custom_id: HashMap<String, usize>,
     groups: HashMap<Uuid, Vec<String>>,
     plugins: Vec<CompiledPlugin>,
+    router: Router,
 }
 
 /// Why a snapshot cannot be compiled: the entity at fault and the reason. The message never
@@ -391,6 +394,11 @@ impl Runtime {
             .filter_map(move |i| routes.get(i))
     }
 
+    /// The router over [`Runtime::routes`], compiled with the runtime.
+    pub fn router(&self) -> &Router {
+        &self.compiled.router
+    }
+
     /// The route entity of a compiled route.
     pub fn route(&self, route: &CompiledRoute) -> Option<&model::Route> {
         self.compiled.config.routes.get(route.index)
@@ -679,6 +687,8 @@ impl Compiled {
             });
         }
 
+        let router = Router::build(&config, &routes);
+
         Ok(Self {
             config,
             services,
@@ -696,6 +706,7 @@ impl Compiled {
             consumers_by_custom_id,
             groups,
             plugins,
+            router,
         })
     }
 }

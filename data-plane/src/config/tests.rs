@@ -42,6 +42,8 @@ fn defaults() {
     assert_eq!(settings.advertise_version, env!("CARGO_PKG_VERSION"));
     assert!(settings.labels.is_empty());
     assert!(!settings.log.json);
+    assert_eq!(settings.ssl, SslSettings::default());
+    assert!(settings.ssl.certs.is_empty() && settings.ssl.session_tickets);
 }
 
 #[test]
@@ -174,4 +176,64 @@ fn host_port_and_versions() {
     assert!(is_version("10.20.30-rc.1"));
     assert!(!is_version("1.2"));
     assert!(!is_version("1.x.3"));
+}
+
+#[test]
+fn ssl_settings() {
+    let mut args = REQUIRED.to_vec();
+    args.extend([
+        "--ssl-cert",
+        "/tls/rsa.crt, /tls/ecdsa.crt",
+        "--ssl-cert-key",
+        "/tls/rsa.key,/tls/ecdsa.key",
+        "--ssl-session-tickets",
+        "off",
+    ]);
+    let ssl = parse(&args).unwrap().ssl;
+    assert_eq!(
+        ssl.certs,
+        [
+            CertKeyFiles {
+                cert: "/tls/rsa.crt".into(),
+                key: "/tls/rsa.key".into()
+            },
+            CertKeyFiles {
+                cert: "/tls/ecdsa.crt".into(),
+                key: "/tls/ecdsa.key".into()
+            },
+        ]
+    );
+    assert!(!ssl.session_tickets);
+
+    let path = temp_file(
+        "dp.toml",
+        "ssl_cert = \"/f/a.crt\"\nssl_cert_key = \"/f/a.key\"\nssl_session_tickets = false\n",
+    );
+    let mut args = REQUIRED.to_vec();
+    args.extend(["--config", path.to_str().unwrap()]);
+    let ssl = parse(&args).unwrap().ssl;
+    assert_eq!(ssl.certs.len(), 1);
+    assert!(!ssl.session_tickets);
+
+    for (flags, expected) in [
+        (&["--ssl-cert", "/a.crt"][..], "--ssl-cert-key is required"),
+        (&["--ssl-cert-key", "/a.key"][..], "--ssl-cert is required"),
+        (
+            &["--ssl-cert", "/a,/b", "--ssl-cert-key", "/k"][..],
+            "lists 2 file(s) but --ssl-cert-key lists 1",
+        ),
+        (
+            &["--ssl-cert", "/a,/b,/c", "--ssl-cert-key", "/k,/l,/m"][..],
+            "at most 2 certificates",
+        ),
+        (
+            &["--ssl-session-tickets", "maybe"][..],
+            "'maybe' is not one of on, off",
+        ),
+    ] {
+        let mut args = REQUIRED.to_vec();
+        args.extend(flags);
+        let err = parse(&args).unwrap_err().to_string();
+        assert!(err.contains(expected), "{expected} in {err}");
+    }
 }

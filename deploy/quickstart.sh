@@ -9,8 +9,8 @@
 #
 # What runs (all on 127.0.0.1):
 #   control plane  Admin API :8001, cluster listener :8005 (gRPC, mTLS pki), status :8100
-#   data plane dp1 status :8101, cache .gatehouse/dp1  (proxy :8000/:8443 come with the proxy)
-#   data plane dp2 status :9101, cache .gatehouse/dp2  (the same ports + 1000: :9000/:9443 later)
+#   data plane dp1 proxy :8000 (HTTP) :8443 (HTTPS), status :8101, cache .gatehouse/dp1
+#   data plane dp2 proxy :9000 (HTTP) :9443 (HTTPS), status :9101, cache .gatehouse/dp2
 #
 # Settings (environment):
 #   GATEHOUSE_DATABASE_URL   use this database instead of a private PostgreSQL
@@ -43,6 +43,9 @@ CLUSTER_LISTEN=127.0.0.1:8005
 CP_STATUS_LISTEN=127.0.0.1:8100
 # Data planes: NAME STATUS_LISTEN (dp2 on the ports of dp1 + 1000).
 DATA_PLANES=("dp1 127.0.0.1:8101" "dp2 127.0.0.1:9101")
+# Proxy listeners of each data plane: HTTP and HTTPS.
+declare -A DP_PROXY_LISTEN=([dp1]=127.0.0.1:8000 [dp2]=127.0.0.1:9000)
+declare -A DP_PROXY_SSL_LISTEN=([dp1]=127.0.0.1:8443 [dp2]=127.0.0.1:9443)
 PG_FALLBACK=/var/tmp/gatehouse-pg-$(gh_path_hash "$ROOT")
 
 section() { printf '==> %s\n' "$*"; }
@@ -292,13 +295,14 @@ dp_up() { # NAME STATUS_LISTEN
         echo "error: something else already answers on $status (another Gatehouse?); stop it first" >&2
         exit 1
     fi
-    section "starting data plane $name (status on $status)"
+    section "starting data plane $name (proxy on ${DP_PROXY_LISTEN[$name]} and ${DP_PROXY_SSL_LISTEN[$name]}, status on $status)"
     touch "$STATE/$name.log"
     log_offset=$(($(wc -c <"$STATE/$name.log") + 1))
     nohup "$BIN_DIR/gatehouse-dp" --cluster-control-plane "$(cat "$STATE/cp.cluster")" \
         --cluster-server-name localhost --cluster-mtls pki \
         --cluster-cert "$PKI/$name.crt" --cluster-cert-key "$PKI/$name.key" \
         --cluster-ca-cert "$PKI/ca.crt" --cache-dir "$STATE/$name" --status-listen "$status" \
+        --proxy-listen "${DP_PROXY_LISTEN[$name]}" --proxy-ssl-listen "${DP_PROXY_SSL_LISTEN[$name]}" \
         --label "quickstart=$name" \
         >>"$STATE/$name.log" 2>&1 </dev/null &
     pid=$!
@@ -363,7 +367,8 @@ dps_wait() {
             ;;
         esac
         pid=$(dp_running_pid "$name" || echo "?")
-        DP_SUMMARY+="  Data plane $name: status http://$status/status, $state"
+        DP_SUMMARY+="  Data plane $name: proxy http://${DP_PROXY_LISTEN[$name]} https://${DP_PROXY_SSL_LISTEN[$name]},"
+        DP_SUMMARY+=" status http://$status/status, $state"
         DP_SUMMARY+="  (cache: $STATE/$name, log: $STATE/$name.log, pid $pid)"$'\n'
     done
 }
@@ -426,6 +431,8 @@ ${DP_SUMMARY}  Cluster PKI:    $PKI (CA, control-plane and data-plane certificat
 
 Try it:
   curl -i -X POST $ADMIN_URL/services -d name=example -d url=http://httpbin.org
+  curl -i -X POST $ADMIN_URL/services/example/routes -d paths[]=/example
+  curl -i http://${DP_PROXY_LISTEN[dp1]}/example/get      # through data plane dp1 (dp2: ${DP_PROXY_LISTEN[dp2]})
   curl -s $ADMIN_URL/clustering/data-planes     # both data planes, their config version and hash
   curl -s http://${DATA_PLANES[0]#* }/status              # the data plane follows every write
 

@@ -13,6 +13,8 @@
 //! | `--cluster-mtls shared\|pki` | `GATEHOUSE_CLUSTER_MTLS` | `cluster_mtls` | `shared` |
 //! | `--cache-dir DIR` | `GATEHOUSE_CACHE_DIR` | `cache_dir` | `/var/lib/gatehouse-dp` |
 //! | `--status-listen IP:PORT` | `GATEHOUSE_STATUS_LISTEN` | `status_listen` | `127.0.0.1:8100` |
+//! | `--proxy-listen IP:PORT[,IP:PORT]\|off` | `GATEHOUSE_PROXY_LISTEN` | `proxy_listen` | `0.0.0.0:8000` (plain HTTP/1.1 and h2c) |
+//! | `--proxy-ssl-listen IP:PORT[,IP:PORT]\|off` | `GATEHOUSE_PROXY_SSL_LISTEN` | `proxy_ssl_listen` | `0.0.0.0:8443` (TLS, ALPN `h2` and `http/1.1`) |
 //! | `--label KEY=VALUE` (repeatable) | `GATEHOUSE_LABELS` (`k=v,k2=v2`) | `labels` (table or list of `k=v`) | none |
 //! | `--log-level FILTER` | `GATEHOUSE_LOG_LEVEL` | `log_level` | `RUST_LOG`, else `info` |
 //! | `--log-format text\|json` | `GATEHOUSE_LOG_FORMAT` | `log_format` | `text` |
@@ -35,6 +37,10 @@ pub const DEFAULT_CLUSTER_CONTROL_PLANE: &str = "127.0.0.1:8005";
 pub const DEFAULT_CACHE_DIR: &str = "/var/lib/gatehouse-dp";
 /// Default address of the status listener.
 pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:8100";
+/// Default addresses of the plain proxy listener (Kong's `proxy_listen`).
+pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:8000";
+/// Default addresses of the TLS proxy listener.
+pub const DEFAULT_PROXY_SSL_LISTEN: &str = "0.0.0.0:8443";
 /// Longest label key or value (Kong's limit).
 const MAX_LABEL_LEN: usize = 63;
 /// Most default certificates (`--ssl-cert`): one per key type, RSA and ECDSA.
@@ -97,6 +103,16 @@ pub struct Flags {
     /// [default: 127.0.0.1:8100].
     #[arg(long, env = "GATEHOUSE_STATUS_LISTEN")]
     pub status_listen: Option<String>,
+
+    /// Addresses of the plain proxy listener (HTTP/1.1 and h2c), comma-separated, or `off`
+    /// (port 0 picks a free port; each address is logged) [default: 0.0.0.0:8000].
+    #[arg(long, env = "GATEHOUSE_PROXY_LISTEN")]
+    pub proxy_listen: Option<String>,
+
+    /// Addresses of the TLS proxy listener (TLS 1.2 and 1.3, ALPN h2 and http/1.1),
+    /// comma-separated, or `off` [default: 0.0.0.0:8443].
+    #[arg(long, env = "GATEHOUSE_PROXY_SSL_LISTEN")]
+    pub proxy_ssl_listen: Option<String>,
 
     /// A label reported to the control plane, KEY=VALUE; repeatable (the variable takes a
     /// comma-separated list).
@@ -171,6 +187,10 @@ pub struct Settings {
     pub cache_dir: PathBuf,
     /// Address of the status listener.
     pub status_listen: SocketAddr,
+    /// Addresses of the plain proxy listener (empty: `off`).
+    pub proxy_listen: Vec<SocketAddr>,
+    /// Addresses of the TLS proxy listener (empty: `off`).
+    pub proxy_ssl_listen: Vec<SocketAddr>,
     /// Labels reported to the control plane.
     pub labels: BTreeMap<String, String>,
     /// The version announced to the control plane and shown by `/status`.
@@ -257,6 +277,8 @@ impl Flags {
             cluster_mtls: self.cluster_mtls.or(other.cluster_mtls),
             cache_dir: self.cache_dir.or(other.cache_dir),
             status_listen: self.status_listen.or(other.status_listen),
+            proxy_listen: self.proxy_listen.or(other.proxy_listen),
+            proxy_ssl_listen: self.proxy_ssl_listen.or(other.proxy_ssl_listen),
             labels: if self.labels.is_empty() {
                 other.labels
             } else {
@@ -350,6 +372,19 @@ impl Flags {
             .map_err(|e| problems.push(format!("--status-listen: {e} (expected IP:PORT)")))
             .ok();
 
+        let proxy_listen = parse_listen(
+            self.proxy_listen.as_deref().unwrap_or(DEFAULT_PROXY_LISTEN),
+            "--proxy-listen",
+            &mut problems,
+        );
+        let proxy_ssl_listen = parse_listen(
+            self.proxy_ssl_listen
+                .as_deref()
+                .unwrap_or(DEFAULT_PROXY_SSL_LISTEN),
+            "--proxy-ssl-listen",
+            &mut problems,
+        );
+
         let labels = parse_labels(&self.labels, &mut problems);
 
         let advertise_version = self
@@ -403,6 +438,8 @@ impl Flags {
                 },
                 cache_dir,
                 status_listen,
+                proxy_listen,
+                proxy_ssl_listen,
                 labels,
                 advertise_version,
                 log: LogSettings {
@@ -458,6 +495,29 @@ fn split_host_port(addr: &str) -> Result<String, String> {
         Ok(0) | Err(_) => Err(format!("'{addr}': invalid port '{port}'")),
         Ok(_) => Ok(host.to_owned()),
     }
+}
+
+/// Parses a comma-separated list of `IP:PORT` listen addresses; `off` (alone) is none. An
+/// empty list is refused: say `off`.
+fn parse_listen(raw: &str, flag: &str, problems: &mut Vec<String>) -> Vec<SocketAddr> {
+    let raw = raw.trim();
+    if raw.eq_ignore_ascii_case("off") {
+        return Vec::new();
+    }
+    let mut addrs = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        match item.parse::<SocketAddr>() {
+            Ok(addr) if addrs.contains(&addr) => {
+                problems.push(format!("{flag}: {addr} is given more than once"));
+            }
+            Ok(addr) => addrs.push(addr),
+            Err(e) => problems.push(format!("{flag}: '{item}': {e} (expected IP:PORT or off)")),
+        }
+    }
+    if addrs.is_empty() && !problems.iter().any(|p| p.starts_with(flag)) {
+        problems.push(format!("{flag}: no address given (use off to disable it)"));
+    }
+    addrs
 }
 
 /// Parses `KEY=VALUE` labels; keys and values are 1 to 63 characters of `A-Z a-z 0-9 . _ -`

@@ -11,11 +11,14 @@
 //!   runtime, default certificate, session resumption);
 //! - [`router`]: Kong's route matching and priority, compiled once per runtime
 //!   ([`router::Router`]), and the upstream path rules;
+//! - [`proxy`]: the plain and TLS proxy listeners and the hyper service that routes each
+//!   request and forwards it to its upstream;
 //! - the sync client (gRPC over mutual TLS, reconnect with backoff), the snapshot cache and the
 //!   status listener, started together by [`DataPlane::start`].
 //!
 //! Start order: the cluster TLS files are checked, the cache directory is opened (node id),
-//! the cached snapshot is loaded if it compiles, the status listener is bound, then the sync
+//! the cached snapshot is loaded if it compiles, the proxy listeners are bound (each logs
+//! `proxy listener listening addr=... tls=...`), the status listener is bound, then the sync
 //! client connects. With the control plane away the data plane serves the cached
 //! configuration indefinitely.
 //!
@@ -37,6 +40,7 @@ use gatehouse_shared::cluster::{ClusterTlsError, DEFAULT_RELOAD_INTERVAL, Reload
 
 pub mod config;
 pub mod logging;
+pub mod proxy;
 pub mod router;
 pub mod runtime;
 pub mod tls;
@@ -70,6 +74,9 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A proxy listener cannot be bound, or its TLS cannot be set up.
+    #[error(transparent)]
+    Proxy(#[from] proxy::ProxyError),
     /// The status listener cannot be bound.
     #[error("cannot listen on {addr} (status listener): {source}")]
     StatusListen {
@@ -80,12 +87,14 @@ pub enum Error {
     },
 }
 
-/// A started data plane: the sync client, the status listener and the certificate reloader
-/// run in the background until [`DataPlane::shutdown`].
+/// A started data plane: the proxy listeners, the sync client, the status listener and the
+/// certificate reloader run in the background until [`DataPlane::shutdown`] (which stops
+/// accepting; connections already open are served until the process exits).
 #[derive(Debug)]
 pub struct DataPlane {
     state: Arc<NodeState>,
     status_addr: SocketAddr,
+    proxy_addrs: Vec<(SocketAddr, bool)>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     reloader: JoinHandle<()>,
@@ -96,15 +105,19 @@ pub struct DataPlane {
 impl Error {
     /// Whether the operator must fix the settings or files (exit code `EX_USAGE`).
     pub fn is_config(&self) -> bool {
-        matches!(self, Self::ClusterTls(_))
+        matches!(
+            self,
+            Self::ClusterTls(_) | Self::Proxy(proxy::ProxyError::Tls(_))
+        )
     }
 }
 
 // === impl DataPlane ===
 
 impl DataPlane {
-    /// Starts the data plane. Fails on unusable cluster TLS files, an unusable cache directory
-    /// or a status address that cannot be bound; a bad cached snapshot is only logged.
+    /// Starts the data plane. Fails on unusable cluster TLS files, an unusable cache directory,
+    /// unusable `--ssl-cert` files, or a proxy or status address that cannot be bound; a bad
+    /// cached snapshot is only logged.
     pub async fn start(settings: Settings) -> Result<Self, Error> {
         Self::start_with(settings, Timing::default()).await
     }
@@ -142,6 +155,15 @@ impl DataPlane {
         ));
         load_cache(&cache, &state).await;
 
+        let proxy = proxy::Listeners::bind(
+            &settings.proxy_listen,
+            &settings.proxy_ssl_listen,
+            &settings.ssl,
+            runtime.clone(),
+        )
+        .await?;
+        let proxy_addrs = proxy.addrs();
+
         let (listener, status_addr) =
             status::bind(settings.status_listen)
                 .await
@@ -153,6 +175,7 @@ impl DataPlane {
         let (stop, stopped) = watch::channel(false);
         let reloader = tokio::spawn(tls.clone().watch(DEFAULT_RELOAD_INTERVAL));
         let status = tokio::spawn(status::serve(listener, state.clone(), stopped.clone()));
+        let mut tasks = proxy.serve(stopped.clone());
         let client = SyncClient::new(
             cluster.control_plane.clone(),
             server_name,
@@ -163,11 +186,13 @@ impl DataPlane {
             timing,
         );
         let sync = tokio::spawn(client.run(stopped));
+        tasks.extend([status, sync]);
         Ok(Self {
             state,
             status_addr,
+            proxy_addrs,
             stop,
-            tasks: vec![status, sync],
+            tasks,
             reloader,
         })
     }
@@ -182,6 +207,11 @@ impl DataPlane {
         self.status_addr
     }
 
+    /// The bound proxy listener addresses, each with whether it is the TLS listener.
+    pub fn proxy_addrs(&self) -> &[(SocketAddr, bool)] {
+        &self.proxy_addrs
+    }
+
     /// The current runtime holder (the proxy loads from it).
     pub fn runtime(&self) -> &Arc<SharedRuntime> {
         &self.state.runtime
@@ -192,7 +222,7 @@ impl DataPlane {
         self.state.report()
     }
 
-    /// Stops the sync client and the status listener and waits for them.
+    /// Stops the proxy listeners, the sync client and the status listener and waits for them.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for task in self.tasks {

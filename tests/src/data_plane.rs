@@ -28,6 +28,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The log line written once the status listener accepts connections (with `addr=IP:PORT`).
 const READY_LINE: &str = "status listener listening";
+/// The log line written for each bound proxy listener (with `addr=IP:PORT tls=BOOL`), before
+/// [`READY_LINE`].
+const PROXY_LINE: &str = "proxy listener listening";
 /// Timeout of one status request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -71,6 +74,8 @@ pub struct DataPlaneOptions {
     env: Vec<(String, String)>,
     name: String,
     echo: bool,
+    proxy_listen: String,
+    proxy_ssl_listen: String,
 }
 
 /// A running `gatehouse-dp`, killed when dropped; it can be stopped and started again on the
@@ -87,6 +92,10 @@ pub struct DataPlane {
     child: Option<Child>,
     pid: u32,
     status_addr: SocketAddr,
+    /// The plain proxy listeners of the current run.
+    proxy_addrs: Vec<SocketAddr>,
+    /// The TLS proxy listeners of the current run.
+    proxy_ssl_addrs: Vec<SocketAddr>,
     logs: Arc<Logs>,
     /// The output of the previous runs, for failure messages.
     earlier_logs: String,
@@ -138,6 +147,8 @@ impl DataPlaneOptions {
             env: Vec::new(),
             name: "dp".into(),
             echo: true,
+            proxy_listen: "127.0.0.1:0".into(),
+            proxy_ssl_listen: "127.0.0.1:0".into(),
         }
     }
 
@@ -228,6 +239,18 @@ impl DataPlaneOptions {
         self
     }
 
+    /// `--proxy-listen VALUE` (default `127.0.0.1:0`; `off` disables the plain listener).
+    pub fn proxy_listen(mut self, value: &str) -> Self {
+        self.proxy_listen = value.to_owned();
+        self
+    }
+
+    /// `--proxy-ssl-listen VALUE` (default `127.0.0.1:0`; `off` disables the TLS listener).
+    pub fn proxy_ssl_listen(mut self, value: &str) -> Self {
+        self.proxy_ssl_listen = value.to_owned();
+        self
+    }
+
     /// Keeps the output but does not echo it to stderr (benchmarks with many DPs).
     pub fn quiet(mut self) -> Self {
         self.echo = false;
@@ -263,6 +286,19 @@ impl DataPlaneOptions {
         }
         cmd.arg("--cache-dir").arg(cache_dir);
         cmd.args(["--status-listen", "127.0.0.1:0"]);
+        // Raw arguments naming a proxy flag win over the harness's default.
+        for (flag, value) in [
+            ("--proxy-listen", &self.proxy_listen),
+            ("--proxy-ssl-listen", &self.proxy_ssl_listen),
+        ] {
+            let given = self
+                .args
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+            if !given {
+                cmd.args([flag, value.as_str()]);
+            }
+        }
         for (key, value) in &self.labels {
             cmd.arg("--label").arg(format!("{key}={value}"));
         }
@@ -309,6 +345,8 @@ impl DataPlane {
             child: None,
             pid: 0,
             status_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            proxy_addrs: Vec::new(),
+            proxy_ssl_addrs: Vec::new(),
             logs: Arc::new(Logs::default()),
             earlier_logs: String::new(),
             client,
@@ -398,6 +436,9 @@ impl DataPlane {
             // Woken by new output; the timeout polls for the process's exit.
             let _ = timeout(Duration::from_millis(100), changed).await;
         };
+        let text = logs.text();
+        self.proxy_addrs = proxy_addrs(&text, false);
+        self.proxy_ssl_addrs = proxy_addrs(&text, true);
         self.child = Some(child);
         self.pid = pid;
         self.status_addr = addr;
@@ -439,6 +480,37 @@ impl DataPlane {
     /// The status listener's base URL, `http://127.0.0.1:PORT`.
     pub fn status_url(&self) -> String {
         format!("http://{}", self.status_addr)
+    }
+
+    /// The plain proxy listeners (`--proxy-listen`) of the current run, as logged.
+    pub fn proxy_addrs(&self) -> &[SocketAddr] {
+        &self.proxy_addrs
+    }
+
+    /// The TLS proxy listeners (`--proxy-ssl-listen`) of the current run, as logged.
+    pub fn proxy_ssl_addrs(&self) -> &[SocketAddr] {
+        &self.proxy_ssl_addrs
+    }
+
+    /// The first plain proxy listener; fails when it is `off`.
+    pub fn proxy_addr(&self) -> Result<SocketAddr> {
+        self.proxy_addrs
+            .first()
+            .copied()
+            .context("the data plane logged no plain proxy listener")
+    }
+
+    /// The first TLS proxy listener; fails when it is `off`.
+    pub fn proxy_ssl_addr(&self) -> Result<SocketAddr> {
+        self.proxy_ssl_addrs
+            .first()
+            .copied()
+            .context("the data plane logged no TLS proxy listener")
+    }
+
+    /// `http://127.0.0.1:PORT` of the first plain proxy listener.
+    pub fn proxy_url(&self) -> Result<String> {
+        Ok(format!("http://{}", self.proxy_addr()?))
     }
 
     /// The process id (of the last run).
@@ -782,6 +854,22 @@ pub(crate) fn find_addr(logs: &str, marker: &str) -> Option<SocketAddr> {
     Some(addr)
 }
 
+/// The `addr=IP:PORT` of every proxy listener line whose `tls=` is `tls` (an unspecified IP
+/// becomes 127.0.0.1).
+pub(crate) fn proxy_addrs(logs: &str, tls: bool) -> Vec<SocketAddr> {
+    logs.lines()
+        .filter(|l| l.contains(PROXY_LINE))
+        .filter(|l| log_field(l, "tls").is_some_and(|v| v == tls.to_string()))
+        .filter_map(|l| log_field(l, "addr")?.parse::<SocketAddr>().ok())
+        .map(|mut addr| {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            addr
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -797,6 +885,21 @@ mod tests {
         assert_eq!(
             find_addr("INFO starting addr=127.0.0.1:1\n", READY_LINE),
             None
+        );
+    }
+
+    #[test]
+    fn proxy_addrs_are_found_by_tls() {
+        let logs = "2026-11-25T14:00:00Z  INFO gatehouse_dp::proxy: proxy listener listening addr=127.0.0.1:40001 tls=false\n\
+                    2026-11-25T14:00:00Z  INFO gatehouse_dp::proxy: proxy listener listening addr=0.0.0.0:40002 tls=true\n\
+                    2026-11-25T14:00:00Z  INFO gatehouse_dp::status: status listener listening addr=127.0.0.1:43123\n";
+        assert_eq!(
+            proxy_addrs(logs, false),
+            vec!["127.0.0.1:40001".parse::<SocketAddr>().expect("addr")]
+        );
+        assert_eq!(
+            proxy_addrs(logs, true),
+            vec!["127.0.0.1:40002".parse::<SocketAddr>().expect("addr")]
         );
     }
 }

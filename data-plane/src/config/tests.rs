@@ -237,3 +237,63 @@ fn ssl_settings() {
         assert!(err.contains(expected), "{expected} in {err}");
     }
 }
+
+#[test]
+fn proxy_listeners() {
+    let defaults = parse(&REQUIRED).unwrap();
+    assert_eq!(
+        defaults.proxy_listen,
+        vec![DEFAULT_PROXY_LISTEN.parse::<SocketAddr>().unwrap()]
+    );
+    assert_eq!(
+        defaults.proxy_ssl_listen,
+        vec![DEFAULT_PROXY_SSL_LISTEN.parse::<SocketAddr>().unwrap()]
+    );
+
+    let mut args = REQUIRED.to_vec();
+    args.extend([
+        "--proxy-listen",
+        "127.0.0.1:0, [::1]:8080",
+        "--proxy-ssl-listen",
+        "off",
+    ]);
+    let settings = parse(&args).unwrap();
+    assert_eq!(
+        settings.proxy_listen,
+        vec![
+            "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
+            "[::1]:8080".parse().unwrap()
+        ]
+    );
+    assert!(settings.proxy_ssl_listen.is_empty());
+
+    let file = temp_file(
+        "proxy.toml",
+        "proxy_listen = \"off\"\nproxy_ssl_listen = \"0.0.0.0:9443\"\n",
+    );
+    let mut args = REQUIRED.to_vec();
+    args.extend(["--config", file.to_str().unwrap()]);
+    let settings = parse(&args).unwrap();
+    assert!(settings.proxy_listen.is_empty());
+    assert_eq!(settings.proxy_ssl_listen[0].port(), 9443);
+
+    for (flags, expected) in [
+        (
+            &["--proxy-listen", "localhost:80"][..],
+            "--proxy-listen: 'localhost:80'",
+        ),
+        (
+            &["--proxy-ssl-listen", ""][..],
+            "--proxy-ssl-listen: no address given",
+        ),
+        (
+            &["--proxy-listen", "127.0.0.1:1,127.0.0.1:1"][..],
+            "127.0.0.1:1 is given more than once",
+        ),
+    ] {
+        let mut args = REQUIRED.to_vec();
+        args.extend(flags);
+        let err = parse(&args).unwrap_err().to_string();
+        assert!(err.contains(expected), "{expected} in {err}");
+    }
+}

@@ -1,0 +1,973 @@
+//! The proxy: the plain and TLS listeners, and the hyper service that routes each request with
+//! the current [`Runtime`] and forwards it to the service's upstream.
+//!
+//! # Listeners
+//! `--proxy-listen` addresses serve HTTP/1.1 and h2c (prior knowledge); `--proxy-ssl-listen`
+//! addresses run each connection through [`TlsTerminator::accept`] (certificate by SNI, ALPN
+//! `h2`/`http/1.1`) in its own task, then serve it the same way. Each bound address is logged as
+//! `proxy listener listening addr=IP:PORT tls=false|true`.
+//!
+//! # A request
+//! The runtime is loaded **once** per request ([`SharedRuntime::load_full`]) and kept until
+//! the response headers are out. The router picks the route
+//! ([`Router::find`](crate::router::Router::find)); then:
+//! - no route: 404 `no Route matched with those values`;
+//! - a route without a service: 503 `no Service found with those values`;
+//! - the route's protocols refuse the request ([`Match::verdict`]): 426 / 301..308 to HTTPS,
+//!   426 for gRPC over HTTP/1, 415, or the gRPC `grpcs` answer;
+//! - otherwise the request goes to the service: `host:port`, or the service's host names an
+//!   upstream and a target is picked by smooth weighted round-robin (nginx's order; targets
+//!   of weight 0 get nothing).
+//!
+//! Error bodies are Kong's JSON `{"message": ..., "request_id": ...}`. Every response carries
+//! `X-Gatehouse-Request-Id`, a UUID v4 made for the request (also sent upstream).
+//!
+//! # Upstream request
+//! Absolute-form URI `http://host:port{upstream path}{?query}`, HTTP/1.1 (HTTP/2 for `grpc`
+//! services), hop-by-hop headers removed (`Connection` and the headers it names,
+//! `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`), `Host`
+//! the service's host (the client's with `preserve_host`), `X-Forwarded-For` (appended),
+//! `X-Forwarded-Proto`, `-Host`, `-Port`, `-Path`, `-Prefix` (with `strip_path`, when the
+//! stripped prefix is not `/`), `X-Real-IP`, `Via: <client Via>, 1.1 gatehouse/<version>`.
+//! Client-sent `X-Forwarded-Proto/-Host/-Port/-Path/-Prefix` are replaced: `--trusted-ips`
+//! does not exist yet, so no client is trusted. Bodies stream both ways (hyper's `Incoming` is
+//! handed through, never collected).
+//!
+//! The response loses its hop-by-hop headers and gains `Via`, `X-Gatehouse-Upstream-Latency`
+//! (ms from sending to the response headers) and `X-Gatehouse-Proxy-Latency` (ms spent before
+//! sending).
+//!
+//! # Upstream client, timeouts, retries
+//! One hyper-util legacy [`Client`] per process (one for HTTP/1.1 upstreams, one for h2c):
+//! pooled keep-alive connections per `host:port`. The client cannot take a connect timeout per
+//! request, so the service's `connect_timeout + read_timeout` bounds the whole wait for the
+//! response headers (→ 504 `The upstream server is timing out`); the connector itself gives up
+//! after [`MAX_CONNECT_TIMEOUT`]. `write_timeout` and the timeout between two reads of the
+//! body are not applied yet. A connection that fails (refused, reset, DNS) answers 502 `An
+//! invalid response was received from the upstream server`.
+//!
+//! `service.retries` extra attempts (each on the next target) follow a **connection** failure,
+//! but only for a request without a body: once a body has been handed to the client it cannot
+//! be replayed, so a request with a body gets one attempt.
+//!
+//! # Upgrades
+//! An HTTP/1.1 request with `Connection: upgrade` and `Upgrade: X` (WebSocket, ...) to an
+//! HTTP/1.1 upstream keeps those two headers; when the upstream answers 101, the client
+//! gets the 101 and both connections are joined byte for byte until either closes. Upgrades
+//! from HTTP/2 clients (extended CONNECT) are not supported: the request goes without them.
+//!
+//! Not yet: `https` upstreams (TLS to the upstream, certificate paths 3 and 4; such services
+//! answer 502), `--trusted-ips`, health checks and hashing balancers. The proxy never panics
+//! on a request: every failure becomes a response.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use gatehouse_shared::model;
+
+use crate::router::{Match, Protocol, RequestParts, Verdict, split_host_port};
+use crate::runtime::{Runtime, SharedRuntime};
+use crate::tls::{TlsInfo, TlsTerminator};
+
+mod balancer;
+
+use balancer::{Balancers, Peer};
+
+/// The request id header, both ways.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-gatehouse-request-id");
+/// Milliseconds from sending the request upstream to its response headers.
+pub const UPSTREAM_LATENCY: HeaderName = HeaderName::from_static("x-gatehouse-upstream-latency");
+/// Milliseconds spent in the proxy before sending the request upstream.
+pub const PROXY_LATENCY: HeaderName = HeaderName::from_static("x-gatehouse-proxy-latency");
+/// The connector's own connect deadline; each request is also bounded by its service's
+/// timeouts.
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a client has to send a request's headers (HTTP/1).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle keep-alive connections to upstreams are closed after this.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause after an accept error (e.g. out of file descriptors) before accepting again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_PATH: HeaderName = HeaderName::from_static("x-forwarded-path");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that concern one connection only, never forwarded.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The response body: the upstream's, streamed, or one the proxy wrote.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+/// A body error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The request body sent upstream.
+type UpstreamBody = BoxBody<Bytes, hyper::Error>;
+
+/// Why the proxy listeners cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// An address cannot be bound.
+    #[error("cannot listen on {addr} (proxy listener): {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TLS listener cannot be set up (default certificate files).
+    #[error("proxy TLS: {0}")]
+    Tls(#[from] crate::tls::TlsSetupError),
+}
+
+/// The bound proxy listeners, not yet serving.
+pub(crate) struct Listeners {
+    proxy: Arc<Proxy>,
+    bound: Vec<(TcpListener, SocketAddr, Option<Arc<TlsTerminator>>)>,
+}
+
+/// What every request shares: the runtime holder, the upstream clients, the balancers.
+struct Proxy {
+    runtime: Arc<SharedRuntime>,
+    http1: Client<HttpConnector, UpstreamBody>,
+    h2c: Client<HttpConnector, UpstreamBody>,
+    balancers: Balancers,
+    via: HeaderValue,
+}
+
+/// The connection a request came on.
+struct Connection {
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: Option<Arc<TlsInfo>>,
+}
+
+/// A failure the proxy answers itself; [`Failure::response`] is the one place mapping them
+/// to statuses and messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    NoRoute,
+    NoService,
+    NoPeer,
+    BadUpstream,
+    UpstreamTimeout,
+    Internal,
+}
+
+// === impl Listeners ===
+
+impl Listeners {
+    /// Binds every address of `plain` and `tls` (TLS ones with a terminator made from `ssl`),
+    /// logging each bound address.
+    pub(crate) async fn bind(
+        plain: &[SocketAddr],
+        tls: &[SocketAddr],
+        ssl: &crate::config::SslSettings,
+        runtime: Arc<SharedRuntime>,
+    ) -> Result<Self, ProxyError> {
+        let terminator = if tls.is_empty() {
+            None
+        } else {
+            Some(Arc::new(TlsTerminator::from_settings(
+                ssl,
+                runtime.clone(),
+            )?))
+        };
+        let mut bound = Vec::new();
+        for (addr, terminator) in plain
+            .iter()
+            .map(|a| (a, None))
+            .chain(tls.iter().map(|a| (a, terminator.clone())))
+        {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ProxyError::Listen {
+                    addr: *addr,
+                    source,
+                })?;
+            let local = listener.local_addr().map_err(|source| ProxyError::Listen {
+                addr: *addr,
+                source,
+            })?;
+            tracing::info!(addr = %local, tls = terminator.is_some(), "proxy listener listening");
+            bound.push((listener, local, terminator));
+        }
+        Ok(Self {
+            proxy: Arc::new(Proxy::new(runtime)),
+            bound,
+        })
+    }
+
+    /// The bound addresses, with whether each is TLS.
+    pub(crate) fn addrs(&self) -> Vec<(SocketAddr, bool)> {
+        self.bound
+            .iter()
+            .map(|(_, addr, tls)| (*addr, tls.is_some()))
+            .collect()
+    }
+
+    /// Starts one accept loop per listener; they end when `stop` turns true.
+    pub(crate) fn serve(self, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        self.bound
+            .into_iter()
+            .map(|(listener, local, tls)| {
+                tokio::spawn(accept_loop(
+                    listener,
+                    local,
+                    tls,
+                    self.proxy.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect()
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    local: SocketAddr,
+    tls: Option<Arc<TlsTerminator>>,
+    proxy: Arc<Proxy>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = crate::stopped(&mut stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, addr = %local, "proxy listener: accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            tcp,
+            peer,
+            local,
+            tls.clone(),
+            proxy.clone(),
+        ));
+    }
+}
+
+/// Runs the TLS handshake when the listener is TLS, then serves HTTP/1.1 or HTTP/2 on it.
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: Option<Arc<TlsTerminator>>,
+    proxy: Arc<Proxy>,
+) {
+    match tls {
+        None => {
+            let conn = Arc::new(Connection {
+                peer,
+                local,
+                tls: None,
+            });
+            serve_http(TokioIo::new(tcp), conn, proxy).await;
+        }
+        Some(terminator) => match terminator.accept(tcp).await {
+            Ok(stream) => {
+                let conn = Arc::new(Connection {
+                    peer,
+                    local,
+                    tls: Some(stream.info().clone()),
+                });
+                serve_http(TokioIo::new(stream), conn, proxy).await;
+            }
+            Err(error) => tracing::debug!(%error, %peer, "TLS handshake failed"),
+        },
+    }
+}
+
+async fn serve_http<IO>(io: TokioIo<IO>, conn: Arc<Connection>, proxy: Arc<Proxy>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let peer = conn.peer;
+    let service = service_fn(move |req| {
+        let proxy = proxy.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(&conn, req).await) }
+    });
+    if let Err(error) = builder.serve_connection_with_upgrades(io, service).await {
+        tracing::debug!(%error, %peer, "proxy connection ended with an error");
+    }
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    fn new(runtime: Arc<SharedRuntime>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(MAX_CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            // Host is written by the proxy (service host, or the client's with preserve_host).
+            .set_host(false);
+        let http1 = builder.build(connector.clone());
+        let h2c = builder.http2_only(true).build(connector);
+        let via = HeaderValue::from_static(concat!("1.1 gatehouse/", env!("CARGO_PKG_VERSION")));
+        Self {
+            runtime,
+            http1,
+            h2c,
+            balancers: Balancers::default(),
+            via,
+        }
+    }
+
+    /// Answers one request; never fails (every failure is a response).
+    async fn handle(&self, conn: &Connection, req: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let request_id = Uuid::new_v4().hyphenated().to_string();
+        // One load per request. `load_full` (one reference count) rather than an arc-swap
+        // guard: the request holds it across awaits for as long as the upstream takes, and
+        // long-held guards exhaust arc-swap's per-thread fast slots.
+        let runtime = self.runtime.load_full();
+        let mut response = match self.route(&runtime, conn, req, &request_id, started).await {
+            Ok(response) => response,
+            Err(failure) => failure.response(&request_id),
+        };
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID, value);
+        }
+        response
+    }
+
+    async fn route(
+        &self,
+        runtime: &Runtime,
+        conn: &Connection,
+        req: Request<Incoming>,
+        request_id: &str,
+        started: Instant,
+    ) -> Result<Response<ProxyBody>, Failure> {
+        let authority = request_authority(&req);
+        let (host, host_port) = split_host_port(authority.unwrap_or(""));
+        let tls = conn.tls.is_some();
+        let grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        let protocol = match (tls, grpc) {
+            (false, false) => Protocol::Http,
+            (true, false) => Protocol::Https,
+            (false, true) => Protocol::Grpc,
+            (true, true) => Protocol::Grpcs,
+        };
+        let parts = RequestParts {
+            method: req.method().as_str(),
+            host: &host,
+            port: host_port.unwrap_or(conn.local.port()),
+            path: req.uri().path(),
+            headers: req.headers(),
+            sni: conn.tls.as_ref().and_then(|t| t.server_name()),
+            protocol,
+        };
+        let found = runtime.router().find(&parts).ok_or(Failure::NoRoute)?;
+        let http2 = req.version() == Version::HTTP_2;
+        match found.verdict(protocol, http2) {
+            Verdict::Proxy => {}
+            Verdict::RequireHttps { status } => {
+                return Ok(require_https(status, authority, req.uri(), request_id));
+            }
+            Verdict::RequireHttp2 => {
+                let mut response = message(
+                    StatusCode::UPGRADE_REQUIRED,
+                    "Please use HTTP2 protocol",
+                    request_id,
+                );
+                let headers = response.headers_mut();
+                headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+                headers.insert(header::UPGRADE, HeaderValue::from_static("HTTP/2"));
+                return Ok(response);
+            }
+            Verdict::RejectNonGrpc => {
+                return Ok(message(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "Non-gRPC request matched gRPC route",
+                    request_id,
+                ));
+            }
+            Verdict::RequireGrpcs => return Ok(grpc_requires_tls()),
+        }
+        let service = found
+            .service_index()
+            .and_then(|i| runtime.service_at(i))
+            .ok_or(Failure::NoService)?;
+        let target = Target::new(&found, service, &req, &host);
+        self.forward(runtime, service, target, conn, req, request_id, started)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        runtime: &Runtime,
+        service: &model::Service,
+        target: Target,
+        conn: &Connection,
+        mut req: Request<Incoming>,
+        request_id: &str,
+        started: Instant,
+    ) -> Result<Response<ProxyBody>, Failure> {
+        let client = match service.protocol.as_str() {
+            "http" => &self.http1,
+            "grpc" => &self.h2c,
+            other => {
+                tracing::warn!(
+                    service = %service.id,
+                    protocol = other,
+                    "upstream protocol not supported yet"
+                );
+                return Err(Failure::BadUpstream);
+            }
+        };
+        let version = if service.protocol == "grpc" {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        // An HTTP/1.1 `Upgrade` request (WebSocket, ...) to an HTTP/1.1 upstream: the
+        // Upgrade and Connection headers go along, and a 101 answer joins both connections.
+        let upgrade = match upgrade_protocol(&req) {
+            Some(protocol) if version == Version::HTTP_11 => {
+                Some((protocol, hyper::upgrade::on(&mut req)))
+            }
+            _ => None,
+        };
+        let (parts, body) = req.into_parts();
+        let mut headers = self.upstream_headers(&parts, &target, conn, request_id);
+        if let Some((protocol, _)) = &upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol.clone());
+        }
+        let mut upgrade = upgrade.map(|(_, on)| on);
+        let replayable = body.is_end_stream();
+        let mut body = Some(body);
+        let attempts = if replayable {
+            u32::from(service.retries) + 1
+        } else {
+            1
+        };
+        let deadline = Duration::from_millis(
+            u64::from(service.connect_timeout) + u64::from(service.read_timeout),
+        );
+        let rings = self.balancers.for_runtime(runtime);
+        let upstream = runtime.upstream_by_name(&service.host);
+
+        let mut last = Failure::BadUpstream;
+        for attempt in 0..attempts {
+            let peer = match upstream {
+                Some(upstream) => rings
+                    .ring(&upstream.id)
+                    .and_then(|ring| ring.next())
+                    .cloned()
+                    .ok_or(Failure::NoPeer)?,
+                None => Peer {
+                    host: service.host.clone(),
+                    port: service.port,
+                },
+            };
+            let uri = upstream_uri(&peer, &target.path, parts.uri.query())?;
+            let mut request = Request::new(match body.take() {
+                Some(incoming) if !replayable => incoming.boxed(),
+                _ => Empty::<Bytes>::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            });
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = uri;
+            *request.version_mut() = version;
+            *request.headers_mut() = headers.clone();
+            if let Some(host) = upstream_host(&target, &peer, upstream.is_some()) {
+                request.headers_mut().insert(header::HOST, host);
+            }
+
+            let sent = Instant::now();
+            let proxy_latency = sent.duration_since(started);
+            match tokio::time::timeout(deadline, client.request(request)).await {
+                Ok(Ok(mut response)) => {
+                    let upstream_latency = sent.elapsed();
+                    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                    let upgraded = match upgrade.take() {
+                        Some(client_side) if switching => {
+                            tokio::spawn(tunnel(client_side, hyper::upgrade::on(&mut response)));
+                            response.headers().get(header::UPGRADE).cloned()
+                        }
+                        _ => None,
+                    };
+                    let mut response = self.downstream(response, proxy_latency, upstream_latency);
+                    if let Some(protocol) = upgraded {
+                        let headers = response.headers_mut();
+                        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                        headers.insert(header::UPGRADE, protocol);
+                    }
+                    return Ok(response);
+                }
+                Ok(Err(error)) => {
+                    let retry = error.is_connect() && attempt + 1 < attempts;
+                    tracing::info!(
+                        error = %ErrorChain(&error),
+                        upstream = %format_args!("{}:{}", peer.host, peer.port),
+                        attempt,
+                        retry,
+                        "upstream request failed"
+                    );
+                    last = Failure::BadUpstream;
+                    if !retry {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    tracing::info!(
+                        upstream = %format_args!("{}:{}", peer.host, peer.port),
+                        timeout_ms = deadline.as_millis() as u64,
+                        "upstream timed out"
+                    );
+                    return Err(Failure::UpstreamTimeout);
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// The headers sent upstream (without `Host`).
+    fn upstream_headers(
+        &self,
+        parts: &http::request::Parts,
+        target: &Target,
+        conn: &Connection,
+        request_id: &str,
+    ) -> HeaderMap {
+        let mut headers = parts.headers.clone();
+        // gRPC needs `TE: trailers` end to end; every other TE value is hop-by-hop.
+        let te_trailers = headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+        strip_hop_by_hop(&mut headers);
+        headers.remove(header::HOST);
+        if te_trailers && target.http2 {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+
+        let client_ip = conn.peer.ip().to_string();
+        let xff = match joined(&headers, &X_FORWARDED_FOR) {
+            Some(existing) => format!("{existing}, {client_ip}"),
+            None => client_ip.clone(),
+        };
+        set(&mut headers, X_FORWARDED_FOR, &xff);
+        set(&mut headers, X_REAL_IP, &client_ip);
+        let proto = if conn.tls.is_some() { "https" } else { "http" };
+        set(&mut headers, X_FORWARDED_PROTO, proto);
+        headers.remove(&X_FORWARDED_HOST);
+        if !target.client_host.is_empty() {
+            set(&mut headers, X_FORWARDED_HOST, &target.client_host);
+        }
+        set(
+            &mut headers,
+            X_FORWARDED_PORT,
+            &conn.local.port().to_string(),
+        );
+        set(&mut headers, X_FORWARDED_PATH, parts.uri.path());
+        headers.remove(&X_FORWARDED_PREFIX);
+        if let Some(prefix) = &target.prefix {
+            set(&mut headers, X_FORWARDED_PREFIX, prefix);
+        }
+        let hop = match parts.version {
+            Version::HTTP_10 => "1.0",
+            Version::HTTP_2 => "2",
+            Version::HTTP_3 => "3",
+            _ => "1.1",
+        };
+        let via = format!("{hop} gatehouse/{}", env!("CARGO_PKG_VERSION"));
+        let via = match joined(&headers, &header::VIA) {
+            Some(existing) => format!("{existing}, {via}"),
+            None => via,
+        };
+        set(&mut headers, header::VIA, &via);
+        set(&mut headers, REQUEST_ID, request_id);
+        headers
+    }
+
+    /// The upstream response, with its hop-by-hop headers removed and ours added.
+    fn downstream(
+        &self,
+        response: Response<Incoming>,
+        proxy_latency: Duration,
+        upstream_latency: Duration,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let via = match joined(&parts.headers, &header::VIA) {
+            Some(existing) => HeaderValue::from_str(&format!(
+                "{existing}, {}",
+                self.via.to_str().unwrap_or_default()
+            ))
+            .unwrap_or_else(|_| self.via.clone()),
+            None => self.via.clone(),
+        };
+        parts.headers.insert(header::VIA, via);
+        parts
+            .headers
+            .insert(UPSTREAM_LATENCY, millis(upstream_latency));
+        parts.headers.insert(PROXY_LATENCY, millis(proxy_latency));
+        // The client's connection decides its own version.
+        parts.version = Version::HTTP_11;
+        Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+    }
+}
+
+/// The protocol a client asks to switch to (`Upgrade` with `upgrade` in `Connection`), on
+/// HTTP/1.1 only.
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Copies bytes both ways between an upgraded client connection and its upstream
+/// connection until either side closes.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade failed");
+            return;
+        }
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(%error, "upgraded connection ended with an error");
+    }
+}
+
+/// What the upstream request needs from the route and the client request.
+struct Target {
+    /// The upstream path (without query).
+    path: String,
+    /// `X-Forwarded-Prefix`, if any.
+    prefix: Option<String>,
+    /// The client's `Host` value as sent, for `preserve_host`.
+    preserved_host: Option<HeaderValue>,
+    /// The client's host, without port (`X-Forwarded-Host`).
+    client_host: String,
+    service_host: String,
+    service_port: u16,
+    /// The upstream speaks HTTP/2 (a `grpc` service).
+    http2: bool,
+}
+
+impl Target {
+    fn new(
+        found: &Match<'_>,
+        service: &model::Service,
+        req: &Request<Incoming>,
+        host: &str,
+    ) -> Self {
+        let preserved_host = if found.preserve_host() {
+            req.headers().get(header::HOST).cloned().or_else(|| {
+                req.uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            })
+        } else {
+            None
+        };
+        Self {
+            path: found.upstream_path(service.path.as_deref()),
+            prefix: found.forwarded_prefix().map(str::to_owned),
+            preserved_host,
+            client_host: host.to_owned(),
+            service_host: service.host.clone(),
+            service_port: service.port,
+            http2: service.protocol == "grpc",
+        }
+    }
+}
+
+/// The `Host` sent upstream: the client's with `preserve_host`; else the service's host (an
+/// upstream's name as is), with the port unless it is 80; for a plain `host:port` service the
+/// port is the peer's.
+fn upstream_host(target: &Target, peer: &Peer, balanced: bool) -> Option<HeaderValue> {
+    if let Some(host) = &target.preserved_host {
+        return Some(host.clone());
+    }
+    let (host, port) = if balanced {
+        (target.service_host.as_str(), target.service_port)
+    } else {
+        (peer.host.as_str(), peer.port)
+    };
+    let mut value = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    if port != 80 && !balanced {
+        let _ = write!(value, ":{port}");
+    }
+    HeaderValue::from_str(&value).ok()
+}
+
+/// `http://host:port/path?query`.
+fn upstream_uri(peer: &Peer, path: &str, query: Option<&str>) -> Result<Uri, Failure> {
+    let mut uri = String::with_capacity(peer.host.len() + path.len() + 32);
+    uri.push_str("http://");
+    if peer.host.contains(':') {
+        let _ = write!(uri, "[{}]", peer.host);
+    } else {
+        uri.push_str(&peer.host);
+    }
+    let _ = write!(uri, ":{}", peer.port);
+    uri.push_str(path);
+    if let Some(query) = query {
+        uri.push('?');
+        uri.push_str(query);
+    }
+    Uri::try_from(uri).map_err(|error| {
+        tracing::warn!(%error, "cannot build the upstream URI");
+        Failure::Internal
+    })
+}
+
+/// The request's authority: the `Host` header, else the URI's (HTTP/2 `:authority`, or an
+/// absolute-form HTTP/1 request target).
+fn request_authority<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+}
+
+/// Removes the hop-by-hop headers and those named in `Connection`.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Every line of `name`, joined with `, `.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut out: Option<String> = None;
+    for value in headers.get_all(name) {
+        let Ok(value) = value.to_str() else { continue };
+        match &mut out {
+            Some(out) => {
+                out.push_str(", ");
+                out.push_str(value);
+            }
+            None => out = Some(value.to_owned()),
+        }
+    }
+    out
+}
+
+/// Sets `name` to `value` when it is a valid header value.
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    match HeaderValue::from_str(value) {
+        Ok(value) => {
+            headers.insert(name, value);
+        }
+        Err(_) => {
+            headers.remove(name);
+        }
+    }
+}
+
+fn millis(d: Duration) -> HeaderValue {
+    HeaderValue::from(d.as_millis() as u64)
+}
+
+/// Kong's answer to a plain request on an HTTPS-only route.
+fn require_https(
+    status: u16,
+    authority: Option<&str>,
+    uri: &Uri,
+    request_id: &str,
+) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::UPGRADE_REQUIRED);
+    if status == StatusCode::UPGRADE_REQUIRED {
+        let mut response = message(status, "Please use HTTPS protocol", request_id);
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(
+            header::UPGRADE,
+            HeaderValue::from_static("TLS/1.2, HTTP/1.1"),
+        );
+        return response;
+    }
+    // Kong redirects to the forwarded host, without the port.
+    let (host, _) = split_host_port(authority.unwrap_or(""));
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{host}{path_and_query}");
+    let mut response = message(status, "", request_id);
+    match HeaderValue::from_str(&location) {
+        Ok(location) => {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        Err(_) => return Failure::Internal.response(request_id),
+    }
+    *response.body_mut() = empty();
+    response.headers_mut().remove(header::CONTENT_TYPE);
+    response
+}
+
+fn grpc_requires_tls() -> Response<ProxyBody> {
+    let mut response = Response::new(empty());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from_static("1"));
+    headers.insert(
+        "grpc-message",
+        HeaderValue::from_static("gRPC request matched gRPCs route"),
+    );
+    response
+}
+
+/// A JSON error body `{"message": ..., "request_id": ...}`.
+fn message(status: StatusCode, text: &str, request_id: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "message": text, "request_id": request_id }).to_string();
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    headers.insert(
+        header::SERVER,
+        HeaderValue::from_static(concat!("gatehouse/", env!("CARGO_PKG_VERSION"))),
+    );
+    response
+}
+
+fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+// === impl Failure ===
+
+impl Failure {
+    fn response(self, request_id: &str) -> Response<ProxyBody> {
+        let (status, text) = match self {
+            Self::NoRoute => (StatusCode::NOT_FOUND, "no Route matched with those values"),
+            Self::NoService => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no Service found with those values",
+            ),
+            Self::NoPeer => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "failure to get a peer from the ring-balancer",
+            ),
+            Self::BadUpstream => (
+                StatusCode::BAD_GATEWAY,
+                "An invalid response was received from the upstream server",
+            ),
+            Self::UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "The upstream server is timing out",
+            ),
+            Self::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "An unexpected error occurred",
+            ),
+        };
+        message(status, text, request_id)
+    }
+}
+
+/// Displays an error with its sources.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

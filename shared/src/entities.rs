@@ -483,7 +483,9 @@ fn acls() -> Schema {
             Field::foreign("consumer", "consumers").required(),
             Field::string("group").required().check(Check::LenMin(1)),
         ]),
-        endpoint_key: None,
+        // The group names an ACL in URLs under its consumer
+        // (`/consumers/{c}/acls/{group}`); it is unique per consumer only.
+        endpoint_key: Some("group"),
         entity_checks: vec![],
     }
 }

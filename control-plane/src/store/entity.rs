@@ -486,16 +486,6 @@ impl Store {
     }
 }
 
-/// The field naming an entity in URLs besides its id. ACLs are named by `group` under their
-/// consumer (`/consumers/{c}/acls/{group}`); the group is unique per consumer only, so the
-/// schema does not list it as the endpoint key.
-fn endpoint_key(collection: &str, schema: &Schema) -> Option<&'static str> {
-    match collection {
-        "acls" => Some("group"),
-        _ => schema.endpoint_key,
-    }
-}
-
 /// Reads one entity inside `tx`, optionally locking it for a write.
 pub(super) async fn read(
     tx: &Transaction<'_>,
@@ -523,7 +513,7 @@ pub(super) async fn read(
             query_id(tx, &sql, key, parent_id).await?
         }
         Selector::Key(key) => {
-            let Some(endpoint_key) = endpoint_key(collection, schema) else {
+            let Some(endpoint_key) = schema.endpoint_key else {
                 return Ok(None);
             };
             // Keys unique only under a parent (acl groups, targets) need that parent.
@@ -618,7 +608,7 @@ fn apply_selector(
             }
         }
         Selector::Key(key) => {
-            let Some(field) = endpoint_key(collection, schema) else {
+            let Some(field) = schema.endpoint_key else {
                 return Err(ApiError::NotFound("Not found"));
             };
             match input.get(field) {

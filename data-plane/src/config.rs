@@ -21,9 +21,10 @@
 //! | `--ssl-cert FILE[,FILE]` | `GATEHOUSE_SSL_CERT` | `ssl_cert` | a self-signed certificate for `localhost`, generated at start |
 //! | `--ssl-cert-key FILE[,FILE]` | `GATEHOUSE_SSL_CERT_KEY` | `ssl_cert_key` | the key of the generated certificate |
 //! | `--ssl-session-tickets on\|off` | `GATEHOUSE_SSL_SESSION_TICKETS` | `ssl_session_tickets` (`"on"`, `"off"` or a boolean) | `on` |
+//! | `--trusted-ips IP\|CIDR[,IP\|CIDR]` | `GATEHOUSE_TRUSTED_IPS` | `trusted_ips` | none (`0.0.0.0/0,::/0` trusts every client) |
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser};
@@ -150,6 +151,12 @@ pub struct Flags {
     #[serde(deserialize_with = "on_off_from_toml")]
     pub ssl_session_tickets: Option<String>,
 
+    /// Clients (TCP peers) whose `X-Forwarded-Proto`, `-Host`, `-Port`, `-Path` and `-Prefix`
+    /// are passed upstream (Kong's `trusted_ips`): comma-separated IPv4/IPv6 addresses and
+    /// CIDR blocks; `0.0.0.0/0,::/0` trusts everyone [default: none].
+    #[arg(long, env = "GATEHOUSE_TRUSTED_IPS")]
+    pub trusted_ips: Option<String>,
+
     /// Test only: the Gatehouse version announced to the control plane (X.Y.Z) [default: this
     /// build's version].
     #[arg(long, env = "GATEHOUSE_ADVERTISE_VERSION", hide = true)]
@@ -197,8 +204,27 @@ pub struct Settings {
     pub advertise_version: String,
     /// Logging.
     pub log: LogSettings,
-    /// Server TLS of the proxy listeners.
-    pub ssl: SslSettings,
+    /// Settings of the proxy listeners: server TLS and trusted clients.
+    pub proxy: ProxySettings,
+}
+
+/// What the proxy listeners are bound with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// Server TLS of the TLS listeners.
+    pub tls: SslSettings,
+    /// Clients whose `X-Forwarded-*` headers are believed (`--trusted-ips`).
+    pub trusted_ips: TrustedIps,
+}
+
+/// The `--trusted-ips` matcher: IPv4 and IPv6 networks, parsed once; [`TrustedIps::contains`]
+/// does not allocate. An IPv4-mapped IPv6 peer (`::ffff:a.b.c.d`) is matched as IPv4.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedIps {
+    /// `(network, mask)`, the network already masked.
+    v4: Vec<(u32, u32)>,
+    /// `(network, mask)`, the network already masked.
+    v6: Vec<(u128, u128)>,
 }
 
 /// Server TLS of the proxy listeners (Kong's `ssl_cert`, `ssl_cert_key`,
@@ -290,6 +316,7 @@ impl Flags {
             ssl_cert: self.ssl_cert.or(other.ssl_cert),
             ssl_cert_key: self.ssl_cert_key.or(other.ssl_cert_key),
             ssl_session_tickets: self.ssl_session_tickets.or(other.ssl_session_tickets),
+            trusted_ips: self.trusted_ips.or(other.trusted_ips),
         }
     }
 
@@ -423,6 +450,14 @@ impl Flags {
             },
         };
 
+        let trusted_ips = match TrustedIps::parse(self.trusted_ips.as_deref().unwrap_or("")) {
+            Ok(trusted) => trusted,
+            Err(bad) => {
+                problems.extend(bad.into_iter().map(|b| format!("--trusted-ips: {b}")));
+                TrustedIps::default()
+            }
+        };
+
         match status_listen {
             Some(status_listen) if problems.is_empty() => Ok(Settings {
                 cluster: ClusterSettings {
@@ -446,7 +481,10 @@ impl Flags {
                     level: self.log_level,
                     json,
                 },
-                ssl,
+                proxy: ProxySettings {
+                    tls: ssl,
+                    trusted_ips,
+                },
             }),
             _ => Err(ConfigError(problems.join("; "))),
         }
@@ -474,6 +512,70 @@ impl Default for SslSettings {
         Self {
             certs: Vec::new(),
             session_tickets: true,
+        }
+    }
+}
+
+// === impl TrustedIps ===
+
+impl TrustedIps {
+    /// Parses a comma-separated list of IP addresses and `IP/BITS` blocks (blank: none);
+    /// every entry that does not parse is returned.
+    pub fn parse(raw: &str) -> Result<Self, Vec<String>> {
+        let mut trusted = Self::default();
+        let mut bad = Vec::new();
+        for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (addr, bits) = match item.split_once('/') {
+                Some((addr, bits)) => (addr.trim(), Some(bits.trim())),
+                None => (item, None),
+            };
+            let Ok(addr) = addr.parse::<IpAddr>() else {
+                bad.push(format!("'{item}' is not an IP address or CIDR block"));
+                continue;
+            };
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            let bits = match bits.map(str::parse::<u8>) {
+                None => max,
+                Some(Ok(bits)) if bits <= max => bits,
+                Some(_) => {
+                    bad.push(format!("'{item}': the prefix length must be 0 to {max}"));
+                    continue;
+                }
+            };
+            match addr {
+                IpAddr::V4(ip) => {
+                    let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+                    trusted.v4.push((u32::from(ip) & mask, mask));
+                }
+                IpAddr::V6(ip) => {
+                    let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+                    trusted.v6.push((u128::from(ip) & mask, mask));
+                }
+            }
+        }
+        if bad.is_empty() {
+            Ok(trusted)
+        } else {
+            Err(bad)
+        }
+    }
+
+    /// Whether no client is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+
+    /// Whether `ip` is in one of the networks.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip.to_canonical() {
+            IpAddr::V4(ip) => {
+                let ip = u32::from(ip);
+                self.v4.iter().any(|&(net, mask)| ip & mask == net)
+            }
+            IpAddr::V6(ip) => {
+                let ip = u128::from(ip);
+                self.v6.iter().any(|&(net, mask)| ip & mask == net)
+            }
         }
     }
 }

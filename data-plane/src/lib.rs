@@ -158,7 +158,7 @@ impl DataPlane {
         let proxy = proxy::Listeners::bind(
             &settings.proxy_listen,
             &settings.proxy_ssl_listen,
-            &settings.ssl,
+            &settings.proxy,
             runtime.clone(),
         )
         .await?;

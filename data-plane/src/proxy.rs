@@ -29,9 +29,12 @@
 //! the service's host (the client's with `preserve_host`), `X-Forwarded-For` (appended),
 //! `X-Forwarded-Proto`, `-Host`, `-Port`, `-Path`, `-Prefix` (with `strip_path`, when the
 //! stripped prefix is not `/`), `X-Real-IP`, `Via: <client Via>, 1.1 gatehouse/<version>`.
-//! Client-sent `X-Forwarded-Proto/-Host/-Port/-Path/-Prefix` are replaced: `--trusted-ips`
-//! does not exist yet, so no client is trusted. Bodies stream both ways (hyper's `Incoming` is
-//! handed through, never collected).
+//! Client-sent `X-Forwarded-Proto/-Host/-Port/-Path/-Prefix` are passed through when the TCP
+//! peer is in `--trusted-ips` (each one we would set is still set when the client sent none)
+//! and replaced otherwise; `X-Forwarded-For` is appended to either way (nginx's
+//! `$proxy_add_x_forwarded_for`). A trusted `X-Forwarded-Proto: https` also counts as TLS for
+//! the route's protocols ([`Match::verdict`]: no redirect to HTTPS). Bodies stream both ways
+//! (hyper's `Incoming` is handed through, never collected).
 //!
 //! The response loses its hop-by-hop headers and gains `Via`, `X-Gatehouse-Upstream-Latency`
 //! (ms from sending to the response headers) and `X-Gatehouse-Proxy-Latency` (ms spent before
@@ -57,7 +60,7 @@
 //! from HTTP/2 clients (extended CONNECT) are not supported: the request goes without them.
 //!
 //! Not yet: `https` upstreams (TLS to the upstream, certificate paths 3 and 4; such services
-//! answer 502), `--trusted-ips`, health checks and hashing balancers. The proxy never panics
+//! answer 502), health checks and hashing balancers. The proxy never panics
 //! on a request: every failure becomes a response.
 
 use std::convert::Infallible;
@@ -84,6 +87,7 @@ use uuid::Uuid;
 
 use gatehouse_shared::model;
 
+use crate::config::{ProxySettings, TrustedIps};
 use crate::router::{Match, Protocol, RequestParts, Verdict, split_host_port};
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::tls::{TlsInfo, TlsTerminator};
@@ -166,6 +170,8 @@ struct Proxy {
     h2c: Client<HttpConnector, UpstreamBody>,
     balancers: Balancers,
     via: HeaderValue,
+    /// `--trusted-ips`.
+    trusted_ips: TrustedIps,
 }
 
 /// The connection a request came on.
@@ -173,6 +179,8 @@ struct Connection {
     peer: SocketAddr,
     local: SocketAddr,
     tls: Option<Arc<TlsInfo>>,
+    /// The peer is in `--trusted-ips`: its `X-Forwarded-*` headers are believed.
+    trusted: bool,
 }
 
 /// A failure the proxy answers itself; [`Failure::response`] is the one place mapping them
@@ -190,19 +198,19 @@ enum Failure {
 // === impl Listeners ===
 
 impl Listeners {
-    /// Binds every address of `plain` and `tls` (TLS ones with a terminator made from `ssl`),
-    /// logging each bound address.
+    /// Binds every address of `plain` and `tls` (TLS ones with a terminator made from
+    /// `settings.tls`), logging each bound address.
     pub(crate) async fn bind(
         plain: &[SocketAddr],
         tls: &[SocketAddr],
-        ssl: &crate::config::SslSettings,
+        settings: &ProxySettings,
         runtime: Arc<SharedRuntime>,
     ) -> Result<Self, ProxyError> {
         let terminator = if tls.is_empty() {
             None
         } else {
             Some(Arc::new(TlsTerminator::from_settings(
-                ssl,
+                &settings.tls,
                 runtime.clone(),
             )?))
         };
@@ -226,7 +234,7 @@ impl Listeners {
             bound.push((listener, local, terminator));
         }
         Ok(Self {
-            proxy: Arc::new(Proxy::new(runtime)),
+            proxy: Arc::new(Proxy::new(runtime, settings.trusted_ips.clone())),
             bound,
         })
     }
@@ -295,12 +303,14 @@ async fn serve_connection(
     tls: Option<Arc<TlsTerminator>>,
     proxy: Arc<Proxy>,
 ) {
+    let trusted = proxy.trusted_ips.contains(peer.ip());
     match tls {
         None => {
             let conn = Arc::new(Connection {
                 peer,
                 local,
                 tls: None,
+                trusted,
             });
             serve_http(TokioIo::new(tcp), conn, proxy).await;
         }
@@ -310,6 +320,7 @@ async fn serve_connection(
                     peer,
                     local,
                     tls: Some(stream.info().clone()),
+                    trusted,
                 });
                 serve_http(TokioIo::new(stream), conn, proxy).await;
             }
@@ -342,7 +353,7 @@ where
 // === impl Proxy ===
 
 impl Proxy {
-    fn new(runtime: Arc<SharedRuntime>) -> Self {
+    fn new(runtime: Arc<SharedRuntime>, trusted_ips: TrustedIps) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(MAX_CONNECT_TIMEOUT));
         connector.set_nodelay(true);
@@ -362,6 +373,7 @@ impl Proxy {
             h2c,
             balancers: Balancers::default(),
             via,
+            trusted_ips,
         }
     }
 
@@ -416,7 +428,18 @@ impl Proxy {
         };
         let found = runtime.router().find(&parts).ok_or(Failure::NoRoute)?;
         let http2 = req.version() == Version::HTTP_2;
-        match found.verdict(protocol, http2) {
+        // A trusted proxy in front may have terminated TLS (Kong's `forwarded_proto`).
+        let forwarded_https = conn.trusted
+            && req
+                .headers()
+                .get(&X_FORWARDED_PROTO)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+        let seen_as = match (forwarded_https, protocol) {
+            (true, Protocol::Http) => Protocol::Https,
+            (true, Protocol::Grpc) => Protocol::Grpcs,
+            (_, protocol) => protocol,
+        };
+        match found.verdict(seen_as, http2) {
             Verdict::Proxy => {}
             Verdict::RequireHttps { status } => {
                 return Ok(require_https(status, authority, req.uri(), request_id));
@@ -613,21 +636,34 @@ impl Proxy {
         };
         set(&mut headers, X_FORWARDED_FOR, &xff);
         set(&mut headers, X_REAL_IP, &client_ip);
-        let proto = if conn.tls.is_some() { "https" } else { "http" };
-        set(&mut headers, X_FORWARDED_PROTO, proto);
-        headers.remove(&X_FORWARDED_HOST);
-        if !target.client_host.is_empty() {
-            set(&mut headers, X_FORWARDED_HOST, &target.client_host);
+        // A trusted client's own values stay; ours fill what it did not send.
+        let ours =
+            |headers: &HeaderMap, name: &HeaderName| !(conn.trusted && headers.contains_key(name));
+        if ours(&headers, &X_FORWARDED_PROTO) {
+            let proto = if conn.tls.is_some() { "https" } else { "http" };
+            set(&mut headers, X_FORWARDED_PROTO, proto);
         }
-        set(
-            &mut headers,
-            X_FORWARDED_PORT,
-            &conn.local.port().to_string(),
-        );
-        set(&mut headers, X_FORWARDED_PATH, parts.uri.path());
-        headers.remove(&X_FORWARDED_PREFIX);
-        if let Some(prefix) = &target.prefix {
-            set(&mut headers, X_FORWARDED_PREFIX, prefix);
+        if ours(&headers, &X_FORWARDED_HOST) {
+            headers.remove(&X_FORWARDED_HOST);
+            if !target.client_host.is_empty() {
+                set(&mut headers, X_FORWARDED_HOST, &target.client_host);
+            }
+        }
+        if ours(&headers, &X_FORWARDED_PORT) {
+            set(
+                &mut headers,
+                X_FORWARDED_PORT,
+                &conn.local.port().to_string(),
+            );
+        }
+        if ours(&headers, &X_FORWARDED_PATH) {
+            set(&mut headers, X_FORWARDED_PATH, parts.uri.path());
+        }
+        if ours(&headers, &X_FORWARDED_PREFIX) {
+            headers.remove(&X_FORWARDED_PREFIX);
+            if let Some(prefix) = &target.prefix {
+                set(&mut headers, X_FORWARDED_PREFIX, prefix);
+            }
         }
         let hop = match parts.version {
             Version::HTTP_10 => "1.0",

@@ -860,3 +860,105 @@ async fn malformed_requests_get_an_error_and_the_proxy_keeps_serving() -> Result
     assert!(dp.is_running(), "{}", dp.logs());
     Ok(())
 }
+
+#[tokio::test]
+async fn trusted_clients_forwarded_headers_pass_through() -> Result<()> {
+    let cluster = Cluster::start(&["trusting", "wary"], &[]).await?;
+    let admin = cluster.admin();
+    let trusting = DataPlane::start(
+        cluster
+            .dp_options("trusting")
+            .arg("--trusted-ips")
+            .arg("127.0.0.1"),
+    )
+    .await?;
+    let wary = cluster.dp("wary").await?;
+    let echo = Echo::start("echo").await?;
+
+    let service = post(
+        admin,
+        "/services",
+        json!({"name": "echo", "url": echo.url("/base")}),
+    )
+    .await?;
+    post(
+        admin,
+        "/routes",
+        json!({"name": "strip", "paths": ["/echo"], "strip_path": true,
+               "service": {"id": service["id"]}}),
+    )
+    .await?;
+    post(
+        admin,
+        "/routes",
+        json!({"name": "secure", "paths": ["/secure"], "protocols": ["https"],
+               "service": {"id": service["id"]}}),
+    )
+    .await?;
+    applied(admin, &trusting).await?;
+    applied(admin, &wary).await?;
+
+    let http = client()?;
+    let forwarded = [
+        ("x-forwarded-for", "10.1.2.3"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "front.example"),
+        ("x-forwarded-port", "8443"),
+        ("x-forwarded-path", "/outer/echo/a"),
+        ("x-forwarded-prefix", "/outer"),
+    ];
+    let get = |url: String| {
+        forwarded
+            .iter()
+            .fold(http.get(url), |request, (name, value)| {
+                request.header(*name, *value)
+            })
+    };
+
+    // Trusted peer: the client's values reach the upstream; X-Forwarded-For is appended to.
+    let ok = send(get(format!("{}/echo/a", trusting.proxy_url()?))).await?;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let up = &ok.body["headers"];
+    for (name, value) in forwarded.iter().skip(1) {
+        assert_eq!(up[*name], json!(value), "{name}: {}", ok.body);
+    }
+    assert_eq!(
+        up["x-forwarded-for"],
+        json!("10.1.2.3, 127.0.0.1"),
+        "{}",
+        ok.body
+    );
+    // What it did not send is still ours.
+    let ours = send(http.get(format!("{}/echo/a", trusting.proxy_url()?))).await?;
+    assert_eq!(ours.status, 200, "{}", ours.body);
+    assert_eq!(ours.body["headers"]["x-forwarded-proto"], json!("http"));
+    assert_eq!(ours.body["headers"]["x-forwarded-path"], json!("/echo/a"));
+    assert_eq!(ours.body["headers"]["x-forwarded-prefix"], json!("/echo"));
+    // A trusted `X-Forwarded-Proto: https` satisfies an https-only route.
+    let secure = send(get(format!("{}/secure", trusting.proxy_url()?))).await?;
+    assert_eq!(secure.status, 200, "{}", secure.body);
+
+    // Untrusted peer: our values replace the client's; X-Forwarded-For is still appended to.
+    let ok = send(get(format!("{}/echo/a", wary.proxy_url()?))).await?;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let up = &ok.body["headers"];
+    assert_eq!(up["x-forwarded-proto"], json!("http"), "{}", ok.body);
+    assert_eq!(up["x-forwarded-host"], json!("127.0.0.1"), "{}", ok.body);
+    assert_eq!(
+        up["x-forwarded-port"],
+        json!(wary.proxy_addr()?.port().to_string()),
+        "{}",
+        ok.body
+    );
+    assert_eq!(up["x-forwarded-path"], json!("/echo/a"), "{}", ok.body);
+    assert_eq!(up["x-forwarded-prefix"], json!("/echo"), "{}", ok.body);
+    assert_eq!(
+        up["x-forwarded-for"],
+        json!("10.1.2.3, 127.0.0.1"),
+        "{}",
+        ok.body
+    );
+    let secure = send(get(format!("{}/secure", wary.proxy_url()?))).await?;
+    assert_eq!(secure.status, 426, "{}", secure.body);
+    Ok(())
+}

@@ -42,8 +42,9 @@ fn defaults() {
     assert_eq!(settings.advertise_version, env!("CARGO_PKG_VERSION"));
     assert!(settings.labels.is_empty());
     assert!(!settings.log.json);
-    assert_eq!(settings.ssl, SslSettings::default());
-    assert!(settings.ssl.certs.is_empty() && settings.ssl.session_tickets);
+    assert_eq!(settings.proxy.tls, SslSettings::default());
+    assert!(settings.proxy.tls.certs.is_empty() && settings.proxy.tls.session_tickets);
+    assert!(settings.proxy.trusted_ips.is_empty());
 }
 
 #[test]
@@ -189,7 +190,7 @@ fn ssl_settings() {
         "--ssl-session-tickets",
         "off",
     ]);
-    let ssl = parse(&args).unwrap().ssl;
+    let ssl = parse(&args).unwrap().proxy.tls;
     assert_eq!(
         ssl.certs,
         [
@@ -211,7 +212,7 @@ fn ssl_settings() {
     );
     let mut args = REQUIRED.to_vec();
     args.extend(["--config", path.to_str().unwrap()]);
-    let ssl = parse(&args).unwrap().ssl;
+    let ssl = parse(&args).unwrap().proxy.tls;
     assert_eq!(ssl.certs.len(), 1);
     assert!(!ssl.session_tickets);
 
@@ -294,6 +295,98 @@ fn proxy_listeners() {
         let mut args = REQUIRED.to_vec();
         args.extend(flags);
         let err = parse(&args).unwrap_err().to_string();
+        assert!(err.contains(expected), "{expected} in {err}");
+    }
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+#[test]
+fn trusted_ips_match_addresses_and_blocks() {
+    let trusted =
+        TrustedIps::parse(" 10.0.0.0/8, 192.168.1.7,2001:db8::/32 , ::1,172.16.0.1/12").unwrap();
+    for yes in [
+        "10.0.0.0",
+        "10.255.255.255",
+        "192.168.1.7",
+        "2001:db8::1",
+        "2001:db8:ffff::",
+        "::1",
+        "172.31.255.255",
+        // IPv4-mapped IPv6 peers (dual-stack sockets) match as IPv4.
+        "::ffff:10.1.2.3",
+    ] {
+        assert!(trusted.contains(ip(yes)), "{yes}");
+    }
+    for no in [
+        "11.0.0.0",
+        "192.168.1.8",
+        "2001:db9::",
+        "::2",
+        "172.32.0.0",
+        "127.0.0.1",
+        "::ffff:11.0.0.1",
+    ] {
+        assert!(!trusted.contains(ip(no)), "{no}");
+    }
+
+    let none = TrustedIps::parse("").unwrap();
+    assert!(none.is_empty());
+    assert!(!none.contains(ip("127.0.0.1")) && !none.contains(ip("::1")));
+
+    let all = TrustedIps::parse("0.0.0.0/0,::/0").unwrap();
+    for any in [
+        "1.2.3.4",
+        "255.255.255.255",
+        "::",
+        "fe80::1",
+        "::ffff:1.2.3.4",
+    ] {
+        assert!(all.contains(ip(any)), "{any}");
+    }
+    // Only IPv4 trusted: IPv6 peers are not.
+    let v4 = TrustedIps::parse("0.0.0.0/0").unwrap();
+    assert!(v4.contains(ip("8.8.8.8")) && !v4.contains(ip("2001:db8::1")));
+    // Host bits of a block are ignored.
+    assert!(
+        TrustedIps::parse("10.1.2.3/8")
+            .unwrap()
+            .contains(ip("10.9.9.9"))
+    );
+
+    let bad = TrustedIps::parse("10.0.0.0/33,::/129,nope,1.2.3.4/x,1.2.3.4").unwrap_err();
+    assert_eq!(bad.len(), 4, "{bad:?}");
+}
+
+#[test]
+fn trusted_ips_setting() {
+    let mut args = REQUIRED.to_vec();
+    args.extend(["--trusted-ips", "127.0.0.1,::1/128"]);
+    let trusted = parse(&args).unwrap().proxy.trusted_ips;
+    assert!(trusted.contains(ip("127.0.0.1")) && trusted.contains(ip("::1")));
+    assert!(!trusted.contains(ip("127.0.0.2")));
+
+    let path = temp_file("dp.toml", "trusted_ips = \"10.0.0.0/8\"\n");
+    let mut args = REQUIRED.to_vec();
+    args.extend(["--config", path.to_str().unwrap()]);
+    let trusted = parse(&args).unwrap().proxy.trusted_ips;
+    assert!(trusted.contains(ip("10.2.3.4")));
+    // The flag wins over the file.
+    args.extend(["--trusted-ips", "192.0.2.1"]);
+    let trusted = parse(&args).unwrap().proxy.trusted_ips;
+    assert!(trusted.contains(ip("192.0.2.1")) && !trusted.contains(ip("10.2.3.4")));
+
+    // Reported with the other problems.
+    let mut args = REQUIRED.to_vec();
+    args.extend(["--trusted-ips", "1.2.3.4/40,x", "--log-format", "xml"]);
+    let err = parse(&args).unwrap_err().to_string();
+    for expected in [
+        "--trusted-ips: '1.2.3.4/40'",
+        "--trusted-ips: 'x' is not an IP",
+        "--log-format",
+    ] {
         assert!(err.contains(expected), "{expected} in {err}");
     }
 }

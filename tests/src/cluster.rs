@@ -70,11 +70,15 @@ pub fn log_field(line: &str, key: &str) -> Option<String> {
     }
 }
 
-/// `config_version` of the CP's `GET /status`.
+/// `config_version` of the CP's `GET /status`; fails unless the status is 200 and the database
+/// reachable.
 pub async fn config_version(admin: &Admin) -> Result<i64> {
     let status = admin.get("/status").await?;
     if status.status != 200 {
         bail!("GET /status: {status:?}");
+    }
+    if status.body["database"]["reachable"] != serde_json::Value::Bool(true) {
+        bail!("GET /status: database unreachable: {}", status.body);
     }
     status.body["config_version"]
         .as_i64()

@@ -13,14 +13,7 @@ use gatehouse_tests::{Admin, ControlPlane, Response, test_db};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
-/// The config version from `GET /status`.
-async fn version(admin: &Admin) -> Result<i64> {
-    let status = admin.get("/status").await?;
-    assert_eq!(status.status, 200, "{status:?}");
-    status.body["config_version"]
-        .as_i64()
-        .context("config_version is not a number")
-}
+use gatehouse_tests::config_version as version;
 
 /// Sends `body` as is, with `content_type`, so the test controls the bytes on the wire.
 async fn raw(

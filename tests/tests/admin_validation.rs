@@ -19,14 +19,7 @@ const SNIS_NEED_TLS: &str =
     "'snis' can only be set when 'protocols' is 'grpcs', 'https', 'tls' or 'tls_passthrough'";
 const NOT_ENABLED: &str = "not enabled; add it to the 'plugins' configuration property";
 
-/// The config version from `GET /status`.
-async fn version(admin: &Admin) -> Result<i64> {
-    let status = admin.get("/status").await?;
-    assert_eq!(status.status, 200, "{status:?}");
-    status.body["config_version"]
-        .as_i64()
-        .context("config_version is not a number")
-}
+use gatehouse_tests::config_version as version;
 
 /// Sends a JSON write that must be refused with `status`, and checks that it changed nothing.
 async fn refused(

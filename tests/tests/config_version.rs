@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use gatehouse_tests::{Admin, ControlPlane, TestDb, cp_bin, test_db};
+use gatehouse_tests::{ControlPlane, TestDb, cp_bin, test_db};
 
 /// Listens on `gatehouse_config` and forwards every payload.
 async fn listen(db: &TestDb) -> Result<(tokio_postgres::Client, mpsc::UnboundedReceiver<i64>)> {
@@ -29,14 +29,7 @@ async fn listen(db: &TestDb) -> Result<(tokio_postgres::Client, mpsc::UnboundedR
     Ok((client, rx))
 }
 
-async fn version(admin: &Admin) -> Result<i64> {
-    let status = admin.get("/status").await?;
-    assert_eq!(status.status, 200, "{status:?}");
-    assert_eq!(status.body["database"]["reachable"], json!(true));
-    status.body["config_version"]
-        .as_i64()
-        .context("config_version is not a number")
-}
+use gatehouse_tests::config_version as version;
 
 /// Collects `n` notifications (failing after a generous deadline), then checks none follow.
 async fn collect(rx: &mut mpsc::UnboundedReceiver<i64>, n: usize) -> Result<Vec<i64>> {

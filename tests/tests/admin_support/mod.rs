@@ -150,17 +150,7 @@ pub(crate) fn check_auto_fields(entity: &Value) -> Result<()> {
     Ok(())
 }
 
-/// The config version from `GET /status`.
-pub(crate) async fn version(admin: &Admin) -> Result<i64> {
-    let status = get_ok(admin, "/status").await?;
-    ensure!(
-        status["database"]["reachable"] == json!(true),
-        "database unreachable: {status}"
-    );
-    status["config_version"]
-        .as_i64()
-        .with_context(|| format!("config_version is not an integer: {status}"))
-}
+pub(crate) use gatehouse_tests::config_version as version;
 
 /// Follows `next` from `path` until it is null; returns every entity seen, and checks each
 /// `next` starts with `prefix` (the list's own path).

@@ -22,10 +22,18 @@
 //! | `--ssl-cert-key FILE[,FILE]` | `GATEHOUSE_SSL_CERT_KEY` | `ssl_cert_key` | the key of the generated certificate |
 //! | `--ssl-session-tickets on\|off` | `GATEHOUSE_SSL_SESSION_TICKETS` | `ssl_session_tickets` (`"on"`, `"off"` or a boolean) | `on` |
 //! | `--trusted-ips IP\|CIDR[,IP\|CIDR]` | `GATEHOUSE_TRUSTED_IPS` | `trusted_ips` | none (`0.0.0.0/0,::/0` trusts every client) |
+//! | `--client-header-timeout DURATION` | `GATEHOUSE_CLIENT_HEADER_TIMEOUT` | `client_header_timeout` | `60s` (nginx's `client_header_timeout`) |
+//! | `--client-body-timeout DURATION` | `GATEHOUSE_CLIENT_BODY_TIMEOUT` | `client_body_timeout` | `60s` (between two reads of a request body) |
+//! | `--drain-timeout DURATION` | `GATEHOUSE_DRAIN_TIMEOUT` | `drain_timeout` | `10s` (on SIGTERM: how long in-flight requests may finish) |
+//! | `--worker-threads N` | `GATEHOUSE_WORKER_THREADS` | `worker_threads` | the number of CPUs |
+//!
+//! A DURATION is a number with a unit, `ms`, `s` or `m` (`500ms`, `60s`, `2m`); a bare number
+//! is seconds. In TOML it may be a string or a number (seconds).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, Parser};
 use serde::{Deserialize, Deserializer};
@@ -42,6 +50,12 @@ pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:8100";
 pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:8000";
 /// Default addresses of the TLS proxy listener.
 pub const DEFAULT_PROXY_SSL_LISTEN: &str = "0.0.0.0:8443";
+/// Default `--client-header-timeout` and `--client-body-timeout` (nginx's).
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `--drain-timeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most `--worker-threads`.
+const MAX_WORKER_THREADS: usize = 1024;
 /// Longest label key or value (Kong's limit).
 const MAX_LABEL_LEN: usize = 63;
 /// Most default certificates (`--ssl-cert`): one per key type, RSA and ECDSA.
@@ -157,6 +171,29 @@ pub struct Flags {
     #[arg(long, env = "GATEHOUSE_TRUSTED_IPS")]
     pub trusted_ips: Option<String>,
 
+    /// How long a client has to send a request's headers (`500ms`, `60s`, `2m`; a bare number
+    /// is seconds) before the connection is closed [default: 60s].
+    #[arg(long, env = "GATEHOUSE_CLIENT_HEADER_TIMEOUT")]
+    #[serde(deserialize_with = "text_or_number_from_toml")]
+    pub client_header_timeout: Option<String>,
+
+    /// Longest pause between two reads of a client's request body; the request then fails
+    /// with 408 (or the upstream request is aborted) [default: 60s].
+    #[arg(long, env = "GATEHOUSE_CLIENT_BODY_TIMEOUT")]
+    #[serde(deserialize_with = "text_or_number_from_toml")]
+    pub client_body_timeout: Option<String>,
+
+    /// On SIGTERM/SIGINT, how long requests in flight may take to finish after the listeners
+    /// close [default: 10s].
+    #[arg(long, env = "GATEHOUSE_DRAIN_TIMEOUT")]
+    #[serde(deserialize_with = "text_or_number_from_toml")]
+    pub drain_timeout: Option<String>,
+
+    /// Threads serving traffic [default: the number of CPUs].
+    #[arg(long, env = "GATEHOUSE_WORKER_THREADS")]
+    #[serde(deserialize_with = "text_or_number_from_toml")]
+    pub worker_threads: Option<String>,
+
     /// Test only: the Gatehouse version announced to the control plane (X.Y.Z) [default: this
     /// build's version].
     #[arg(long, env = "GATEHOUSE_ADVERTISE_VERSION", hide = true)]
@@ -206,6 +243,10 @@ pub struct Settings {
     pub log: LogSettings,
     /// Settings of the proxy listeners: server TLS and trusted clients.
     pub proxy: ProxySettings,
+    /// How long requests in flight may finish after a stop signal.
+    pub drain_timeout: Duration,
+    /// Threads of the async runtime; `None`: one per CPU.
+    pub worker_threads: Option<usize>,
 }
 
 /// What the proxy listeners are bound with.
@@ -215,6 +256,26 @@ pub struct ProxySettings {
     pub tls: SslSettings,
     /// Clients whose `X-Forwarded-*` headers are believed (`--trusted-ips`).
     pub trusted_ips: TrustedIps,
+    /// How long clients may take to send headers and bodies.
+    pub timeouts: ClientTimeouts,
+}
+
+/// Deadlines for slow clients (nginx's `client_header_timeout`, `client_body_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    /// From the connection (or the previous response) to a request's complete headers.
+    pub header: Duration,
+    /// Longest pause between two reads of a request body.
+    pub body: Duration,
+}
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        Self {
+            header: DEFAULT_CLIENT_TIMEOUT,
+            body: DEFAULT_CLIENT_TIMEOUT,
+        }
+    }
 }
 
 /// The `--trusted-ips` matcher: IPv4 and IPv6 networks, parsed once; [`TrustedIps::contains`]
@@ -317,6 +378,10 @@ impl Flags {
             ssl_cert_key: self.ssl_cert_key.or(other.ssl_cert_key),
             ssl_session_tickets: self.ssl_session_tickets.or(other.ssl_session_tickets),
             trusted_ips: self.trusted_ips.or(other.trusted_ips),
+            client_header_timeout: self.client_header_timeout.or(other.client_header_timeout),
+            client_body_timeout: self.client_body_timeout.or(other.client_body_timeout),
+            drain_timeout: self.drain_timeout.or(other.drain_timeout),
+            worker_threads: self.worker_threads.or(other.worker_threads),
         }
     }
 
@@ -458,6 +523,44 @@ impl Flags {
             }
         };
 
+        let mut duration = |value: Option<&str>, flag: &str, default: Duration| match value {
+            None => default,
+            Some(raw) => parse_duration(raw).unwrap_or_else(|reason| {
+                problems.push(format!("{flag}: {reason}"));
+                default
+            }),
+        };
+        let timeouts = ClientTimeouts {
+            header: duration(
+                self.client_header_timeout.as_deref(),
+                "--client-header-timeout",
+                DEFAULT_CLIENT_TIMEOUT,
+            ),
+            body: duration(
+                self.client_body_timeout.as_deref(),
+                "--client-body-timeout",
+                DEFAULT_CLIENT_TIMEOUT,
+            ),
+        };
+        let drain_timeout = duration(
+            self.drain_timeout.as_deref(),
+            "--drain-timeout",
+            DEFAULT_DRAIN_TIMEOUT,
+        );
+
+        let worker_threads = match self.worker_threads.as_deref().map(str::trim) {
+            None => None,
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if (1..=MAX_WORKER_THREADS).contains(&n) => Some(n),
+                _ => {
+                    problems.push(format!(
+                        "--worker-threads: '{raw}' is not a number from 1 to {MAX_WORKER_THREADS}"
+                    ));
+                    None
+                }
+            },
+        };
+
         match status_listen {
             Some(status_listen) if problems.is_empty() => Ok(Settings {
                 cluster: ClusterSettings {
@@ -484,7 +587,10 @@ impl Flags {
                 proxy: ProxySettings {
                     tls: ssl,
                     trusted_ips,
+                    timeouts,
                 },
+                drain_timeout,
+                worker_threads,
             }),
             _ => Err(ConfigError(problems.join("; "))),
         }
@@ -714,6 +820,46 @@ fn is_version(v: &str) -> bool {
 }
 
 /// Reads an on/off setting from TOML as `"on"`/`"off"` or a boolean.
+/// Parses `500ms`, `60s`, `2m` or a bare number of seconds; zero is refused.
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{raw}' is not a duration (e.g. 500ms, 60s, 2m)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        _ => return Err(format!("'{raw}' has an unknown unit (ms, s or m)")),
+    };
+    if !(seconds > 0.0 && seconds <= 86_400.0) {
+        return Err(format!("'{raw}' must be more than 0 and at most one day"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// A TOML value that may be a string or a number, kept as text.
+fn text_or_number_from_toml<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum TextOrNumber {
+        Integer(i64),
+        Float(f64),
+        Text(String),
+    }
+    Ok(Some(match TextOrNumber::deserialize(deserializer)? {
+        TextOrNumber::Integer(n) => n.to_string(),
+        TextOrNumber::Float(n) => n.to_string(),
+        TextOrNumber::Text(text) => text,
+    }))
+}
+
 fn on_off_from_toml<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<String>, D::Error> {

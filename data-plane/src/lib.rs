@@ -89,7 +89,7 @@ pub enum Error {
 
 /// A started data plane: the proxy listeners, the sync client, the status listener and the
 /// certificate reloader run in the background until [`DataPlane::shutdown`] (which stops
-/// accepting; connections already open are served until the process exits).
+/// accepting and drains the open connections).
 #[derive(Debug)]
 pub struct DataPlane {
     state: Arc<NodeState>,
@@ -98,6 +98,9 @@ pub struct DataPlane {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     reloader: JoinHandle<()>,
+    /// Connections still open on the proxy listeners.
+    drain: Arc<proxy::Drain>,
+    drain_timeout: std::time::Duration,
 }
 
 // === impl Error ===
@@ -163,6 +166,7 @@ impl DataPlane {
         )
         .await?;
         let proxy_addrs = proxy.addrs();
+        let drain = proxy.drain();
 
         let (listener, status_addr) =
             status::bind(settings.status_listen)
@@ -194,6 +198,8 @@ impl DataPlane {
             stop,
             tasks,
             reloader,
+            drain,
+            drain_timeout: settings.drain_timeout,
         })
     }
 
@@ -222,13 +228,27 @@ impl DataPlane {
         self.state.report()
     }
 
-    /// Stops the proxy listeners, the sync client and the status listener and waits for them.
+    /// Stops the proxy listeners, the sync client and the status listener, then drains: open
+    /// connections finish the requests in flight (HTTP/1.1 connections close after their
+    /// response, HTTP/2 ones get `GOAWAY`) for up to `--drain-timeout`.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
         self.reloader.abort();
+        let open = self.drain.open_count();
+        if open > 0 {
+            tracing::info!(
+                connections = open,
+                timeout_ms = self.drain_timeout.as_millis() as u64,
+                "draining proxy connections"
+            );
+            match self.drain.wait(self.drain_timeout).await {
+                0 => tracing::info!("proxy connections drained"),
+                left => tracing::warn!(connections = left, "drain timed out; closing connections"),
+            }
+        }
     }
 }
 

@@ -26,10 +26,11 @@ fn main() -> ExitCode {
         eprintln!("gatehouse-dp: a rustls crypto provider was already installed");
     }
     gatehouse_dp::logging::init(&settings.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = settings.worker_threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("gatehouse-dp: cannot start the async runtime: {error}");

@@ -67,13 +67,14 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
@@ -81,20 +82,24 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use gatehouse_shared::model;
 
-use crate::config::{ProxySettings, TrustedIps};
+use crate::config::{ClientTimeouts, ProxySettings, TrustedIps};
 use crate::router::{Match, Protocol, RequestParts, Verdict, split_host_port};
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::tls::{TlsInfo, TlsTerminator};
 
 mod balancer;
+mod respond;
+mod timing;
 
 use balancer::{Balancers, Peer};
+use respond::{Failure, Format};
+use timing::{ClientFault, ConnectTimedOut, Connector, Expired, IdleTimeout, RequestBody, Timers};
 
 /// The request id header, both ways.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-gatehouse-request-id");
@@ -102,11 +107,11 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-gatehouse-request-
 pub const UPSTREAM_LATENCY: HeaderName = HeaderName::from_static("x-gatehouse-upstream-latency");
 /// Milliseconds spent in the proxy before sending the request upstream.
 pub const PROXY_LATENCY: HeaderName = HeaderName::from_static("x-gatehouse-proxy-latency");
+/// Milliseconds from the request to a response the proxy wrote itself (no upstream).
+pub const RESPONSE_LATENCY: HeaderName = HeaderName::from_static("x-gatehouse-response-latency");
 /// The connector's own connect deadline; each request is also bounded by its service's
 /// timeouts.
 pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a client has to send a request's headers (HTTP/1).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle keep-alive connections to upstreams are closed after this.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause after an accept error (e.g. out of file descriptors) before accepting again.
@@ -138,7 +143,7 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 /// A body error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The request body sent upstream.
-type UpstreamBody = BoxBody<Bytes, hyper::Error>;
+type UpstreamBody = BoxBody<Bytes, BoxError>;
 
 /// Why the proxy listeners cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -166,12 +171,18 @@ pub(crate) struct Listeners {
 /// What every request shares: the runtime holder, the upstream clients, the balancers.
 struct Proxy {
     runtime: Arc<SharedRuntime>,
-    http1: Client<HttpConnector, UpstreamBody>,
-    h2c: Client<HttpConnector, UpstreamBody>,
+    http1: Client<Connector, UpstreamBody>,
+    h2c: Client<Connector, UpstreamBody>,
     balancers: Balancers,
     via: HeaderValue,
     /// `--trusted-ips`.
     trusted_ips: TrustedIps,
+    /// `--client-header-timeout`, `--client-body-timeout`.
+    timeouts: ClientTimeouts,
+    /// HTTP/1.1 + HTTP/2 server settings, shared by every connection.
+    server: auto::Builder<TokioExecutor>,
+    /// The connections being served, for the drain at shutdown.
+    drain: Arc<Drain>,
 }
 
 /// The connection a request came on.
@@ -183,17 +194,16 @@ struct Connection {
     trusted: bool,
 }
 
-/// A failure the proxy answers itself; [`Failure::response`] is the one place mapping them
-/// to statuses and messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
-    NoRoute,
-    NoService,
-    NoPeer,
-    BadUpstream,
-    UpstreamTimeout,
-    Internal,
+/// Counts the connections (and upgraded tunnels) still open, so that a shutdown can wait
+/// for them.
+#[derive(Debug, Default)]
+pub(crate) struct Drain {
+    open: AtomicUsize,
+    closed: Notify,
 }
+
+/// One open connection or tunnel; dropping it counts it closed.
+struct Open(Arc<Drain>);
 
 // === impl Listeners ===
 
@@ -234,7 +244,7 @@ impl Listeners {
             bound.push((listener, local, terminator));
         }
         Ok(Self {
-            proxy: Arc::new(Proxy::new(runtime, settings.trusted_ips.clone())),
+            proxy: Arc::new(Proxy::new(runtime, settings)),
             bound,
         })
     }
@@ -247,7 +257,14 @@ impl Listeners {
             .collect()
     }
 
-    /// Starts one accept loop per listener; they end when `stop` turns true.
+    /// The drain counter of these listeners' connections.
+    pub(crate) fn drain(&self) -> Arc<Drain> {
+        self.proxy.drain.clone()
+    }
+
+    /// Starts one accept loop per listener; they end when `stop` turns true, and then every
+    /// open connection finishes its requests in flight and closes (HTTP/1.1 `Connection:
+    /// close`, HTTP/2 `GOAWAY`).
     pub(crate) fn serve(self, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
         self.bound
             .into_iter()
@@ -285,12 +302,15 @@ async fn accept_loop(
             }
         };
         let _ = tcp.set_nodelay(true);
+        let open = proxy.drain.open();
         tokio::spawn(serve_connection(
             tcp,
             peer,
             local,
             tls.clone(),
             proxy.clone(),
+            stop.clone(),
+            open,
         ));
     }
 }
@@ -302,61 +322,109 @@ async fn serve_connection(
     local: SocketAddr,
     tls: Option<Arc<TlsTerminator>>,
     proxy: Arc<Proxy>,
+    stop: watch::Receiver<bool>,
+    open: Open,
 ) {
     let trusted = proxy.trusted_ips.contains(peer.ip());
+    let mut conn = Connection {
+        peer,
+        local,
+        tls: None,
+        trusted,
+    };
     match tls {
-        None => {
-            let conn = Arc::new(Connection {
-                peer,
-                local,
-                tls: None,
-                trusted,
-            });
-            serve_http(TokioIo::new(tcp), conn, proxy).await;
-        }
-        Some(terminator) => match terminator.accept(tcp).await {
-            Ok(stream) => {
-                let conn = Arc::new(Connection {
-                    peer,
-                    local,
-                    tls: Some(stream.info().clone()),
-                    trusted,
-                });
-                serve_http(TokioIo::new(stream), conn, proxy).await;
+        None => serve_http(TokioIo::new(tcp), Arc::new(conn), proxy, stop).await,
+        Some(terminator) => {
+            // A client that never finishes its handshake gets the header timeout.
+            let limit = proxy.timeouts.header;
+            match tokio::time::timeout(limit, terminator.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    conn.tls = Some(stream.info().clone());
+                    serve_http(TokioIo::new(stream), Arc::new(conn), proxy, stop).await;
+                }
+                Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
-            Err(error) => tracing::debug!(%error, %peer, "TLS handshake failed"),
-        },
+        }
     }
+    drop(open);
 }
 
-async fn serve_http<IO>(io: TokioIo<IO>, conn: Arc<Connection>, proxy: Arc<Proxy>)
-where
+async fn serve_http<IO>(
+    io: TokioIo<IO>,
+    conn: Arc<Connection>,
+    proxy: Arc<Proxy>,
+    mut stop: watch::Receiver<bool>,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
     let peer = conn.peer;
+    let server = proxy.server.clone();
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(proxy.handle(&conn, req).await) }
     });
-    if let Err(error) = builder.serve_connection_with_upgrades(io, service).await {
+    let connection = server.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = crate::stopped(&mut stop) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
         tracing::debug!(%error, %peer, "proxy connection ended with an error");
+    }
+}
+
+// === impl Drain ===
+
+impl Drain {
+    fn open(self: &Arc<Self>) -> Open {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Open(self.clone())
+    }
+
+    /// Connections and tunnels open now.
+    pub(crate) fn open_count(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Waits until every connection has closed, or `limit`; returns how many are still open.
+    pub(crate) async fn wait(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let closed = self.closed.notified();
+            let open = self.open_count();
+            if open == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                return self.open_count();
+            }
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
+        }
     }
 }
 
 // === impl Proxy ===
 
 impl Proxy {
-    fn new(runtime: Arc<SharedRuntime>, trusted_ips: TrustedIps) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(MAX_CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
+    fn new(runtime: Arc<SharedRuntime>, settings: &ProxySettings) -> Self {
+        let mut http = HttpConnector::new();
+        // The connector below applies each service's connect timeout.
+        http.set_connect_timeout(None);
+        http.set_nodelay(true);
+        let connector = Connector::new(http, MAX_CONNECT_TIMEOUT);
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -367,13 +435,22 @@ impl Proxy {
         let http1 = builder.build(connector.clone());
         let h2c = builder.http2_only(true).build(connector);
         let via = HeaderValue::from_static(concat!("1.1 gatehouse/", env!("CARGO_PKG_VERSION")));
+        let mut server = auto::Builder::new(TokioExecutor::new());
+        server
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.timeouts.header);
+        server.http2().timer(TokioTimer::new());
         Self {
             runtime,
             http1,
             h2c,
             balancers: Balancers::default(),
             via,
-            trusted_ips,
+            trusted_ips: settings.trusted_ips.clone(),
+            timeouts: settings.timeouts,
+            server,
+            drain: Arc::default(),
         }
     }
 
@@ -381,16 +458,21 @@ impl Proxy {
     async fn handle(&self, conn: &Connection, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let request_id = Uuid::new_v4().hyphenated().to_string();
+        let format = Format::of(req.headers());
         // One load per request. `load_full` (one reference count) rather than an arc-swap
         // guard: the request holds it across awaits for as long as the upstream takes, and
         // long-held guards exhaust arc-swap's per-thread fast slots.
         let runtime = self.runtime.load_full();
-        let mut response = match self.route(&runtime, conn, req, &request_id, started).await {
-            Ok(response) => response,
-            Err(failure) => failure.response(&request_id),
-        };
+        let routed = self
+            .route(&runtime, conn, req, &request_id, format, started)
+            .await;
+        let mut response = routed.unwrap_or_else(|failure| failure.response(&request_id, format));
+        let headers = response.headers_mut();
+        if !headers.contains_key(&UPSTREAM_LATENCY) {
+            headers.insert(RESPONSE_LATENCY, millis(started.elapsed()));
+        }
         if let Ok(value) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert(REQUEST_ID, value);
+            headers.insert(REQUEST_ID, value);
         }
         response
     }
@@ -401,16 +483,13 @@ impl Proxy {
         conn: &Connection,
         req: Request<Incoming>,
         request_id: &str,
+        format: Format,
         started: Instant,
     ) -> Result<Response<ProxyBody>, Failure> {
         let authority = request_authority(&req);
         let (host, host_port) = split_host_port(authority.unwrap_or(""));
         let tls = conn.tls.is_some();
-        let grpc = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
+        let grpc = format == Format::Grpc;
         let protocol = match (tls, grpc) {
             (false, false) => Protocol::Http,
             (true, false) => Protocol::Https,
@@ -442,13 +521,20 @@ impl Proxy {
         match found.verdict(seen_as, http2) {
             Verdict::Proxy => {}
             Verdict::RequireHttps { status } => {
-                return Ok(require_https(status, authority, req.uri(), request_id));
+                return Ok(respond::require_https(
+                    status,
+                    authority,
+                    req.uri(),
+                    request_id,
+                    format,
+                ));
             }
             Verdict::RequireHttp2 => {
-                let mut response = message(
+                let mut response = respond::message(
                     StatusCode::UPGRADE_REQUIRED,
                     "Please use HTTP2 protocol",
                     request_id,
+                    format,
                 );
                 let headers = response.headers_mut();
                 headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -456,13 +542,16 @@ impl Proxy {
                 return Ok(response);
             }
             Verdict::RejectNonGrpc => {
-                return Ok(message(
+                return Ok(respond::message(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "Non-gRPC request matched gRPC route",
                     request_id,
+                    format,
                 ));
             }
-            Verdict::RequireGrpcs => return Ok(grpc_requires_tls()),
+            Verdict::RequireGrpcs => {
+                return Ok(respond::grpc_error("1", "gRPC request matched gRPCs route"));
+            }
         }
         let service = found
             .service_index()
@@ -523,8 +612,11 @@ impl Proxy {
         } else {
             1
         };
-        let deadline = Duration::from_millis(
-            u64::from(service.connect_timeout) + u64::from(service.read_timeout),
+        let millis = |ms: u32| Duration::from_millis(u64::from(ms));
+        let (connect_timeout, write_timeout, read_timeout) = (
+            millis(service.connect_timeout),
+            millis(service.write_timeout),
+            millis(service.read_timeout),
         );
         let rings = self.balancers.for_runtime(runtime);
         let upstream = runtime.upstream_by_name(&service.host);
@@ -543,8 +635,15 @@ impl Proxy {
                 },
             };
             let uri = upstream_uri(&peer, &target.path, parts.uri.query())?;
+            let timers = Timers::new(
+                connect_timeout,
+                write_timeout,
+                read_timeout,
+                self.timeouts.body,
+                !replayable,
+            );
             let mut request = Request::new(match body.take() {
-                Some(incoming) if !replayable => incoming.boxed(),
+                Some(incoming) if !replayable => RequestBody::new(incoming, timers.clone()).boxed(),
                 _ => Empty::<Bytes>::new()
                     .map_err(|never| match never {})
                     .boxed(),
@@ -559,18 +658,22 @@ impl Proxy {
 
             let sent = Instant::now();
             let proxy_latency = sent.duration_since(started);
-            match tokio::time::timeout(deadline, client.request(request)).await {
+            let upstream_addr = PeerAddr(&peer);
+            match timers.watch(timers.scope(client.request(request))).await {
                 Ok(Ok(mut response)) => {
                     let upstream_latency = sent.elapsed();
                     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                     let upgraded = match upgrade.take() {
                         Some(client_side) if switching => {
-                            tokio::spawn(tunnel(client_side, hyper::upgrade::on(&mut response)));
+                            let upstream_side = hyper::upgrade::on(&mut response);
+                            let open = self.drain.open();
+                            tokio::spawn(tunnel(client_side, upstream_side, open));
                             response.headers().get(header::UPGRADE).cloned()
                         }
                         _ => None,
                     };
-                    let mut response = self.downstream(response, proxy_latency, upstream_latency);
+                    let mut response =
+                        self.downstream(response, proxy_latency, upstream_latency, read_timeout);
                     if let Some(protocol) = upgraded {
                         let headers = response.headers_mut();
                         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -579,23 +682,53 @@ impl Proxy {
                     return Ok(response);
                 }
                 Ok(Err(error)) => {
+                    match timers.fault() {
+                        ClientFault::TimedOut => {
+                            tracing::info!(
+                                peer = %conn.peer,
+                                timeout_ms = self.timeouts.body.as_millis() as u64,
+                                "client body timeout"
+                            );
+                            return Err(Failure::ClientTimeout);
+                        }
+                        ClientFault::Broken => {
+                            tracing::info!(
+                                peer = %conn.peer,
+                                error = %ErrorChain(&error),
+                                "client request body broken"
+                            );
+                            return Err(Failure::BadRequest);
+                        }
+                        ClientFault::None => {}
+                    }
+                    let timed_out = caused_by::<ConnectTimedOut>(&error);
                     let retry = error.is_connect() && attempt + 1 < attempts;
                     tracing::info!(
                         error = %ErrorChain(&error),
-                        upstream = %format_args!("{}:{}", peer.host, peer.port),
+                        upstream = %upstream_addr,
                         attempt,
                         retry,
                         "upstream request failed"
                     );
-                    last = Failure::BadUpstream;
+                    last = if timed_out {
+                        Failure::UpstreamTimeout
+                    } else {
+                        Failure::BadUpstream
+                    };
                     if !retry {
                         break;
                     }
                 }
-                Err(_) => {
+                Err(expired) => {
+                    let (which, limit) = match expired {
+                        Expired::Connect => ("connect", connect_timeout + read_timeout),
+                        Expired::Write => ("write", write_timeout),
+                        Expired::Read => ("read", read_timeout),
+                    };
                     tracing::info!(
-                        upstream = %format_args!("{}:{}", peer.host, peer.port),
-                        timeout_ms = deadline.as_millis() as u64,
+                        upstream = %upstream_addr,
+                        timeout = which,
+                        timeout_ms = limit.as_millis() as u64,
                         "upstream timed out"
                     );
                     return Err(Failure::UpstreamTimeout);
@@ -681,12 +814,14 @@ impl Proxy {
         headers
     }
 
-    /// The upstream response, with its hop-by-hop headers removed and ours added.
+    /// The upstream response, with its hop-by-hop headers removed and ours added; its body
+    /// fails after `read_timeout` without data from the upstream.
     fn downstream(
         &self,
         response: Response<Incoming>,
         proxy_latency: Duration,
         upstream_latency: Duration,
+        read_timeout: Duration,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -701,11 +836,15 @@ impl Proxy {
         parts.headers.insert(header::VIA, via);
         parts
             .headers
+            .entry(header::SERVER)
+            .or_insert(respond::SERVER);
+        parts
+            .headers
             .insert(UPSTREAM_LATENCY, millis(upstream_latency));
         parts.headers.insert(PROXY_LATENCY, millis(proxy_latency));
         // The client's connection decides its own version.
         parts.version = Version::HTTP_11;
-        Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+        Response::from_parts(parts, IdleTimeout::new(body, read_timeout).boxed())
     }
 }
 
@@ -728,7 +867,11 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
 
 /// Copies bytes both ways between an upgraded client connection and its upstream
 /// connection until either side closes.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _open: Open,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
         Err(error) => {
@@ -885,109 +1028,25 @@ fn millis(d: Duration) -> HeaderValue {
     HeaderValue::from(d.as_millis() as u64)
 }
 
-/// Kong's answer to a plain request on an HTTPS-only route.
-fn require_https(
-    status: u16,
-    authority: Option<&str>,
-    uri: &Uri,
-    request_id: &str,
-) -> Response<ProxyBody> {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::UPGRADE_REQUIRED);
-    if status == StatusCode::UPGRADE_REQUIRED {
-        let mut response = message(status, "Please use HTTPS protocol", request_id);
-        let headers = response.headers_mut();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        headers.insert(
-            header::UPGRADE,
-            HeaderValue::from_static("TLS/1.2, HTTP/1.1"),
-        );
-        return response;
+/// Displays a peer as `host:port`.
+struct PeerAddr<'a>(&'a Peer);
+
+impl std::fmt::Display for PeerAddr<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.0.host, self.0.port)
     }
-    // Kong redirects to the forwarded host, without the port.
-    let (host, _) = split_host_port(authority.unwrap_or(""));
-    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
-    let location = format!("https://{host}{path_and_query}");
-    let mut response = message(status, "", request_id);
-    match HeaderValue::from_str(&location) {
-        Ok(location) => {
-            response.headers_mut().insert(header::LOCATION, location);
+}
+
+/// Whether `error` or one of its sources is an `E`.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<E>() {
+            return true;
         }
-        Err(_) => return Failure::Internal.response(request_id),
+        current = error.source();
     }
-    *response.body_mut() = empty();
-    response.headers_mut().remove(header::CONTENT_TYPE);
-    response
-}
-
-fn grpc_requires_tls() -> Response<ProxyBody> {
-    let mut response = Response::new(empty());
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    headers.insert("grpc-status", HeaderValue::from_static("1"));
-    headers.insert(
-        "grpc-message",
-        HeaderValue::from_static("gRPC request matched gRPCs route"),
-    );
-    response
-}
-
-/// A JSON error body `{"message": ..., "request_id": ...}`.
-fn message(status: StatusCode, text: &str, request_id: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({ "message": text, "request_id": request_id }).to_string();
-    let mut response = Response::new(
-        Full::new(Bytes::from(body))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    headers.insert(
-        header::SERVER,
-        HeaderValue::from_static(concat!("gatehouse/", env!("CARGO_PKG_VERSION"))),
-    );
-    response
-}
-
-fn empty() -> ProxyBody {
-    Empty::new().map_err(|never| match never {}).boxed()
-}
-
-// === impl Failure ===
-
-impl Failure {
-    fn response(self, request_id: &str) -> Response<ProxyBody> {
-        let (status, text) = match self {
-            Self::NoRoute => (StatusCode::NOT_FOUND, "no Route matched with those values"),
-            Self::NoService => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no Service found with those values",
-            ),
-            Self::NoPeer => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "failure to get a peer from the ring-balancer",
-            ),
-            Self::BadUpstream => (
-                StatusCode::BAD_GATEWAY,
-                "An invalid response was received from the upstream server",
-            ),
-            Self::UpstreamTimeout => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "The upstream server is timing out",
-            ),
-            Self::Internal => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "An unexpected error occurred",
-            ),
-        };
-        message(status, text, request_id)
-    }
+    false
 }
 
 /// Displays an error with its sources.

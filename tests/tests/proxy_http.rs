@@ -74,6 +74,14 @@ async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<By
     if req.uri().path().starts_with("/slow") {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
+    if let Some(ms) = req
+        .uri()
+        .path()
+        .rsplit_once("/sleep-ms/")
+        .and_then(|(_, ms)| ms.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     if let Some(protocol) = req.headers().get("upgrade").cloned() {
         // Switch protocols, then echo every byte back.
         let mut req = req;
@@ -961,4 +969,443 @@ async fn trusted_clients_forwarded_headers_pass_through() -> Result<()> {
     let secure = send(get(format!("{}/secure", wary.proxy_url()?))).await?;
     assert_eq!(secure.status, 426, "{}", secure.body);
     Ok(())
+}
+
+/// An upstream that accepts connections and reads what comes, but answers only after
+/// `answer_after` (never with `None`), writing `head` then stalling.
+async fn stalling_upstream(
+    head: &'static [u8],
+    answer_after: Option<Duration>,
+) -> Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let Some(after) = answer_after else {
+                    // Never answer, never read again: the socket buffers fill up.
+                    std::future::pending::<()>().await;
+                    return;
+                };
+                tokio::time::sleep(after).await;
+                let _ = tcp.write_all(head).await;
+                std::future::pending::<()>().await;
+            });
+        }
+    });
+    Ok((addr, task))
+}
+
+/// Reads an HTTP/1.1 response head from `tcp`; `None` when the peer closed first.
+async fn read_head(tcp: &mut TcpStream) -> Result<Option<String>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(REQUEST_TIMEOUT, tcp.read(&mut byte)).await?? {
+            0 => return Ok(None),
+            _ => head.push(byte[0]),
+        }
+    }
+    Ok(Some(String::from_utf8_lossy(&head).into_owned()))
+}
+
+#[tokio::test]
+async fn upstream_timeouts_answer_504_and_cut_stalled_bodies() -> Result<()> {
+    let cluster = Cluster::start(&["dp1"], &[]).await?;
+    let admin = cluster.admin();
+    let dp = cluster.dp("dp1").await?;
+
+    // Never answers: read_timeout to the response headers.
+    let (silent, _silent_task) = stalling_upstream(b"", None).await?;
+    // Answers headers and 5 of 100 body bytes, then stalls: read_timeout between reads.
+    let (stalls, _stalls_task) = stalling_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello",
+        Some(Duration::ZERO),
+    )
+    .await?;
+    // A listener that never accepts, with the smallest backlog: once its queue is full,
+    // connects hang (the kernel drops the SYNs).
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind("127.0.0.1:0".parse()?)?;
+    let full = socket.listen(0)?;
+    let full_addr = full.local_addr()?;
+    let mut hung = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(tcp)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(full_addr)).await
+        {
+            hung.push(tcp);
+        }
+    }
+
+    for (name, addr, extra) in [
+        ("silent", silent, json!({"read_timeout": 400})),
+        ("stalls", stalls, json!({"read_timeout": 400})),
+        (
+            "hangs",
+            full_addr,
+            json!({"connect_timeout": 300, "retries": 1}),
+        ),
+    ] {
+        let mut body = json!({"name": name, "url": format!("http://{addr}/"), "retries": 0});
+        for (k, v) in extra.as_object().context("extra")? {
+            body[k] = v.clone();
+        }
+        let service = post(admin, "/services", body).await?;
+        post(
+            admin,
+            "/routes",
+            json!({"paths": [format!("/{name}")], "service": {"id": service["id"]}}),
+        )
+        .await?;
+    }
+    applied(admin, &dp).await?;
+    let http = client()?;
+
+    let started = std::time::Instant::now();
+    let silent_answer = send(http.get(format!("{}/silent", dp.proxy_url()?))).await?;
+    let waited = started.elapsed();
+    assert_eq!(silent_answer.status, 504, "{}", silent_answer.body);
+    assert_eq!(
+        silent_answer.body["message"],
+        "The upstream server is timing out"
+    );
+    assert!(
+        waited >= Duration::from_millis(350) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    let line = dp.wait_for_log("upstream timed out", patience()).await?;
+    assert!(line.contains("timeout=\"read\""), "{line}");
+
+    // Headers arrive; the body stops after 5 bytes and the DP cuts it after read_timeout.
+    let response = http
+        .get(format!("{}/stalls", dp.proxy_url()?))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let started = std::time::Instant::now();
+    let body = response.bytes().await;
+    assert!(body.is_err(), "a cut body must not look complete: {body:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    dp.wait_for_log("upstream stopped sending the response body", patience())
+        .await?;
+
+    // Connect timeout, retried once on the same (only) target: 504, not 502.
+    let started = std::time::Instant::now();
+    let hangs = send(http.get(format!("{}/hangs", dp.proxy_url()?))).await?;
+    assert_eq!(hangs.status, 504, "{}", hangs.body);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let failed = dp.log_lines("upstream request failed");
+    assert!(
+        failed
+            .iter()
+            .any(|l| l.contains("connect timed out after 300ms")),
+        "{failed:?}"
+    );
+    drop((hung, full));
+    Ok(())
+}
+
+#[tokio::test]
+async fn upstream_that_stops_reading_the_body_hits_the_write_timeout() -> Result<()> {
+    let cluster = Cluster::start(&["dp1"], &[]).await?;
+    let admin = cluster.admin();
+    let dp = cluster.dp("dp1").await?;
+    let (deaf, _task) = stalling_upstream(b"", None).await?;
+    let service = post(
+        admin,
+        "/services",
+        json!({"name": "deaf", "url": format!("http://{deaf}/"), "write_timeout": 500,
+               "read_timeout": 60000, "retries": 0}),
+    )
+    .await?;
+    post(
+        admin,
+        "/routes",
+        json!({"paths": ["/upload"], "service": {"id": service["id"]}}),
+    )
+    .await?;
+    applied(admin, &dp).await?;
+
+    // 256 MiB announced; socket buffers hold a few MiB at most, then writes stall.
+    let mut tcp = TcpStream::connect(dp.proxy_addr()?).await?;
+    let total: u64 = 256 * 1024 * 1024;
+    tcp.write_all(
+        format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {total}\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let (mut read, mut write) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0u64;
+        while sent < total {
+            if write.write_all(&chunk).await.is_err() {
+                break;
+            }
+            sent += chunk.len() as u64;
+        }
+        sent
+    });
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(REQUEST_TIMEOUT, read.read(&mut byte)).await??;
+        ensure!(n == 1, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    writer.abort();
+    let line = dp.wait_for_log("upstream timed out", patience()).await?;
+    assert!(line.contains("timeout=\"write\""), "{line}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn slow_and_broken_clients_get_408_400_or_a_close() -> Result<()> {
+    let cluster = Cluster::start(&["dp1"], &[]).await?;
+    let admin = cluster.admin();
+    let dp = DataPlane::start(
+        cluster
+            .dp_options("dp1")
+            .arg("--client-header-timeout")
+            .arg("500ms")
+            .arg("--client-body-timeout")
+            .arg("500ms"),
+    )
+    .await?;
+    let echo = Echo::start("echo").await?;
+    let service = post(
+        admin,
+        "/services",
+        json!({"name": "echo", "url": echo.url("/")}),
+    )
+    .await?;
+    post(
+        admin,
+        "/routes",
+        json!({"paths": ["/echo"], "service": {"id": service["id"]}}),
+    )
+    .await?;
+    applied(admin, &dp).await?;
+    let addr = dp.proxy_addr()?;
+
+    // Half a request line, then nothing: closed after the header timeout.
+    let started = std::time::Instant::now();
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n").await?;
+    let mut rest = Vec::new();
+    tokio::time::timeout(REQUEST_TIMEOUT, tcp.read_to_end(&mut rest)).await??;
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A TLS connection that never says hello: closed after the header timeout too.
+    let mut tls = TcpStream::connect(dp.proxy_ssl_addr()?).await?;
+    let mut rest = Vec::new();
+    tokio::time::timeout(REQUEST_TIMEOUT, tls.read_to_end(&mut rest)).await??;
+    assert!(rest.is_empty());
+
+    // Ten of a hundred body bytes, then nothing: 408 after the body timeout.
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await?;
+    let head = read_head(&mut tcp)
+        .await?
+        .context("no answer to a stalled body")?;
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    dp.wait_for_log("client body timeout", patience()).await?;
+
+    // Broken chunked encoding: 400.
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+    )
+    .await?;
+    let head = read_head(&mut tcp)
+        .await?
+        .context("no answer to a broken chunk")?;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+
+    // Still serving.
+    let answer = send(client()?.get(format!("{}/echo", dp.proxy_url()?))).await?;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    Ok(())
+}
+
+#[tokio::test]
+async fn generated_errors_follow_accept_and_carry_gatehouse_headers() -> Result<()> {
+    let cluster = Cluster::start(&["dp1"], &[]).await?;
+    let admin = cluster.admin();
+    let dp = cluster.dp("dp1").await?;
+    let echo = Echo::start("echo").await?;
+    let service = post(
+        admin,
+        "/services",
+        json!({"name": "echo", "url": echo.url("/")}),
+    )
+    .await?;
+    post(
+        admin,
+        "/routes",
+        json!({"paths": ["/echo"], "service": {"id": service["id"]}}),
+    )
+    .await?;
+    applied(admin, &dp).await?;
+    let http = client()?;
+    let url = format!("{}/nowhere", dp.proxy_url()?);
+
+    for (accept, content_type, needle) in [
+        (
+            "",
+            "application/json",
+            "\"message\":\"no Route matched with those values\"",
+        ),
+        (
+            "text/html",
+            "text/html",
+            "<p>no Route matched with those values.</p>",
+        ),
+        (
+            "application/xml",
+            "application/xml",
+            "<message>no Route matched with those values</message>",
+        ),
+        (
+            "image/png, text/plain",
+            "text/plain",
+            "no Route matched with those values\nrequest_id: ",
+        ),
+    ] {
+        let mut request = http.get(&url);
+        if !accept.is_empty() {
+            request = request.header("accept", accept);
+        }
+        let answer = send(request).await?;
+        assert_eq!(answer.status, 404);
+        assert!(
+            header(&answer, "content-type").starts_with(content_type),
+            "{accept}"
+        );
+        let body = match &answer.body {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        assert!(body.contains(needle), "{accept}: {body}");
+        let id = request_id(&answer)?;
+        assert!(
+            body.contains(&id),
+            "{accept}: the body names the request id"
+        );
+        assert!(header(&answer, "server").starts_with("gatehouse/"));
+        let latency: u64 = header(&answer, "x-gatehouse-response-latency").parse()?;
+        assert!(latency < 10_000);
+        assert!(header(&answer, "x-gatehouse-upstream-latency").is_empty());
+    }
+
+    // A gRPC client gets a trailers-only gRPC answer.
+    let grpc = send(
+        http.post(&url)
+            .header("content-type", "application/grpc")
+            .header("accept", "text/html"),
+    )
+    .await?;
+    assert_eq!(grpc.status, 200);
+    assert_eq!(header(&grpc, "grpc-status"), "12");
+    assert_eq!(
+        header(&grpc, "grpc-message"),
+        "no Route matched with those values"
+    );
+
+    // Proxied: the upstream sent no Server, so ours is added; no response latency.
+    let proxied = send(http.get(format!("{}/echo", dp.proxy_url()?))).await?;
+    assert_eq!(proxied.status, 200);
+    assert!(header(&proxied, "server").starts_with("gatehouse/"));
+    assert!(header(&proxied, "x-gatehouse-response-latency").is_empty());
+    assert!(!header(&proxied, "x-gatehouse-upstream-latency").is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_drains_requests_in_flight() -> Result<()> {
+    let cluster = Cluster::start(&["dp1"], &[]).await?;
+    let admin = cluster.admin();
+    let mut dp = cluster.dp("dp1").await?;
+
+    // An upstream that says when a request arrived and answers it 1.5 s later.
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let upstream = listener.local_addr()?;
+    let signal = arrived.clone();
+    let _upstream = AbortOnDrop(tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let signal = signal.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_req: Request<Incoming>| {
+                    let signal = signal.clone();
+                    async move {
+                        signal.notify_one();
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    }));
+    let service = post(
+        admin,
+        "/services",
+        json!({"name": "slow", "url": format!("http://{upstream}/")}),
+    )
+    .await?;
+    post(
+        admin,
+        "/routes",
+        json!({"paths": ["/slow"], "service": {"id": service["id"]}}),
+    )
+    .await?;
+    applied(admin, &dp).await?;
+
+    let url = format!("{}/slow", dp.proxy_url()?);
+    let in_flight = tokio::spawn(send(client()?.get(url)));
+    tokio::time::timeout(REQUEST_TIMEOUT, arrived.notified()).await?;
+    let started = std::time::Instant::now();
+    let exit = dp.stop().await?;
+    let answer = in_flight.await??;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body, json!("done"));
+    assert!(exit.success(), "{exit:?}: {}", dp.logs());
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the DP waited for the request"
+    );
+    // The process has exited; its last lines may still be on their way through the pipe.
+    dp.wait_for_log("draining proxy connections", patience())
+        .await?;
+    dp.wait_for_log("proxy connections drained", patience())
+        .await?;
+    Ok(())
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -390,3 +390,63 @@ fn trusted_ips_setting() {
         assert!(err.contains(expected), "{expected} in {err}");
     }
 }
+
+#[test]
+fn client_timeouts_drain_and_worker_threads() {
+    let defaults = parse(&REQUIRED).unwrap();
+    assert_eq!(defaults.proxy.timeouts, ClientTimeouts::default());
+    assert_eq!(defaults.proxy.timeouts.header, Duration::from_secs(60));
+    assert_eq!(defaults.drain_timeout, Duration::from_secs(10));
+    assert_eq!(defaults.worker_threads, None);
+
+    let mut args = REQUIRED.to_vec();
+    args.extend([
+        "--client-header-timeout",
+        "500ms",
+        "--client-body-timeout",
+        "2m",
+        "--drain-timeout",
+        "3",
+        "--worker-threads",
+        "1",
+    ]);
+    let settings = parse(&args).unwrap();
+    assert_eq!(settings.proxy.timeouts.header, Duration::from_millis(500));
+    assert_eq!(settings.proxy.timeouts.body, Duration::from_secs(120));
+    assert_eq!(settings.drain_timeout, Duration::from_secs(3));
+    assert_eq!(settings.worker_threads, Some(1));
+
+    let path = temp_file(
+        "dp.toml",
+        "client_header_timeout = 5\nclient_body_timeout = \"1.5s\"\ndrain_timeout = 0.25\n\
+         worker_threads = 2\n",
+    );
+    let mut args = REQUIRED.to_vec();
+    args.extend(["--config", path.to_str().unwrap()]);
+    let settings = parse(&args).unwrap();
+    assert_eq!(settings.proxy.timeouts.header, Duration::from_secs(5));
+    assert_eq!(settings.proxy.timeouts.body, Duration::from_millis(1500));
+    assert_eq!(settings.drain_timeout, Duration::from_millis(250));
+    assert_eq!(settings.worker_threads, Some(2));
+
+    let mut args = REQUIRED.to_vec();
+    args.extend([
+        "--client-header-timeout",
+        "soon",
+        "--client-body-timeout",
+        "0",
+        "--drain-timeout",
+        "5h",
+        "--worker-threads",
+        "0",
+    ]);
+    let err = parse(&args).unwrap_err().to_string();
+    for expected in [
+        "--client-header-timeout: 'soon' is not a duration",
+        "--client-body-timeout: '0' must be more than 0",
+        "--drain-timeout: '5h' has an unknown unit",
+        "--worker-threads: '0' is not a number from 1 to 1024",
+    ] {
+        assert!(err.contains(expected), "{expected} in {err}");
+    }
+}

@@ -45,33 +45,6 @@ fn upstream_uri_is_absolute_with_query() {
 }
 
 #[test]
-fn https_redirects_and_upgrade() {
-    let uri: Uri = "/p/q?x=1".parse().unwrap();
-    let moved = require_https(301, Some("Example.com:8000"), &uri, "id");
-    assert_eq!(moved.status(), 301);
-    assert_eq!(
-        moved.headers()[header::LOCATION],
-        "https://example.com/p/q?x=1"
-    );
-    let upgrade = require_https(426, Some("example.com"), &uri, "id");
-    assert_eq!(upgrade.status(), 426);
-    assert_eq!(upgrade.headers()[header::UPGRADE], "TLS/1.2, HTTP/1.1");
-    assert_eq!(upgrade.headers()[header::CONNECTION], "Upgrade");
-}
-
-#[test]
-fn failures_map_to_kong_statuses() {
-    for (failure, status) in [
-        (Failure::NoRoute, 404),
-        (Failure::NoService, 503),
-        (Failure::BadUpstream, 502),
-        (Failure::UpstreamTimeout, 504),
-    ] {
-        assert_eq!(failure.response("r").status(), status);
-    }
-}
-
-#[test]
 fn joined_lines() {
     let mut headers = HeaderMap::new();
     headers.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
@@ -81,4 +54,31 @@ fn joined_lines() {
         Some("1.1.1.1, 2.2.2.2")
     );
     assert_eq!(joined(&headers, &X_REAL_IP), None);
+}
+
+#[test]
+fn caused_by_walks_the_source_chain() {
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] ConnectTimedOut);
+    let error = Outer(ConnectTimedOut(Duration::from_millis(5)));
+    assert!(caused_by::<ConnectTimedOut>(&error));
+    assert!(!caused_by::<std::io::Error>(&error));
+}
+
+#[tokio::test]
+async fn drain_waits_for_open_connections() {
+    let drain = Arc::new(Drain::default());
+    assert_eq!(drain.wait(Duration::from_millis(1)).await, 0);
+    let first = drain.open();
+    let second = drain.open();
+    assert_eq!(drain.open_count(), 2);
+    assert_eq!(drain.wait(Duration::from_millis(20)).await, 2);
+    drop(first);
+    let closer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(second);
+    });
+    assert_eq!(drain.wait(Duration::from_secs(10)).await, 0);
+    closer.await.unwrap();
 }

@@ -42,16 +42,32 @@
 //!
 //! # Upstream client, timeouts, retries
 //! One hyper-util legacy [`Client`] per process (one for HTTP/1.1 upstreams, one for h2c):
-//! pooled keep-alive connections per `host:port`. The client cannot take a connect timeout per
-//! request, so the service's `connect_timeout + read_timeout` bounds the whole wait for the
-//! response headers (→ 504 `The upstream server is timing out`); the connector itself gives up
-//! after [`MAX_CONNECT_TIMEOUT`]. `write_timeout` and the timeout between two reads of the
-//! body are not applied yet. A connection that fails (refused, reset, DNS) answers 502 `An
-//! invalid response was received from the upstream server`.
+//! pooled keep-alive connections per `host:port`. Each attempt has its own [`Timers`]
+//! (module `timing`): the service's `connect_timeout` bounds the connect (in the connector),
+//! `write_timeout` the longest stall while the request body goes out, `read_timeout` the
+//! wait for the response headers once the request is sent and every pause between two
+//! reads of the response body (the body is then cut: the client sees a truncated response,
+//! never a complete-looking one). Expired → 504 `The upstream server is timing out`; a
+//! failed connection (refused, reset, DNS) → 502 `An invalid response was received from the
+//! upstream server`. On the client side, `--client-header-timeout` bounds the TLS handshake
+//! and each request's headers, and `--client-body-timeout` the pauses of a request body (→
+//! 408); a malformed body (broken chunked encoding) → 400.
 //!
-//! `service.retries` extra attempts (each on the next target) follow a **connection** failure,
-//! but only for a request without a body: once a body has been handed to the client it cannot
-//! be replayed, so a request with a body gets one attempt.
+//! `service.retries` extra attempts (each on the next target) follow a **connection**
+//! failure or connect timeout, but only for a request without a body: once a body has been
+//! handed to the client it cannot be replayed, so a request with a body gets one attempt. A
+//! read timeout is not retried (it would multiply the load on a slow upstream).
+//!
+//! # Generated responses
+//! Errors and protocol answers (module `respond`) follow the client's `Accept` (JSON, HTML,
+//! XML, plain text; gRPC requests get `grpc-status`), carry `Server: gatehouse/<version>` and
+//! `X-Gatehouse-Response-Latency`. Proxied responses get `Server` only when the upstream
+//! sent none.
+//!
+//! # Shutdown
+//! When the data plane stops, the listeners close and every connection finishes the
+//! requests in flight (HTTP/1.1: closes after the response; HTTP/2: `GOAWAY`); upgraded
+//! tunnels count as open. [`Drain::wait`] bounds that by `--drain-timeout`.
 //!
 //! # Upgrades
 //! An HTTP/1.1 request with `Connection: upgrade` and `Upgrade: X` (WebSocket, ...) to an
@@ -60,8 +76,7 @@
 //! from HTTP/2 clients (extended CONNECT) are not supported: the request goes without them.
 //!
 //! Not yet: `https` upstreams (TLS to the upstream, certificate paths 3 and 4; such services
-//! answer 502), health checks and hashing balancers. The proxy never panics
-//! on a request: every failure becomes a response.
+//! answer 502). The proxy never panics on a request: every failure becomes a response.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;

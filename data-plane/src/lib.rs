@@ -50,6 +50,7 @@ mod status;
 mod sync;
 #[cfg(test)]
 mod test_support;
+mod upstream;
 
 pub use status::{ConfigSource, ControlPlaneStatus, StatusReport};
 

@@ -112,7 +112,7 @@ mod balancer;
 mod respond;
 mod timing;
 
-use balancer::{Balancers, Peer};
+use balancer::{Balancers, HashInput, HashKey, Outcome, Peer, Ring};
 use respond::{Failure, Format};
 use timing::{ClientFault, ConnectTimedOut, Connector, Expired, IdleTimeout, RequestBody, Timers};
 
@@ -573,16 +573,41 @@ impl Proxy {
             .and_then(|i| runtime.service_at(i))
             .ok_or(Failure::NoService)?;
         let target = Target::new(&found, service, &req, &host);
-        self.forward(runtime, service, target, conn, req, request_id, started)
+        // A service whose host names an upstream is balanced over its targets.
+        let rings = self.balancers.for_runtime(runtime);
+        let ring = match runtime.upstream_by_name(&service.host) {
+            Some(upstream) => Some(rings.ring(&upstream.id).ok_or(Failure::NoPeer)?),
+            None => None,
+        };
+        let key = match ring {
+            Some(ring) => {
+                let captures = if ring.wants_captures() {
+                    found.captures()
+                } else {
+                    None
+                };
+                ring.hash_key(&HashInput {
+                    client_ip: conn.peer.ip(),
+                    headers: req.headers(),
+                    path: found.path(),
+                    query: req.uri().query(),
+                    captures: captures.as_ref(),
+                    consumer: None,
+                })
+            }
+            None => HashKey::default(),
+        };
+        let balance = Balance { ring, key };
+        self.forward(service, target, balance, conn, req, request_id, started)
             .await
     }
 
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
-        runtime: &Runtime,
         service: &model::Service,
         target: Target,
+        balance: Balance<'_>,
         conn: &Connection,
         mut req: Request<Incoming>,
         request_id: &str,
@@ -633,23 +658,26 @@ impl Proxy {
             millis(service.write_timeout),
             millis(service.read_timeout),
         );
-        let rings = self.balancers.for_runtime(runtime);
-        let upstream = runtime.upstream_by_name(&service.host);
+        let direct = Peer {
+            host: service.host.clone(),
+            port: service.port,
+        };
 
         let mut last = Failure::BadUpstream;
         for attempt in 0..attempts {
-            let peer = match upstream {
-                Some(upstream) => rings
-                    .ring(&upstream.id)
-                    .and_then(|ring| ring.next())
-                    .cloned()
-                    .ok_or(Failure::NoPeer)?,
-                None => Peer {
-                    host: service.host.clone(),
-                    port: service.port,
-                },
+            let (peer, pick) = match balance.ring {
+                Some(ring) => {
+                    let pick = ring.pick(&balance.key, attempt).ok_or(Failure::NoPeer)?;
+                    (pick.peer, Some(pick))
+                }
+                None => (&direct, None),
             };
-            let uri = upstream_uri(&peer, &target.path, parts.uri.query())?;
+            let report = |outcome| {
+                if let Some(pick) = &pick {
+                    pick.report(outcome);
+                }
+            };
+            let uri = upstream_uri(peer, &target.path, parts.uri.query())?;
             let timers = Timers::new(
                 connect_timeout,
                 write_timeout,
@@ -667,16 +695,17 @@ impl Proxy {
             *request.uri_mut() = uri;
             *request.version_mut() = version;
             *request.headers_mut() = headers.clone();
-            if let Some(host) = upstream_host(&target, &peer, upstream.is_some()) {
+            if let Some(host) = upstream_host(&target, peer, balance.ring.is_some()) {
                 request.headers_mut().insert(header::HOST, host);
             }
 
             let sent = Instant::now();
             let proxy_latency = sent.duration_since(started);
-            let upstream_addr = PeerAddr(&peer);
+            let upstream_addr = PeerAddr(peer);
             match timers.watch(timers.scope(client.request(request))).await {
                 Ok(Ok(mut response)) => {
                     let upstream_latency = sent.elapsed();
+                    report(Outcome::Status(response.status().as_u16()));
                     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                     let upgraded = match upgrade.take() {
                         Some(client_side) if switching => {
@@ -693,6 +722,9 @@ impl Proxy {
                         let headers = response.headers_mut();
                         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                         headers.insert(header::UPGRADE, protocol);
+                    }
+                    if let Some(cookie) = balance.key.set_cookie.clone() {
+                        response.headers_mut().append(header::SET_COOKIE, cookie);
                     }
                     return Ok(response);
                 }
@@ -717,6 +749,11 @@ impl Proxy {
                         ClientFault::None => {}
                     }
                     let timed_out = caused_by::<ConnectTimedOut>(&error);
+                    report(if timed_out {
+                        Outcome::TimedOut
+                    } else {
+                        Outcome::ConnectFailed
+                    });
                     let retry = error.is_connect() && attempt + 1 < attempts;
                     tracing::info!(
                         error = %ErrorChain(&error),
@@ -735,6 +772,7 @@ impl Proxy {
                     }
                 }
                 Err(expired) => {
+                    report(Outcome::TimedOut);
                     let (which, limit) = match expired {
                         Expired::Connect => ("connect", connect_timeout + read_timeout),
                         Expired::Write => ("write", write_timeout),
@@ -898,6 +936,13 @@ async fn tunnel(
     if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(%error, "upgraded connection ended with an error");
     }
+}
+
+/// How a request picks its upstream address: the upstream's ring and the request's hash key,
+/// or the service's own `host:port` (no ring).
+struct Balance<'r> {
+    ring: Option<&'r Ring>,
+    key: HashKey,
 }
 
 /// What the upstream request needs from the route and the client request.

@@ -17,6 +17,7 @@
 //!   `/status/ready`, and stops, kills and restarts it on the same cache directory.
 //! - [`Pki`] writes a cluster PKI (`gatehouse-cp pki init`) into a temporary directory;
 //!   [`tls_handshake`] probes the cluster port with a raw TLS client.
+//! - [`Memory`] reads a process's current and peak resident memory (`/proc/<pid>/status`).
 //! - [`wait_until`] polls a condition with a deadline ([`patience`]); the tests never sleep a
 //!   fixed time.
 //!
@@ -52,6 +53,7 @@ pub mod certs;
 mod cluster;
 mod control_plane;
 mod data_plane;
+mod memory;
 mod pki;
 mod postgres;
 mod target_dir;
@@ -65,6 +67,7 @@ pub use cluster::{
 };
 pub use control_plane::{ControlPlane, cp_bin};
 pub use data_plane::{DataPlane, DataPlaneOptions, Exited, dp_bin};
+pub use memory::Memory;
 pub use pki::Pki;
 pub use postgres::{TestDb, test_db};
 pub use temp_dir::TempDir;

@@ -128,6 +128,9 @@ async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<By
         "body_sha256": hex(&Sha256::digest(&body)),
     });
     let mut response = Response::new(Full::new(Bytes::from(report.to_string())));
+    if name.starts_with("failing") {
+        *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+    }
     response.headers_mut().insert(
         "content-type",
         hyper::header::HeaderValue::from_static("application/json"),
@@ -1408,4 +1411,125 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+#[tokio::test]
+async fn consistent_hashing_sticks_and_passive_health_checks_eject_targets() -> Result<()> {
+    let cluster = Cluster::start(&["dp1"], &[]).await?;
+    let admin = cluster.admin();
+    let dp = cluster.dp("dp1").await?;
+    let echoes = [
+        Echo::start("h1").await?,
+        Echo::start("h2").await?,
+        Echo::start("h3").await?,
+    ];
+    post(
+        admin,
+        "/upstreams",
+        json!({"name": "hashed.internal", "algorithm": "consistent-hashing",
+               "hash_on": "header", "hash_on_header": "x-user",
+               "hash_fallback": "cookie", "hash_on_cookie": "gh-sticky"}),
+    )
+    .await?;
+    for echo in &echoes {
+        post(
+            admin,
+            "/upstreams/hashed.internal/targets",
+            json!({"target": echo.addr.to_string()}),
+        )
+        .await?;
+    }
+    let good = Echo::start("good").await?;
+    let failing = Echo::start("failing").await?;
+    let dead = closed_port().await?;
+    post(
+        admin,
+        "/upstreams",
+        json!({"name": "guarded.internal", "healthchecks": {"passive": {"unhealthy": {
+            "http_failures": 2, "http_statuses": [500], "tcp_failures": 1}}}}),
+    )
+    .await?;
+    for target in [
+        good.addr.to_string(),
+        failing.addr.to_string(),
+        format!("127.0.0.1:{dead}"),
+    ] {
+        post(
+            admin,
+            "/upstreams/guarded.internal/targets",
+            json!({"target": target}),
+        )
+        .await?;
+    }
+    for (name, host) in [
+        ("hashed", "hashed.internal"),
+        ("guarded", "guarded.internal"),
+    ] {
+        let service = post(
+            admin,
+            "/services",
+            json!({"name": name, "host": host, "retries": 0}),
+        )
+        .await?;
+        post(
+            admin,
+            "/routes",
+            json!({"paths": [format!("/{name}")], "service": {"id": service["id"]}}),
+        )
+        .await?;
+    }
+    applied(admin, &dp).await?;
+    let http = client()?;
+    let url = format!("{}/hashed", dp.proxy_url()?);
+
+    // The same user always reaches the same target; users spread over the targets.
+    let mut servers_seen = std::collections::BTreeSet::new();
+    for user in 0..30 {
+        let mut first = None;
+        for _ in 0..3 {
+            let answer = send(http.get(&url).header("x-user", format!("user-{user}"))).await?;
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            let server = answer.body["server"].as_str().unwrap_or("").to_owned();
+            match &first {
+                None => first = Some(server.clone()),
+                Some(first) => assert_eq!(first, &server, "user-{user} moved"),
+            }
+            servers_seen.insert(server);
+        }
+    }
+    assert!(servers_seen.len() >= 2, "{servers_seen:?}");
+
+    // No header: the cookie fallback; a generated cookie comes back and keeps us on a target.
+    let answer = send(http.get(&url)).await?;
+    let cookie = header(&answer, "set-cookie").to_owned();
+    assert!(cookie.starts_with("gh-sticky="), "{cookie}");
+    assert!(cookie.contains("Path=/"), "{cookie}");
+    let value = cookie.split(';').next().unwrap_or("").to_owned();
+    let first = answer.body["server"].clone();
+    for _ in 0..5 {
+        let again = send(http.get(&url).header("cookie", &value)).await?;
+        assert_eq!(again.body["server"], first);
+        assert!(header(&again, "set-cookie").is_empty());
+    }
+
+    // Passive checks: the dead target fails once, the failing one twice, then only the
+    // good one is used.
+    let url = format!("{}/guarded", dp.proxy_url()?);
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(send(http.get(&url)).await?.status);
+    }
+    let tail = &statuses[6..];
+    assert!(tail.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(statuses.contains(&500), "{statuses:?}");
+    assert!(statuses.contains(&502), "{statuses:?}");
+    let marked = dp.log_lines("target marked unhealthy");
+    assert_eq!(marked.len(), 2, "{marked:?}");
+    assert!(marked.iter().any(|l| l.contains(&failing.addr.to_string())));
+    assert!(
+        marked
+            .iter()
+            .any(|l| l.contains(&format!("127.0.0.1:{dead}")))
+    );
+    Ok(())
 }

@@ -473,7 +473,7 @@ impl Proxy {
     async fn handle(&self, conn: &Connection, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let request_id = Uuid::new_v4().hyphenated().to_string();
-        let format = Format::of(req.headers());
+        let format = Format::of(req.version(), req.headers());
         // One load per request. `load_full` (one reference count) rather than an arc-swap
         // guard: the request holds it across awaits for as long as the upstream takes, and
         // long-held guards exhaust arc-swap's per-thread fast slots.
@@ -504,7 +504,12 @@ impl Proxy {
         let authority = request_authority(&req);
         let (host, host_port) = split_host_port(authority.unwrap_or(""));
         let tls = conn.tls.is_some();
-        let grpc = format == Format::Grpc;
+        // The router sees gRPC by content type on any version (its verdict answers gRPC over
+        // HTTP/1 with 426); the error format only on HTTP/2.
+        let grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let protocol = match (tls, grpc) {
             (false, false) => Protocol::Http,
             (true, false) => Protocol::Https,

@@ -1317,19 +1317,31 @@ async fn generated_errors_follow_accept_and_carry_gatehouse_headers() -> Result<
         assert!(header(&answer, "x-gatehouse-upstream-latency").is_empty());
     }
 
-    // A gRPC client gets a trailers-only gRPC answer.
-    let grpc = send(
+    // A gRPC client (HTTP/2) gets a gRPC answer with Kong's HTTP status; over HTTP/1 the
+    // same request is not gRPC and gets the Accept format.
+    let tcp = TcpStream::connect(dp.proxy_addr()?).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let request = Request::post("http://grpc.test/nowhere.Svc/Call")
+        .header("content-type", "application/grpc")
+        .header("accept", "text/html")
+        .body(http_body_util::Empty::<Bytes>::new())?;
+    let grpc = tokio::time::timeout(REQUEST_TIMEOUT, sender.send_request(request)).await??;
+    assert_eq!(grpc.status(), 404);
+    assert_eq!(grpc.headers()["grpc-status"], "12");
+    assert_eq!(
+        grpc.headers()["grpc-message"],
+        "no Route matched with those values"
+    );
+    let over_http1 = send(
         http.post(&url)
             .header("content-type", "application/grpc")
             .header("accept", "text/html"),
     )
     .await?;
-    assert_eq!(grpc.status, 200);
-    assert_eq!(header(&grpc, "grpc-status"), "12");
-    assert_eq!(
-        header(&grpc, "grpc-message"),
-        "no Route matched with those values"
-    );
+    assert_eq!(over_http1.status, 404);
+    assert!(header(&over_http1, "content-type").starts_with("text/html"));
 
     // Proxied: the upstream sent no Server, so ours is added; no response latency.
     let proxied = send(http.get(format!("{}/echo", dp.proxy_url()?))).await?;

@@ -3,15 +3,16 @@
 //! The body format follows the client, as Kong's: the first type of `Accept` (in the order
 //! given, parameters and weights ignored) among `application/json`, `text/html`,
 //! `application/xml` / `text/xml` and `text/plain` wins; `*/*`, none or anything else gives
-//! JSON `{"message": ..., "request_id": ...}`. A gRPC request (`Content-Type:
-//! application/gpc...`) gets a trailers-only gRPC answer instead: HTTP 200 with `grpc-status`
-//! (the gRPC project's HTTP → gRPC code mapping) and `grpc-message`. Every generated response
+//! JSON `{"message": ..., "request_id": ...}`. A gRPC request (HTTP/2 with `Content-Type:
+//! application/grpc...`, Kong's `is_grpc_request`) gets a gRPC answer instead: the same HTTP
+//! status (as Kong), no body, `grpc-status` (the gRPC project's HTTP → gRPC code mapping) and
+//! `grpc-message`. gRPC over HTTP/1 is not gRPC to the proxy: it gets the 426 of its route. Every generated response
 //! carries `Server: gatehouse/<version>`; the proxy adds the request id and
 //! `X-Gatehouse-Response-Latency`.
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, Response, StatusCode, Uri};
+use http::{HeaderMap, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty, Full};
 
 use super::ProxyBody;
@@ -51,11 +52,12 @@ pub(super) enum Failure {
 // === impl Format ===
 
 impl Format {
-    /// The format asked for by a request's headers.
-    pub(super) fn of(headers: &HeaderMap) -> Self {
-        let grpc = headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    /// The format asked for by a request's version and headers.
+    pub(super) fn of(version: Version, headers: &HeaderMap) -> Self {
+        let grpc = version == Version::HTTP_2
+            && headers
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         if grpc {
             return Self::Grpc;
         }
@@ -146,7 +148,9 @@ pub(super) fn message(
     format: Format,
 ) -> Response<ProxyBody> {
     if format == Format::Grpc {
-        return grpc_error(grpc_status(status), text);
+        let mut response = grpc_error(grpc_status(status), text);
+        *response.status_mut() = status;
+        return response;
     }
     let mut response = Response::new(full(format.body(text, request_id)));
     *response.status_mut() = status;
@@ -159,7 +163,7 @@ pub(super) fn message(
     response
 }
 
-/// A trailers-only gRPC answer.
+/// A trailers-only gRPC answer (HTTP 200).
 pub(super) fn grpc_error(code: &'static str, text: &str) -> Response<ProxyBody> {
     let mut response = Response::new(empty());
     let headers = response.headers_mut();
@@ -260,7 +264,7 @@ mod tests {
     fn accept(value: &str) -> Format {
         let mut headers = HeaderMap::new();
         headers.insert(header::ACCEPT, HeaderValue::from_str(value).unwrap());
-        Format::of(&headers)
+        Format::of(Version::HTTP_11, &headers)
     }
 
     async fn text(response: Response<ProxyBody>) -> String {
@@ -270,7 +274,7 @@ mod tests {
 
     #[test]
     fn format_follows_the_first_known_accept_type() {
-        assert_eq!(Format::of(&HeaderMap::new()), Format::Json);
+        assert_eq!(Format::of(Version::HTTP_2, &HeaderMap::new()), Format::Json);
         assert_eq!(accept("*/*"), Format::Json);
         assert_eq!(accept("text/html,application/xhtml+xml"), Format::Html);
         assert_eq!(
@@ -287,7 +291,9 @@ mod tests {
             HeaderValue::from_static("application/grpc+proto"),
         );
         grpc.insert(header::ACCEPT, HeaderValue::from_static("text/html"));
-        assert_eq!(Format::of(&grpc), Format::Grpc);
+        assert_eq!(Format::of(Version::HTTP_2, &grpc), Format::Grpc);
+        // gRPC is HTTP/2 only: over HTTP/1 the Accept decides.
+        assert_eq!(Format::of(Version::HTTP_11, &grpc), Format::Html);
     }
 
     #[tokio::test]
@@ -328,9 +334,9 @@ mod tests {
     }
 
     #[test]
-    fn grpc_errors_are_trailers_only() {
+    fn grpc_errors_carry_grpc_status() {
         let response = Failure::NoRoute.response("r", Format::Grpc);
-        assert_eq!(response.status(), 200);
+        assert_eq!(response.status(), 404, "Kong keeps the HTTP status");
         assert_eq!(response.headers()["grpc-status"], "12");
         assert_eq!(
             response.headers()["grpc-message"],

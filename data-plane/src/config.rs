@@ -26,6 +26,12 @@
 //! | `--client-body-timeout DURATION` | `GATEHOUSE_CLIENT_BODY_TIMEOUT` | `client_body_timeout` | `60s` (between two reads of a request body) |
 //! | `--drain-timeout DURATION` | `GATEHOUSE_DRAIN_TIMEOUT` | `drain_timeout` | `10s` (on SIGTERM: how long in-flight requests may finish) |
 //! | `--worker-threads N` | `GATEHOUSE_WORKER_THREADS` | `worker_threads` | the number of CPUs |
+//! | `--upstream-tls-verify on\|off` | `GATEHOUSE_UPSTREAM_TLS_VERIFY` | `upstream_tls_verify` | `on` (a service's `tls_verify` wins) |
+//! | `--upstream-tls-verify-depth N` | `GATEHOUSE_UPSTREAM_TLS_VERIFY_DEPTH` | `upstream_tls_verify_depth` | no limit (a service's `tls_verify_depth` wins) |
+//! | `--upstream-trusted-ca FILE` | `GATEHOUSE_UPSTREAM_TRUSTED_CA` | `upstream_trusted_ca` | the built-in public roots (a service's `ca_certificates` win) |
+//! | `--client-ssl on\|off` | `GATEHOUSE_CLIENT_SSL` | `client_ssl` | `off` |
+//! | `--client-ssl-cert FILE` | `GATEHOUSE_CLIENT_SSL_CERT` | `client_ssl_cert` | required with `--client-ssl on` |
+//! | `--client-ssl-cert-key FILE` | `GATEHOUSE_CLIENT_SSL_CERT_KEY` | `client_ssl_cert_key` | required with `--client-ssl on` |
 //!
 //! A DURATION is a number with a unit, `ms`, `s` or `m` (`500ms`, `60s`, `2m`); a bare number
 //! is seconds. In TOML it may be a string or a number (seconds).
@@ -194,6 +200,37 @@ pub struct Flags {
     #[serde(deserialize_with = "text_or_number_from_toml")]
     pub worker_threads: Option<String>,
 
+    /// Verify upstream TLS certificates when a service's `tls_verify` is null: `on` or `off`
+    /// [default: on].
+    #[arg(long, env = "GATEHOUSE_UPSTREAM_TLS_VERIFY")]
+    #[serde(deserialize_with = "on_off_from_toml")]
+    pub upstream_tls_verify: Option<String>,
+
+    /// Most intermediate certificates between an upstream's certificate and a trusted CA when
+    /// a service's `tls_verify_depth` is null [default: no limit].
+    #[arg(long, env = "GATEHOUSE_UPSTREAM_TLS_VERIFY_DEPTH")]
+    #[serde(deserialize_with = "text_or_number_from_toml")]
+    pub upstream_tls_verify_depth: Option<String>,
+
+    /// PEM bundle of CAs trusted for upstream certificates when a service lists no
+    /// `ca_certificates` [default: the built-in public roots].
+    #[arg(long, env = "GATEHOUSE_UPSTREAM_TRUSTED_CA")]
+    pub upstream_trusted_ca: Option<PathBuf>,
+
+    /// Present --client-ssl-cert to upstreams when neither the service nor its upstream names a
+    /// client certificate: `on` or `off` [default: off].
+    #[arg(long, env = "GATEHOUSE_CLIENT_SSL")]
+    #[serde(deserialize_with = "on_off_from_toml")]
+    pub client_ssl: Option<String>,
+
+    /// PEM certificate (leaf first) presented to upstreams with --client-ssl on.
+    #[arg(long, env = "GATEHOUSE_CLIENT_SSL_CERT")]
+    pub client_ssl_cert: Option<PathBuf>,
+
+    /// PEM private key of --client-ssl-cert.
+    #[arg(long, env = "GATEHOUSE_CLIENT_SSL_CERT_KEY")]
+    pub client_ssl_cert_key: Option<PathBuf>,
+
     /// Test only: the Gatehouse version announced to the control plane (X.Y.Z) [default: this
     /// build's version].
     #[arg(long, env = "GATEHOUSE_ADVERTISE_VERSION", hide = true)]
@@ -258,6 +295,34 @@ pub struct ProxySettings {
     pub trusted_ips: TrustedIps,
     /// How long clients may take to send headers and bodies.
     pub timeouts: ClientTimeouts,
+    /// Defaults of TLS towards upstreams.
+    pub upstream: UpstreamTlsFiles,
+}
+
+/// Process-wide defaults of TLS towards upstreams (a service's own fields win): Kong's
+/// `proxy_ssl_verify` (here on by default), `lua_ssl_verify_depth`,
+/// `lua_ssl_trusted_certificate`, `client_ssl`, `client_ssl_cert`, `client_ssl_cert_key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTlsFiles {
+    /// Verify upstream certificates (default true).
+    pub verify: bool,
+    /// Most intermediates; `None`: no limit.
+    pub verify_depth: Option<u8>,
+    /// PEM bundle of trusted CAs; `None`: the built-in public roots.
+    pub trusted_ca: Option<PathBuf>,
+    /// The client certificate presented when neither service nor upstream names one.
+    pub client_cert: Option<CertKeyFiles>,
+}
+
+impl Default for UpstreamTlsFiles {
+    fn default() -> Self {
+        Self {
+            verify: true,
+            verify_depth: None,
+            trusted_ca: None,
+            client_cert: None,
+        }
+    }
 }
 
 /// Deadlines for slow clients (nginx's `client_header_timeout`, `client_body_timeout`).
@@ -382,12 +447,21 @@ impl Flags {
             client_body_timeout: self.client_body_timeout.or(other.client_body_timeout),
             drain_timeout: self.drain_timeout.or(other.drain_timeout),
             worker_threads: self.worker_threads.or(other.worker_threads),
+            upstream_tls_verify: self.upstream_tls_verify.or(other.upstream_tls_verify),
+            upstream_tls_verify_depth: self
+                .upstream_tls_verify_depth
+                .or(other.upstream_tls_verify_depth),
+            upstream_trusted_ca: self.upstream_trusted_ca.or(other.upstream_trusted_ca),
+            client_ssl: self.client_ssl.or(other.client_ssl),
+            client_ssl_cert: self.client_ssl_cert.or(other.client_ssl_cert),
+            client_ssl_cert_key: self.client_ssl_cert_key.or(other.client_ssl_cert_key),
         }
     }
 
     /// Parses every value, reporting all problems at once.
     fn resolve(self) -> Result<Settings, ConfigError> {
         let mut problems = Vec::new();
+        let upstream = self.upstream_tls(&mut problems);
 
         let control_plane = self
             .cluster_control_plane
@@ -588,11 +662,78 @@ impl Flags {
                     tls: ssl,
                     trusted_ips,
                     timeouts,
+                    upstream,
                 },
                 drain_timeout,
                 worker_threads,
             }),
             _ => Err(ConfigError(problems.join("; "))),
+        }
+    }
+}
+
+impl Flags {
+    /// The upstream TLS defaults, adding what is wrong to `problems`.
+    fn upstream_tls(&self, problems: &mut Vec<String>) -> UpstreamTlsFiles {
+        let mut on_off = |value: Option<&str>, flag: &str, default: bool| match value.map(str::trim)
+        {
+            None => default,
+            Some("on") => true,
+            Some("off") => false,
+            Some(other) => {
+                problems.push(format!("{flag}: '{other}' is not one of on, off"));
+                default
+            }
+        };
+        let verify = on_off(
+            self.upstream_tls_verify.as_deref(),
+            "--upstream-tls-verify",
+            true,
+        );
+        let client_ssl = on_off(self.client_ssl.as_deref(), "--client-ssl", false);
+        let verify_depth = match self.upstream_tls_verify_depth.as_deref().map(str::trim) {
+            None => None,
+            Some(raw) => match raw.parse::<u8>() {
+                Ok(depth) if depth <= 100 => Some(depth),
+                _ => {
+                    problems.push(format!(
+                        "--upstream-tls-verify-depth: '{raw}' is not a number from 0 to 100"
+                    ));
+                    None
+                }
+            },
+        };
+        let client_cert = match (
+            client_ssl,
+            self.client_ssl_cert.clone(),
+            self.client_ssl_cert_key.clone(),
+        ) {
+            (true, Some(cert), Some(key)) => Some(CertKeyFiles { cert, key }),
+            (true, cert, key) => {
+                for (missing, flag) in [
+                    (cert.is_none(), "--client-ssl-cert"),
+                    (key.is_none(), "--client-ssl-cert-key"),
+                ] {
+                    if missing {
+                        problems.push(format!("{flag} is required with --client-ssl on"));
+                    }
+                }
+                None
+            }
+            (false, None, None) => None,
+            (false, _, _) => {
+                problems.push(
+                    "--client-ssl-cert/--client-ssl-cert-key are given but --client-ssl is off"
+                        .to_owned(),
+                );
+                None
+            }
+        };
+        UpstreamTlsFiles {
+            verify,
+            verify_depth,
+            trusted_ca: self.upstream_trusted_ca.clone(),
+            client_cert,
         }
     }
 }

@@ -111,7 +111,8 @@ impl Error {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            Self::ClusterTls(_) | Self::Proxy(proxy::ProxyError::Tls(_))
+            Self::ClusterTls(_)
+                | Self::Proxy(proxy::ProxyError::Tls(_) | proxy::ProxyError::TrustedCa { .. })
         )
     }
 }

@@ -103,10 +103,11 @@ use uuid::Uuid;
 
 use gatehouse_shared::model;
 
-use crate::config::{ClientTimeouts, ProxySettings, TrustedIps};
+use crate::config::{ClientTimeouts, ProxySettings, TrustedIps, UpstreamTlsFiles};
 use crate::router::{Match, Protocol, RequestParts, Verdict, split_host_port};
 use crate::runtime::{Runtime, SharedRuntime};
-use crate::tls::{TlsInfo, TlsTerminator};
+use crate::tls::{PairFlags, TlsInfo, TlsTerminator};
+use crate::upstream::{TlsClient, UpstreamTls, UpstreamTlsError, UpstreamTlsSettings};
 
 mod balancer;
 mod respond;
@@ -114,6 +115,7 @@ mod timing;
 
 use balancer::{Balancers, HashInput, HashKey, Outcome, Peer, Ring};
 use respond::{Failure, Format};
+pub(crate) use timing::ConnectScope;
 use timing::{ClientFault, ConnectTimedOut, Connector, Expired, IdleTimeout, RequestBody, Timers};
 
 /// The request id header, both ways.
@@ -158,7 +160,7 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 /// A body error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The request body sent upstream.
-type UpstreamBody = BoxBody<Bytes, BoxError>;
+pub(crate) type UpstreamBody = BoxBody<Bytes, BoxError>;
 
 /// Why the proxy listeners cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -172,9 +174,18 @@ pub enum ProxyError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The TLS listener cannot be set up (default certificate files).
+    /// The TLS listener cannot be set up (default certificate files), or the global
+    /// upstream client certificate cannot be loaded.
     #[error("proxy TLS: {0}")]
     Tls(#[from] crate::tls::TlsSetupError),
+    /// The `--upstream-trusted-ca` bundle cannot be used.
+    #[error("--upstream-trusted-ca {}: {reason}", .path.display())]
+    TrustedCa {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// The bound proxy listeners, not yet serving.
@@ -198,6 +209,14 @@ struct Proxy {
     server: auto::Builder<TokioExecutor>,
     /// The connections being served, for the drain at shutdown.
     drain: Arc<Drain>,
+    /// Clients of `https` and `grpcs` upstreams, one pool per TLS setting and server name.
+    upstream_tls: UpstreamTls,
+}
+
+/// The client a request goes upstream with.
+enum UpstreamClient<'p> {
+    Plain(&'p Client<Connector, UpstreamBody>),
+    Tls(Box<TlsClient>),
 }
 
 /// The connection a request came on.
@@ -258,8 +277,9 @@ impl Listeners {
             tracing::info!(addr = %local, tls = terminator.is_some(), "proxy listener listening");
             bound.push((listener, local, terminator));
         }
+        let upstream_tls = upstream_tls(&settings.upstream)?;
         Ok(Self {
-            proxy: Arc::new(Proxy::new(runtime, settings)),
+            proxy: Arc::new(Proxy::new(runtime, settings, upstream_tls)),
             bound,
         })
     }
@@ -434,7 +454,11 @@ impl Drop for Open {
 // === impl Proxy ===
 
 impl Proxy {
-    fn new(runtime: Arc<SharedRuntime>, settings: &ProxySettings) -> Self {
+    fn new(
+        runtime: Arc<SharedRuntime>,
+        settings: &ProxySettings,
+        upstream_tls: UpstreamTls,
+    ) -> Self {
         let mut http = HttpConnector::new();
         // The connector below applies each service's connect timeout.
         http.set_connect_timeout(None);
@@ -466,6 +490,7 @@ impl Proxy {
             timeouts: settings.timeouts,
             server,
             drain: Arc::default(),
+            upstream_tls,
         }
     }
 
@@ -577,10 +602,12 @@ impl Proxy {
             .service_index()
             .and_then(|i| runtime.service_at(i))
             .ok_or(Failure::NoService)?;
-        let target = Target::new(&found, service, &req, &host);
         // A service whose host names an upstream is balanced over its targets.
+        let upstream = runtime.upstream_by_name(&service.host);
+        let target = Target::new(&found, service, upstream, &req, &host);
+        let client = self.client_for(runtime, service, upstream, &target)?;
         let rings = self.balancers.for_runtime(runtime);
-        let ring = match runtime.upstream_by_name(&service.host) {
+        let ring = match upstream {
             Some(upstream) => Some(rings.ring(&upstream.id).ok_or(Failure::NoPeer)?),
             None => None,
         };
@@ -603,14 +630,54 @@ impl Proxy {
             None => HashKey::default(),
         };
         let balance = Balance { ring, key };
-        self.forward(service, target, balance, conn, req, request_id, started)
-            .await
+        self.forward(
+            service, &client, target, balance, conn, req, request_id, started,
+        )
+        .await
+    }
+
+    /// The client for `service`'s protocol: the shared plain HTTP/1.1 or h2c client, or the
+    /// TLS client of the service's TLS setting and server name (`https`, `grpcs`).
+    fn client_for(
+        &self,
+        runtime: &Runtime,
+        service: &model::Service,
+        upstream: Option<&model::Upstream>,
+        target: &Target,
+    ) -> Result<UpstreamClient<'_>, Failure> {
+        match service.protocol.as_str() {
+            "http" => Ok(UpstreamClient::Plain(&self.http1)),
+            "grpc" => Ok(UpstreamClient::Plain(&self.h2c)),
+            "https" | "grpcs" => self
+                .upstream_tls
+                .client(
+                    runtime,
+                    service,
+                    upstream,
+                    &target.server_name(),
+                    target.http2,
+                )
+                .map(|client| UpstreamClient::Tls(Box::new(client)))
+                .map_err(|error| {
+                    tracing::warn!(service = %service.id, %error, "upstream TLS unusable");
+                    Failure::BadUpstream
+                }),
+            other => {
+                tracing::warn!(
+                    service = %service.id,
+                    protocol = other,
+                    "upstream protocol not supported by the HTTP proxy"
+                );
+                Err(Failure::BadUpstream)
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         service: &model::Service,
+        client: &UpstreamClient<'_>,
         target: Target,
         balance: Balance<'_>,
         conn: &Connection,
@@ -618,19 +685,7 @@ impl Proxy {
         request_id: &str,
         started: Instant,
     ) -> Result<Response<ProxyBody>, Failure> {
-        let client = match service.protocol.as_str() {
-            "http" => &self.http1,
-            "grpc" => &self.h2c,
-            other => {
-                tracing::warn!(
-                    service = %service.id,
-                    protocol = other,
-                    "upstream protocol not supported yet"
-                );
-                return Err(Failure::BadUpstream);
-            }
-        };
-        let version = if service.protocol == "grpc" {
+        let version = if target.http2 {
             Version::HTTP_2
         } else {
             Version::HTTP_11
@@ -682,7 +737,12 @@ impl Proxy {
                     pick.report(outcome);
                 }
             };
-            let uri = upstream_uri(peer, &target.path, parts.uri.query())?;
+            let uri = upstream_uri(
+                peer,
+                matches!(client, UpstreamClient::Tls(_)),
+                &target.path,
+                parts.uri.query(),
+            )?;
             let timers = Timers::new(
                 connect_timeout,
                 write_timeout,
@@ -707,7 +767,11 @@ impl Proxy {
             let sent = Instant::now();
             let proxy_latency = sent.duration_since(started);
             let upstream_addr = PeerAddr(peer);
-            match timers.watch(timers.scope(client.request(request))).await {
+            let response = match client {
+                UpstreamClient::Plain(client) => client.request(request),
+                UpstreamClient::Tls(client) => client.request(request),
+            };
+            match timers.watch(timers.scope(response)).await {
                 Ok(Ok(mut response)) => {
                     let upstream_latency = sent.elapsed();
                     report(Outcome::Status(response.status().as_u16()));
@@ -753,20 +817,33 @@ impl Proxy {
                         }
                         ClientFault::None => {}
                     }
-                    let timed_out = caused_by::<ConnectTimedOut>(&error);
+                    let tls = UpstreamTlsError::find(&error);
+                    let timed_out = caused_by::<ConnectTimedOut>(&error)
+                        || matches!(tls, Some(UpstreamTlsError::Timeout { .. }));
                     report(if timed_out {
                         Outcome::TimedOut
                     } else {
                         Outcome::ConnectFailed
                     });
-                    let retry = error.is_connect() && attempt + 1 < attempts;
-                    tracing::info!(
-                        error = %ErrorChain(&error),
-                        upstream = %upstream_addr,
-                        attempt,
-                        retry,
-                        "upstream request failed"
-                    );
+                    let retry = attempt + 1 < attempts
+                        && tls.map_or(error.is_connect(), UpstreamTlsError::is_retryable);
+                    match tls {
+                        // Worded for operators: expired, unknown issuer, name mismatch, ...
+                        Some(tls) => tracing::warn!(
+                            error = %tls,
+                            upstream = %upstream_addr,
+                            attempt,
+                            retry,
+                            "upstream TLS failed"
+                        ),
+                        None => tracing::info!(
+                            error = %ErrorChain(&error),
+                            upstream = %upstream_addr,
+                            attempt,
+                            retry,
+                            "upstream request failed"
+                        ),
+                    }
                     last = if timed_out {
                         Failure::UpstreamTimeout
                     } else {
@@ -970,6 +1047,7 @@ impl Target {
     fn new(
         found: &Match<'_>,
         service: &model::Service,
+        upstream: Option<&model::Upstream>,
         req: &Request<Incoming>,
         host: &str,
     ) -> Self {
@@ -987,9 +1065,22 @@ impl Target {
             prefix: found.forwarded_prefix().map(str::to_owned),
             preserved_host,
             client_host: host.to_owned(),
-            service_host: service.host.clone(),
+            // An upstream's `host_header` stands in for its name.
+            service_host: upstream
+                .and_then(|u| u.host_header.clone())
+                .unwrap_or_else(|| service.host.clone()),
             service_port: service.port,
-            http2: service.protocol == "grpc",
+            http2: matches!(service.protocol.as_str(), "grpc" | "grpcs"),
+        }
+    }
+
+    /// The TLS server name (SNI, and the name the certificate is checked against): the
+    /// client's host with `preserve_host`, else the upstream's `host_header`, else the
+    /// service's host.
+    fn server_name(&self) -> String {
+        match self.preserved_host.as_ref().and_then(|v| v.to_str().ok()) {
+            Some(host) => split_host_port(host).0.into_owned(),
+            None => self.service_host.clone(),
         }
     }
 }
@@ -1017,10 +1108,10 @@ fn upstream_host(target: &Target, peer: &Peer, balanced: bool) -> Option<HeaderV
     HeaderValue::from_str(&value).ok()
 }
 
-/// `http://host:port/path?query`.
-fn upstream_uri(peer: &Peer, path: &str, query: Option<&str>) -> Result<Uri, Failure> {
+/// `http://host:port/path?query` (`https://` for a TLS upstream).
+fn upstream_uri(peer: &Peer, tls: bool, path: &str, query: Option<&str>) -> Result<Uri, Failure> {
     let mut uri = String::with_capacity(peer.host.len() + path.len() + 32);
-    uri.push_str("http://");
+    uri.push_str(if tls { "https://" } else { "http://" });
     if peer.host.contains(':') {
         let _ = write!(uri, "[{}]", peer.host);
     } else {
@@ -1091,6 +1182,45 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 
 fn millis(d: Duration) -> HeaderValue {
     HeaderValue::from(d.as_millis() as u64)
+}
+
+/// The upstream TLS layer with the process-wide defaults: the trusted CA bundle and the
+/// global client certificate are loaded here, so a bad file stops the start.
+fn upstream_tls(files: &UpstreamTlsFiles) -> Result<UpstreamTls, ProxyError> {
+    let trusted_ca = match &files.trusted_ca {
+        None => None,
+        Some(path) => {
+            let problem = |reason: String| ProxyError::TrustedCa {
+                path: path.clone(),
+                reason,
+            };
+            let pem =
+                std::fs::read_to_string(path).map_err(|e| problem(format!("cannot read: {e}")))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in gatehouse_shared::x509::parse_certificates(&pem).map_err(problem)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| problem(format!("not a usable CA certificate: {e}")))?;
+            }
+            Some(Arc::new(roots))
+        }
+    };
+    let client_certificate = match &files.client_cert {
+        None => None,
+        Some(pair) => Some(Arc::new(crate::tls::load_certified_key(
+            pair,
+            PairFlags::CLIENT_SSL,
+        )?)),
+    };
+    Ok(UpstreamTls::new(UpstreamTlsSettings {
+        verify: files.verify,
+        verify_depth: files.verify_depth,
+        trusted_ca,
+        client_certificate,
+        connect_timeout: MAX_CONNECT_TIMEOUT,
+        pool_idle_timeout: POOL_IDLE_TIMEOUT,
+        ..UpstreamTlsSettings::default()
+    }))
 }
 
 /// Displays a peer as `host:port`.

@@ -86,6 +86,7 @@ mod resolver;
 mod tests;
 
 pub use default_cert::DefaultCertificate;
+pub(crate) use default_cert::load_certified_key;
 
 use resolver::SniResolver;
 
@@ -205,24 +206,30 @@ pub enum TlsError {
 #[non_exhaustive]
 pub enum TlsSetupError {
     /// A certificate file cannot be read or holds no usable certificate.
-    #[error("--ssl-cert {}: {reason}", .path.display())]
+    #[error("{flag} {}: {reason}", .path.display())]
     Cert {
+        /// The setting (`--ssl-cert`, `--client-ssl-cert`).
+        flag: &'static str,
         /// The file.
         path: PathBuf,
         /// What is wrong.
         reason: String,
     },
     /// A key file cannot be read or holds no usable private key.
-    #[error("--ssl-cert-key {}: {reason}", .path.display())]
+    #[error("{flag} {}: {reason}", .path.display())]
     Key {
+        /// The setting (`--ssl-cert-key`, `--client-ssl-cert-key`).
+        flag: &'static str,
         /// The file.
         path: PathBuf,
         /// What is wrong (a fixed text: the key is never echoed).
         reason: String,
     },
     /// A key is not the key of its certificate.
-    #[error("--ssl-cert {}: does not match --ssl-cert-key {}", .cert.display(), .key.display())]
+    #[error("{} {}: does not match {} {}", .flags.cert, .cert.display(), .flags.key, .key.display())]
     Mismatch {
+        /// The settings naming the files.
+        flags: PairFlags,
         /// The certificate file.
         cert: PathBuf,
         /// The key file.
@@ -240,6 +247,28 @@ pub enum TlsSetupError {
     /// rustls refused the configuration (ticketer, protocol versions).
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+}
+
+/// The settings naming a certificate file and its key file, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairFlags {
+    /// The certificate's setting.
+    pub cert: &'static str,
+    /// The key's setting.
+    pub key: &'static str,
+}
+
+impl PairFlags {
+    /// The default server certificate.
+    pub const SSL: Self = Self {
+        cert: "--ssl-cert",
+        key: "--ssl-cert-key",
+    };
+    /// The global upstream client certificate.
+    pub const CLIENT_SSL: Self = Self {
+        cert: "--client-ssl-cert",
+        key: "--client-ssl-cert-key",
+    };
 }
 
 /// The server configurations of one runtime.

@@ -53,9 +53,6 @@
 //! digs it out. The connector never falls back to plaintext, and no error or log line
 //! carries key material.
 
-// Not called by the proxy yet (the wiring is the next step).
-#![allow(dead_code)]
-
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -64,8 +61,6 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::client::WebPkiServerVerifier;
@@ -92,9 +87,7 @@ mod verify;
 mod tests;
 
 pub(crate) use connect::TlsConnector;
-// `TlsFailure` is for the proxy to match on (not wired yet).
-#[allow(unused_imports)]
-pub(crate) use error::{SettingError, TlsFailure, TrustSource, UpstreamTlsError};
+pub(crate) use error::{SettingError, TrustSource, UpstreamTlsError};
 
 /// Default [`UpstreamTlsSettings::connect_timeout`].
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -104,8 +97,7 @@ pub(crate) const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default [`UpstreamTlsSettings::max_clients`].
 pub(crate) const DEFAULT_MAX_CLIENTS: usize = 10_000;
 
-/// The request body sent upstream.
-pub(crate) type UpstreamBody = BoxBody<Bytes, hyper::Error>;
+pub(crate) use crate::proxy::UpstreamBody;
 /// A pooled client of TLS upstream connections, for one TLS setting and server name.
 pub(crate) type TlsClient = Client<TlsConnector, UpstreamBody>;
 
@@ -292,6 +284,7 @@ impl UpstreamTls {
     /// clients of settings it no longer uses. Call it after a new runtime is stored (off the
     /// request path); otherwise the first request on the runtime does it. Does nothing for a
     /// runtime older than the newest one prepared.
+    #[cfg(test)]
     pub(crate) fn prepare(&self, runtime: &Runtime) {
         let _ = self.for_runtime(runtime);
     }
@@ -735,20 +728,11 @@ impl fmt::Debug for UpstreamTls {
 
 // === impl TlsSetting ===
 
+#[cfg(test)]
 impl TlsSetting {
     /// What identifies the setting (and its clients).
     pub(crate) fn key(&self) -> &SettingKey {
         &self.key
-    }
-
-    /// The trust store used, `None` when verification is off.
-    pub(crate) fn trust_source(&self) -> Option<TrustSource> {
-        self.trust.as_ref().map(|(_, source)| *source)
-    }
-
-    /// Whether a client certificate is presented.
-    pub(crate) fn has_client_certificate(&self) -> bool {
-        self.identity.is_some()
     }
 }
 

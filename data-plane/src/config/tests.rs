@@ -450,3 +450,66 @@ fn client_timeouts_drain_and_worker_threads() {
         assert!(err.contains(expected), "{expected} in {err}");
     }
 }
+
+#[test]
+fn upstream_tls_defaults_and_client_ssl() {
+    let defaults = parse(&REQUIRED).unwrap().proxy.upstream;
+    assert_eq!(defaults, UpstreamTlsFiles::default());
+    assert!(defaults.verify, "verification is on unless turned off");
+
+    let mut args = REQUIRED.to_vec();
+    args.extend([
+        "--upstream-tls-verify",
+        "off",
+        "--upstream-tls-verify-depth",
+        "2",
+        "--upstream-trusted-ca",
+        "/pki/bundle.pem",
+        "--client-ssl",
+        "on",
+        "--client-ssl-cert",
+        "/pki/gw.crt",
+        "--client-ssl-cert-key",
+        "/pki/gw.key",
+    ]);
+    let upstream = parse(&args).unwrap().proxy.upstream;
+    assert!(!upstream.verify);
+    assert_eq!(upstream.verify_depth, Some(2));
+    assert_eq!(upstream.trusted_ca, Some(PathBuf::from("/pki/bundle.pem")));
+    assert_eq!(
+        upstream.client_cert,
+        Some(CertKeyFiles {
+            cert: "/pki/gw.crt".into(),
+            key: "/pki/gw.key".into()
+        })
+    );
+
+    for (flags, expected) in [
+        (
+            &["--client-ssl", "on"][..],
+            "--client-ssl-cert is required with --client-ssl on",
+        ),
+        (
+            &[
+                "--client-ssl-cert",
+                "/a.crt",
+                "--client-ssl-cert-key",
+                "/a.key",
+            ][..],
+            "are given but --client-ssl is off",
+        ),
+        (
+            &["--upstream-tls-verify", "yes"][..],
+            "--upstream-tls-verify: 'yes' is not one of on, off",
+        ),
+        (
+            &["--upstream-tls-verify-depth", "101"][..],
+            "is not a number from 0 to 100",
+        ),
+    ] {
+        let mut args = REQUIRED.to_vec();
+        args.extend(flags);
+        let err = parse(&args).unwrap_err().to_string();
+        assert!(err.contains(expected), "{expected} in {err}");
+    }
+}

@@ -32,14 +32,16 @@ fn upstream_uri_is_absolute_with_query() {
         host: "127.0.0.1".into(),
         port: 8080,
     };
-    let uri = upstream_uri(&peer, "/a/b", Some("x=1&y=2")).unwrap();
+    let uri = upstream_uri(&peer, false, "/a/b", Some("x=1&y=2")).unwrap();
     assert_eq!(uri.to_string(), "http://127.0.0.1:8080/a/b?x=1&y=2");
+    let tls = upstream_uri(&peer, true, "/", None).unwrap();
+    assert_eq!(tls.to_string(), "https://127.0.0.1:8080/");
     let v6 = Peer {
         host: "::1".into(),
         port: 80,
     };
     assert_eq!(
-        upstream_uri(&v6, "/", None).unwrap().to_string(),
+        upstream_uri(&v6, false, "/", None).unwrap().to_string(),
         "http://[::1]:80/"
     );
 }

@@ -212,6 +212,35 @@ impl Connector {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The timers of the request a connector runs for, taken when the connector is called (the
+/// connect may finish in the background after the request got a pooled connection).
+pub(crate) struct ConnectScope(Option<Arc<Timers>>);
+
+impl ConnectScope {
+    /// The scope of the request being served on this task, if any.
+    pub(crate) fn current() -> Self {
+        Self(CURRENT.try_with(Arc::clone).ok())
+    }
+
+    /// Marks the request as connecting; returns its connect timeout, else `fallback`.
+    pub(crate) fn begin(&self, fallback: Duration) -> Duration {
+        match &self.0 {
+            Some(timers) => {
+                timers.enter(Phase::Connecting);
+                timers.connect
+            }
+            None => fallback,
+        }
+    }
+
+    /// The connection (and its TLS handshake, if any) is up.
+    pub(crate) fn connected(&self) {
+        if let Some(timers) = &self.0 {
+            timers.connected();
+        }
+    }
+}
+
 impl tower::Service<Uri> for Connector {
     type Response = <HttpConnector as tower::Service<Uri>>::Response;
     type Error = BoxError;
@@ -222,20 +251,15 @@ impl tower::Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let timers = CURRENT.try_with(Arc::clone).ok();
-        let limit = timers.as_ref().map_or(self.fallback, |t| t.connect);
-        if let Some(timers) = &timers {
-            timers.enter(Phase::Connecting);
-        }
+        let scope = ConnectScope::current();
+        let limit = scope.begin(self.fallback);
         let connecting = self.inner.call(uri);
         Box::pin(async move {
             let stream = tokio::time::timeout(limit, connecting)
                 .await
                 .map_err(|_| BoxError::from(ConnectTimedOut(limit)))?
                 .map_err(BoxError::from)?;
-            if let Some(timers) = timers {
-                timers.connected();
-            }
+            scope.connected();
             Ok(stream)
         })
     }

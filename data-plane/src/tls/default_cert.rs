@@ -12,7 +12,7 @@ use rustls::sign::CertifiedKey;
 
 use gatehouse_shared::x509::{self, KeyPairError, KeyType};
 
-use super::TlsSetupError;
+use super::{PairFlags, TlsSetupError};
 use crate::config::{CertKeyFiles, SslSettings};
 
 /// The name of the generated certificate (its common name and only SAN).
@@ -48,10 +48,10 @@ impl DefaultCertificate {
     pub fn load(files: &[CertKeyFiles]) -> Result<Self, TlsSetupError> {
         let provider = aws_lc_rs::default_provider();
         let (key, alt) = match files {
-            [main] => (load_pair(main, &provider)?.0, None),
+            [main] => (load_pair(main, PairFlags::SSL, &provider)?.0, None),
             [main, alt] => {
-                let (key, key_type) = load_pair(main, &provider)?;
-                let (alt, alt_type) = load_pair(alt, &provider)?;
+                let (key, key_type) = load_pair(main, PairFlags::SSL, &provider)?;
+                let (alt, alt_type) = load_pair(alt, PairFlags::SSL, &provider)?;
                 if key_type == alt_type {
                     return Err(TlsSetupError::SameKeyType(key_type_name(key_type)));
                 }
@@ -125,16 +125,28 @@ impl fmt::Debug for DefaultCertificate {
     }
 }
 
+/// Reads and checks the pair of `files` (the settings `flags`, for messages), e.g. the
+/// global upstream client certificate. Errors never contain key material.
+pub(crate) fn load_certified_key(
+    files: &CertKeyFiles,
+    flags: PairFlags,
+) -> Result<CertifiedKey, TlsSetupError> {
+    load_pair(files, flags, &aws_lc_rs::default_provider()).map(|(key, _)| key)
+}
+
 /// Reads and checks one pair; returns it with its key type.
 fn load_pair(
     files: &CertKeyFiles,
+    flags: PairFlags,
     provider: &CryptoProvider,
 ) -> Result<(CertifiedKey, KeyType), TlsSetupError> {
     let cert_error = |reason: String| TlsSetupError::Cert {
+        flag: flags.cert,
         path: files.cert.clone(),
         reason,
     };
     let key_error = |reason: String| TlsSetupError::Key {
+        flag: flags.key,
         path: files.key.clone(),
         reason,
     };
@@ -147,6 +159,7 @@ fn load_pair(
         KeyPairError::Cert(reason) => cert_error(reason),
         KeyPairError::Key(reason) => key_error(reason),
         KeyPairError::Mismatch => TlsSetupError::Mismatch {
+            flags,
             cert: files.cert.clone(),
             key: files.key.clone(),
         },

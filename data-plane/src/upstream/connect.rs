@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::error::{FailureContext, TlsFailure, UpstreamTlsError};
+use crate::proxy::ConnectScope;
 
 /// ALPN protocol id of HTTP/2.
 pub(super) const ALPN_H2: &[u8] = b"h2";
@@ -87,14 +88,20 @@ impl tower::Service<Uri> for TlsConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let inner = self.inner.clone();
-        Box::pin(async move { Inner::connect(inner, uri).await.map(TokioIo::new) })
+        // The request's own connect timeout, when called for a proxied request.
+        let scope = ConnectScope::current();
+        Box::pin(async move { Inner::connect(inner, uri, scope).await.map(TokioIo::new) })
     }
 }
 
 // === impl Inner ===
 
 impl Inner {
-    async fn connect(this: Arc<Self>, uri: Uri) -> Result<TlsConnection, UpstreamTlsError> {
+    async fn connect(
+        this: Arc<Self>,
+        uri: Uri,
+        scope: ConnectScope,
+    ) -> Result<TlsConnection, UpstreamTlsError> {
         if uri.scheme_str() != Some("https") {
             return Err(UpstreamTlsError::NotHttps {
                 uri: uri.to_string(),
@@ -110,10 +117,15 @@ impl Inner {
             Ok(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
             _ => format!("{host}:{port}"),
         };
-        let timeout = this.connect_timeout;
+        let timeout = scope.begin(this.connect_timeout);
         match tokio::time::timeout(timeout, this.clone().establish(host, port, addr.clone())).await
         {
-            Ok(result) => result,
+            Ok(result) => {
+                if result.is_ok() {
+                    scope.connected();
+                }
+                result
+            }
             Err(_) => Err(UpstreamTlsError::Timeout { addr, timeout }),
         }
     }

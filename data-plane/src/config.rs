@@ -15,6 +15,7 @@
 //! | `--status-listen IP:PORT` | `GATEHOUSE_STATUS_LISTEN` | `status_listen` | `127.0.0.1:8100` |
 //! | `--proxy-listen IP:PORT[,IP:PORT]\|off` | `GATEHOUSE_PROXY_LISTEN` | `proxy_listen` | `0.0.0.0:8000` (plain HTTP/1.1 and h2c) |
 //! | `--proxy-ssl-listen IP:PORT[,IP:PORT]\|off` | `GATEHOUSE_PROXY_SSL_LISTEN` | `proxy_ssl_listen` | `0.0.0.0:8443` (TLS, ALPN `h2` and `http/1.1`) |
+//! | `--stream-listen IP:PORT[,IP:PORT]\|off` | `GATEHOUSE_STREAM_LISTEN` | `stream_listen` | `off` (TCP and TLS stream routes: `tcp`, `tls`, `tls_passthrough`) |
 //! | `--label KEY=VALUE` (repeatable) | `GATEHOUSE_LABELS` (`k=v,k2=v2`) | `labels` (table or list of `k=v`) | none |
 //! | `--log-level FILTER` | `GATEHOUSE_LOG_LEVEL` | `log_level` | `RUST_LOG`, else `info` |
 //! | `--log-format text\|json` | `GATEHOUSE_LOG_FORMAT` | `log_format` | `text` |
@@ -134,6 +135,12 @@ pub struct Flags {
     /// comma-separated, or `off` [default: 0.0.0.0:8443].
     #[arg(long, env = "GATEHOUSE_PROXY_SSL_LISTEN")]
     pub proxy_ssl_listen: Option<String>,
+
+    /// Addresses of the stream listener (TCP; TLS is detected per connection): routes with
+    /// protocols `tcp`, `tls` (TLS terminated here) and `tls_passthrough` (routed by SNI,
+    /// not terminated), comma-separated, or `off` [default: off].
+    #[arg(long, env = "GATEHOUSE_STREAM_LISTEN")]
+    pub stream_listen: Option<String>,
 
     /// A label reported to the control plane, KEY=VALUE; repeatable (the variable takes a
     /// comma-separated list).
@@ -272,6 +279,8 @@ pub struct Settings {
     pub proxy_listen: Vec<SocketAddr>,
     /// Addresses of the TLS proxy listener (empty: `off`).
     pub proxy_ssl_listen: Vec<SocketAddr>,
+    /// Addresses of the stream listener (empty: `off`).
+    pub stream_listen: Vec<SocketAddr>,
     /// Labels reported to the control plane.
     pub labels: BTreeMap<String, String>,
     /// The version announced to the control plane and shown by `/status`.
@@ -431,6 +440,7 @@ impl Flags {
             status_listen: self.status_listen.or(other.status_listen),
             proxy_listen: self.proxy_listen.or(other.proxy_listen),
             proxy_ssl_listen: self.proxy_ssl_listen.or(other.proxy_ssl_listen),
+            stream_listen: self.stream_listen.or(other.stream_listen),
             labels: if self.labels.is_empty() {
                 other.labels
             } else {
@@ -551,6 +561,12 @@ impl Flags {
             &mut problems,
         );
 
+        let stream_listen = parse_listen(
+            self.stream_listen.as_deref().unwrap_or("off"),
+            "--stream-listen",
+            &mut problems,
+        );
+
         let labels = parse_labels(&self.labels, &mut problems);
 
         let advertise_version = self
@@ -652,6 +668,7 @@ impl Flags {
                 status_listen,
                 proxy_listen,
                 proxy_ssl_listen,
+                stream_listen,
                 labels,
                 advertise_version,
                 log: LogSettings {

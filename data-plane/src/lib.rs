@@ -47,6 +47,7 @@ pub mod tls;
 
 mod cache;
 mod status;
+mod stream;
 mod sync;
 #[cfg(test)]
 mod test_support;
@@ -96,6 +97,7 @@ pub struct DataPlane {
     state: Arc<NodeState>,
     status_addr: SocketAddr,
     proxy_addrs: Vec<(SocketAddr, bool)>,
+    stream_addrs: Vec<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     reloader: JoinHandle<()>,
@@ -169,6 +171,14 @@ impl DataPlane {
         .await?;
         let proxy_addrs = proxy.addrs();
         let drain = proxy.drain();
+        let stream = stream::Listeners::bind(
+            &settings.stream_listen,
+            &settings.proxy,
+            runtime.clone(),
+            drain.clone(),
+        )
+        .await?;
+        let stream_addrs = stream.addrs();
 
         let (listener, status_addr) =
             status::bind(settings.status_listen)
@@ -182,6 +192,7 @@ impl DataPlane {
         let reloader = tokio::spawn(tls.clone().watch(DEFAULT_RELOAD_INTERVAL));
         let status = tokio::spawn(status::serve(listener, state.clone(), stopped.clone()));
         let mut tasks = proxy.serve(stopped.clone());
+        tasks.extend(stream.serve(stopped.clone()));
         let client = SyncClient::new(
             cluster.control_plane.clone(),
             server_name,
@@ -197,6 +208,7 @@ impl DataPlane {
             state,
             status_addr,
             proxy_addrs,
+            stream_addrs,
             stop,
             tasks,
             reloader,
@@ -218,6 +230,11 @@ impl DataPlane {
     /// The bound proxy listener addresses, each with whether it is the TLS listener.
     pub fn proxy_addrs(&self) -> &[(SocketAddr, bool)] {
         &self.proxy_addrs
+    }
+
+    /// The bound stream listener addresses.
+    pub fn stream_addrs(&self) -> &[SocketAddr] {
+        &self.stream_addrs
     }
 
     /// The current runtime holder (the proxy loads from it).

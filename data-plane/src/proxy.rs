@@ -113,7 +113,8 @@ mod balancer;
 mod respond;
 mod timing;
 
-use balancer::{Balancers, HashInput, HashKey, Outcome, Peer, Ring};
+pub(crate) use balancer::{Balancers, HashInput, Outcome, Peer};
+use balancer::{HashKey, Ring};
 use respond::{Failure, Format};
 pub(crate) use timing::ConnectScope;
 use timing::{ClientFault, ConnectTimedOut, Connector, Expired, IdleTimeout, RequestBody, Timers};
@@ -237,7 +238,7 @@ pub(crate) struct Drain {
 }
 
 /// One open connection or tunnel; dropping it counts it closed.
-struct Open(Arc<Drain>);
+pub(crate) struct Open(Arc<Drain>);
 
 // === impl Listeners ===
 
@@ -417,7 +418,8 @@ async fn serve_http<IO>(
 // === impl Drain ===
 
 impl Drain {
-    fn open(self: &Arc<Self>) -> Open {
+    /// Counts one connection open until the [`Open`] is dropped.
+    pub(crate) fn open(self: &Arc<Self>) -> Open {
         self.open.fetch_add(1, Ordering::AcqRel);
         Open(self.clone())
     }
@@ -1186,7 +1188,7 @@ fn millis(d: Duration) -> HeaderValue {
 
 /// The upstream TLS layer with the process-wide defaults: the trusted CA bundle and the
 /// global client certificate are loaded here, so a bad file stops the start.
-fn upstream_tls(files: &UpstreamTlsFiles) -> Result<UpstreamTls, ProxyError> {
+pub(crate) fn upstream_tls(files: &UpstreamTlsFiles) -> Result<UpstreamTls, ProxyError> {
     let trusted_ca = match &files.trusted_ca {
         None => None,
         Some(path) => {

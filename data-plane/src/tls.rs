@@ -135,6 +135,8 @@ pub enum Alpn {
     Http2AndHttp1,
     /// `http/1.1` only (a listener without HTTP/2).
     Http1,
+    /// None (the stream listener: the bytes inside are not HTTP's business).
+    None,
 }
 
 /// A connection whose handshake completed: the TLS stream and what was negotiated. It reads
@@ -540,6 +542,7 @@ impl Alpn {
         match self {
             Self::Http2AndHttp1 => vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()],
             Self::Http1 => vec![ALPN_HTTP1.to_vec()],
+            Self::None => Vec::new(),
         }
     }
 }

@@ -324,6 +324,53 @@ impl UpstreamTls {
         self.insert(&setting, service.id, &name, http2, now)
     }
 
+    /// A connector for raw TLS streams to `service` (stream routes to a `tls` service), with
+    /// the same setting, verification and client certificate as its HTTP clients; it offers
+    /// ALPN `http/1.1` (the config is shared with the HTTP/1.1 clients of the setting).
+    /// Connect with an `https://addr:port` URI and unwrap the `TokioIo` it returns.
+    pub(crate) fn stream_connector(
+        &self,
+        runtime: &Runtime,
+        service: &model::Service,
+        upstream: Option<&model::Upstream>,
+        server_name: &str,
+    ) -> Result<TlsConnector, UpstreamTlsError> {
+        let setting = self.setting(runtime, service, upstream)?;
+        let name = normalize(server_name);
+        let server_name = ServerName::try_from(name.clone().into_owned()).map_err(|_| {
+            UpstreamTlsError::ServerName {
+                name: name.into_owned(),
+            }
+        })?;
+        let config = {
+            let mut cache = self.write();
+            let group = cache.groups.entry(setting.key.clone()).or_default();
+            match &group.configs[0] {
+                Some(config) => config.clone(),
+                None => {
+                    let config = self.client_config(&setting, false).map_err(|problem| {
+                        UpstreamTlsError::Setting {
+                            service: service.id,
+                            problem,
+                        }
+                    })?;
+                    group.configs[0] = Some(config.clone());
+                    config
+                }
+            }
+        };
+        let context = FailureContext {
+            trust: setting.trust.as_ref().map(|(_, source)| *source),
+            client_certificate: setting.identity.is_some(),
+        };
+        Ok(TlsConnector::new(
+            config,
+            server_name,
+            self.settings.connect_timeout,
+            context,
+        ))
+    }
+
     /// The resolved TLS setting of a request to `service` through `upstream`: prepared
     /// once per runtime when both are `runtime`'s own entities, resolved now otherwise.
     pub(crate) fn setting(

@@ -41,8 +41,8 @@
 //! sending).
 //!
 //! # Upstream client, timeouts, retries
-//! One hyper-util legacy [`Client`] per process (one for HTTP/1.1 upstreams, one for h2c):
-//! pooled keep-alive connections per `host:port`. Each attempt has its own [`Timers`]
+//! One hyper-util legacy [`Client`] per process for plain upstreams (one for HTTP/1.1, one
+//! for h2c): pooled keep-alive connections per `host:port`. Each attempt has its own [`Timers`]
 //! (module `timing`): the service's `connect_timeout` bounds the connect (in the connector),
 //! `write_timeout` the longest stall while the request body goes out, `read_timeout` the
 //! wait for the response headers once the request is sent and every pause between two
@@ -75,8 +75,9 @@
 //! gets the 101 and both connections are joined byte for byte until either closes. Upgrades
 //! from HTTP/2 clients (extended CONNECT) are not supported: the request goes without them.
 //!
-//! Not yet: `https` upstreams (TLS to the upstream, certificate paths 3 and 4; such services
-//! answer 502). The proxy never panics on a request: every failure becomes a response.
+//! `https` and `grpcs` services go through [`crate::upstream`] (one client and pool per TLS
+//! setting and server name; see there). The proxy never panics on a request: every failure
+//! becomes a response.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;

@@ -42,7 +42,7 @@
 //!
 //! # Upstream client, timeouts, retries
 //! One hyper-util legacy [`Client`] per process for plain upstreams (one for HTTP/1.1, one
-//! for h2c): pooled keep-alive connections per `host:port`. Each attempt has its own [`Timers`]
+//! for h2c): pooled keep-alive connections per `host:port`. Each attempt has its own `Timers`
 //! (module `timing`): the service's `connect_timeout` bounds the connect (in the connector),
 //! `write_timeout` the longest stall while the request body goes out, `read_timeout` the
 //! wait for the response headers once the request is sent and every pause between two
@@ -67,7 +67,7 @@
 //! # Shutdown
 //! When the data plane stops, the listeners close and every connection finishes the
 //! requests in flight (HTTP/1.1: closes after the response; HTTP/2: `GOAWAY`); upgraded
-//! tunnels count as open. [`Drain::wait`] bounds that by `--drain-timeout`.
+//! tunnels count as open. `Drain::wait` bounds that by `--drain-timeout`.
 //!
 //! # Upgrades
 //! An HTTP/1.1 request with `Connection: upgrade` and `Upgrade: X` (WebSocket, ...) to an
@@ -75,7 +75,7 @@
 //! gets the 101 and both connections are joined byte for byte until either closes. Upgrades
 //! from HTTP/2 clients (extended CONNECT) are not supported: the request goes without them.
 //!
-//! `https` and `grpcs` services go through [`crate::upstream`] (one client and pool per TLS
+//! `https` and `grpcs` services go through the `upstream` module (one client and pool per TLS
 //! setting and server name; see there). The proxy never panics on a request: every failure
 //! becomes a response.
 

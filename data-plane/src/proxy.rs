@@ -608,7 +608,6 @@ impl Proxy {
         // A service whose host names an upstream is balanced over its targets.
         let upstream = runtime.upstream_by_name(&service.host);
         let target = Target::new(&found, service, upstream, &req, &host);
-        let client = self.client_for(runtime, service, upstream, &target)?;
         let rings = self.balancers.for_runtime(runtime);
         let ring = match upstream {
             Some(upstream) => Some(rings.ring(&upstream.id).ok_or(Failure::NoPeer)?),
@@ -632,34 +631,33 @@ impl Proxy {
             }
             None => HashKey::default(),
         };
-        let balance = Balance { ring, key };
+        let balance = Balance {
+            upstream,
+            ring,
+            key,
+        };
         self.forward(
-            service, &client, target, balance, conn, req, request_id, started,
+            runtime, service, target, balance, conn, req, request_id, started,
         )
         .await
     }
 
     /// The client for `service`'s protocol: the shared plain HTTP/1.1 or h2c client, or the
-    /// TLS client of the service's TLS setting and server name (`https`, `grpcs`).
+    /// TLS client of the service's TLS setting and `server_name` (`https`, `grpcs`).
     fn client_for(
         &self,
         runtime: &Runtime,
         service: &model::Service,
         upstream: Option<&model::Upstream>,
-        target: &Target,
+        server_name: &str,
+        http2: bool,
     ) -> Result<UpstreamClient<'_>, Failure> {
         match service.protocol.as_str() {
             "http" => Ok(UpstreamClient::Plain(&self.http1)),
             "grpc" => Ok(UpstreamClient::Plain(&self.h2c)),
             "https" | "grpcs" => self
                 .upstream_tls
-                .client(
-                    runtime,
-                    service,
-                    upstream,
-                    &target.server_name(),
-                    target.http2,
-                )
+                .client(runtime, service, upstream, server_name, http2)
                 .map(|client| UpstreamClient::Tls(Box::new(client)))
                 .map_err(|error| {
                     tracing::warn!(service = %service.id, %error, "upstream TLS unusable");
@@ -679,8 +677,8 @@ impl Proxy {
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
+        runtime: &Runtime,
         service: &model::Service,
-        client: &UpstreamClient<'_>,
         target: Target,
         balance: Balance<'_>,
         conn: &Connection,
@@ -740,6 +738,13 @@ impl Proxy {
                     pick.report(outcome);
                 }
             };
+            let client = self.client_for(
+                runtime,
+                service,
+                balance.upstream,
+                &target.server_name(peer),
+                target.http2,
+            )?;
             let uri = upstream_uri(
                 peer,
                 matches!(client, UpstreamClient::Tls(_)),
@@ -763,7 +768,7 @@ impl Proxy {
             *request.uri_mut() = uri;
             *request.version_mut() = version;
             *request.headers_mut() = headers.clone();
-            if let Some(host) = upstream_host(&target, peer, balance.ring.is_some()) {
+            if let Some(host) = target.host(peer) {
                 request.headers_mut().insert(header::HOST, host);
             }
 
@@ -1026,6 +1031,7 @@ async fn tunnel(
 /// How a request picks its upstream address: the upstream's ring and the request's hash key,
 /// or the service's own `host:port` (no ring).
 struct Balance<'r> {
+    upstream: Option<&'r model::Upstream>,
     ring: Option<&'r Ring>,
     key: HashKey,
 }
@@ -1040,9 +1046,11 @@ struct Target {
     preserved_host: Option<HeaderValue>,
     /// The client's host, without port (`X-Forwarded-Host`).
     client_host: String,
-    service_host: String,
-    service_port: u16,
-    /// The upstream speaks HTTP/2 (a `grpc` service).
+    /// The upstream's `host_header`.
+    host_header: Option<String>,
+    /// The port left out of `Host`: 80, or 443 for TLS upstreams.
+    default_port: u16,
+    /// The upstream speaks HTTP/2 (a `grpc` or `grpcs` service).
     http2: bool,
 }
 
@@ -1063,52 +1071,52 @@ impl Target {
         } else {
             None
         };
+        let tls = matches!(service.protocol.as_str(), "https" | "grpcs");
         Self {
             path: found.upstream_path(service.path.as_deref()),
             prefix: found.forwarded_prefix().map(str::to_owned),
             preserved_host,
             client_host: host.to_owned(),
-            // An upstream's `host_header` stands in for its name.
-            service_host: upstream
-                .and_then(|u| u.host_header.clone())
-                .unwrap_or_else(|| service.host.clone()),
-            service_port: service.port,
+            host_header: upstream.and_then(|u| u.host_header.clone()),
+            default_port: if tls { 443 } else { 80 },
             http2: matches!(service.protocol.as_str(), "grpc" | "grpcs"),
         }
     }
 
-    /// The TLS server name (SNI, and the name the certificate is checked against): the
-    /// client's host with `preserve_host`, else the upstream's `host_header`, else the
-    /// service's host.
-    fn server_name(&self) -> String {
-        match self.preserved_host.as_ref().and_then(|v| v.to_str().ok()) {
+    /// The `Host` sent to `peer` (as Kong): the client's with `preserve_host`; else the
+    /// upstream's `host_header`; else the peer's host (the service's host, or the target's
+    /// of an upstream), with `:port` unless it is the scheme's default.
+    fn host(&self, peer: &Peer) -> Option<HeaderValue> {
+        if let Some(host) = &self.preserved_host {
+            return Some(host.clone());
+        }
+        if let Some(host) = &self.host_header {
+            return HeaderValue::from_str(host).ok();
+        }
+        let mut value = if peer.host.contains(':') {
+            format!("[{}]", peer.host)
+        } else {
+            peer.host.clone()
+        };
+        if peer.port != self.default_port {
+            let _ = write!(value, ":{}", peer.port);
+        }
+        HeaderValue::from_str(&value).ok()
+    }
+
+    /// The TLS server name for `peer` (SNI, and the name the certificate is checked
+    /// against): the host part of [`Target::host`].
+    fn server_name(&self, peer: &Peer) -> String {
+        let named = self
+            .preserved_host
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .or(self.host_header.as_deref());
+        match named {
             Some(host) => split_host_port(host).0.into_owned(),
-            None => self.service_host.clone(),
+            None => peer.host.clone(),
         }
     }
-}
-
-/// The `Host` sent upstream: the client's with `preserve_host`; else the service's host (an
-/// upstream's name as is), with the port unless it is 80; for a plain `host:port` service the
-/// port is the peer's.
-fn upstream_host(target: &Target, peer: &Peer, balanced: bool) -> Option<HeaderValue> {
-    if let Some(host) = &target.preserved_host {
-        return Some(host.clone());
-    }
-    let (host, port) = if balanced {
-        (target.service_host.as_str(), target.service_port)
-    } else {
-        (peer.host.as_str(), peer.port)
-    };
-    let mut value = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    };
-    if port != 80 && !balanced {
-        let _ = write!(value, ":{port}");
-    }
-    HeaderValue::from_str(&value).ok()
 }
 
 /// `http://host:port/path?query` (`https://` for a TLS upstream).

@@ -8,7 +8,8 @@
 //! - `tls`: TLS connections by SNI; TLS is terminated here with the certificate of the SNI
 //!   (the same lookup as the HTTPS listener) and the plaintext goes to a `tcp` service, or is
 //!   encrypted again for a `tls` service (verified and with a client certificate as for
-//!   `https` services: see [`crate::upstream`]);
+//!   `https` services: see [`crate::upstream`]; the server name is the upstream's
+//!   `host_header`, else the host dialled);
 //! - `tcp`: connections that are not TLS, by `sources` and `destinations`.
 //!
 //! A route's `snis` (exact, `*.suffix`, `prefix.*`), `sources` and `destinations` (each an
@@ -290,9 +291,10 @@ impl Stream {
     ) -> io::Result<(Box<dyn Io>, String)> {
         let upstream = runtime.upstream_by_name(&service.host);
         let Some(upstream) = upstream else {
-            let addr = format_addr(&service.host, service.port);
-            let io = self.dial(runtime, service, None, &addr).await?;
-            return Ok((io, addr));
+            let io = self
+                .dial(runtime, service, None, &service.host, service.port)
+                .await?;
+            return Ok((io, format_addr(&service.host, service.port)));
         };
         let rings = self.balancers.for_runtime(runtime);
         let ring = rings
@@ -314,7 +316,10 @@ impl Stream {
             };
             let Peer { host, port } = pick.peer;
             let addr = format_addr(host, *port);
-            match self.dial(runtime, service, Some(upstream), &addr).await {
+            match self
+                .dial(runtime, service, Some(upstream), host, *port)
+                .await
+            {
                 Ok(io) => return Ok((io, addr)),
                 Err(error) => {
                     pick.report(if error.kind() == io::ErrorKind::TimedOut {
@@ -330,15 +335,18 @@ impl Stream {
         Err(last)
     }
 
-    /// One connection to `addr`: TCP, with TLS on top for a `tls` service (server name: the
-    /// upstream's `host_header`, else the service's host).
+    /// One connection to `host:port`: TCP, with TLS on top for a `tls` service (server
+    /// name, as for HTTP: the upstream's `host_header`, else the host dialled).
     async fn dial(
         &self,
         runtime: &Runtime,
         service: &model::Service,
         upstream: Option<&model::Upstream>,
-        addr: &str,
+        host: &str,
+        port: u16,
     ) -> io::Result<Box<dyn Io>> {
+        let addr = format_addr(host, port);
+        let addr = addr.as_str();
         let limit = Duration::from_millis(u64::from(service.connect_timeout));
         if service.protocol != "tls" {
             let tcp = tokio::time::timeout(limit, TcpStream::connect(addr))
@@ -349,7 +357,7 @@ impl Stream {
         }
         let name = upstream
             .and_then(|u| u.host_header.as_deref())
-            .unwrap_or(&service.host);
+            .unwrap_or(host);
         let mut connector = self
             .upstream_tls
             .stream_connector(runtime, service, upstream, name)

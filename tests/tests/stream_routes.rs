@@ -233,8 +233,13 @@ async fn stream_routes_pass_through_terminate_and_forward_by_port() -> Result<()
     )
     .await?;
     // tls → tls: terminated here, then TLS again to `db.test` (an upstream whose target is
-    // the TLS echo), verified with the uploaded CA.
-    post(admin, "/upstreams", json!({"name": "db.test"})).await?;
+    // the TLS echo, named by its host_header as Kong does), verified with the uploaded CA.
+    post(
+        admin,
+        "/upstreams",
+        json!({"name": "db.test", "host_header": "db.test"}),
+    )
+    .await?;
     post(
         admin,
         "/upstreams/db.test/targets",
@@ -322,7 +327,12 @@ async fn a_tls_service_whose_certificate_does_not_verify_is_never_reached() -> R
         json!({"cert": edge_leaf.cert, "key": edge_leaf.key, "snis": ["secure.test"]}),
     )
     .await?;
-    post(admin, "/upstreams", json!({"name": "db.test"})).await?;
+    post(
+        admin,
+        "/upstreams",
+        json!({"name": "db.test", "host_header": "db.test"}),
+    )
+    .await?;
     post(
         admin,
         "/upstreams/db.test/targets",

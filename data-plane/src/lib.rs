@@ -46,6 +46,7 @@ pub mod runtime;
 pub mod tls;
 
 mod cache;
+mod plugins;
 mod status;
 mod stream;
 mod sync;

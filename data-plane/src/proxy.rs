@@ -105,6 +105,7 @@ use uuid::Uuid;
 use gatehouse_shared::model;
 
 use crate::config::{ClientTimeouts, ProxySettings, TrustedIps, UpstreamTlsFiles};
+use crate::plugins::{self, Plugins, VerifiedCertificates};
 use crate::router::{Match, Protocol, RequestParts, Verdict, split_host_port};
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::tls::{PairFlags, TlsInfo, TlsTerminator};
@@ -213,6 +214,8 @@ struct Proxy {
     drain: Arc<Drain>,
     /// Clients of `https` and `grpcs` upstreams, one pool per TLS setting and server name.
     upstream_tls: UpstreamTls,
+    /// The plugins of each runtime (shared with the TLS terminator).
+    plugins: Arc<Plugins>,
 }
 
 /// The client a request goes upstream with.
@@ -228,6 +231,8 @@ struct Connection {
     tls: Option<Arc<TlsInfo>>,
     /// The peer is in `--trusted-ips`: its `X-Forwarded-*` headers are believed.
     trusted: bool,
+    /// Client-certificate verifications done for this connection (`mtls-auth`).
+    verified: VerifiedCertificates,
 }
 
 /// Counts the connections (and upgraded tunnels) still open, so that a shutdown can wait
@@ -252,13 +257,14 @@ impl Listeners {
         settings: &ProxySettings,
         runtime: Arc<SharedRuntime>,
     ) -> Result<Self, ProxyError> {
+        let plugins = Arc::new(Plugins::default());
         let terminator = if tls.is_empty() {
             None
         } else {
-            Some(Arc::new(TlsTerminator::from_settings(
-                &settings.tls,
-                runtime.clone(),
-            )?))
+            Some(Arc::new(
+                TlsTerminator::from_settings(&settings.tls, runtime.clone())?
+                    .with_plugins(plugins.clone()),
+            ))
         };
         let mut bound = Vec::new();
         for (addr, terminator) in plain
@@ -281,7 +287,7 @@ impl Listeners {
         }
         let upstream_tls = upstream_tls(&settings.upstream)?;
         Ok(Self {
-            proxy: Arc::new(Proxy::new(runtime, settings, upstream_tls)),
+            proxy: Arc::new(Proxy::new(runtime, settings, upstream_tls, plugins)),
             bound,
         })
     }
@@ -368,6 +374,7 @@ async fn serve_connection(
         local,
         tls: None,
         trusted,
+        verified: VerifiedCertificates::default(),
     };
     match tls {
         None => serve_http(TokioIo::new(tcp), Arc::new(conn), proxy, stop).await,
@@ -461,6 +468,7 @@ impl Proxy {
         runtime: Arc<SharedRuntime>,
         settings: &ProxySettings,
         upstream_tls: UpstreamTls,
+        plugins: Arc<Plugins>,
     ) -> Self {
         let mut http = HttpConnector::new();
         // The connector below applies each service's connect timeout.
@@ -494,6 +502,7 @@ impl Proxy {
             server,
             drain: Arc::default(),
             upstream_tls,
+            plugins,
         }
     }
 
@@ -601,13 +610,37 @@ impl Proxy {
                 return Ok(respond::grpc_error("1", "gRPC request matched gRPCs route"));
             }
         }
+        // Plugins (authentication, authorisation) before anything reaches a service.
+        let identity = match self.plugins.for_runtime(runtime).route(found.route_index()) {
+            Some(plugins) => {
+                let request = plugins::Request {
+                    tls: conn.tls.as_deref(),
+                    protocol: seen_as,
+                    client_ip: conn.peer.ip(),
+                    verified: &conn.verified,
+                };
+                match plugins.access(runtime, &request).await {
+                    Ok(identity) => identity,
+                    Err(denied) => {
+                        return Ok(respond::message(
+                            denied.status,
+                            denied.message,
+                            request_id,
+                            format,
+                        ));
+                    }
+                }
+            }
+            None => None,
+        };
         let service = found
             .service_index()
             .and_then(|i| runtime.service_at(i))
             .ok_or(Failure::NoService)?;
         // A service whose host names an upstream is balanced over its targets.
         let upstream = runtime.upstream_by_name(&service.host);
-        let target = Target::new(&found, service, upstream, &req, &host);
+        let mut target = Target::new(&found, service, upstream, &req, &host);
+        target.identity = identity;
         let rings = self.balancers.for_runtime(runtime);
         let ring = match upstream {
             Some(upstream) => Some(rings.ring(&upstream.id).ok_or(Failure::NoPeer)?),
@@ -954,6 +987,12 @@ impl Proxy {
         };
         set(&mut headers, header::VIA, &via);
         set(&mut headers, REQUEST_ID, request_id);
+        if let Some(identity) = &target.identity {
+            plugins::strip_identity(&mut headers);
+            for (name, value) in identity {
+                headers.insert(name, value.clone());
+            }
+        }
         headers
     }
 
@@ -1052,6 +1091,8 @@ struct Target {
     default_port: u16,
     /// The upstream speaks HTTP/2 (a `grpc` or `grpcs` service).
     http2: bool,
+    /// Identity headers from the plugins, replacing the client's (`None`: no plugin ran).
+    identity: Option<HeaderMap>,
 }
 
 impl Target {
@@ -1080,6 +1121,7 @@ impl Target {
             host_header: upstream.and_then(|u| u.host_header.clone()),
             default_port: if tls { 443 } else { 80 },
             http2: matches!(service.protocol.as_str(), "grpc" | "grpcs"),
+            identity: None,
         }
     }
 

@@ -78,8 +78,11 @@ use tokio_rustls::server::TlsStream;
 use uuid::Uuid;
 
 use crate::config::SslSettings;
+use crate::plugins::{ClientAuth, Plugins};
 use crate::runtime::{Runtime, SharedRuntime};
+use client_auth::RequestClientCertificate;
 
+mod client_auth;
 mod default_cert;
 mod resolver;
 #[cfg(test)]
@@ -111,6 +114,11 @@ pub struct TlsTerminator {
     options: TlsOptions,
     /// The configurations of the runtime seen last.
     current: ArcSwapOption<RuntimeTls>,
+    /// The plugin plans (which names request client certificates).
+    plugins: Arc<Plugins>,
+    /// Resumption state of the configs that request client certificates (never shared with
+    /// the anonymous ones; see the module docs).
+    client_auth_resumption: Resumption,
 }
 
 /// Options of a [`TlsTerminator`]; [`Default`]: ALPN `h2` and `http/1.1`, session tickets
@@ -279,6 +287,10 @@ struct RuntimeTls {
     runtime: Arc<Runtime>,
     /// Without client authentication; its resolver reads `runtime`.
     anonymous: Arc<ServerConfig>,
+    /// Requesting (not requiring) a client certificate, for the server names `mtls-auth`
+    /// applies to; `None` when no instance does.
+    requesting: Option<Arc<ServerConfig>>,
+    client_auth: Arc<ClientAuth>,
 }
 
 /// Resumption state; see the module docs for which configs may share one.
@@ -310,6 +322,7 @@ impl TlsTerminator {
         options: TlsOptions,
     ) -> Result<Self, TlsSetupError> {
         let resumption = Resumption::new(options.session_tickets)?;
+        let client_auth_resumption = Resumption::new(options.session_tickets)?;
         let placeholder = Arc::new(SniResolver::new(
             Arc::new(Runtime::empty()),
             default.clone(),
@@ -328,6 +341,8 @@ impl TlsTerminator {
             template: Arc::new(template),
             options,
             current: ArcSwapOption::empty(),
+            plugins: Arc::default(),
+            client_auth_resumption,
         })
     }
 
@@ -402,6 +417,12 @@ impl TlsTerminator {
         })
     }
 
+    /// Shares `plugins` (the proxy's plans) instead of building its own.
+    pub(crate) fn with_plugins(mut self, plugins: Arc<Plugins>) -> Self {
+        self.plugins = plugins;
+        self
+    }
+
     /// The certificate served when no SNI selects one.
     pub fn default_certificate(&self) -> &Arc<DefaultCertificate> {
         &self.default
@@ -416,17 +437,55 @@ impl TlsTerminator {
         {
             return Arc::clone(tls);
         }
+        let resolver = Arc::new(SniResolver::new(Arc::clone(&runtime), self.default.clone()));
         let mut anonymous = ServerConfig::clone(&self.template);
-        anonymous.cert_resolver =
-            Arc::new(SniResolver::new(Arc::clone(&runtime), self.default.clone()));
+        anonymous.cert_resolver = resolver.clone();
+        let client_auth = self.plugins.for_runtime(&runtime).client_auth().clone();
+        let requesting = if client_auth.is_used() {
+            match self.requesting_config(resolver, &client_auth) {
+                Ok(config) => Some(Arc::new(config)),
+                Err(error) => {
+                    tracing::error!(%error, "cannot build the client-certificate TLS config");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let fresh = Arc::new(RuntimeTls {
             runtime: Arc::clone(&runtime),
             anonymous: Arc::new(anonymous),
+            requesting,
+            client_auth,
         });
         // Replace only what was seen: a handshake that loaded an older runtime must not put
         // its configs back over a newer one's (losing the race costs one more build later).
         let _previous = self.current.compare_and_swap(&cached, Some(fresh.clone()));
         fresh
+    }
+}
+
+impl TlsTerminator {
+    /// The template's settings with a verifier that requests a client certificate (verified
+    /// later, by the plugin instance) and its own resumption state.
+    fn requesting_config(
+        &self,
+        resolver: Arc<SniResolver>,
+        client_auth: &ClientAuth,
+    ) -> Result<ServerConfig, rustls::Error> {
+        let provider = Arc::new(aws_lc_rs::default_provider());
+        let verifier = Arc::new(RequestClientCertificate::new(
+            provider.clone(),
+            client_auth.hints().to_vec(),
+        ));
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(resolver);
+        config.alpn_protocols = self.template.alpn_protocols.clone();
+        config.session_storage = self.client_auth_resumption.sessions.clone();
+        config.ticketer = self.client_auth_resumption.ticketer.clone();
+        Ok(config)
     }
 }
 
@@ -456,10 +515,15 @@ fn served(runtime: &Runtime, server_name: Option<&str>) -> ServedCertificate {
 // === impl RuntimeTls ===
 
 impl RuntimeTls {
-    /// The configuration for a ClientHello. One for all today; client authentication, ALPN
-    /// or versions per SNI choose here (see the module docs on resumption state).
-    fn config_for(&self, _hello: &ClientHello<'_>) -> Arc<ServerConfig> {
-        Arc::clone(&self.anonymous)
+    /// The configuration for a ClientHello: the one requesting a client certificate when
+    /// `mtls-auth` applies to its server name, else the anonymous one.
+    fn config_for(&self, hello: &ClientHello<'_>) -> Arc<ServerConfig> {
+        match &self.requesting {
+            Some(requesting) if self.client_auth.requests(hello.server_name()) => {
+                Arc::clone(requesting)
+            }
+            _ => Arc::clone(&self.anonymous),
+        }
     }
 }
 

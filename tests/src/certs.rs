@@ -84,8 +84,25 @@ impl Ca {
 
     /// A leaf for `sans` (the first is also the CN), valid from yesterday for `days`.
     pub fn leaf(&self, sans: &[&str], algorithm: Algorithm, days: i64) -> Result<Pem> {
+        self.leaf_valid(sans, algorithm, -1, days)
+    }
+
+    /// A leaf for `sans` (the first is also the CN), valid between `from_days` and `to_days`
+    /// relative to today (negative: past; both negative gives an expired leaf).
+    pub fn leaf_valid(
+        &self,
+        sans: &[&str],
+        algorithm: Algorithm,
+        from_days: i64,
+        to_days: i64,
+    ) -> Result<Pem> {
         let key = key(algorithm)?;
-        let params = params(sans.first().copied().unwrap_or("leaf"), sans, -1, days)?;
+        let params = params(
+            sans.first().copied().unwrap_or("leaf"),
+            sans,
+            from_days,
+            to_days,
+        )?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Pem {
             cert: cert.pem(),

@@ -1,0 +1,421 @@
+//! Plugins at the proxy, compiled once per runtime ([`Plan`]): which instance of each plugin
+//! applies to a route, what TLS handshakes must ask of clients, and the access phase.
+//!
+//! # Precedence
+//! For each route, and each plugin name, the most specific enabled instance wins (Kong's
+//! order without consumers): route **and** service, then route, then service, then global.
+//! `mtls-auth` and `acl` cannot be scoped to a consumer in Kong (`no_consumer`); instances
+//! that are (the Admin API accepts them) are ignored here. An instance runs only for the
+//! protocols it lists.
+//!
+//! # Order
+//! By priority, as Kong: `mtls-auth` (1006) authenticates, then `acl` (950) authorises. A
+//! plugin may answer early ([`Denied`]); otherwise it leaves an [`Identity`] (consumer,
+//! authenticated groups) and headers for the upstream.
+//!
+//! # Handshakes
+//! [`ClientAuth`] says which server names request a client certificate: every one when an
+//! `mtls-auth` instance is global or applies to a route without `snis` and `hosts`, otherwise
+//! the `snis` and `hosts` of the routes it applies to. Handshakes for other names never ask,
+//! so browsers on other hosts see no certificate prompt. The certificate is requested, not
+//! required, and its chain is verified at access time against the instance's own CAs: two
+//! routes with different CAs on one listener each accept only their own clients. Because
+//! that check runs on every connection's first request (and again whenever the runtime
+//! changes), a resumed TLS session never skips it, and a CA removed at the control plane stops
+//! its clients on the next request.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use rustls::DistinguishedName;
+use uuid::Uuid;
+
+use gatehouse_shared::model::{self, PluginConfig};
+
+use crate::router::Protocol;
+use crate::runtime::Runtime;
+use crate::tls::TlsInfo;
+
+mod acl;
+mod mtls_auth;
+
+pub(crate) use mtls_auth::VerifiedCertificates;
+
+use acl::Acl;
+use mtls_auth::MtlsAuth;
+
+/// `X-Consumer-ID`.
+const CONSUMER_ID: HeaderName = HeaderName::from_static("x-consumer-id");
+/// `X-Consumer-Username`.
+const CONSUMER_USERNAME: HeaderName = HeaderName::from_static("x-consumer-username");
+/// `X-Consumer-Custom-ID`.
+const CONSUMER_CUSTOM_ID: HeaderName = HeaderName::from_static("x-consumer-custom-id");
+/// `X-Anonymous-Consumer`.
+const ANONYMOUS_CONSUMER: HeaderName = HeaderName::from_static("x-anonymous-consumer");
+/// `X-Consumer-Groups`.
+const CONSUMER_GROUPS: HeaderName = HeaderName::from_static("x-consumer-groups");
+/// `X-Authenticated-Groups`.
+const AUTHENTICATED_GROUPS: HeaderName = HeaderName::from_static("x-authenticated-groups");
+/// `X-Client-Cert-Dn`.
+const CLIENT_CERT_DN: HeaderName = HeaderName::from_static("x-client-cert-dn");
+/// `X-Client-Cert-San`.
+const CLIENT_CERT_SAN: HeaderName = HeaderName::from_static("x-client-cert-san");
+
+/// Identity headers a client must never set itself when an authentication plugin runs.
+const IDENTITY_HEADERS: [HeaderName; 8] = [
+    CONSUMER_ID,
+    CONSUMER_USERNAME,
+    CONSUMER_CUSTOM_ID,
+    ANONYMOUS_CONSUMER,
+    CONSUMER_GROUPS,
+    AUTHENTICATED_GROUPS,
+    CLIENT_CERT_DN,
+    CLIENT_CERT_SAN,
+];
+
+/// The plan of the runtime seen last.
+#[derive(Default)]
+pub(crate) struct Plugins {
+    current: ArcSwapOption<Plan>,
+}
+
+/// The plugins of one runtime.
+pub(crate) struct Plan {
+    version: u64,
+    hash: String,
+    /// By route index.
+    routes: Vec<RoutePlugins>,
+    client_auth: Arc<ClientAuth>,
+}
+
+/// The plugin instances that apply to one route.
+#[derive(Default, Clone)]
+pub(crate) struct RoutePlugins {
+    mtls: Option<Arc<MtlsAuth>>,
+    acl: Option<Arc<Acl>>,
+}
+
+/// Which handshakes request a client certificate, and the CA names sent with the request.
+#[derive(Debug, Default)]
+pub(crate) struct ClientAuth {
+    all: bool,
+    names: Vec<NamePattern>,
+    hints: Vec<DistinguishedName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NamePattern {
+    Exact(String),
+    /// `*.example.com` as `.example.com`.
+    Suffix(String),
+    /// `example.*` as `example.`.
+    Prefix(String),
+}
+
+/// Who the request is, as the plugins found out.
+#[derive(Debug, Default)]
+pub(crate) struct Identity {
+    /// The consumer, if one was identified (or the anonymous one).
+    pub(crate) consumer: Option<model::Consumer>,
+    /// Whether `consumer` is the anonymous fallback.
+    pub(crate) anonymous: bool,
+    /// Groups from authentication (mtls-auth's `authenticated_group_by`).
+    pub(crate) authenticated_groups: Vec<String>,
+    /// Whether some credential was presented and accepted.
+    pub(crate) credential: bool,
+}
+
+/// A plugin's early answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Denied {
+    pub(crate) status: StatusCode,
+    pub(crate) message: &'static str,
+}
+
+/// What the access phase needs from the connection and request.
+pub(crate) struct Request<'a> {
+    pub(crate) tls: Option<&'a TlsInfo>,
+    pub(crate) protocol: Protocol,
+    pub(crate) client_ip: IpAddr,
+    /// This connection's verification results.
+    pub(crate) verified: &'a VerifiedCertificates,
+}
+
+// === impl Plugins ===
+
+impl Plugins {
+    /// The plan of `runtime`, built on first use.
+    pub(crate) fn for_runtime(&self, runtime: &Runtime) -> Arc<Plan> {
+        if let Some(current) = self.current.load_full()
+            && current.version == runtime.version()
+            && current.hash == runtime.hash()
+        {
+            return current;
+        }
+        let built = Arc::new(Plan::build(runtime));
+        self.current.store(Some(built.clone()));
+        built
+    }
+}
+
+// === impl Plan ===
+
+impl Plan {
+    /// Resolves every route's plugins. Instances whose CA certificates cannot be used
+    /// (the runtime checked them) are left out with a warning.
+    pub(crate) fn build(runtime: &Runtime) -> Self {
+        let config = runtime.config();
+        let mut instances: Vec<(Instance, Option<usize>, Option<usize>)> = Vec::new();
+        for compiled in runtime.plugins() {
+            let Some(plugin) = runtime.plugin(compiled) else {
+                continue;
+            };
+            if !plugin.enabled || compiled.consumer_index().is_some() {
+                continue;
+            }
+            let instance = match &plugin.config {
+                PluginConfig::MtlsAuth(mtls) => {
+                    match MtlsAuth::new(plugin.id, mtls, &plugin.protocols, runtime) {
+                        Ok(mtls) => Instance::Mtls(Arc::new(mtls)),
+                        Err(error) => {
+                            tracing::warn!(plugin = %plugin.id, %error, "mtls-auth instance left out");
+                            continue;
+                        }
+                    }
+                }
+                PluginConfig::Acl(acl) => Instance::Acl(Arc::new(Acl::new(acl, &plugin.protocols))),
+            };
+            instances.push((instance, compiled.route_index(), compiled.service_index()));
+        }
+
+        let service_index = |route: &model::Route| {
+            let id = route.service.as_ref()?.id;
+            config.services.iter().position(|s| s.id == id)
+        };
+        let mut client_auth = ClientAuth::default();
+        let routes = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(index, route)| {
+                let service = service_index(route);
+                let rank = |r: Option<usize>, s: Option<usize>| -> Option<u8> {
+                    match (r, s) {
+                        (Some(r), Some(s)) if r == index && Some(s) == service => Some(4),
+                        (Some(r), None) if r == index => Some(3),
+                        (None, Some(s)) if Some(s) == service => Some(2),
+                        (None, None) => Some(1),
+                        _ => None,
+                    }
+                };
+                let mut best_mtls: Option<(u8, &Arc<MtlsAuth>)> = None;
+                let mut best_acl: Option<(u8, &Arc<Acl>)> = None;
+                for (instance, r, s) in &instances {
+                    let Some(rank) = rank(*r, *s) else { continue };
+                    match instance {
+                        Instance::Mtls(m) if best_mtls.is_none_or(|(b, _)| rank > b) => {
+                            best_mtls = Some((rank, m));
+                        }
+                        Instance::Acl(a) if best_acl.is_none_or(|(b, _)| rank > b) => {
+                            best_acl = Some((rank, a));
+                        }
+                        _ => {}
+                    }
+                }
+                let plugins = RoutePlugins {
+                    mtls: best_mtls.map(|(_, m)| m.clone()),
+                    acl: best_acl.map(|(_, a)| a.clone()),
+                };
+                if let Some(mtls) = &plugins.mtls {
+                    client_auth.add(route, mtls);
+                }
+                plugins
+            })
+            .collect();
+        // A global instance applies to every route, with or without names.
+        if instances
+            .iter()
+            .any(|(i, r, s)| matches!(i, Instance::Mtls(_)) && r.is_none() && s.is_none())
+        {
+            client_auth.all = true;
+        }
+        client_auth.hints.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+        client_auth.hints.dedup_by(|a, b| a.as_ref() == b.as_ref());
+        Self {
+            version: runtime.version(),
+            hash: runtime.hash().to_owned(),
+            routes,
+            client_auth: Arc::new(client_auth),
+        }
+    }
+
+    /// The plugins of route `index`.
+    pub(crate) fn route(&self, index: usize) -> Option<&RoutePlugins> {
+        self.routes.get(index)
+    }
+
+    /// Which handshakes request a client certificate.
+    pub(crate) fn client_auth(&self) -> &Arc<ClientAuth> {
+        &self.client_auth
+    }
+}
+
+enum Instance {
+    Mtls(Arc<MtlsAuth>),
+    Acl(Arc<Acl>),
+}
+
+// === impl RoutePlugins ===
+
+impl RoutePlugins {
+    /// Runs the access phase: `mtls-auth`, then `acl`. `None` when no plugin runs for the
+    /// request's protocol; otherwise the identity headers for the upstream, which replace
+    /// whatever the client sent under those names ([`strip_identity`]).
+    pub(crate) async fn access(
+        &self,
+        runtime: &Runtime,
+        request: &Request<'_>,
+    ) -> Result<Option<HeaderMap>, Denied> {
+        let mtls = self.mtls.as_ref().filter(|m| m.runs_for(request.protocol));
+        let acl = self.acl.as_ref().filter(|a| a.runs_for(request.protocol));
+        if mtls.is_none() && acl.is_none() {
+            return Ok(None);
+        }
+        let mut identity = Identity::default();
+        let mut headers: Vec<(HeaderName, String)> = Vec::new();
+        if let Some(mtls) = mtls {
+            mtls.access(runtime, request, &mut identity, &mut headers)
+                .await?;
+        }
+        if let Some(acl) = acl {
+            acl.access(runtime, &identity, &mut headers)?;
+        }
+        if let Some(consumer) = &identity.consumer {
+            headers.push((CONSUMER_ID, consumer.id.to_string()));
+            if let Some(username) = &consumer.username {
+                headers.push((CONSUMER_USERNAME, username.clone()));
+            }
+            if let Some(custom_id) = &consumer.custom_id {
+                headers.push((CONSUMER_CUSTOM_ID, custom_id.clone()));
+            }
+            if identity.anonymous {
+                headers.push((ANONYMOUS_CONSUMER, "true".to_owned()));
+            }
+        }
+        let mut map = HeaderMap::with_capacity(headers.len());
+        for (name, value) in headers {
+            // Certificate names are printable; a value that is not a header value is dropped.
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                map.insert(name, value);
+            }
+        }
+        Ok(Some(map))
+    }
+}
+
+/// Removes the identity headers (`X-Consumer-*`, `X-Authenticated-Groups`,
+/// `X-Client-Cert-*`) a client sent: only the plugins set them.
+pub(crate) fn strip_identity(headers: &mut HeaderMap) {
+    for name in IDENTITY_HEADERS {
+        headers.remove(name);
+    }
+}
+
+// === impl ClientAuth ===
+
+impl ClientAuth {
+    fn add(&mut self, route: &model::Route, mtls: &MtlsAuth) {
+        let names: Vec<&str> = route
+            .snis
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .chain(route.hosts.iter().flatten().map(|h| {
+                // A host may carry a port; the server name never does.
+                match h.rsplit_once(':') {
+                    Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+                    _ => h.as_str(),
+                }
+            }))
+            .collect();
+        if names.is_empty() {
+            self.all = true;
+        }
+        for name in names {
+            let pattern = NamePattern::new(name);
+            if !self.names.contains(&pattern) {
+                self.names.push(pattern);
+            }
+        }
+        if mtls.send_ca_dn() {
+            self.hints.extend(mtls.hints().iter().cloned());
+        }
+    }
+
+    /// Whether a handshake for `server_name` requests a client certificate.
+    pub(crate) fn requests(&self, server_name: Option<&str>) -> bool {
+        if self.all {
+            return true;
+        }
+        let Some(name) = server_name else {
+            return false;
+        };
+        let name = name.to_ascii_lowercase();
+        self.names.iter().any(|p| p.matches(&name))
+    }
+
+    /// Whether any handshake requests a client certificate.
+    pub(crate) fn is_used(&self) -> bool {
+        self.all || !self.names.is_empty()
+    }
+
+    /// The CA names sent in certificate requests (`send_ca_dn`).
+    pub(crate) fn hints(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+}
+
+impl NamePattern {
+    fn new(raw: &str) -> Self {
+        let raw = raw.to_ascii_lowercase();
+        if let Some(suffix) = raw.strip_prefix('*') {
+            Self::Suffix(suffix.to_owned())
+        } else if let Some(prefix) = raw.strip_suffix('*') {
+            Self::Prefix(prefix.to_owned())
+        } else {
+            Self::Exact(raw)
+        }
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        match self {
+            Self::Exact(exact) => exact == name,
+            Self::Suffix(suffix) => name.len() > suffix.len() && name.ends_with(suffix.as_str()),
+            Self::Prefix(prefix) => name.len() > prefix.len() && name.starts_with(prefix.as_str()),
+        }
+    }
+}
+
+/// Whether `protocols` (a plugin's) include the request's.
+fn runs_for(protocols: &[String], protocol: Protocol) -> bool {
+    let name = match protocol {
+        Protocol::Http => "http",
+        Protocol::Https => "https",
+        Protocol::Grpc => "grpc",
+        Protocol::Grpcs => "grpcs",
+    };
+    protocols.iter().any(|p| p == name)
+}
+
+/// A consumer named by id or username (`anonymous`, `default_consumer`).
+fn consumer_named<'r>(runtime: &'r Runtime, name: &str) -> Option<&'r model::Consumer> {
+    match Uuid::parse_str(name) {
+        Ok(id) => runtime.consumer(&id),
+        Err(_) => runtime.consumer_by_username(name),
+    }
+}
+
+#[cfg(test)]
+mod tests;

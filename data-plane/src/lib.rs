@@ -46,6 +46,7 @@ pub mod runtime;
 pub mod tls;
 
 mod cache;
+mod metrics;
 mod plugins;
 mod status;
 mod stream;

@@ -105,6 +105,7 @@ use uuid::Uuid;
 use gatehouse_shared::model;
 
 use crate::config::{ClientTimeouts, ProxySettings, TrustedIps, UpstreamTlsFiles};
+use crate::metrics::METRICS;
 use crate::plugins::{self, Plugins, VerifiedCertificates};
 use crate::router::{Match, Protocol, RequestParts, Verdict, split_host_port};
 use crate::runtime::{Runtime, SharedRuntime};
@@ -519,6 +520,7 @@ impl Proxy {
             .route(&runtime, conn, req, &request_id, format, started)
             .await;
         let mut response = routed.unwrap_or_else(|failure| failure.response(&request_id, format));
+        METRICS.response(response.status().as_u16());
         let headers = response.headers_mut();
         if !headers.contains_key(&UPSTREAM_LATENCY) {
             headers.insert(RESPONSE_LATENCY, millis(started.elapsed()));
@@ -805,6 +807,7 @@ impl Proxy {
                 request.headers_mut().insert(header::HOST, host);
             }
 
+            METRICS.upstream_request();
             let sent = Instant::now();
             let proxy_latency = sent.duration_since(started);
             let upstream_addr = PeerAddr(peer);

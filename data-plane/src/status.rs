@@ -5,6 +5,7 @@
 //! - `GET /status/ready`: 200 `{"message":"ready"}` once a configuration is loaded (from the
 //!   cache or the control plane), else 503 `{"message":"no configuration available"}` (Kong's
 //!   `/status/ready` also answers 503 until the DP has a configuration);
+//! - `GET /metrics`: the counters of [`crate::metrics`] as Prometheus text;
 //! - anything else: 404 `{"message":"Not found"}` (405 for another method on a known path).
 
 use std::convert::Infallible;
@@ -220,7 +221,7 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, Sock
 /// The response to one request.
 fn respond(state: &NodeState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = request.uri().path();
-    let known = matches!(path, "/status" | "/status/" | "/status/ready");
+    let known = matches!(path, "/status" | "/status/" | "/status/ready" | "/metrics");
     if !known {
         return json_response(StatusCode::NOT_FOUND, &json!({"message": "Not found"}));
     }
@@ -229,6 +230,16 @@ fn respond(state: &NodeState, request: &Request<Incoming>) -> Response<Full<Byte
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({"message": "Method not allowed"}),
         );
+    }
+    if path == "/metrics" {
+        let mut response = Response::new(Full::new(Bytes::from(
+            crate::metrics::METRICS.render(),
+        )));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        return response;
     }
     if path == "/status/ready" {
         return if state.runtime.load().is_loaded() {

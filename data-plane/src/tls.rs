@@ -397,6 +397,7 @@ impl TlsTerminator {
                 source: io::Error::other("handshake completed without a version or cipher suite"),
             });
         };
+        crate::metrics::METRICS.handshake(conn.handshake_kind() == Some(HandshakeKind::Resumed));
         let info = TlsInfo {
             server_name,
             alpn: conn.alpn_protocol().map(<[u8]>::to_vec),

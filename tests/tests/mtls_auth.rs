@@ -325,6 +325,25 @@ async fn global_mtls_auth_maps_certificates_to_consumers() -> Result<()> {
     applied(admin, &dp).await?;
     let (status, body) = kept.get(host, "/").await?;
     assert_eq!(status, 401, "{body}");
+
+    // Every refusal is counted by reason.
+    let metrics = reqwest::Client::builder()
+        .no_proxy()
+        .build()?
+        .get(format!("{}/metrics", dp.status_url()))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for reason in ["no_certificate", "unknown_ca", "expired", "no_consumer"] {
+        let line = format!("gatehouse_mtls_auth_failures_total{{reason=\"{reason}\"}} ");
+        let count: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .with_context(|| format!("{line} in {metrics}"))?
+            .parse()?;
+        assert!(count >= 1, "{reason}: {metrics}");
+    }
     Ok(())
 }
 

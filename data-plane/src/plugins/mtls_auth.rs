@@ -31,6 +31,7 @@ use gatehouse_shared::model::MtlsAuthConfig;
 use gatehouse_shared::x509;
 
 use super::*;
+use crate::metrics::{METRICS, MtlsFailure};
 
 const NO_CERTIFICATE: &str = "No required TLS certificate was sent";
 const FAILED_VERIFICATION: &str = "TLS certificate failed verification";
@@ -56,10 +57,13 @@ struct Certified {
     sans: Vec<String>,
 }
 
+/// Why a certificate was refused: the metric label and the logged reason.
+type Refusal = (MtlsFailure, String);
+
 /// One connection's verification results: `(runtime version, instance, outcome)`.
 #[derive(Debug, Default)]
 pub(crate) struct VerifiedCertificates {
-    results: Mutex<Vec<(u64, Uuid, Result<Certified, String>)>>,
+    results: Mutex<Vec<(u64, Uuid, Result<Certified, Refusal>)>>,
 }
 
 /// Most results kept per connection (a connection rarely meets more than one instance).
@@ -141,6 +145,7 @@ impl MtlsAuth {
             .map(TlsInfo::peer_certificates)
             .unwrap_or_default();
         let Some((leaf, sent_intermediates)) = chain.split_first() else {
+            METRICS.mtls_failure(MtlsFailure::NoCertificate);
             return self.anonymous_or(runtime, identity, NO_CERTIFICATE);
         };
         let certified = match request.verified.get(runtime.version(), self.id) {
@@ -150,7 +155,7 @@ impl MtlsAuth {
                 request
                     .verified
                     .put(runtime.version(), self.id, outcome.clone());
-                if let Err(reason) = &outcome {
+                if let Err((_, reason)) = &outcome {
                     tracing::info!(
                         plugin = %self.id,
                         client = %request.client_ip,
@@ -161,8 +166,12 @@ impl MtlsAuth {
                 outcome
             }
         };
-        let Ok(certified) = certified else {
-            return self.anonymous_or(runtime, identity, FAILED_VERIFICATION);
+        let certified = match certified {
+            Ok(certified) => certified,
+            Err((failure, _)) => {
+                METRICS.mtls_failure(failure);
+                return self.anonymous_or(runtime, identity, FAILED_VERIFICATION);
+            }
         };
 
         identity.credential = true;
@@ -189,6 +198,7 @@ impl MtlsAuth {
                 Ok(())
             }
             None => {
+                METRICS.mtls_failure(MtlsFailure::NoConsumer);
                 tracing::info!(
                     plugin = %self.id,
                     client = %request.client_ip,
@@ -237,7 +247,7 @@ impl MtlsAuth {
         &self,
         leaf: &CertificateDer<'static>,
         sent: &[CertificateDer<'static>],
-    ) -> Result<Certified, String> {
+    ) -> Result<Certified, Refusal> {
         let mut intermediates: Vec<CertificateDer<'static>> = sent.to_vec();
         intermediates.extend(self.intermediates.iter().cloned());
         let now = UnixTime::since_unix_epoch(
@@ -248,7 +258,7 @@ impl MtlsAuth {
         self.verifier
             .verify_client_cert(leaf, &intermediates, now)
             .map_err(|error| describe(&error))?;
-        let facts = x509::cert_facts(leaf)?;
+        let facts = x509::cert_facts(leaf).map_err(|e| (MtlsFailure::Invalid, e))?;
         Ok(Certified {
             subject: facts.subject,
             common_name: facts.common_name,
@@ -284,31 +294,41 @@ impl MtlsAuth {
     }
 }
 
-/// A verification failure in an operator's words.
-fn describe(error: &rustls::Error) -> String {
+/// A verification failure in an operator's words, with its metric label.
+fn describe(error: &rustls::Error) -> Refusal {
     use rustls::CertificateError as E;
-    match error {
+    let (failure, text) = match error {
         rustls::Error::InvalidCertificate(cause) => match cause {
-            E::Expired | E::ExpiredContext { .. } => "the certificate has expired".to_owned(),
+            E::Expired | E::ExpiredContext { .. } => {
+                (MtlsFailure::Expired, "the certificate has expired")
+            }
             E::NotValidYet | E::NotValidYetContext { .. } => {
-                "the certificate is not valid yet".to_owned()
+                (MtlsFailure::NotYetValid, "the certificate is not valid yet")
             }
-            E::UnknownIssuer => "the certificate is not issued by a CA of the plugin".to_owned(),
-            E::Revoked => "the certificate is revoked".to_owned(),
-            E::InvalidPurpose | E::InvalidPurposeContext { .. } => {
-                "the certificate is not for client authentication".to_owned()
-            }
-            E::BadSignature => "the certificate's signature is invalid".to_owned(),
-            other => format!("invalid certificate: {other:?}"),
+            E::UnknownIssuer => (
+                MtlsFailure::UnknownCa,
+                "the certificate is not issued by a CA of the plugin",
+            ),
+            E::Revoked => (MtlsFailure::Revoked, "the certificate is revoked"),
+            E::InvalidPurpose | E::InvalidPurposeContext { .. } => (
+                MtlsFailure::WrongUsage,
+                "the certificate is not for client authentication",
+            ),
+            E::BadSignature => (
+                MtlsFailure::Invalid,
+                "the certificate's signature is invalid",
+            ),
+            other => return (MtlsFailure::Invalid, format!("invalid certificate: {other:?}")),
         },
-        other => other.to_string(),
-    }
+        other => return (MtlsFailure::Invalid, other.to_string()),
+    };
+    (failure, text.to_owned())
 }
 
 // === impl VerifiedCertificates ===
 
 impl VerifiedCertificates {
-    fn get(&self, version: u64, plugin: Uuid) -> Option<Result<Certified, String>> {
+    fn get(&self, version: u64, plugin: Uuid) -> Option<Result<Certified, Refusal>> {
         let results = self.results.lock().unwrap_or_else(|e| e.into_inner());
         results
             .iter()
@@ -316,7 +336,7 @@ impl VerifiedCertificates {
             .map(|(_, _, outcome)| outcome.clone())
     }
 
-    fn put(&self, version: u64, plugin: Uuid, outcome: Result<Certified, String>) {
+    fn put(&self, version: u64, plugin: Uuid, outcome: Result<Certified, Refusal>) {
         let mut results = self.results.lock().unwrap_or_else(|e| e.into_inner());
         // Results of older runtimes are useless now.
         results.retain(|(v, _, _)| *v == version);

@@ -260,6 +260,7 @@ impl tower::Service<Uri> for Connector {
                 .map_err(|_| BoxError::from(ConnectTimedOut(limit)))?
                 .map_err(BoxError::from)?;
             scope.connected();
+            crate::metrics::METRICS.upstream_connection(false);
             Ok(stream)
         })
     }

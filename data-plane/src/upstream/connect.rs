@@ -123,6 +123,7 @@ impl Inner {
             Ok(result) => {
                 if result.is_ok() {
                     scope.connected();
+                    crate::metrics::METRICS.upstream_connection(true);
                 }
                 result
             }

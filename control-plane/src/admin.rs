@@ -86,6 +86,7 @@ const NESTED: &[(&str, &str)] = &[
     ("routes", "plugins"),
     ("consumers", "plugins"),
     ("consumers", "acls"),
+    ("consumers", "mtls_auth_credentials"),
     ("certificates", "snis"),
     ("upstreams", "targets"),
 ];
@@ -105,8 +106,20 @@ pub(crate) fn singular(collection: &str) -> &str {
         "targets" => "target",
         "consumers" => "consumer",
         "acls" => "acl",
+        "mtls_auth_credentials" => "mtls_auth_credential",
         "plugins" => "plugin",
         other => other,
+    }
+}
+
+/// The URL segment of a collection: its name, except where Kong mounts a plugin's entity under
+/// another one (`mtls_auth_credentials` at `/mtls-auths`, and `/consumers/{c}/mtls-auth`
+/// under a consumer, `nested`).
+pub(crate) fn segment(collection: &str, nested: bool) -> &str {
+    match (collection, nested) {
+        ("mtls_auth_credentials", false) => "mtls-auths",
+        ("mtls_auth_credentials", true) => "mtls-auth",
+        (other, _) => other,
     }
 }
 
@@ -159,13 +172,14 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             collection,
             parent: None,
         };
+        let base = format!("/{}", segment(collection, false));
         all.push(Endpoint {
-            path: format!("/{collection}"),
+            path: base.clone(),
             methods: COLLECTION_METHODS,
             op: Op::Collection(scope),
         });
         all.push(Endpoint {
-            path: format!("/{collection}/{{{}}}", singular(collection)),
+            path: format!("{base}/{{{}}}", singular(collection)),
             methods: ENTITY_METHODS,
             op: Op::Entity(scope),
         });
@@ -184,7 +198,12 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             collection: child,
             parent: Some((parent, field)),
         };
-        let base = format!("/{parent}/{{{}}}/{child}", singular(parent));
+        let base = format!(
+            "/{}/{{{}}}/{}",
+            segment(parent, false),
+            singular(parent),
+            segment(child, true)
+        );
         all.push(Endpoint {
             path: format!("{base}/{{{}}}", singular(child)),
             methods: ENTITY_METHODS,

@@ -22,6 +22,7 @@
 //! | `--ssl-cert FILE[,FILE]` | `GATEHOUSE_SSL_CERT` | `ssl_cert` | a self-signed certificate for `localhost`, generated at start |
 //! | `--ssl-cert-key FILE[,FILE]` | `GATEHOUSE_SSL_CERT_KEY` | `ssl_cert_key` | the key of the generated certificate |
 //! | `--ssl-session-tickets on\|off` | `GATEHOUSE_SSL_SESSION_TICKETS` | `ssl_session_tickets` (`"on"`, `"off"` or a boolean) | `on` |
+//! | `--ssl-session-cache on\|off` | `GATEHOUSE_SSL_SESSION_CACHE` | `ssl_session_cache` (`"on"`, `"off"` or a boolean) | `on` |
 //! | `--trusted-ips IP\|CIDR[,IP\|CIDR]` | `GATEHOUSE_TRUSTED_IPS` | `trusted_ips` | none (`0.0.0.0/0,::/0` trusts every client) |
 //! | `--client-header-timeout DURATION` | `GATEHOUSE_CLIENT_HEADER_TIMEOUT` | `client_header_timeout` | `60s` (nginx's `client_header_timeout`) |
 //! | `--client-body-timeout DURATION` | `GATEHOUSE_CLIENT_BODY_TIMEOUT` | `client_body_timeout` | `60s` (between two reads of a request body) |
@@ -177,6 +178,12 @@ pub struct Flags {
     #[arg(long, env = "GATEHOUSE_SSL_SESSION_TICKETS")]
     #[serde(deserialize_with = "on_off_from_toml")]
     pub ssl_session_tickets: Option<String>,
+
+    /// The server-side TLS session cache (TLS 1.2 session ids, TLS 1.3 stateful tickets):
+    /// `on` or `off` [default: on]. With tickets off too, no session is ever resumed.
+    #[arg(long, env = "GATEHOUSE_SSL_SESSION_CACHE")]
+    #[serde(deserialize_with = "on_off_from_toml")]
+    pub ssl_session_cache: Option<String>,
 
     /// Clients (TCP peers) whose `X-Forwarded-Proto`, `-Host`, `-Port`, `-Path` and `-Prefix`
     /// are passed upstream (Kong's `trusted_ips`): comma-separated IPv4/IPv6 addresses and
@@ -371,6 +378,8 @@ pub struct SslSettings {
     pub certs: Vec<CertKeyFiles>,
     /// Whether stateless session tickets are issued (default true).
     pub session_tickets: bool,
+    /// Whether the server-side session cache is on (default true).
+    pub session_cache: bool,
 }
 
 /// A PEM certificate file and the file of its private key.
@@ -452,6 +461,7 @@ impl Flags {
             ssl_cert: self.ssl_cert.or(other.ssl_cert),
             ssl_cert_key: self.ssl_cert_key.or(other.ssl_cert_key),
             ssl_session_tickets: self.ssl_session_tickets.or(other.ssl_session_tickets),
+            ssl_session_cache: self.ssl_session_cache.or(other.ssl_session_cache),
             trusted_ips: self.trusted_ips.or(other.trusted_ips),
             client_header_timeout: self.client_header_timeout.or(other.client_header_timeout),
             client_body_timeout: self.client_body_timeout.or(other.client_body_timeout),
@@ -599,6 +609,16 @@ impl Flags {
                 Some(other) => {
                     problems.push(format!(
                         "--ssl-session-tickets: '{other}' is not one of on, off"
+                    ));
+                    true
+                }
+            },
+            session_cache: match self.ssl_session_cache.as_deref().map(str::trim) {
+                None | Some("on") => true,
+                Some("off") => false,
+                Some(other) => {
+                    problems.push(format!(
+                        "--ssl-session-cache: '{other}' is not one of on, off"
                     ));
                     true
                 }
@@ -776,6 +796,7 @@ impl Default for SslSettings {
         Self {
             certs: Vec::new(),
             session_tickets: true,
+            session_cache: true,
         }
     }
 }

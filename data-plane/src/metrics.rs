@@ -107,7 +107,10 @@ impl Metrics {
             "gatehouse_proxy_requests_total",
             "Responses sent by the proxy, by status class.",
         );
-        for (class, counter) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().zip(&self.responses) {
+        for (class, counter) in ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .iter()
+            .zip(&self.responses)
+        {
             let _ = writeln!(
                 out,
                 "gatehouse_proxy_requests_total{{class=\"{class}\"}} {}",

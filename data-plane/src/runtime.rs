@@ -17,6 +17,7 @@
 //! | routing | [`Runtime::router`] ([`Router::find`]: Kong's matching and priority); [`Runtime::routes`], [`Runtime::routes_for_host`], each a [`CompiledRoute`] (hosts, prefix and compiled regex paths, header matchers, service) |
 //! | services, upstreams, targets | [`Runtime::service`], [`Runtime::upstream_by_name`], [`Runtime::targets`] |
 //! | consumers and ACL groups | [`Runtime::consumer`], [`Runtime::consumer_by_username`], [`Runtime::consumer_by_custom_id`], [`Runtime::consumer_groups`] |
+//! | mtls-auth credentials (certificate subject → consumer) | [`Runtime::mtls_credentials_for_subject`] (CA-specific ones first, then the one for any CA), [`Runtime::mtls_credential`] (exact subject and CA), [`Runtime::consumer_mtls_credentials`] |
 //! | plugins | [`Runtime::plugins`], each a [`CompiledPlugin`] with resolved scopes (and its trust store for `mtls-auth`) |
 //!
 //! Nothing here prints key material: [`Runtime`]'s `Debug` shows the version, hash and
@@ -89,6 +90,7 @@ struct Compiled {
     consumers_by_username: HashMap<String, usize>,
     consumers_by_custom_id: HashMap<String, usize>,
     groups: HashMap<Uuid, Vec<String>>,
+    mtls_credentials: MtlsCredentialIndex,
     plugins: Vec<CompiledPlugin>,
     router: Router,
 }
@@ -202,6 +204,8 @@ pub struct EntityCounts {
     pub consumers: usize,
     /// ACL group memberships.
     pub acls: usize,
+    /// mtls-auth credentials.
+    pub mtls_auth_credentials: usize,
     /// Plugins.
     pub plugins: usize,
 }
@@ -216,6 +220,14 @@ struct SniIndex {
     exact: HashMap<String, Uuid>,
     wildcard: HashMap<String, Uuid>,
     default: Option<Uuid>,
+}
+
+/// mtls-auth credentials (positions in the config) by subject name, each list in lookup order
+/// (CA-specific ones by CA id, then the one for any CA), and by consumer (config order).
+#[derive(Default)]
+struct MtlsCredentialIndex {
+    by_subject: HashMap<String, Vec<usize>>,
+    by_consumer: HashMap<Uuid, Vec<usize>>,
 }
 
 /// Routes by host: exact names, wildcard patterns, and routes without hosts.
@@ -261,7 +273,9 @@ impl Runtime {
     /// CA certificates); routes (protocols, service, paths, regexes, hosts, headers,
     /// `path_handling`); upstreams (unique names, algorithm, client certificate); targets
     /// (upstream, address); consumers (unique username and custom_id); ACLs (consumer);
-    /// plugins (route, service and consumer scopes, `mtls-auth` CA certificates).
+    /// mtls-auth credentials (consumer, CA certificate, a non-empty subject name unique with
+    /// its CA certificate); plugins (route, service and consumer scopes, `mtls-auth` CA
+    /// certificates).
     pub fn compile(
         version: u64,
         hash: String,
@@ -318,6 +332,7 @@ impl Runtime {
             targets: c.targets.len(),
             consumers: c.consumers.len(),
             acls: c.acls.len(),
+            mtls_auth_credentials: c.mtls_auth_credentials.len(),
             plugins: c.plugins.len(),
         }
     }
@@ -456,6 +471,50 @@ impl Runtime {
             .groups
             .get(consumer_id)
             .map_or(&[], Vec::as_slice)
+    }
+
+    /// The mtls-auth credentials whose `subject_name` is exactly `subject_name` (a SAN or the
+    /// CN of a client certificate; compared as is, case-sensitive), in Kong's lookup order:
+    /// those bound to a CA certificate first (at most one per CA, by CA id), then the one for
+    /// any CA (`ca_certificate` null), if any. Pick the first whose CA issued the certificate.
+    pub fn mtls_credentials_for_subject<'a>(
+        &'a self,
+        subject_name: &str,
+    ) -> impl Iterator<Item = &'a model::MtlsAuthCredential> {
+        let credentials = &self.compiled.config.mtls_auth_credentials;
+        self.compiled
+            .mtls_credentials
+            .by_subject
+            .get(subject_name)
+            .into_iter()
+            .flatten()
+            .filter_map(move |i| credentials.get(*i))
+    }
+
+    /// The mtls-auth credential for exactly `subject_name` and `ca_certificate` (`None`: the
+    /// credential for any CA). The pair is unique, so there is at most one.
+    pub fn mtls_credential(
+        &self,
+        subject_name: &str,
+        ca_certificate: Option<&Uuid>,
+    ) -> Option<&model::MtlsAuthCredential> {
+        self.mtls_credentials_for_subject(subject_name)
+            .find(|c| c.ca_certificate.as_ref().map(|ca| &ca.id) == ca_certificate)
+    }
+
+    /// The mtls-auth credentials of a consumer, in the order of the configuration (by id).
+    pub fn consumer_mtls_credentials<'a>(
+        &'a self,
+        consumer_id: &Uuid,
+    ) -> impl Iterator<Item = &'a model::MtlsAuthCredential> {
+        let credentials = &self.compiled.config.mtls_auth_credentials;
+        self.compiled
+            .mtls_credentials
+            .by_consumer
+            .get(consumer_id)
+            .into_iter()
+            .flatten()
+            .filter_map(move |i| credentials.get(*i))
     }
 
     /// Every plugin instance, in the order of the configuration (by id).
@@ -643,6 +702,13 @@ impl Compiled {
             list.dedup();
         }
 
+        // mtls-auth credentials.
+        let mtls_credentials = MtlsCredentialIndex::build(
+            &config.mtls_auth_credentials,
+            &consumers,
+            &ca_certificates,
+        )?;
+
         // Plugins.
         let route_ids: HashMap<Uuid, usize> = config
             .routes
@@ -705,6 +771,7 @@ impl Compiled {
             consumers_by_username,
             consumers_by_custom_id,
             groups,
+            mtls_credentials,
             plugins,
             router,
         })
@@ -736,6 +803,9 @@ fn unique_ids(config: &model::Config) -> Result<(), CompileError> {
     check("target", &config.targets, |e| e.id)?;
     check("consumer", &config.consumers, |e| e.id)?;
     check("acl", &config.acls, |e| e.id)?;
+    check("mtls_auth_credential", &config.mtls_auth_credentials, |e| {
+        e.id
+    })?;
     check("plugin", &config.plugins, |e| e.id)
 }
 
@@ -1172,6 +1242,62 @@ impl HostName {
                 host.len() > prefix.len() && host.starts_with(prefix.as_str())
             }
         }
+    }
+}
+
+// === impl MtlsCredentialIndex ===
+
+impl MtlsCredentialIndex {
+    /// Checks every credential's references and the uniqueness of (subject name, CA
+    /// certificate), and indexes them.
+    fn build(
+        credentials: &[model::MtlsAuthCredential],
+        consumers: &HashMap<Uuid, usize>,
+        ca_certificates: &HashMap<Uuid, CertificateDer<'static>>,
+    ) -> Result<Self, CompileError> {
+        let mut index = Self::default();
+        let mut keys = HashSet::with_capacity(credentials.len());
+        for (position, credential) in credentials.iter().enumerate() {
+            let at = At::new("mtls_auth_credential", credential.id);
+            at.resolve("consumer", &credential.consumer.id, consumers)?;
+            let ca = credential.ca_certificate.map(|fk| fk.id);
+            if let Some(ca) = &ca {
+                at.resolve("ca_certificate", ca, ca_certificates)?;
+            }
+            let subject = credential.subject_name.as_str();
+            if subject.is_empty() {
+                return Err(at.error("subject_name is empty"));
+            }
+            if !keys.insert((subject, ca)) {
+                let ca = ca.map_or_else(
+                    || "no ca_certificate".to_owned(),
+                    |id| format!("ca_certificate {id}"),
+                );
+                return Err(at.error(format!(
+                    "subject_name '{subject}' with {ca} is used by another mtls_auth_credential"
+                )));
+            }
+            index
+                .by_subject
+                .entry(subject.to_owned())
+                .or_default()
+                .push(position);
+            index
+                .by_consumer
+                .entry(credential.consumer.id)
+                .or_default()
+                .push(position);
+        }
+        // Lookup order: bound to a CA first, by CA id; then the one for any CA.
+        for list in index.by_subject.values_mut() {
+            list.sort_unstable_by_key(|position| {
+                let ca = credentials
+                    .get(*position)
+                    .and_then(|c| c.ca_certificate.map(|fk| fk.id));
+                (ca.is_none(), ca)
+            });
+        }
+        Ok(index)
     }
 }
 

@@ -232,9 +232,7 @@ fn respond(state: &NodeState, request: &Request<Incoming>) -> Response<Full<Byte
         );
     }
     if path == "/metrics" {
-        let mut response = Response::new(Full::new(Bytes::from(
-            crate::metrics::METRICS.render(),
-        )));
+        let mut response = Response::new(Full::new(Bytes::from(crate::metrics::METRICS.render())));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -137,7 +137,8 @@ impl Listeners {
         let default = Arc::new(DefaultCertificate::from_settings(&settings.tls)?);
         let options = TlsOptions::default()
             .with_alpn(Alpn::None)
-            .with_session_tickets(settings.tls.session_tickets);
+            .with_session_tickets(settings.tls.session_tickets)
+            .with_session_cache(settings.tls.session_cache);
         let terminator = TlsTerminator::new(runtime.clone(), default, options)?;
         let mut bound = Vec::new();
         for addr in addrs {

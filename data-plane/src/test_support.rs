@@ -21,6 +21,7 @@ pub(crate) const TARGET: Uuid = Uuid::from_u128(0x7000);
 pub(crate) const CONSUMER: Uuid = Uuid::from_u128(0x8000);
 pub(crate) const ACL: Uuid = Uuid::from_u128(0x9000);
 pub(crate) const PLUGIN: Uuid = Uuid::from_u128(0xa000);
+pub(crate) const MTLS_CREDENTIAL: Uuid = Uuid::from_u128(0xb000);
 
 /// A directory removed when dropped.
 pub(crate) struct TempDir(PathBuf);
@@ -126,6 +127,11 @@ pub(crate) fn valid_config() -> model::Config {
         "acls": [{
             "id": ACL, "created_at": 1, "updated_at": 1, "consumer": {"id": CONSUMER},
             "group": "admins",
+        }],
+        "mtls_auth_credentials": [{
+            "id": MTLS_CREDENTIAL, "created_at": 1, "updated_at": 1,
+            "consumer": {"id": CONSUMER}, "subject_name": "client.example.com",
+            "ca_certificate": {"id": CA},
         }],
         "plugins": [{
             "id": PLUGIN, "created_at": 1, "updated_at": 1, "name": "mtls-auth",

@@ -67,7 +67,8 @@ use arc_swap::ArcSwapOption;
 use rustls::crypto::aws_lc_rs::{self, Ticketer};
 use rustls::pki_types::CertificateDer;
 use rustls::server::{
-    Acceptor, ClientHello, ProducesTickets, ServerSessionMemoryCache, StoresServerSessions,
+    Acceptor, ClientHello, NoServerSessionStorage, ProducesTickets, ServerSessionMemoryCache,
+    StoresServerSessions,
 };
 use rustls::{CipherSuite, HandshakeKind, NamedGroup, ProtocolVersion, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -130,6 +131,9 @@ pub struct TlsOptions {
     pub alpn: Alpn,
     /// Whether stateless session tickets are issued.
     pub session_tickets: bool,
+    /// Whether sessions are kept in the server-side cache (TLS 1.2 ids, TLS 1.3 stateful
+    /// tickets).
+    pub session_cache: bool,
     /// Deadline of the whole handshake.
     pub handshake_timeout: Duration,
 }
@@ -309,7 +313,9 @@ impl TlsTerminator {
         runtime: Arc<SharedRuntime>,
     ) -> Result<Self, TlsSetupError> {
         let default = Arc::new(DefaultCertificate::from_settings(settings)?);
-        let options = TlsOptions::default().with_session_tickets(settings.session_tickets);
+        let options = TlsOptions::default()
+            .with_session_tickets(settings.session_tickets)
+            .with_session_cache(settings.session_cache);
         Self::new(runtime, default, options)
     }
 
@@ -321,8 +327,9 @@ impl TlsTerminator {
         default: Arc<DefaultCertificate>,
         options: TlsOptions,
     ) -> Result<Self, TlsSetupError> {
-        let resumption = Resumption::new(options.session_tickets)?;
-        let client_auth_resumption = Resumption::new(options.session_tickets)?;
+        let resumption = Resumption::new(options.session_tickets, options.session_cache)?;
+        let client_auth_resumption =
+            Resumption::new(options.session_tickets, options.session_cache)?;
         let placeholder = Arc::new(SniResolver::new(
             Arc::new(Runtime::empty()),
             default.clone(),
@@ -335,6 +342,10 @@ impl TlsTerminator {
         template.alpn_protocols = options.alpn.protocols();
         template.session_storage = resumption.sessions;
         template.ticketer = resumption.ticketer;
+        if !options.session_tickets && !options.session_cache {
+            // No resumption at all: do not hand out TLS 1.3 tickets nobody will honour.
+            template.send_tls13_tickets = 0;
+        }
         Ok(Self {
             runtime,
             default,
@@ -486,6 +497,7 @@ impl TlsTerminator {
         config.alpn_protocols = self.template.alpn_protocols.clone();
         config.session_storage = self.client_auth_resumption.sessions.clone();
         config.ticketer = self.client_auth_resumption.ticketer.clone();
+        config.send_tls13_tickets = self.template.send_tls13_tickets;
         Ok(config)
     }
 }
@@ -532,16 +544,18 @@ impl RuntimeTls {
 
 impl Resumption {
     /// A session cache, and a ticketer when tickets are on.
-    fn new(tickets: bool) -> Result<Self, rustls::Error> {
+    fn new(tickets: bool, cache: bool) -> Result<Self, rustls::Error> {
         let ticketer: Arc<dyn ProducesTickets> = if tickets {
             Ticketer::new()?
         } else {
             Arc::new(NeverProducesTickets)
         };
-        Ok(Self {
-            sessions: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
-            ticketer,
-        })
+        let sessions: Arc<dyn StoresServerSessions> = if cache {
+            ServerSessionMemoryCache::new(SESSION_CACHE_SIZE)
+        } else {
+            Arc::new(NoServerSessionStorage {})
+        };
+        Ok(Self { sessions, ticketer })
     }
 }
 
@@ -582,6 +596,12 @@ impl TlsOptions {
         self
     }
 
+    /// With the server-side session cache on or off.
+    pub fn with_session_cache(mut self, on: bool) -> Self {
+        self.session_cache = on;
+        self
+    }
+
     /// With this handshake deadline.
     pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
@@ -594,6 +614,7 @@ impl Default for TlsOptions {
         Self {
             alpn: Alpn::default(),
             session_tickets: true,
+            session_cache: true,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }

@@ -35,6 +35,7 @@ pub const COLLECTIONS: &[&str] = &[
     "targets",
     "consumers",
     "acls",
+    "mtls_auth_credentials",
     "plugins",
 ];
 
@@ -73,6 +74,7 @@ static SCHEMAS: LazyLock<Vec<Schema>> = LazyLock::new(|| {
         targets(),
         consumers(),
         acls(),
+        mtls_auth_credentials(),
         plugins(Vec::new()),
     ]
 });
@@ -486,6 +488,27 @@ fn acls() -> Schema {
         // The group names an ACL in URLs under its consumer
         // (`/consumers/{c}/acls/{group}`); it is unique per consumer only.
         endpoint_key: Some("group"),
+        entity_checks: vec![],
+    }
+}
+
+/// Kong's `mtls_auth_credentials` (the `mtls-auth` plugin's DAO, `kong/plugins/mtls-auth/
+/// daos.lua` [EE]): a consumer named by the subject of a client certificate (its SAN, else its
+/// CN), optionally only when issued by one CA certificate. The pair (`subject_name`,
+/// `ca_certificate`) is unique across every consumer (Kong's cache key), a null CA counting as
+/// one value; the store enforces it.
+fn mtls_auth_credentials() -> Schema {
+    Schema {
+        name: "mtls_auth_credentials",
+        fields: with_common(vec![
+            Field::foreign("consumer", "consumers").required(),
+            Field::string("subject_name")
+                .required()
+                .check(Check::LenMin(1)),
+            Field::foreign("ca_certificate", "ca_certificates"),
+        ]),
+        // As Kong: no endpoint key, URLs name a credential by id only.
+        endpoint_key: None,
         entity_checks: vec![],
     }
 }
@@ -1060,6 +1083,38 @@ mod tests {
         plugin_schema("acl").unwrap().validate(&mut obj).unwrap();
         assert_eq!(obj["config"]["hide_groups_header"], json!(false));
         assert_eq!(obj["protocols"], json!(["grpc", "grpcs", "http", "https"]));
+    }
+
+    #[test]
+    fn mtls_auth_credential_fields() {
+        let consumer = json!({"id": uuid::Uuid::new_v4().to_string()});
+        let obj = validate(
+            "mtls_auth_credentials",
+            json!({"consumer": consumer, "subject_name": "client.example.com"}),
+        )
+        .unwrap();
+        assert_eq!(obj["ca_certificate"], Value::Null);
+        assert_eq!(obj["tags"], Value::Null);
+        let err = validate("mtls_auth_credentials", json!({"subject_name": ""})).unwrap_err();
+        assert_eq!(
+            err.to_json(),
+            json!({"consumer": "required field missing",
+                   "subject_name": "length must be at least 1"})
+        );
+        let err = validate(
+            "mtls_auth_credentials",
+            json!({"consumer": consumer, "subject_name": "a", "ca_certificate": {"id": "x"}}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_json(),
+            json!({"ca_certificate": {"id": "expected a valid UUID"}})
+        );
+        let schema = schema("mtls_auth_credentials").unwrap();
+        assert_eq!(schema.endpoint_key, None);
+        // Form input: `ca_certificate.id=<uuid>`, an empty value clears it.
+        let coerced = schema.coerce_form(json!({"subject_name": "a", "ca_certificate": ""}));
+        assert_eq!(coerced["ca_certificate"], Value::Null);
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct Config {
     pub consumers: Vec<Consumer>,
     /// Consumers' ACL group memberships.
     pub acls: Vec<Acl>,
+    /// Client-certificate subjects mapped to consumers (`mtls-auth`).
+    pub mtls_auth_credentials: Vec<MtlsAuthCredential>,
     /// Plugin instances.
     pub plugins: Vec<Plugin>,
 }
@@ -537,6 +539,27 @@ pub struct Acl {
     pub tags: Option<Vec<String>>,
 }
 
+/// An `mtls-auth` credential: the consumer a client certificate stands for when its subject
+/// name (a SAN, else the CN) is `subject_name` and, when `ca_certificate` is set, it was issued
+/// by that CA. (`subject_name`, `ca_certificate`) is unique, a null CA counting as one value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MtlsAuthCredential {
+    /// Unique id.
+    pub id: Uuid,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+    /// Last update time, Unix seconds.
+    pub updated_at: i64,
+    /// The consumer the certificate authenticates.
+    pub consumer: ForeignKey,
+    /// The certificate's subject name: one of its SANs, or its CN.
+    pub subject_name: String,
+    /// The CA the certificate must be issued by; null: any CA the plugin trusts.
+    pub ca_certificate: Option<ForeignKey>,
+    /// Free-form tags.
+    pub tags: Option<Vec<String>>,
+}
+
 /// A plugin instance, global or scoped to a route, a service and/or a consumer. Its `name` in
 /// JSON is given by [`PluginConfig::name`]; a name this build does not know fails
 /// deserialization.
@@ -757,6 +780,7 @@ impl Config {
         self.targets.sort_by_key(|e| e.id);
         self.consumers.sort_by_key(|e| e.id);
         self.acls.sort_by_key(|e| e.id);
+        self.mtls_auth_credentials.sort_by_key(|e| e.id);
         self.plugins.sort_by_key(|e| e.id);
     }
 }

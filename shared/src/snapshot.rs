@@ -224,6 +224,7 @@ impl From<&model::Config> for pb::Config {
             targets,
             consumers,
             acls,
+            mtls_auth_credentials,
             plugins,
         } = config;
         Self {
@@ -237,6 +238,7 @@ impl From<&model::Config> for pb::Config {
             consumers: sorted(consumers, |e| e.id, consumer),
             acls: sorted(acls, |e| e.id, acl),
             plugins: sorted(plugins, |e| e.id, plugin),
+            mtls_auth_credentials: sorted(mtls_auth_credentials, |e| e.id, mtls_auth_credential),
         }
     }
 }
@@ -646,6 +648,27 @@ fn acl(acl: &model::Acl) -> pb::Acl {
     }
 }
 
+fn mtls_auth_credential(credential: &model::MtlsAuthCredential) -> pb::MtlsAuthCredential {
+    let model::MtlsAuthCredential {
+        id: credential_id,
+        created_at,
+        updated_at,
+        consumer,
+        subject_name,
+        ca_certificate,
+        tags,
+    } = credential;
+    pb::MtlsAuthCredential {
+        id: id(credential_id),
+        created_at: *created_at,
+        updated_at: *updated_at,
+        consumer_id: id(&consumer.id),
+        subject_name: subject_name.clone(),
+        ca_certificate_id: fk(ca_certificate),
+        tags: string_list(tags),
+    }
+}
+
 fn plugin(plugin: &model::Plugin) -> pb::Plugin {
     let model::Plugin {
         id: plugin_id,
@@ -750,6 +773,7 @@ impl TryFrom<pb::Config> for model::Config {
             consumers,
             acls,
             plugins,
+            mtls_auth_credentials,
         } = config;
         Ok(Self {
             services: convert_all("services", services, |e| &e.id, service_from_pb)?,
@@ -771,6 +795,12 @@ impl TryFrom<pb::Config> for model::Config {
             targets: convert_all("targets", targets, |e| &e.id, target_from_pb)?,
             consumers: convert_all("consumers", consumers, |e| &e.id, consumer_from_pb)?,
             acls: convert_all("acls", acls, |e| &e.id, acl_from_pb)?,
+            mtls_auth_credentials: convert_all(
+                "mtls_auth_credentials",
+                mtls_auth_credentials,
+                |e| &e.id,
+                mtls_auth_credential_from_pb,
+            )?,
             plugins: convert_all("plugins", plugins, |e| &e.id, plugin_from_pb)?,
         })
     }
@@ -1295,6 +1325,30 @@ fn acl_from_pb(e: &Entity, acl: pb::Acl) -> Result<model::Acl, InvalidSnapshot> 
         updated_at,
         consumer: e.foreign_key("consumer_id", &consumer_id)?,
         group,
+        tags: strings(tags),
+    })
+}
+
+fn mtls_auth_credential_from_pb(
+    e: &Entity,
+    credential: pb::MtlsAuthCredential,
+) -> Result<model::MtlsAuthCredential, InvalidSnapshot> {
+    let pb::MtlsAuthCredential {
+        id,
+        created_at,
+        updated_at,
+        consumer_id,
+        subject_name,
+        ca_certificate_id,
+        tags,
+    } = credential;
+    Ok(model::MtlsAuthCredential {
+        id: e.uuid("id", &id)?,
+        created_at,
+        updated_at,
+        consumer: e.foreign_key("consumer_id", &consumer_id)?,
+        subject_name,
+        ca_certificate: e.optional_foreign_key("ca_certificate_id", ca_certificate_id)?,
         tags: strings(tags),
     })
 }

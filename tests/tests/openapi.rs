@@ -394,6 +394,24 @@ async fn real_responses_match_the_documented_schemas() -> Result<()> {
         "{mtls:?}"
     );
 
+    // An mtls-auth credential of the consumer, bound to the CA certificate.
+    let credential = admin
+        .post_json(
+            &format!("/consumers/{}/mtls-auth", ids["consumer"]),
+            &json!({"subject_name": "alice.example.com",
+                    "ca_certificate": {"id": ids["ca_certificate"]}, "tags": ["t1"]}),
+        )
+        .await?;
+    ensure!(credential.status == 201, "{credential:?}");
+    conforms(
+        &doc,
+        "POST",
+        "/consumers/{consumer}/mtls-auth",
+        &credential,
+        &mut errors,
+    )?;
+    ids.insert("mtls_auth_credential", id(&credential.body)?);
+
     // Every documented GET, with the entities above in its parameters.
     let mut ok = 0;
     for (template, methods) in documented(&doc)? {

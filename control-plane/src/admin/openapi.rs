@@ -24,7 +24,7 @@ use gatehouse_shared::schema::{Access, Check, Field, Schema, Type};
 
 use super::{
     DEFAULT_PAGE_SIZE, Endpoint, MAX_PAGE_SIZE, MAX_TAGS, NESTED, Op, Scope, endpoints,
-    parent_field, singular,
+    parent_field, segment, singular,
 };
 
 /// The Admin API's default address (`--admin-listen`).
@@ -150,6 +150,10 @@ fn label(collection: &str) -> (String, String) {
         "ca_certificates" => ("CA certificate".into(), "CA certificates".into()),
         "snis" => ("SNI".into(), "SNIs".into()),
         "acls" => ("ACL".into(), "ACLs".into()),
+        "mtls_auth_credentials" => (
+            "MTLS-auth credential".into(),
+            "MTLS-auth credentials".into(),
+        ),
         other => (singular(other).replace('_', " "), other.replace('_', " ")),
     }
 }
@@ -160,7 +164,7 @@ fn schema_ref(name: &str) -> Value {
 
 fn article(word: &str) -> &'static str {
     let vowel = word.starts_with(['a', 'e', 'i', 'o', 'u', 'A', 'E', 'I', 'O', 'U']);
-    if vowel || word.starts_with("SNI") {
+    if vowel || word.starts_with("SNI") || word.starts_with("MTLS") {
         "an"
     } else {
         "a"
@@ -209,13 +213,15 @@ fn tags() -> Value {
     ];
     for collection in COLLECTIONS {
         let (_, many) = label(collection);
-        let mut description = format!("{} (`/{collection}`", capitalize(&many));
+        let mut description = format!("{} (`/{}`", capitalize(&many), segment(collection, false));
         for (parent, child) in NESTED {
             if child == collection {
                 let _ = write!(
                     description,
-                    ", `/{parent}/{{{}}}/{collection}`",
-                    singular(parent)
+                    ", `/{}/{{{}}}/{}`",
+                    segment(parent, false),
+                    singular(parent),
+                    segment(collection, true)
                 );
             }
         }
@@ -1274,7 +1280,7 @@ fn entity_schema(schema: &Schema, variant: Variant<'_>) -> Value {
         }
         properties.insert(field.name.to_owned(), Value::Object(property));
     }
-    let mut description = format!("{} (`/{collection}`).", capitalize(&one));
+    let mut description = format!("{} (`/{}`).", capitalize(&one), segment(collection, false));
     let _ = write!(
         description,
         " Named in URLs by the {}.",
@@ -1312,6 +1318,14 @@ fn field_note(collection: &str, field: &Field) -> Option<String> {
         ("certificates" | "ca_certificates", "not_before" | "not_after") => "Unix seconds.",
         ("routes", "https_redirect_status_code") => "One of 426, 301, 302, 307, 308.",
         ("targets", "target") => "`host[:port]`; stored with its port (default 8000).",
+        ("mtls_auth_credentials", "subject_name") => {
+            "A subject alternative name or the common name of the client certificate. Unique \
+             together with `ca_certificate` (a null `ca_certificate` counting as one value)."
+        }
+        ("mtls_auth_credentials", "ca_certificate") => {
+            "The CA certificate that must have issued the client certificate; null: any CA the \
+             plugin trusts. Deleting the CA certificate deletes the credential."
+        }
         _ => return None,
     };
     Some(note.to_owned())
@@ -1580,6 +1594,27 @@ mod tests {
                 "/certificates/{certificate}/snis/{sni}",
             ),
             ("listCaCertificates", "get", "/ca_certificates"),
+            ("listMtlsAuthCredentials", "get", "/mtls-auths"),
+            (
+                "getMtlsAuthCredential",
+                "get",
+                "/mtls-auths/{mtls_auth_credential}",
+            ),
+            (
+                "listConsumerMtlsAuthCredentials",
+                "get",
+                "/consumers/{consumer}/mtls-auth",
+            ),
+            (
+                "createConsumerMtlsAuthCredential",
+                "post",
+                "/consumers/{consumer}/mtls-auth",
+            ),
+            (
+                "upsertConsumerMtlsAuthCredential",
+                "put",
+                "/consumers/{consumer}/mtls-auth/{mtls_auth_credential}",
+            ),
             ("listTags", "get", "/tags"),
             ("getNodeInfo", "get", "/"),
         ] {
@@ -1696,6 +1731,22 @@ mod tests {
             json!(65535)
         );
         assert_eq!(schemas["Acl"]["properties"]["group"]["minLength"], json!(1));
+        let credential = &schemas["MtlsAuthCredential"];
+        assert_eq!(credential["required"], json!(["consumer", "subject_name"]));
+        assert_eq!(
+            credential["properties"]["ca_certificate"]["nullable"],
+            json!(true)
+        );
+        assert_eq!(
+            schemas["MtlsAuthCredentialUnderConsumer"]["required"],
+            json!(["subject_name"])
+        );
+        let param = &doc["paths"]["/consumers/{consumer}/mtls-auth/{mtls_auth_credential}"]["get"]
+            ["parameters"][1];
+        assert_eq!(
+            param["description"],
+            json!("id of the MTLS-auth credential")
+        );
 
         let upstream = &schemas["Upstream"]["properties"]["healthchecks"];
         assert_eq!(

@@ -143,6 +143,7 @@ fn unique_fields(constraint: &str) -> Option<&'static [&'static str]> {
         "plugins_instance_name_key" => &["instance_name"],
         "targets_upstream_id_target_key" => &["upstream", "target"],
         "acls_consumer_id_group_key" => &["consumer", "group"],
+        "mtls_auth_credentials_cache_key" => &["ca_certificate", "subject_name"],
         "plugins_cache_key" => &["consumer", "name", "route", "service"],
         _ => return None,
     })
@@ -772,7 +773,8 @@ async fn check_references(
     Ok(())
 }
 
-/// Kong refuses to delete a CA certificate that services or plugins still use.
+/// Kong refuses to delete a CA certificate that services or plugins still use. Its mtls-auth
+/// credentials do not hold it: they are deleted with it (`ON DELETE CASCADE`, as Kong).
 async fn ca_still_referenced(tx: &Transaction<'_>, id: Uuid) -> Result<(), ApiError> {
     let services = tx
         .query(

@@ -189,8 +189,11 @@ fn ssl_settings() {
         "/tls/rsa.key,/tls/ecdsa.key",
         "--ssl-session-tickets",
         "off",
+        "--ssl-session-cache",
+        "off",
     ]);
     let ssl = parse(&args).unwrap().proxy.tls;
+    assert!(!ssl.session_cache);
     assert_eq!(
         ssl.certs,
         [

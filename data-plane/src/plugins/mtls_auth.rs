@@ -60,10 +60,13 @@ struct Certified {
 /// Why a certificate was refused: the metric label and the logged reason.
 type Refusal = (MtlsFailure, String);
 
-/// One connection's verification results: `(runtime version, instance, outcome)`.
+/// A verification outcome for `(runtime version, instance)`.
+type Verified = (u64, Uuid, Result<Certified, Refusal>);
+
+/// One connection's verification results.
 #[derive(Debug, Default)]
 pub(crate) struct VerifiedCertificates {
-    results: Mutex<Vec<(u64, Uuid, Result<Certified, Refusal>)>>,
+    results: Mutex<Vec<Verified>>,
 }
 
 /// Most results kept per connection (a connection rarely meets more than one instance).
@@ -318,7 +321,12 @@ fn describe(error: &rustls::Error) -> Refusal {
                 MtlsFailure::Invalid,
                 "the certificate's signature is invalid",
             ),
-            other => return (MtlsFailure::Invalid, format!("invalid certificate: {other:?}")),
+            other => {
+                return (
+                    MtlsFailure::Invalid,
+                    format!("invalid certificate: {other:?}"),
+                );
+            }
         },
         other => return (MtlsFailure::Invalid, other.to_string()),
     };

@@ -88,6 +88,22 @@ fn valid_config_compiles_into_lookups() {
     assert_eq!(runtime.consumer(&CONSUMER).unwrap().id, CONSUMER);
     assert!(runtime.consumer_by_custom_id("alice").is_none());
     assert_eq!(runtime.consumer_groups(&CONSUMER), ["admins"]);
+    let credential = runtime
+        .mtls_credential("client.example.com", Some(&CA))
+        .unwrap();
+    assert_eq!(
+        (credential.id, credential.consumer.id),
+        (MTLS_CREDENTIAL, CONSUMER)
+    );
+    assert!(
+        runtime
+            .mtls_credential("client.example.com", None)
+            .is_none()
+    );
+    assert_eq!(
+        runtime.consumer_mtls_credentials(&CONSUMER).count(),
+        runtime.counts().mtls_auth_credentials
+    );
     let plugin = &runtime.plugins()[0];
     assert_eq!(runtime.plugin(plugin).unwrap().name(), "mtls-auth");
     assert_eq!(plugin.route_index(), Some(0));
@@ -284,6 +300,18 @@ fn dangling_references_are_rejected() {
             Box::new(|c| c.acls[0].consumer = MISSING.into()),
         ),
         (
+            "mtls_auth_credential",
+            MTLS_CREDENTIAL,
+            "consumer",
+            Box::new(|c| c.mtls_auth_credentials[0].consumer = MISSING.into()),
+        ),
+        (
+            "mtls_auth_credential",
+            MTLS_CREDENTIAL,
+            "ca_certificate",
+            Box::new(|c| c.mtls_auth_credentials[0].ca_certificate = Some(MISSING.into())),
+        ),
+        (
             "plugin",
             PLUGIN,
             "route",
@@ -357,6 +385,115 @@ fn other_invalid_values_are_rejected() {
             .reason
             .starts_with("invalid host 'a.*.com'")
     );
+}
+
+/// An mtls-auth credential of `consumer` for `subject`, bound to `ca` or to any CA.
+fn mtls_credential(
+    id: u128,
+    consumer: Uuid,
+    subject: &str,
+    ca: Option<Uuid>,
+) -> model::MtlsAuthCredential {
+    model::MtlsAuthCredential {
+        id: Uuid::from_u128(id),
+        created_at: 1,
+        updated_at: 1,
+        consumer: consumer.into(),
+        subject_name: subject.into(),
+        ca_certificate: ca.map(ForeignKey::from),
+        tags: None,
+    }
+}
+
+#[test]
+fn mtls_credentials_are_looked_up_by_subject_in_kongs_order() {
+    let mut config = valid_config();
+    let mut other_ca = ca_certificate();
+    other_ca.id = Uuid::from_u128(0x5001);
+    let bob = Uuid::from_u128(0x8001);
+    let mut consumer = config.consumers[0].clone();
+    (consumer.id, consumer.username) = (bob, Some("bob".into()));
+    config.consumers.push(consumer);
+    // Listed out of lookup order: for any CA first, then the CAs by decreasing id.
+    config.mtls_auth_credentials = vec![
+        mtls_credential(0xb003, bob, "client.example.com", None),
+        mtls_credential(0xb002, bob, "client.example.com", Some(other_ca.id)),
+        mtls_credential(0xb001, CONSUMER, "client.example.com", Some(CA)),
+        mtls_credential(0xb004, CONSUMER, "Client.example.com", None),
+    ];
+    config.ca_certificates.push(other_ca.clone());
+    let runtime = compile(config).unwrap();
+
+    let ids = |subject: &str| -> Vec<u128> {
+        runtime
+            .mtls_credentials_for_subject(subject)
+            .map(|c| c.id.as_u128())
+            .collect()
+    };
+    // CA-specific ones by CA id, then the one for any CA.
+    assert_eq!(ids("client.example.com"), [0xb001, 0xb002, 0xb003]);
+    // Subjects compare exactly.
+    assert_eq!(ids("Client.example.com"), [0xb004]);
+    assert!(ids("client.example.com.").is_empty());
+    assert!(ids("").is_empty());
+
+    let exact = |ca: Option<&Uuid>| {
+        runtime
+            .mtls_credential("client.example.com", ca)
+            .map(|c| c.id.as_u128())
+    };
+    assert_eq!(exact(Some(&CA)), Some(0xb001));
+    assert_eq!(exact(Some(&other_ca.id)), Some(0xb002));
+    assert_eq!(exact(None), Some(0xb003));
+    assert_eq!(exact(Some(&MISSING)), None);
+
+    let of = |consumer: &Uuid| -> Vec<u128> {
+        runtime
+            .consumer_mtls_credentials(consumer)
+            .map(|c| c.id.as_u128())
+            .collect()
+    };
+    assert_eq!(of(&bob), [0xb003, 0xb002]);
+    assert_eq!(of(&CONSUMER), [0xb001, 0xb004]);
+    assert!(of(&MISSING).is_empty());
+    assert_eq!(runtime.counts().mtls_auth_credentials, 4);
+}
+
+#[test]
+fn mtls_credentials_must_be_unique_by_subject_and_ca() {
+    for ca in [Some(CA), None] {
+        let mut config = valid_config();
+        config.mtls_auth_credentials = vec![
+            mtls_credential(0xb001, CONSUMER, "client.example.com", ca),
+            mtls_credential(0xb002, CONSUMER, "client.example.com", ca),
+        ];
+        let err = rejected(config);
+        assert_eq!(
+            (err.entity, err.id),
+            ("mtls_auth_credential", Uuid::from_u128(0xb002)),
+            "{err}"
+        );
+        let with = ca.map_or_else(
+            || "no ca_certificate".to_owned(),
+            |id| format!("ca_certificate {id}"),
+        );
+        assert_eq!(
+            err.reason,
+            format!(
+                "subject_name 'client.example.com' with {with} is used by another \
+                 mtls_auth_credential"
+            )
+        );
+    }
+
+    let mut config = valid_config();
+    config.mtls_auth_credentials[0].subject_name = String::new();
+    assert_eq!(rejected(config).reason, "subject_name is empty");
+
+    let mut config = valid_config();
+    let duplicate = config.mtls_auth_credentials[0].clone();
+    config.mtls_auth_credentials.push(duplicate);
+    assert_eq!(rejected(config).reason, "duplicate id");
 }
 
 #[test]

@@ -555,6 +555,7 @@ async fn default_certificate_from_files() {
     let settings = SslSettings {
         certs: vec![rsa.write(&dir, "rsa"), ecdsa.write(&dir, "ecdsa")],
         session_tickets: true,
+        session_cache: true,
     };
     let runtime = Arc::new(SharedRuntime::default());
     let terminator = Arc::new(TlsTerminator::from_settings(&settings, runtime).unwrap());
@@ -788,6 +789,25 @@ async fn tickets_off_resumes_from_the_session_cache_only() {
         );
         let (_, info) = exchange(&mut server, &config, "resume.test").await;
         assert!(info.is_resumed(), "{:?}", info.version());
+    }
+}
+
+#[tokio::test]
+async fn tickets_and_cache_off_never_resume() {
+    let runtime = Arc::new(SharedRuntime::default());
+    let options = TlsOptions::default()
+        .with_session_tickets(false)
+        .with_session_cache(false);
+    let terminator = Arc::new(TlsTerminator::new(runtime, self_signed(), options).unwrap());
+    assert_eq!(terminator.template.send_tls13_tickets, 0);
+    assert!(!terminator.template.session_storage.can_cache());
+    let mut server = Server::start(terminator).await;
+    for client in [Client::tls13(), Client::tls12()] {
+        let config = client.config();
+        for _ in 0..2 {
+            let (_, info) = exchange(&mut server, &config, "resume.test").await;
+            assert!(!info.is_resumed(), "{:?}", info.version());
+        }
     }
 }
 

@@ -101,6 +101,33 @@ fn mtls_auth_plugin_fills_config_defaults() {
 }
 
 #[test]
+fn mtls_auth_credential_from_admin_api() {
+    // `curl -X POST :8001/consumers/alice/mtls-auth -d subject_name=client.example.com`
+    let credential: MtlsAuthCredential = round_trip(json!({
+        "ca_certificate": null, "consumer": {"id": "0190a6b2-52a4-7c1e-9d7b-3f1f0a6c2d17"},
+        "created_at": 1795616178, "id": "0190a6b2-52a4-7c1e-9d7b-3f1f0a6c2d18",
+        "subject_name": "client.example.com", "tags": null, "updated_at": 1795616178
+    }));
+    assert_eq!(credential.ca_certificate, None);
+    let credential: MtlsAuthCredential = round_trip(json!({
+        "ca_certificate": {"id": "0190a6b2-52a4-7c1e-9d7b-3f1f0a6c2d13"},
+        "consumer": {"id": "0190a6b2-52a4-7c1e-9d7b-3f1f0a6c2d17"}, "created_at": 1,
+        "id": "0190a6b2-52a4-7c1e-9d7b-3f1f0a6c2d18", "subject_name": "CN with spaces",
+        "tags": ["t"], "updated_at": 2
+    }));
+    assert_eq!(
+        credential
+            .ca_certificate
+            .map(|ca| ca.id.to_string())
+            .as_deref(),
+        Some("0190a6b2-52a4-7c1e-9d7b-3f1f0a6c2d13")
+    );
+    // A stored configuration from before the collection existed still reads.
+    let config: Config = serde_json::from_value(json!({"consumers": []})).unwrap();
+    assert!(config.mtls_auth_credentials.is_empty());
+}
+
+#[test]
 fn unknown_plugin_is_an_error() {
     let err = serde_json::from_value::<Plugin>(json!({
         "config": {}, "consumer": null, "created_at": 1, "enabled": true,

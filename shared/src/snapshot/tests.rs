@@ -219,6 +219,26 @@ fn full_config() -> Config {
             group: "admins".into(),
             tags: tags("acl"),
         }],
+        mtls_auth_credentials: vec![
+            MtlsAuthCredential {
+                id: uuid(110),
+                created_at: 17,
+                updated_at: 18,
+                consumer: uuid(80).into(),
+                subject_name: "client.example.com".into(),
+                ca_certificate: Some(uuid(40).into()),
+                tags: tags("mtls"),
+            },
+            MtlsAuthCredential {
+                id: uuid(111),
+                created_at: 19,
+                updated_at: 20,
+                consumer: uuid(80).into(),
+                subject_name: "CN=client,O=Example".into(),
+                ca_certificate: Some(uuid(41).into()),
+                tags: tags("mtls"),
+            },
+        ],
         plugins: vec![
             plugin_common(
                 100,
@@ -271,6 +291,7 @@ fn shuffled(mut config: Config) -> Config {
     mix(&mut config.targets);
     mix(&mut config.consumers);
     mix(&mut config.acls);
+    mix(&mut config.mtls_auth_credentials);
     mix(&mut config.plugins);
     config
 }
@@ -308,12 +329,16 @@ fn nulls_and_empty_lists_stay_apart() {
     config.services[0].ca_certificates = Some(Vec::new());
     config.services[1].ca_certificates = None;
     config.consumers[0].tags = Some(Vec::new());
+    config.mtls_auth_credentials[1].ca_certificate = None;
     let decoded = decode(&encode(&config, 1).message).unwrap();
     assert_eq!(decoded, config);
 
     let mut null = config.clone();
     null.consumers[0].tags = None;
     assert_ne!(encode(&null, 1).hash, encode(&config, 1).hash);
+    let mut any_ca = config.clone();
+    any_ca.mtls_auth_credentials[0].ca_certificate = None;
+    assert_ne!(encode(&any_ca, 1).hash, encode(&config, 1).hash);
 }
 
 #[test]
@@ -362,8 +387,21 @@ fn hash_is_pinned() {
     assert_eq!(hash, PINNED_FULL_CONFIG_HASH, "canonical encoding changed");
 }
 
+#[test]
+fn a_config_without_mtls_credentials_hashes_as_before_they_existed() {
+    // `mtls_auth_credentials` (field 11) came after the other collections: a configuration
+    // without any encodes to the same bytes as before, so upgrading the control plane does
+    // not change the hash data planes run.
+    let mut config = full_config();
+    config.mtls_auth_credentials.clear();
+    assert_eq!(
+        encode(&config, 1).hash,
+        "d4fb9548b46ac73633baef721b531d20e44704c1adb592bdd364eb6007674569"
+    );
+}
+
 const PINNED_FULL_CONFIG_HASH: &str =
-    "d4fb9548b46ac73633baef721b531d20e44704c1adb592bdd364eb6007674569";
+    "df9e5589081d1c8a9bfb8fd0623f3ed19bbd0541096cf1a38da4496d441a1d20";
 
 /// Every leaf of `value` (object members, array elements), as JSON pointer paths.
 fn leaves(value: &Value, path: String, out: &mut Vec<String>) {
@@ -435,8 +473,8 @@ fn every_field_changes_the_hash() {
         );
         changed += 1;
     }
-    // Guards the walk itself: the full config has 384 changeable leaves and list lengths.
-    assert!(changed >= 384, "only {changed} fields changed");
+    // Guards the walk itself: the full config has 403 changeable leaves and list lengths.
+    assert!(changed >= 403, "only {changed} fields changed");
 }
 
 #[test]
@@ -652,6 +690,18 @@ fn invalid_values_name_the_entity_and_field() {
         mtls.ca_certificates.push("not-a-uuid".into());
     }));
     assert_eq!(err.field, "config.ca_certificates");
+
+    let err = invalid(decode_crafted(|c| {
+        c.mtls_auth_credentials[1].ca_certificate_id = Some("nope".into())
+    }));
+    assert_eq!(
+        (err.collection, err.index, err.field.as_str()),
+        ("mtls_auth_credentials", 1, "ca_certificate_id")
+    );
+    let err = invalid(decode_crafted(|c| {
+        c.mtls_auth_credentials[0].consumer_id = String::new()
+    }));
+    assert_eq!(err.field, "consumer_id");
 }
 
 #[test]

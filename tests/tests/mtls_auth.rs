@@ -468,3 +468,60 @@ async fn certificates_as_identity_with_acl_groups_and_no_consumer() -> Result<()
     assert_eq!(body["message"], "You cannot consume this service");
     Ok(())
 }
+
+#[tokio::test]
+async fn explicit_mappings_bind_subjects_to_consumers_per_ca() -> Result<()> {
+    let cluster = Cluster::start(&["dp1"], &[]).await?;
+    let admin = cluster.admin();
+    let server_ca = Ca::new("server CA")?;
+    let (dp, _upstream, service) = setup(&cluster, &server_ca, &["devices.test"]).await?;
+    let (factory, partner) = (Ca::new("factory CA")?, Ca::new("partner CA")?);
+    let factory_id = upload_ca(admin, &factory).await?;
+    let partner_id = upload_ca(admin, &partner).await?;
+    let route = created(
+        admin,
+        &format!("/services/{service}/routes"),
+        &[("hosts[]", "devices.test")],
+    )
+    .await?;
+    let plugin_path = format!("/routes/{}/plugins", route["id"].as_str().context("id")?);
+    let plugin = admin
+        .post_json(
+            &plugin_path,
+            &json!({"name": "mtls-auth",
+                    "config": {"ca_certificates": [factory_id, partner_id]}}),
+        )
+        .await?;
+    ensure!(plugin.status == 201, "{plugin:?}");
+    created(admin, "/consumers", &[("username", "fleet")]).await?;
+    created(
+        admin,
+        "/consumers/fleet/mtls-auth",
+        &[
+            ("subject_name", "device-42"),
+            ("ca_certificate.id", &factory_id),
+        ],
+    )
+    .await?;
+    applied(admin, &dp).await?;
+    let addr = dp.proxy_ssl_addr()?;
+
+    // From the factory CA: mapped to `fleet`, though no consumer is named device-42.
+    let device = Client::new(
+        &server_ca,
+        Some(&factory.leaf(&["device-42"], Algorithm::Ecdsa, 30)?),
+    )?;
+    let (status, body) = device.get(addr, "devices.test", "/").await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["headers"]["x-consumer-username"], "fleet");
+
+    // The same name from the partner CA: the mapping is bound to the factory CA, so no
+    // consumer, 401.
+    let impostor = Client::new(
+        &server_ca,
+        Some(&partner.leaf(&["device-42"], Algorithm::Ecdsa, 30)?),
+    )?;
+    let (status, body) = impostor.get(addr, "devices.test", "/").await?;
+    assert_eq!(status, 401, "{body}");
+    Ok(())
+}

@@ -9,9 +9,11 @@
 //!    `clientAuth` usage are checked. Failure: 401 `TLS certificate failed verification`,
 //!    the precise reason (expired, unknown CA, ...) in the log, never in the response.
 //! 3. With `skip_consumer_lookup`, the certificate is the identity: `X-Client-Cert-Dn`
-//!    and `X-Client-Cert-San` go upstream. Otherwise the consumer is looked up: each SAN,
-//!    then the CN, against the `consumer_by` fields (`username`, `custom_id`) in order; then
-//!    `default_consumer`; then `anonymous`; else 401 `TLS certificate failed verification`.
+//!    and `X-Client-Cert-San` go upstream. Otherwise the consumer is looked up: an explicit
+//!    mapping (`/consumers/{c}/mtls-auth`, `subject_name` = a SAN or the CN, optionally bound
+//!    to the CA that issued the chain); then each SAN, then the CN, against the `consumer_by`
+//!    fields (`username`, `custom_id`) in order; then `default_consumer`; then `anonymous`;
+//!    else 401 `TLS certificate failed verification`.
 //! 4. The authenticated group is the subject's CN or whole DN (`authenticated_group_by`).
 //!
 //! Verification results are cached per connection, per runtime and instance, so a
@@ -46,6 +48,8 @@ pub(crate) struct MtlsAuth {
     intermediates: Vec<CertificateDer<'static>>,
     /// Subjects of the CA certificates (`send_ca_dn`).
     hints: Vec<DistinguishedName>,
+    /// Each CA certificate's subject DN, to tell which CA issued a chain.
+    ca_subjects: Vec<(Uuid, String)>,
 }
 
 /// What a verified client certificate says.
@@ -55,6 +59,8 @@ struct Certified {
     subject: String,
     common_name: Option<String>,
     sans: Vec<String>,
+    /// Issuer DNs in the chain (the leaf's, then each intermediate's).
+    issuers: Vec<String>,
 }
 
 /// Why a certificate was refused: the metric label and the logged reason.
@@ -82,12 +88,14 @@ impl MtlsAuth {
         let mut anchors = RootCertStore::empty();
         let mut intermediates = Vec::new();
         let mut hints = Vec::new();
+        let mut ca_subjects = Vec::new();
         for ca in &config.ca_certificates {
             let der = runtime
                 .ca_certificate(ca)
                 .ok_or_else(|| format!("CA certificate {ca} is not in the configuration"))?;
             let facts = x509::cert_facts(der).map_err(|e| format!("CA certificate {ca}: {e}"))?;
             let self_signed = facts.subject == facts.issuer;
+            ca_subjects.push((*ca, facts.subject.clone()));
             if self_signed || config.allow_partial_chain {
                 anchors
                     .add(der.clone())
@@ -121,6 +129,7 @@ impl MtlsAuth {
             verifier,
             intermediates,
             hints,
+            ca_subjects,
         })
     }
 
@@ -262,26 +271,49 @@ impl MtlsAuth {
             .verify_client_cert(leaf, &intermediates, now)
             .map_err(|error| describe(&error))?;
         let facts = x509::cert_facts(leaf).map_err(|e| (MtlsFailure::Invalid, e))?;
+        let mut issuers = vec![facts.issuer];
+        issuers.extend(
+            sent.iter()
+                .filter_map(|c| x509::cert_facts(c).ok())
+                .map(|f| f.issuer),
+        );
         Ok(Certified {
             subject: facts.subject,
             common_name: facts.common_name,
             sans: facts.sans,
+            issuers,
         })
     }
 
-    /// The consumer a certificate maps to: each SAN, then the CN, against the `consumer_by`
-    /// fields in order.
+    /// The consumer a certificate maps to: an explicit mapping (`/consumers/{c}/mtls-auth`)
+    /// of a SAN or the CN — one bound to a CA only when that CA issued the chain — else each
+    /// SAN, then the CN, against the `consumer_by` fields in order.
     fn consumer_for<'r>(
         &self,
         runtime: &'r Runtime,
         certified: &Certified,
     ) -> Option<&'r model::Consumer> {
-        let names = certified
-            .sans
-            .iter()
-            .map(String::as_str)
-            .chain(certified.common_name.as_deref());
-        for name in names {
+        let names = || {
+            certified
+                .sans
+                .iter()
+                .map(String::as_str)
+                .chain(certified.common_name.as_deref())
+        };
+        let issued_by = |ca: &Uuid| {
+            self.ca_subjects
+                .iter()
+                .any(|(id, subject)| id == ca && certified.issuers.contains(subject))
+        };
+        for name in names() {
+            let mapped = runtime
+                .mtls_credentials_for_subject(name)
+                .find(|c| c.ca_certificate.as_ref().is_none_or(|ca| issued_by(&ca.id)));
+            if let Some(credential) = mapped {
+                return runtime.consumer(&credential.consumer.id);
+            }
+        }
+        for name in names() {
             for field in &self.config.consumer_by {
                 let found = match field.as_str() {
                     "username" => runtime.consumer_by_username(name),

@@ -48,6 +48,7 @@ pub mod tls;
 mod cache;
 mod metrics;
 mod plugins;
+mod revocation;
 mod status;
 mod stream;
 mod sync;

@@ -9,8 +9,9 @@
 //! | `gatehouse_mtls_auth_failures_total` | `reason` (below) | refused client certificates |
 //!
 //! Upstream connection reuse is `1 - connections / requests`. The mtls-auth reasons are
-//! `no_certificate`, `unknown_ca`, `expired`, `not_yet_valid`, `revoked`, `wrong_usage`,
-//! `no_consumer`, `invalid`: the cause a response never tells the client.
+//! `no_certificate`, `unknown_ca`, `expired`, `not_yet_valid`, `revoked`, `revocation_unknown`
+//! (STRICT mode without an answer), `wrong_usage`, `no_consumer`, `invalid`: the cause a
+//! response never tells the client.
 //!
 //! Counters are relaxed atomics: one increment per event, no lock, no allocation.
 
@@ -26,17 +27,19 @@ pub(crate) enum MtlsFailure {
     Expired,
     NotYetValid,
     Revoked,
+    RevocationUnknown,
     WrongUsage,
     NoConsumer,
     Invalid,
 }
 
-const MTLS_REASONS: [&str; 8] = [
+const MTLS_REASONS: [&str; 9] = [
     "no_certificate",
     "unknown_ca",
     "expired",
     "not_yet_valid",
     "revoked",
+    "revocation_unknown",
     "wrong_usage",
     "no_consumer",
     "invalid",
@@ -48,7 +51,7 @@ pub(crate) struct Metrics {
     responses: [AtomicU64; 5],
     upstream_requests: AtomicU64,
     upstream_connections: [AtomicU64; 2],
-    mtls_failures: [AtomicU64; 8],
+    mtls_failures: [AtomicU64; 9],
 }
 
 /// The process's counters.
@@ -61,7 +64,7 @@ impl Metrics {
             responses: [const { AtomicU64::new(0) }; 5],
             upstream_requests: AtomicU64::new(0),
             upstream_connections: [const { AtomicU64::new(0) }; 2],
-            mtls_failures: [const { AtomicU64::new(0) }; 8],
+            mtls_failures: [const { AtomicU64::new(0) }; 9],
         }
     }
 

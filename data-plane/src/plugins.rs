@@ -34,6 +34,7 @@ use uuid::Uuid;
 
 use gatehouse_shared::model::{self, PluginConfig};
 
+use crate::revocation::RevocationChecker;
 use crate::router::Protocol;
 use crate::runtime::Runtime;
 use crate::tls::TlsInfo;
@@ -75,10 +76,11 @@ const IDENTITY_HEADERS: [HeaderName; 8] = [
     CLIENT_CERT_SAN,
 ];
 
-/// The plan of the runtime seen last.
+/// The plan of the runtime seen last, and what plugins share across runtimes.
 #[derive(Default)]
 pub(crate) struct Plugins {
     current: ArcSwapOption<Plan>,
+    revocation: RevocationChecker,
 }
 
 /// The plugins of one runtime.
@@ -141,11 +143,18 @@ pub(crate) struct Request<'a> {
     pub(crate) client_ip: IpAddr,
     /// This connection's verification results.
     pub(crate) verified: &'a VerifiedCertificates,
+    /// CRL and OCSP answers (shared by the process).
+    pub(crate) revocation: &'a RevocationChecker,
 }
 
 // === impl Plugins ===
 
 impl Plugins {
+    /// The revocation checker (its caches outlive runtimes).
+    pub(crate) fn revocation(&self) -> &RevocationChecker {
+        &self.revocation
+    }
+
     /// The plan of `runtime`, built on first use.
     pub(crate) fn for_runtime(&self, runtime: &Runtime) -> Arc<Plan> {
         if let Some(current) = self.current.load_full()

@@ -620,6 +620,7 @@ impl Proxy {
                     protocol: seen_as,
                     client_ip: conn.peer.ip(),
                     verified: &conn.verified,
+                    revocation: self.plugins.revocation(),
                 };
                 match plugins.access(runtime, &request).await {
                     Ok(identity) => identity,

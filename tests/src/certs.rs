@@ -111,6 +111,46 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// A leaf for `sans` (the first is also the CN) with serial `serial` whose certificate
+    /// names `crl_url` as its CRL distribution point; valid from yesterday for 30 days.
+    pub fn leaf_with_crl(&self, sans: &[&str], serial: u64, crl_url: &str) -> Result<Pem> {
+        let key = key(Algorithm::Ecdsa)?;
+        let mut params = params(sans.first().copied().unwrap_or("leaf"), sans, -1, 30)?;
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+            uris: vec![crl_url.to_owned()],
+        }];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+
+    /// A CRL (DER) of this CA revoking `serials`, current for an hour.
+    pub fn crl(&self, serials: &[u64]) -> Result<Vec<u8>> {
+        let now = time::OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(5),
+            next_update: now + time::Duration::hours(1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*serial),
+                    revocation_time: now - time::Duration::minutes(1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.der().to_vec())
+    }
+}
+
 /// A self-signed leaf (not a CA) for `sans`, valid from yesterday for `days`.
 pub fn self_signed(sans: &[&str], algorithm: Algorithm, days: i64) -> Result<Pem> {
     let key = key(algorithm)?;

@@ -525,3 +525,102 @@ async fn explicit_mappings_bind_subjects_to_consumers_per_ca() -> Result<()> {
     assert_eq!(status, 401, "{body}");
     Ok(())
 }
+
+/// Serves `crl` (DER) on every path; counts the requests.
+async fn crl_server(crl: Vec<u8>) -> Result<(SocketAddr, Arc<AtomicUsize>, JoinHandle<()>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let crl = Bytes::from(crl);
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (crl, counter) = (crl.clone(), counter.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |_req: Request<Incoming>| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let crl = crl.clone();
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(crl))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    Ok((addr, hits, task))
+}
+
+#[tokio::test]
+async fn revocation_modes_with_a_crl() -> Result<()> {
+    let cluster = Cluster::start(&["dp1"], &[]).await?;
+    let admin = cluster.admin();
+    let server_ca = Ca::new("server CA")?;
+    let hosts = ["strict.test", "lenient.test", "skip.test"];
+    let (dp, _upstream, service) = setup(&cluster, &server_ca, &hosts).await?;
+    let client_ca = Ca::new("client CA")?;
+    let ca_id = upload_ca(admin, &client_ca).await?;
+    let (crl_addr, hits, crl_task) = crl_server(client_ca.crl(&[2])?).await?;
+    let dead_port = {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        listener.local_addr()?.port()
+    };
+    for (host, mode) in [
+        ("strict.test", "STRICT"),
+        ("lenient.test", "IGNORE_CA_ERROR"),
+        ("skip.test", "SKIP"),
+    ] {
+        let route = created(
+            admin,
+            &format!("/services/{service}/routes"),
+            &[("hosts[]", host)],
+        )
+        .await?;
+        created(
+            admin,
+            &format!("/routes/{}/plugins", route["id"].as_str().context("id")?),
+            &[
+                ("name", "mtls-auth"),
+                ("config.ca_certificates", &ca_id),
+                ("config.revocation_check_mode", mode),
+                ("config.skip_consumer_lookup", "true"),
+                ("config.http_timeout", "500"),
+            ],
+        )
+        .await?;
+    }
+    applied(admin, &dp).await?;
+    let addr = dp.proxy_ssl_addr()?;
+    let crl_url = format!("http://{crl_addr}/client-ca.crl");
+    let good = Client::new(
+        &server_ca,
+        Some(&client_ca.leaf_with_crl(&["good"], 1, &crl_url)?),
+    )?;
+    let revoked = Client::new(
+        &server_ca,
+        Some(&client_ca.leaf_with_crl(&["revoked"], 2, &crl_url)?),
+    )?;
+    let unreachable = format!("http://127.0.0.1:{dead_port}/gone.crl");
+    let unknown = Client::new(
+        &server_ca,
+        Some(&client_ca.leaf_with_crl(&["unknown"], 3, &unreachable)?),
+    )?;
+
+    for host in hosts {
+        assert_eq!(good.get(addr, host, "/").await?.0, 200, "good on {host}");
+    }
+    assert_eq!(revoked.get(addr, "strict.test", "/").await?.0, 401);
+    assert_eq!(revoked.get(addr, "lenient.test", "/").await?.0, 401);
+    assert_eq!(revoked.get(addr, "skip.test", "/").await?.0, 200);
+    // The CRL was fetched once and then served from the cache.
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // No answer (the CRL server is unreachable): only STRICT refuses.
+    assert_eq!(unknown.get(addr, "strict.test", "/").await?.0, 401);
+    assert_eq!(unknown.get(addr, "lenient.test", "/").await?.0, 200);
+    let line = dp
+        .wait_for_log("refused by the revocation check", patience())
+        .await?;
+    assert!(line.contains("revoked"), "{line}");
+    crl_task.abort();
+    Ok(())
+}

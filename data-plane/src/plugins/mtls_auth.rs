@@ -21,7 +21,7 @@
 //! instance changed) checks again, resumed session or not.
 
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rustls::DistinguishedName;
 use rustls::RootCertStore;
@@ -34,6 +34,7 @@ use gatehouse_shared::x509;
 
 use super::*;
 use crate::metrics::{METRICS, MtlsFailure};
+use crate::revocation::{Mode, Verdict};
 
 const NO_CERTIFICATE: &str = "No required TLS certificate was sent";
 const FAILED_VERIFICATION: &str = "TLS certificate failed verification";
@@ -46,6 +47,8 @@ pub(crate) struct MtlsAuth {
     verifier: Arc<dyn ClientCertVerifier>,
     /// Non-anchor CA certificates offered as intermediates.
     intermediates: Vec<CertificateDer<'static>>,
+    /// Every CA certificate with its subject DN: issuers for revocation checks.
+    cas: Vec<(String, CertificateDer<'static>)>,
     /// Subjects of the CA certificates (`send_ca_dn`).
     hints: Vec<DistinguishedName>,
     /// Each CA certificate's subject DN, to tell which CA issued a chain.
@@ -89,6 +92,7 @@ impl MtlsAuth {
         let mut intermediates = Vec::new();
         let mut hints = Vec::new();
         let mut ca_subjects = Vec::new();
+        let mut cas = Vec::new();
         for ca in &config.ca_certificates {
             let der = runtime
                 .ca_certificate(ca)
@@ -96,6 +100,7 @@ impl MtlsAuth {
             let facts = x509::cert_facts(der).map_err(|e| format!("CA certificate {ca}: {e}"))?;
             let self_signed = facts.subject == facts.issuer;
             ca_subjects.push((*ca, facts.subject.clone()));
+            cas.push((facts.subject.clone(), der.clone()));
             if self_signed || config.allow_partial_chain {
                 anchors
                     .add(der.clone())
@@ -130,6 +135,7 @@ impl MtlsAuth {
             intermediates,
             hints,
             ca_subjects,
+            cas,
         })
     }
 
@@ -185,6 +191,13 @@ impl MtlsAuth {
                 return self.anonymous_or(runtime, identity, FAILED_VERIFICATION);
             }
         };
+        if let Err(failure) = self
+            .revocation(request, leaf, sent_intermediates, &certified)
+            .await
+        {
+            METRICS.mtls_failure(failure);
+            return self.anonymous_or(runtime, identity, FAILED_VERIFICATION);
+        }
 
         identity.credential = true;
         identity.authenticated_groups = match self.config.authenticated_group_by.as_str() {
@@ -222,6 +235,70 @@ impl MtlsAuth {
                 self.anonymous_or(runtime, identity, FAILED_VERIFICATION)
             }
         }
+    }
+
+    /// Asks about the leaf's revocation (`revocation_check_mode`), with its issuer: an
+    /// intermediate the client sent or one of the instance's CAs. The answers are cached
+    /// by the checker for `cert_cache_ttl`.
+    async fn revocation(
+        &self,
+        request: &Request<'_>,
+        leaf: &CertificateDer<'static>,
+        sent: &[CertificateDer<'static>],
+        certified: &Certified,
+    ) -> Result<(), MtlsFailure> {
+        let mode = match self.config.revocation_check_mode.as_str() {
+            "SKIP" => return Ok(()),
+            "STRICT" => Mode::Strict,
+            _ => Mode::IgnoreCaError,
+        };
+        let issuer_dn = certified.issuers.first().map(String::as_str).unwrap_or("");
+        let issuer = sent
+            .iter()
+            .find(|c| x509::cert_facts(c).is_ok_and(|f| f.subject == issuer_dn))
+            .or_else(|| {
+                self.cas
+                    .iter()
+                    .find(|(subject, _)| subject == issuer_dn)
+                    .map(|(_, der)| der)
+            });
+        let Some(issuer) = issuer else {
+            return if mode == Mode::Strict {
+                tracing::info!(plugin = %self.id, client = %request.client_ip,
+                    "mtls-auth: the issuer of the certificate is unknown; revocation cannot be checked");
+                Err(MtlsFailure::RevocationUnknown)
+            } else {
+                Ok(())
+            };
+        };
+        let millis = |ms: f64| Duration::from_millis(ms.max(0.0) as u64);
+        let verdict = request
+            .revocation
+            .check(
+                leaf,
+                issuer,
+                mode,
+                millis(self.config.http_timeout),
+                millis(self.config.cert_cache_ttl),
+            )
+            .await;
+        if verdict.accepts(mode) {
+            if let Verdict::Unknown { reason } = &verdict {
+                tracing::debug!(plugin = %self.id, %reason, "mtls-auth: revocation status unknown; accepted");
+            }
+            return Ok(());
+        }
+        tracing::info!(
+            plugin = %self.id,
+            client = %request.client_ip,
+            subject = %certified.subject,
+            verdict = %verdict,
+            "mtls-auth: client certificate refused by the revocation check"
+        );
+        Err(match verdict {
+            Verdict::Revoked { .. } => MtlsFailure::Revoked,
+            _ => MtlsFailure::RevocationUnknown,
+        })
     }
 
     /// The anonymous consumer when configured, else 401 with `message`.

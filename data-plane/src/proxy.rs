@@ -138,6 +138,16 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause after an accept error (e.g. out of file descriptors) before accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// `Via` sent upstream, by the client's HTTP version.
+const VIA_HTTP_10: HeaderValue =
+    HeaderValue::from_static(concat!("1.0 gatehouse/", env!("CARGO_PKG_VERSION")));
+const VIA_HTTP_11: HeaderValue =
+    HeaderValue::from_static(concat!("1.1 gatehouse/", env!("CARGO_PKG_VERSION")));
+const VIA_HTTP_2: HeaderValue =
+    HeaderValue::from_static(concat!("2 gatehouse/", env!("CARGO_PKG_VERSION")));
+const VIA_HTTP_3: HeaderValue =
+    HeaderValue::from_static(concat!("3 gatehouse/", env!("CARGO_PKG_VERSION")));
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -234,6 +244,10 @@ struct Connection {
     trusted: bool,
     /// Client-certificate verifications done for this connection (`mtls-auth`).
     verified: VerifiedCertificates,
+    /// The peer's IP and the local port, as header values (`X-Real-IP`, `X-Forwarded-For`,
+    /// `X-Forwarded-Port`), made once per connection.
+    client_ip: HeaderValue,
+    local_port: HeaderValue,
 }
 
 /// Counts the connections (and upgraded tunnels) still open, so that a shutdown can wait
@@ -376,6 +390,8 @@ async fn serve_connection(
         tls: None,
         trusted,
         verified: VerifiedCertificates::default(),
+        client_ip: header_value(&peer.ip().to_string()),
+        local_port: HeaderValue::from(local.port()),
     };
     match tls {
         None => serve_http(TokioIo::new(tcp), Arc::new(conn), proxy, stop).await,
@@ -510,33 +526,35 @@ impl Proxy {
     /// Answers one request; never fails (every failure is a response).
     async fn handle(&self, conn: &Connection, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
-        let request_id = Uuid::new_v4().hyphenated().to_string();
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let request_id: &str = Uuid::new_v4().hyphenated().encode_lower(&mut id);
+        let id_value = header_value(request_id);
         let format = Format::of(req.version(), req.headers());
         // One load per request. `load_full` (one reference count) rather than an arc-swap
         // guard: the request holds it across awaits for as long as the upstream takes, and
         // long-held guards exhaust arc-swap's per-thread fast slots.
         let runtime = self.runtime.load_full();
         let routed = self
-            .route(&runtime, conn, req, &request_id, format, started)
+            .route(&runtime, conn, req, request_id, &id_value, format, started)
             .await;
-        let mut response = routed.unwrap_or_else(|failure| failure.response(&request_id, format));
+        let mut response = routed.unwrap_or_else(|failure| failure.response(request_id, format));
         METRICS.response(response.status().as_u16());
         let headers = response.headers_mut();
         if !headers.contains_key(&UPSTREAM_LATENCY) {
             headers.insert(RESPONSE_LATENCY, millis(started.elapsed()));
         }
-        if let Ok(value) = HeaderValue::from_str(&request_id) {
-            headers.insert(REQUEST_ID, value);
-        }
+        headers.insert(REQUEST_ID, id_value);
         response
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn route(
         &self,
         runtime: &Runtime,
         conn: &Connection,
         req: Request<Incoming>,
         request_id: &str,
+        id_value: &HeaderValue,
         format: Format,
         started: Instant,
     ) -> Result<Response<ProxyBody>, Failure> {
@@ -673,7 +691,7 @@ impl Proxy {
             key,
         };
         self.forward(
-            runtime, service, target, balance, conn, req, request_id, started,
+            runtime, service, target, balance, conn, req, id_value, started,
         )
         .await
     }
@@ -719,7 +737,7 @@ impl Proxy {
         balance: Balance<'_>,
         conn: &Connection,
         mut req: Request<Incoming>,
-        request_id: &str,
+        request_id: &HeaderValue,
         started: Instant,
     ) -> Result<Response<ProxyBody>, Failure> {
         let version = if target.http2 {
@@ -924,7 +942,7 @@ impl Proxy {
         parts: &http::request::Parts,
         target: &Target,
         conn: &Connection,
-        request_id: &str,
+        request_id: &HeaderValue,
     ) -> HeaderMap {
         let mut headers = parts.headers.clone();
         // gRPC needs `TE: trailers` end to end; every other TE value is hop-by-hop.
@@ -942,19 +960,26 @@ impl Proxy {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
 
-        let client_ip = conn.peer.ip().to_string();
-        let xff = match joined(&headers, &X_FORWARDED_FOR) {
-            Some(existing) => format!("{existing}, {client_ip}"),
-            None => client_ip.clone(),
-        };
-        set(&mut headers, X_FORWARDED_FOR, &xff);
-        set(&mut headers, X_REAL_IP, &client_ip);
+        match joined(&headers, &X_FORWARDED_FOR) {
+            Some(existing) => {
+                let client_ip = conn.client_ip.to_str().unwrap_or_default();
+                set(
+                    &mut headers,
+                    X_FORWARDED_FOR,
+                    &format!("{existing}, {client_ip}"),
+                );
+            }
+            None => {
+                headers.insert(X_FORWARDED_FOR, conn.client_ip.clone());
+            }
+        }
+        headers.insert(X_REAL_IP, conn.client_ip.clone());
         // A trusted client's own values stay; ours fill what it did not send.
         let ours =
             |headers: &HeaderMap, name: &HeaderName| !(conn.trusted && headers.contains_key(name));
         if ours(&headers, &X_FORWARDED_PROTO) {
             let proto = if conn.tls.is_some() { "https" } else { "http" };
-            set(&mut headers, X_FORWARDED_PROTO, proto);
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         }
         if ours(&headers, &X_FORWARDED_HOST) {
             headers.remove(&X_FORWARDED_HOST);
@@ -963,11 +988,7 @@ impl Proxy {
             }
         }
         if ours(&headers, &X_FORWARDED_PORT) {
-            set(
-                &mut headers,
-                X_FORWARDED_PORT,
-                &conn.local.port().to_string(),
-            );
+            headers.insert(X_FORWARDED_PORT, conn.local_port.clone());
         }
         if ours(&headers, &X_FORWARDED_PATH) {
             set(&mut headers, X_FORWARDED_PATH, parts.uri.path());
@@ -978,19 +999,22 @@ impl Proxy {
                 set(&mut headers, X_FORWARDED_PREFIX, prefix);
             }
         }
-        let hop = match parts.version {
-            Version::HTTP_10 => "1.0",
-            Version::HTTP_2 => "2",
-            Version::HTTP_3 => "3",
-            _ => "1.1",
+        let via = match parts.version {
+            Version::HTTP_10 => &VIA_HTTP_10,
+            Version::HTTP_2 => &VIA_HTTP_2,
+            Version::HTTP_3 => &VIA_HTTP_3,
+            _ => &VIA_HTTP_11,
         };
-        let via = format!("{hop} gatehouse/{}", env!("CARGO_PKG_VERSION"));
-        let via = match joined(&headers, &header::VIA) {
-            Some(existing) => format!("{existing}, {via}"),
-            None => via,
-        };
-        set(&mut headers, header::VIA, &via);
-        set(&mut headers, REQUEST_ID, request_id);
+        match joined(&headers, &header::VIA) {
+            Some(existing) => {
+                let ours = via.to_str().unwrap_or_default();
+                set(&mut headers, header::VIA, &format!("{existing}, {ours}"));
+            }
+            None => {
+                headers.insert(header::VIA, via.clone());
+            }
+        }
+        headers.insert(REQUEST_ID, request_id.clone());
         if let Some(identity) = &target.identity {
             plugins::strip_identity(&mut headers);
             for (name, value) in identity {
@@ -1223,6 +1247,12 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
         }
     }
     out
+}
+
+/// `value` as a header value; an empty one if it is not valid (never for the IPs, ids and
+/// numbers it is used for).
+fn header_value(value: &str) -> HeaderValue {
+    HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// Sets `name` to `value` when it is a valid header value.

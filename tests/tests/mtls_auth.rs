@@ -152,16 +152,19 @@ impl Client {
             connector.connect(ServerName::try_from(host.to_owned())?, tcp),
         )
         .await??;
+        let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let (sender, conn) =
             hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tls)).await?;
         tokio::spawn(conn);
-        Ok(Connection { sender })
+        Ok(Connection { sender, resumed })
     }
 }
 
 /// A keep-alive HTTP/1.1 connection over TLS.
 struct Connection {
     sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    /// The TLS session was resumed (no certificate exchanged in this handshake).
+    resumed: bool,
 }
 
 impl Connection {
@@ -309,8 +312,18 @@ async fn global_mtls_auth_maps_certificates_to_consumers() -> Result<()> {
         .await?;
     assert_eq!(status, 401);
 
+    // A resumed TLS 1.3 session still carries the client's certificate and is checked.
+    let mut resumed = trusted.connect(addr, host).await?;
+    assert!(
+        resumed.resumed,
+        "the client's second connection resumes its session"
+    );
+    let (status, body) = resumed.get(host, "/").await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["headers"]["x-consumer-username"], "alice");
+
     // The CA changes at the CP: a keep-alive connection verified before is refused on its
-    // next request.
+    // next request, and so is a resumed session.
     let mut kept = trusted.connect(addr, host).await?;
     assert_eq!(kept.get(host, "/").await?.0, 200);
     let other_ca = Ca::new("other client CA")?;
@@ -325,6 +338,9 @@ async fn global_mtls_auth_maps_certificates_to_consumers() -> Result<()> {
     applied(admin, &dp).await?;
     let (status, body) = kept.get(host, "/").await?;
     assert_eq!(status, 401, "{body}");
+    let mut resumed = trusted.connect(addr, host).await?;
+    assert!(resumed.resumed);
+    assert_eq!(resumed.get(host, "/").await?.0, 401);
 
     // Every refusal is counted by reason.
     let metrics = reqwest::Client::builder()

@@ -107,8 +107,10 @@ pub(crate) struct ClientAuth {
     hints: Vec<DistinguishedName>,
 }
 
+/// A server name pattern of a route's `snis` or `hosts`: exact, `*.suffix` or `prefix.*`,
+/// matched against lowercase names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum NamePattern {
+pub(crate) enum NamePattern {
     Exact(String),
     /// `*.example.com` as `.example.com`.
     Suffix(String),
@@ -387,7 +389,7 @@ impl ClientAuth {
 }
 
 impl NamePattern {
-    fn new(raw: &str) -> Self {
+    pub(crate) fn new(raw: &str) -> Self {
         let raw = raw.to_ascii_lowercase();
         if let Some(suffix) = raw.strip_prefix('*') {
             Self::Suffix(suffix.to_owned())
@@ -398,7 +400,7 @@ impl NamePattern {
         }
     }
 
-    fn matches(&self, name: &str) -> bool {
+    pub(crate) fn matches(&self, name: &str) -> bool {
         match self {
             Self::Exact(exact) => exact == name,
             Self::Suffix(suffix) => name.len() > suffix.len() && name.ends_with(suffix.as_str()),

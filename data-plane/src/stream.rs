@@ -43,6 +43,7 @@ use uuid::Uuid;
 use gatehouse_shared::model;
 
 use crate::config::{ProxySettings, TrustedIps};
+use crate::plugins::NamePattern;
 use crate::proxy::{Balancers, Drain, HashInput, Outcome, Peer, ProxyError, upstream_tls};
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::tls::{Alpn, DefaultCertificate, TlsOptions, TlsTerminator};
@@ -87,18 +88,9 @@ struct StreamRoute {
     tcp: bool,
     tls: bool,
     passthrough: bool,
-    snis: Vec<SniPattern>,
+    snis: Vec<NamePattern>,
     sources: Vec<Endpoint>,
     destinations: Vec<Endpoint>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum SniPattern {
-    Exact(String),
-    /// `*.example.com` as `.example.com`.
-    Suffix(String),
-    /// `example.*` as `example.`.
-    Prefix(String),
 }
 
 /// A `sources` / `destinations` entry: an address block and/or a port.
@@ -487,11 +479,11 @@ impl StreamRouter {
                     }
                     None => None,
                 };
-                let snis: Vec<SniPattern> = route
+                let snis: Vec<NamePattern> = route
                     .snis
                     .iter()
                     .flatten()
-                    .map(|s| SniPattern::new(s))
+                    .map(|s| NamePattern::new(s))
                     .collect();
                 let endpoints = |list: &Option<Vec<model::Endpoint>>| -> Vec<Endpoint> {
                     list.iter().flatten().map(Endpoint::new).collect()
@@ -512,7 +504,7 @@ impl StreamRouter {
                 let exact = compiled
                     .snis
                     .iter()
-                    .any(|s| matches!(s, SniPattern::Exact(_)));
+                    .any(|s| matches!(s, NamePattern::Exact(_)));
                 Some((compiled, (kinds, exact, route.created_at, route.id)))
             })
             .collect();
@@ -552,27 +544,6 @@ impl StreamRouter {
                 || route.destinations.iter().any(|e| e.matches(local));
             (sni_ok && from_ok && to_ok).then_some((route, mode))
         })
-    }
-}
-
-impl SniPattern {
-    fn new(raw: &str) -> Self {
-        let raw = raw.to_ascii_lowercase();
-        if let Some(suffix) = raw.strip_prefix('*') {
-            Self::Suffix(suffix.to_owned())
-        } else if let Some(prefix) = raw.strip_suffix('*') {
-            Self::Prefix(prefix.to_owned())
-        } else {
-            Self::Exact(raw)
-        }
-    }
-
-    fn matches(&self, sni: &str) -> bool {
-        match self {
-            Self::Exact(name) => name == sni,
-            Self::Suffix(suffix) => sni.len() > suffix.len() && sni.ends_with(suffix.as_str()),
-            Self::Prefix(prefix) => sni.len() > prefix.len() && sni.starts_with(prefix.as_str()),
-        }
     }
 }
 

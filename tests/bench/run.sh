@@ -3,7 +3,7 @@
 #
 #   tests/bench/run.sh [propagation|snapshot]...     the config-propagation benchmark
 #                                                   (tests/benches/propagation.rs); default: both parts
-#   tests/bench/run.sh proxy [keepalive|latency|handshake|routes]...
+#   tests/bench/run.sh proxy [keepalive|latency|handshake|routes|upstream-tls|mtls]...
 #                                                   the proxy benchmark (tests/benches/proxy.rs): the
 #                                                   data plane side by side with nginx; default: all parts
 #

@@ -35,6 +35,15 @@
 //! - **routes**: a second CP and DP with `GATEHOUSE_BENCH_ROUTES` routes (distinct hosts and
 //!   paths; the benchmarked route is matched by host among them), measured in the same rounds
 //!   as keepalive: req/s with 1 vs N routes.
+//! - **upstream-tls** (issue 5, [`upstream_tls`]): HTTPS keep-alive through each proxy to a
+//!   plain, a TLS and an mTLS upstream (verified against an uploaded CA; the proxy's client
+//!   certificate): req/s, p99, CPU-µs per request and the upstream connection reuse ratio.
+//! - **mtls** (issue 6, [`mtls`]): client certificates checked by the proxy (DP: `mtls-auth` +
+//!   `acl` on the route; nginx: `ssl_verify_client on`): full mTLS handshakes/s and CPU per
+//!   handshake against plain TLS, and keep-alive req/s on mTLS connections.
+//!
+//! The TLS parts run on a third CP and DP of their own ([`tls_bed`]), so the DP of the other
+//! parts keeps its one route.
 //!
 //! Runs of the different targets are interleaved (round-robin, rotating the order each round)
 //! so that drift hits all alike; each target is warmed up before its first run. Each number is
@@ -45,17 +54,23 @@
 //! (20), `GATEHOUSE_BENCH_STEP` (seconds per handshake-rate step, 5),
 //! `GATEHOUSE_BENCH_HANDSHAKE_START` (first rate, 1000/s), `GATEHOUSE_BENCH_CONNECTIONS` (64),
 //! `GATEHOUSE_BENCH_ROUTES` (10000), `GATEHOUSE_BENCH_HANDSHAKE_CLIENT` (`rustls` or `h2load`,
-//! default `rustls`); `GATEHOUSE_BENCH_QUICK=1` for a smoke run (3 s runs, 1 s
+//! default `rustls`; the mtls part always uses `rustls`); `GATEHOUSE_BENCH_QUICK=1` for a smoke run (3 s runs, 1 s
 //! warm-up, 1 run, 5 s latency runs, 2 s steps, 1000 routes; explicit settings still win).
 //! Programs: `wrk`, `h2load`, `nginx`, `curl` and `oha` from the `PATH` (nginx also
 //! `/usr/sbin/nginx`, oha also `~/.cargo/bin/oha`), or `GATEHOUSE_BENCH_<NAME>` paths.
 
 #[path = "proxy/handshake_client.rs"]
 mod handshake_client;
+#[path = "proxy/mtls.rs"]
+mod mtls;
 #[path = "proxy/processes.rs"]
 mod processes;
+#[path = "proxy/tls_bed.rs"]
+mod tls_bed;
 #[path = "proxy/tools.rs"]
 mod tools;
+#[path = "proxy/upstream_tls.rs"]
+mod upstream_tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -73,7 +88,8 @@ use gatehouse_tests::{
     test_db,
 };
 use processes::{LOAD_CPU, Nginx, PROXY_CPU, Usage, Window, affinity, free_port, pin, rss_bytes};
-use tools::{HOST, HandshakeClient, HandshakeRun, OhaRun, Tools, WrkRun};
+use tls_bed::{TlsBed, TlsFiles, TlsPorts};
+use tools::{HOST, HandshakeClient, HandshakeRun, Identity, OhaRun, Tools, WrkRun};
 
 /// How long anything may take before the benchmark gives up.
 const PATIENCE: Duration = Duration::from_secs(300);
@@ -92,6 +108,15 @@ const STEP_SLACK: f64 = 1.1;
 const HANDSHAKE_LATENCY_LIMIT: Duration = Duration::from_millis(50);
 /// The paths served by the upstream: a 2-byte and a 1 KiB body.
 const PATHS: [(&str, usize); 2] = [("/", 2), ("/1k", 1024)];
+/// The parts, in the order they run.
+const PARTS: [&str; 6] = [
+    "keepalive",
+    "latency",
+    "handshake",
+    "routes",
+    "upstream-tls",
+    "mtls",
+];
 
 const WRK_SCRIPT: &str = include_str!("../bench/wrk-connect-to.lua");
 const NGINX_UPSTREAM: &str = include_str!("../bench/nginx-upstream.conf");
@@ -113,6 +138,10 @@ struct Settings {
 struct Bed {
     dp: DataPlane,
     big_dp: Option<DataPlane>,
+    /// The CP and DP of the TLS parts (upstream-tls, mtls), when they run.
+    tls: Option<TlsBed>,
+    /// The certificates of the TLS parts (also in the nginx configurations).
+    tls_files: TlsFiles,
     proxy_nginx: Nginx,
     upstream: Nginx,
     cp: ControlPlane,
@@ -131,6 +160,10 @@ struct Target {
     name: String,
     addr: SocketAddr,
     pid: u32,
+    /// The URL's host: the TLS SNI and the `Host` header (`bench.test` unless set).
+    host: String,
+    /// The client certificate presented (only the rustls client can; the mtls part).
+    identity: Option<Identity>,
 }
 
 /// A keep-alive row: a target and path, measured `runs` times.
@@ -144,8 +177,12 @@ struct KeepaliveRow {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some(handshake_client::ARG) {
-        return handshake_client::main(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some(handshake_client::ARG) => return handshake_client::main(&args[1..]),
+        Some(handshake_client::KEEPALIVE_ARG) => {
+            return handshake_client::keepalive_main(&args[1..]);
+        }
+        _ => {}
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -165,15 +202,22 @@ async fn bench(args: Vec<String>) -> Result<()> {
         .collect();
     for part in &free {
         ensure!(
-            ["keepalive", "latency", "handshake", "routes"].contains(part),
-            "unknown part {part:?}: keepalive, latency, handshake, routes"
+            PARTS.contains(part),
+            "unknown part {part:?}: {}",
+            PARTS.join(", ")
         );
     }
     let wants = |part: &str| free.is_empty() || free.contains(&part);
 
     let settings = Settings::from_env()?;
     let tools = Tools::find()?;
-    let bed = Bed::start(&settings, &tools, wants("routes")).await?;
+    let bed = Bed::start(
+        &settings,
+        &tools,
+        wants("routes"),
+        wants("upstream-tls") || wants("mtls"),
+    )
+    .await?;
     let ca = bed.files.join("root.pem");
     let script = bed.files.join("wrk-connect-to.lua");
 
@@ -182,6 +226,12 @@ async fn bench(args: Vec<String>) -> Result<()> {
         "- proxy on CPU {PROXY_CPU}; load generator, upstream nginx and CPs on CPU {LOAD_CPU}"
     );
     println!("- DP: {}, --ssl-session-tickets off", bed.dp_threads);
+    if let Some(tls) = &bed.tls {
+        println!(
+            "- DP of the TLS parts: the same, and --ssl-session-cache off; CPUs allowed {}",
+            affinity(tls.dp.pid())
+        );
+    }
     println!(
         "- CPUs allowed (all threads): DP {}{}, nginx proxy {}, upstream nginx {}, CP {}",
         affinity(bed.dp.pid()),
@@ -204,21 +254,13 @@ async fn bench(args: Vec<String>) -> Result<()> {
         settings.step
     );
 
-    let dp = Target {
-        name: "Gatehouse DP".into(),
-        addr: bed.dp.proxy_ssl_addr()?,
-        pid: bed.dp.pid(),
-    };
-    let nginx = Target {
-        name: "nginx".into(),
-        addr: bed.nginx_addr()?,
-        pid: bed.proxy_nginx.pid(),
-    };
-    let direct = Target {
-        name: "direct (upstream over TLS)".into(),
-        addr: bed.upstream_tls_addr()?,
-        pid: bed.upstream.pid(),
-    };
+    let dp = Target::new("Gatehouse DP", bed.dp.proxy_ssl_addr()?, bed.dp.pid());
+    let nginx = Target::new("nginx", bed.nginx_addr()?, bed.proxy_nginx.pid());
+    let direct = Target::new(
+        "direct (upstream over TLS)",
+        bed.upstream_tls_addr()?,
+        bed.upstream.pid(),
+    );
 
     // Keep-alive and route-table rows share the rounds.
     let mut rows = Vec::new();
@@ -231,11 +273,7 @@ async fn bench(args: Vec<String>) -> Result<()> {
         rows.push(KeepaliveRow::new(&nginx, "/1k", 0));
     }
     if let Some(big) = &bed.big_dp {
-        let target = Target {
-            name: "Gatehouse DP".into(),
-            addr: big.proxy_ssl_addr()?,
-            pid: big.pid(),
-        };
+        let target = Target::new("Gatehouse DP", big.proxy_ssl_addr()?, big.pid());
         rows.push(KeepaliveRow::new(&target, "/", settings.routes));
     }
     if !rows.is_empty() {
@@ -262,6 +300,7 @@ async fn bench(args: Vec<String>) -> Result<()> {
                         .wrk(
                             &script,
                             dp.addr,
+                            HOST,
                             "/",
                             settings.connections,
                             settings.duration,
@@ -277,6 +316,15 @@ async fn bench(args: Vec<String>) -> Result<()> {
 
     if wants("handshake") {
         handshakes(&settings, &tools, &[&dp, &nginx]).await?;
+    }
+
+    if let Some(tls) = &bed.tls {
+        if wants("upstream-tls") {
+            upstream_tls::run(&settings, &tools, &script, &bed, tls).await?;
+        }
+        if wants("mtls") {
+            mtls::run(&settings, &tools, &bed, tls).await?;
+        }
     }
 
     for (name, log) in [
@@ -304,6 +352,7 @@ async fn keepalive(
                 .wrk(
                     script,
                     row.target.addr,
+                    &row.target.host,
                     row.path,
                     settings.connections,
                     settings.warmup,
@@ -320,6 +369,7 @@ async fn keepalive(
                 .wrk(
                     script,
                     row.target.addr,
+                    &row.target.host,
                     row.path,
                     settings.connections,
                     settings.duration,
@@ -548,6 +598,58 @@ async fn latency(
 // --- full handshakes ----------------------------------------------------------------------------
 
 async fn handshakes(settings: &Settings, tools: &Tools, targets: &[&Target]) -> Result<()> {
+    let (found, runs) = handshake_runs(settings, tools, targets).await?;
+    let client = match tools.handshake_client {
+        HandshakeClient::Rustls => "the benchmark's rustls client",
+        HandshakeClient::H2load => "h2load --h1 -t1",
+    };
+    println!(
+        "\n### Full TLS 1.3 handshakes (X25519, AES-128-GCM, ECDSA P-256 + intermediate, no \
+         resumption), one request per connection: {client} at a fixed connection rate, {} s × \
+         {}\n",
+        settings.duration, settings.runs
+    );
+    print_handshake_rows(settings, targets, &found, &runs);
+    if let [dp, nginx] = &runs[..] {
+        let cpu = |runs: &[(HandshakeRun, Usage)]| {
+            median(
+                &runs
+                    .iter()
+                    .map(|(h, u)| per_event_us(u, h.succeeded))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        if !dp.is_empty() && !nginx.is_empty() {
+            println!(
+                "\nDP/nginx: max rate {:.2}×, CPU-µs per handshake {:.2}×.",
+                found[0].0 as f64 / found[1].0 as f64,
+                cpu(dp) / cpu(nginx)
+            );
+        }
+    }
+    println!(
+        "\nRate search ({} s steps), then the runs at the rate found: sustained = every \
+         connection answered, none failed, done within {:.0}% of the planned time, connect + \
+         handshake p99 (h2load: mean) ≤ {} ms. Resumption is off on both (DP \
+         `--ssl-session-tickets off --ssl-session-cache off`, nginx tickets and cache off), and \
+         the client never offers a session: every handshake is full.",
+        settings.step,
+        (STEP_SLACK - 1.0) * 100.0,
+        HANDSHAKE_LATENCY_LIMIT.as_millis()
+    );
+    Ok(())
+}
+
+/// The highest sustained rate found for each target (0: none) with its rate search, and
+/// the measured runs at that rate (none for a target without one).
+type HandshakeResults = (Vec<(u64, Vec<String>)>, Vec<Vec<(HandshakeRun, Usage)>>);
+
+/// The rate search of each target, then `settings.runs` rounds at the rates found.
+async fn handshake_runs(
+    settings: &Settings,
+    tools: &Tools,
+    targets: &[&Target],
+) -> Result<HandshakeResults> {
     let mut found = Vec::new();
     for target in targets {
         let (rate, ladder) = max_handshake_rate(settings, tools, target).await?;
@@ -568,7 +670,13 @@ async fn handshakes(settings: &Settings, tools: &Tools, targets: &[&Target]) -> 
             let target = targets[i];
             let window = Window::open(target.pid);
             let run = tools
-                .handshakes(target.addr, rate, settings.duration)
+                .handshakes(
+                    target.addr,
+                    &target.host,
+                    target.identity.as_ref(),
+                    rate,
+                    settings.duration,
+                )
                 .await
                 .with_context(|| format!("handshakes against {}", target.name))?;
             let usage = window.close();
@@ -589,17 +697,16 @@ async fn handshakes(settings: &Settings, tools: &Tools, targets: &[&Target]) -> 
             runs[i].push((run, usage));
         }
     }
+    Ok((found, runs))
+}
 
-    let client = match tools.handshake_client {
-        HandshakeClient::Rustls => "the benchmark's rustls client",
-        HandshakeClient::H2load => "h2load --h1 -t1",
-    };
-    println!(
-        "\n### Full TLS 1.3 handshakes (X25519, AES-128-GCM, ECDSA P-256 + intermediate, no \
-         resumption), one request per connection: {client} at a fixed connection rate, {} s × \
-         {}\n",
-        settings.duration, settings.runs
-    );
+/// The table of [`handshake_runs`]' results, one row per target.
+fn print_handshake_rows(
+    settings: &Settings,
+    targets: &[&Target],
+    found: &[(u64, Vec<String>)],
+    runs: &[Vec<(HandshakeRun, Usage)>],
+) {
     println!(
         "| proxy | max sustained rate (/s) | achieved handshakes/s | **CPU-µs per handshake** | \
          CPU 0-µs per handshake | connect + handshake mean / p99 (ms) | proxy CPU share | CPU0 \
@@ -644,34 +751,6 @@ async fn handshakes(settings: &Settings, tools: &Tools, targets: &[&Target]) -> 
             ladder.join(" "),
         );
     }
-    if let [dp, nginx] = &runs[..] {
-        let cpu = |runs: &[(HandshakeRun, Usage)]| {
-            median(
-                &runs
-                    .iter()
-                    .map(|(h, u)| per_event_us(u, h.succeeded))
-                    .collect::<Vec<_>>(),
-            )
-        };
-        if !dp.is_empty() && !nginx.is_empty() {
-            println!(
-                "\nDP/nginx: max rate {:.2}×, CPU-µs per handshake {:.2}×.",
-                found[0].0 as f64 / found[1].0 as f64,
-                cpu(dp) / cpu(nginx)
-            );
-        }
-    }
-    println!(
-        "\nRate search ({} s steps), then the runs at the rate found: sustained = every \
-         connection answered, none failed, done within {:.0}% of the planned time, connect + \
-         handshake p99 (h2load: mean) ≤ {} ms. The DP keeps its server-side session cache (no \
-         switch turns it off), but the client never offers a session, so every handshake is \
-         full on both.",
-        settings.step,
-        (STEP_SLACK - 1.0) * 100.0,
-        HANDSHAKE_LATENCY_LIMIT.as_millis()
-    );
-    Ok(())
 }
 
 /// Whether a handshake run of `secs` kept up: every connection answered, none failed, done
@@ -702,7 +781,13 @@ async fn max_handshake_rate(
     let mut ladder = Vec::new();
     loop {
         let run = tools
-            .handshakes(target.addr, rate, settings.step)
+            .handshakes(
+                target.addr,
+                &target.host,
+                target.identity.as_ref(),
+                rate,
+                settings.step,
+            )
             .await
             .with_context(|| format!("handshakes against {} at {rate}/s", target.name))?;
         let sustained = sustained(&run, settings.step);
@@ -764,9 +849,18 @@ impl Settings {
 }
 
 impl Bed {
-    async fn start(settings: &Settings, tools: &Tools, with_routes: bool) -> Result<Bed> {
+    async fn start(
+        settings: &Settings,
+        tools: &Tools,
+        with_routes: bool,
+        with_tls: bool,
+    ) -> Result<Bed> {
         let files = TempDir::new("bench-proxy")?;
-        let (chain, key, root) = certificates()?;
+        let server_pki = ServerPki::new()?;
+        let (chain, key) = server_pki.leaf(&[HOST])?;
+        let root = server_pki.root.clone();
+        let tls_files = TlsFiles::write(&files, &server_pki)?;
+        let tls_ports = TlsPorts::free()?;
         std::fs::write(files.join("chain.pem"), &chain)?;
         std::fs::write(files.join("key.pem"), &key)?;
         std::fs::write(files.join("root.pem"), &root)?;
@@ -781,35 +875,44 @@ impl Bed {
         let body_1k: String = "0123456789abcdef".repeat(64);
 
         let (plain_port, tls_port) = (free_port()?, free_port()?);
-        let upstream_conf = NGINX_UPSTREAM
-            .replace("@PLAIN_PORT@", &plain_port.to_string())
-            .replace("@TLS_PORT@", &tls_port.to_string())
-            .replace("@CHAIN@", &path("chain.pem")?)
-            .replace("@KEY@", &path("key.pem")?)
-            .replace("@BODY_1K@", &body_1k);
+        let upstream_conf = tls_files.fill(
+            &NGINX_UPSTREAM
+                .replace("@PLAIN_PORT@", &plain_port.to_string())
+                .replace("@TLS_PORT@", &tls_port.to_string())
+                .replace("@CHAIN@", &path("chain.pem")?)
+                .replace("@KEY@", &path("key.pem")?)
+                .replace("@BODY_1K@", &body_1k),
+            &tls_ports,
+        )?;
         let upstream = Nginx::start(
             &tools.nginx,
             "upstream",
             LOAD_CPU,
             &upstream_conf,
-            &[plain_port, tls_port],
+            &[
+                plain_port,
+                tls_port,
+                tls_ports.upstream_tls,
+                tls_ports.upstream_mtls,
+                tls_ports.status,
+            ],
         )
         .await
         .context("starting the upstream nginx")?;
         let upstream_url = format!("http://127.0.0.1:{plain_port}");
 
-        let dp_threads = if dp_has_worker_threads().await? {
+        let dp_threads = if dp_has_flag("--worker-threads").await? {
             "1 worker thread (--worker-threads 1)".to_owned()
         } else {
             eprintln!("warning: gatehouse-dp has no --worker-threads: its default runtime");
             "default runtime (this gatehouse-dp has no --worker-threads)".to_owned()
         };
-        let pki = Pki::new(&["dp1", "dp2"])?;
+        let pki = Pki::new(&["dp1", "dp2", "dp3"])?;
 
         let db = test_db().await?;
         let cp = start_cp(&db, &pki).await?;
         seed(cp.admin(), &upstream_url, &chain, &key, 1).await?;
-        let dp = start_dp(&cp, &pki, "dp1").await?;
+        let dp = start_dp(&cp, &pki, "dp1", &[]).await?;
 
         let (big_cp, big_dp, big_db) = if with_routes {
             let db = test_db().await?;
@@ -821,30 +924,44 @@ impl Bed {
                 settings.routes,
                 loading.elapsed().as_secs_f64()
             );
-            let dp = start_dp(&cp, &pki, "dp2").await?;
+            let dp = start_dp(&cp, &pki, "dp2", &[]).await?;
             (Some(cp), Some(dp), Some(db))
         } else {
             (None, None, None)
         };
 
+        let tls = if with_tls {
+            Some(TlsBed::start(&pki, &tls_files, plain_port, &tls_ports).await?)
+        } else {
+            None
+        };
+
         let proxy_port = free_port()?;
-        let proxy_conf = NGINX_PROXY
-            .replace("@PORT@", &proxy_port.to_string())
-            .replace("@UPSTREAM_PORT@", &plain_port.to_string())
-            .replace("@CHAIN@", &path("chain.pem")?)
-            .replace("@KEY@", &path("key.pem")?);
+        let proxy_conf = tls_files.fill(
+            &NGINX_PROXY
+                .replace("@PORT@", &proxy_port.to_string())
+                .replace("@UPSTREAM_PORT@", &plain_port.to_string())
+                .replace("@CHAIN@", &path("chain.pem")?)
+                .replace("@KEY@", &path("key.pem")?),
+            &tls_ports,
+        )?;
         let proxy_nginx =
             Nginx::start(&tools.nginx, "proxy", PROXY_CPU, &proxy_conf, &[proxy_port])
                 .await
                 .context("starting the proxy nginx")?;
 
         // The CPs go with the load generator (benchmarking.md §4.2).
-        for cp in std::iter::once(&cp).chain(big_cp.as_ref()) {
+        for cp in std::iter::once(&cp)
+            .chain(big_cp.as_ref())
+            .chain(tls.as_ref().map(TlsBed::cp))
+        {
             pin(cp.pid(), LOAD_CPU).await?;
         }
         let bed = Bed {
             dp,
             big_dp,
+            tls,
+            tls_files,
             proxy_nginx,
             upstream,
             cp,
@@ -856,6 +973,9 @@ impl Bed {
             dp_threads,
         };
         bed.check(tools, &body_1k).await?;
+        if let Some(tls) = &bed.tls {
+            tls.check(tools, &bed).await?;
+        }
         Ok(bed)
     }
 
@@ -902,53 +1022,72 @@ fn nginx_listen(nginx: &Nginx, marker: &str) -> Result<SocketAddr> {
         .context("no TLS listen line in the nginx config")
 }
 
-/// Root CA → intermediate CA → ECDSA P-256 leaf for `bench.test`; returns the leaf chain
-/// (leaf + intermediate), the leaf key and the root certificate, all PEM.
-fn certificates() -> Result<(String, String, String)> {
-    let ca_params = |cn: &str| -> Result<CertificateParams> {
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, cn);
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
-        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(30);
-        Ok(params)
-    };
-    let root_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let root_params = ca_params("Gatehouse bench root CA")?;
-    let root = root_params.self_signed(&root_key)?;
-    let root_issuer = Issuer::new(root_params, root_key);
-
-    let mid_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let mid_params = ca_params("Gatehouse bench intermediate CA")?;
-    let mid = mid_params.signed_by(&mid_key, &root_issuer)?;
-    let mid_issuer = Issuer::new(mid_params, mid_key);
-
-    let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let mut leaf_params = CertificateParams::new(vec![HOST.to_owned()])?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, HOST);
-    leaf_params.distinguished_name = dn;
-    leaf_params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
-    leaf_params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(30);
-    let leaf = leaf_params.signed_by(&leaf_key, &mid_issuer)?;
-
-    Ok((
-        format!("{}{}", leaf.pem(), mid.pem()),
-        leaf_key.serialize_pem(),
-        root.pem(),
-    ))
+/// The proxies' server certificates: root CA → intermediate CA → ECDSA P-256 leaves, each
+/// served as leaf + intermediate.
+struct ServerPki {
+    /// The root certificate, PEM: what the clients' checks trust.
+    root: String,
+    /// The intermediate certificate, PEM.
+    intermediate: String,
+    issuer: Issuer<'static, KeyPair>,
 }
 
-/// Whether this `gatehouse-dp` takes `--worker-threads`.
-async fn dp_has_worker_threads() -> Result<bool> {
+// === impl ServerPki ===
+
+impl ServerPki {
+    fn new() -> Result<ServerPki> {
+        let ca_params = |cn: &str| -> Result<CertificateParams> {
+            let mut params = CertificateParams::new(Vec::<String>::new())?;
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, cn);
+            params.distinguished_name = dn;
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+            params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(30);
+            Ok(params)
+        };
+        let root_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let root_params = ca_params("Gatehouse bench root CA")?;
+        let root = root_params.self_signed(&root_key)?;
+        let root_issuer = Issuer::new(root_params, root_key);
+
+        let mid_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mid_params = ca_params("Gatehouse bench intermediate CA")?;
+        let mid = mid_params.signed_by(&mid_key, &root_issuer)?;
+        Ok(ServerPki {
+            root: root.pem(),
+            intermediate: mid.pem(),
+            issuer: Issuer::new(mid_params, mid_key),
+        })
+    }
+
+    /// A leaf for `names` (the first is also the CN); returns the chain (leaf +
+    /// intermediate) and the key, PEM.
+    fn leaf(&self, names: &[&str]) -> Result<(String, String)> {
+        let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut leaf_params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, names.first().copied().unwrap_or(HOST));
+        leaf_params.distinguished_name = dn;
+        leaf_params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        leaf_params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(30);
+        let leaf = leaf_params.signed_by(&leaf_key, &self.issuer)?;
+        Ok((
+            format!("{}{}", leaf.pem(), self.intermediate),
+            leaf_key.serialize_pem(),
+        ))
+    }
+}
+
+/// Whether this `gatehouse-dp` takes `flag` (from its `--help`).
+async fn dp_has_flag(flag: &str) -> Result<bool> {
     let out = tokio::process::Command::new(dp_bin()?)
         .arg("--help")
         .output()
         .await
         .context("gatehouse-dp --help")?;
-    Ok(String::from_utf8_lossy(&out.stdout).contains("--worker-threads"))
+    Ok(String::from_utf8_lossy(&out.stdout).contains(flag))
 }
 
 async fn start_cp(db: &TestDb, pki: &Pki) -> Result<ControlPlane> {
@@ -958,10 +1097,10 @@ async fn start_cp(db: &TestDb, pki: &Pki) -> Result<ControlPlane> {
     ControlPlane::start_with(db, &args, &[("RUST_LOG", "warn,gatehouse_cp=info")]).await
 }
 
-/// A DP of `cp` with only the TLS proxy listener, resumption tickets off and (when it has the
-/// flag) one worker thread, ready with the CP's current configuration and pinned to the proxy
-/// CPU.
-async fn start_dp(cp: &ControlPlane, pki: &Pki, name: &str) -> Result<DataPlane> {
+/// A DP of `cp` with only the TLS proxy listener, resumption off (tickets and, when it has
+/// the flag, the session cache), (when it has the flag) one worker thread and the `extra` arguments, ready with the CP's current
+/// configuration and pinned to the proxy CPU.
+async fn start_dp(cp: &ControlPlane, pki: &Pki, name: &str, extra: &[&str]) -> Result<DataPlane> {
     let addr = cp.cluster_addr().context("no cluster listener")?;
     let mut options = DataPlaneOptions::new(addr)
         .pki(pki, name)
@@ -969,7 +1108,14 @@ async fn start_dp(cp: &ControlPlane, pki: &Pki, name: &str) -> Result<DataPlane>
         .arg("--ssl-session-tickets")
         .arg("off")
         .quiet();
-    if dp_has_worker_threads().await? {
+    if dp_has_flag("--ssl-session-cache").await? {
+        // No server-side resumption at all, as nginx's `ssl_session_cache off`.
+        options = options.arg("--ssl-session-cache").arg("off");
+    }
+    for arg in extra {
+        options = options.arg(arg);
+    }
+    if dp_has_flag("--worker-threads").await? {
         options = options.arg("--worker-threads").arg("1");
     }
     let dp = DataPlane::start(options).await?;
@@ -1029,6 +1175,34 @@ async fn seed(admin: &Admin, upstream: &str, chain: &str, key: &str, routes: usi
         .await;
     results.into_iter().collect::<Result<Vec<()>>>()?;
     Ok(())
+}
+
+// === impl Target ===
+
+impl Target {
+    /// `name` at `addr`, charged to process `pid`, for `bench.test` without a client
+    /// certificate.
+    fn new(name: impl Into<String>, addr: SocketAddr, pid: u32) -> Target {
+        Target {
+            name: name.into(),
+            addr,
+            pid,
+            host: HOST.to_owned(),
+            identity: None,
+        }
+    }
+
+    /// The same, for `host` (SNI and `Host`).
+    fn with_host(mut self, host: &str) -> Target {
+        self.host = host.to_owned();
+        self
+    }
+
+    /// The same, presenting `identity`.
+    fn with_identity(mut self, identity: &Identity) -> Target {
+        self.identity = Some(identity.clone());
+        self
+    }
 }
 
 // === impl KeepaliveRow ===

@@ -35,7 +35,15 @@ pub(crate) struct Tools {
     pub(crate) handshake_client: HandshakeClient,
 }
 
-/// One closed-loop keep-alive run of wrk.
+/// A client certificate and its key, PEM files (for clients that can present one).
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    /// The certificate chain (leaf first).
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+}
+
+/// One closed-loop keep-alive run of wrk (or of the rustls client's keep-alive mode).
 #[derive(Debug, Clone)]
 pub(crate) struct WrkRun {
     pub(crate) requests: u64,
@@ -116,12 +124,13 @@ impl Tools {
         })
     }
 
-    /// `wrk -t1 -cC -dSECSs --latency https://bench.test{path}` on the load CPU, connecting to
+    /// `wrk -t1 -cC -dSECSs --latency https://{host}{path}` on the load CPU, connecting to
     /// `addr`.
     pub(crate) async fn wrk(
         &self,
         script: &Path,
         addr: SocketAddr,
+        host: &str,
         path: &str,
         connections: usize,
         secs: u64,
@@ -137,7 +146,7 @@ impl Tools {
             "-s".to_owned(),
         ])
         .arg(script)
-        .arg(format!("https://{HOST}{path}"))
+        .arg(format!("https://{host}{path}"))
         .env("WRK_CONNECT_TO", addr.to_string());
         let out = run(cmd, Duration::from_secs(secs)).await?;
         parse_wrk(&out).with_context(|| format!("reading wrk's output:\n{out}"))
@@ -181,16 +190,27 @@ impl Tools {
     }
 
     /// `rate` new connections per second for `secs` seconds, each a full TLS 1.3 handshake
-    /// (X25519, AES-128-GCM) and one HTTP/1.1 request, made by the configured client.
+    /// (X25519, AES-128-GCM) for `host` (SNI and `Host`), presenting `identity` if given, and
+    /// one HTTP/1.1 request, made by the configured client.
     pub(crate) async fn handshakes(
         &self,
         addr: SocketAddr,
+        host: &str,
+        identity: Option<&Identity>,
         rate: u64,
         secs: u64,
     ) -> Result<HandshakeRun> {
         match self.handshake_client {
-            HandshakeClient::Rustls => self.rustls_handshakes(addr, rate, secs).await,
-            HandshakeClient::H2load => self.h2load_handshakes(addr, rate, secs).await,
+            HandshakeClient::Rustls => {
+                self.rustls_handshakes(addr, host, identity, rate, secs)
+                    .await
+            }
+            HandshakeClient::H2load => {
+                if identity.is_some() {
+                    bail!("h2load cannot present a client certificate");
+                }
+                self.h2load_handshakes(addr, host, rate, secs).await
+            }
         }
     }
 
@@ -198,15 +218,19 @@ impl Tools {
     async fn rustls_handshakes(
         &self,
         addr: SocketAddr,
+        host: &str,
+        identity: Option<&Identity>,
         rate: u64,
         secs: u64,
     ) -> Result<HandshakeRun> {
-        let exe = std::env::current_exe().context("the benchmark's own path")?;
-        let mut cmd = on_load_cpu(&exe);
-        cmd.arg(crate::handshake_client::ARG)
-            .arg(addr.to_string())
-            .arg(rate.to_string())
-            .arg(secs.to_string());
+        let cmd = rustls_client(
+            crate::handshake_client::ARG,
+            addr,
+            rate,
+            secs,
+            host,
+            identity,
+        )?;
         let out = run(cmd, Duration::from_secs(secs)).await?;
         let json: Value = serde_json::from_str(out.trim())
             .with_context(|| format!("reading the handshake client's output:\n{out}"))?;
@@ -234,6 +258,7 @@ impl Tools {
     async fn h2load_handshakes(
         &self,
         addr: SocketAddr,
+        host: &str,
         rate: u64,
         secs: u64,
     ) -> Result<HandshakeRun> {
@@ -250,7 +275,7 @@ impl Tools {
             "--groups=X25519".to_owned(),
             "--tls13-ciphers=TLS_AES_128_GCM_SHA256".to_owned(),
             format!("--connect-to={}:{}", addr.ip(), addr.port()),
-            format!("https://{HOST}/"),
+            format!("https://{host}/"),
         ]);
         let out = run(cmd, Duration::from_secs(secs)).await?;
         let mut parsed =
@@ -259,19 +284,115 @@ impl Tools {
         Ok(parsed)
     }
 
+    /// `connections` keep-alive connections for `secs` seconds from the rustls client's
+    /// keep-alive mode ([`crate::handshake_client`]) on the load CPU: `GET /` for `host`,
+    /// presenting `identity` if given.
+    pub(crate) async fn keepalive_client(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        identity: Option<&Identity>,
+        connections: usize,
+        secs: u64,
+    ) -> Result<WrkRun> {
+        let cmd = rustls_client(
+            crate::handshake_client::KEEPALIVE_ARG,
+            addr,
+            connections as u64,
+            secs,
+            host,
+            identity,
+        )?;
+        let out = run(cmd, Duration::from_secs(secs)).await?;
+        let json: Value = serde_json::from_str(out.trim())
+            .with_context(|| format!("reading the keep-alive client's output:\n{out}"))?;
+        if let Some(errors) = json["error_kinds"].as_object().filter(|e| !e.is_empty()) {
+            eprintln!("keep-alive client errors: {errors:?}");
+        }
+        let number = |key: &str| json[key].as_f64().with_context(|| format!("no {key}"));
+        Ok(WrkRun {
+            requests: json["requests"].as_u64().context("requests")?,
+            rps: number("rps")?,
+            p50_us: number("p50_us")?,
+            p99_us: number("p99_us")?,
+            errors: json["errors"].as_u64().context("errors")?,
+        })
+    }
+
     /// Checks `https://bench.test{path}` through `addr` with curl, verifying the certificate
     /// chain against `ca` (so the SNI certificate and its intermediate are served); returns
     /// the body.
     pub(crate) async fn curl(&self, ca: &Path, addr: SocketAddr, path: &str) -> Result<String> {
-        let mut cmd = Command::new(&self.curl);
-        cmd.args(["-sS", "--fail", "--max-time", "10", "--cacert"])
-            .arg(ca)
-            .arg("--resolve")
-            .arg(format!("{HOST}:{}:{}", addr.port(), addr.ip()))
-            .args(["-H", &format!("Host: {HOST}")])
-            .arg(format!("https://{HOST}:{}{path}", addr.port()));
-        run(cmd, Duration::ZERO).await
+        let (status, body) = self.curl_as(ca, addr, HOST, path, None).await?;
+        if status != 200 {
+            bail!("status {status}: {body}");
+        }
+        Ok(body)
     }
+
+    /// `GET https://{host}{path}` through `addr` with curl, verifying the certificate chain
+    /// against `ca` and presenting `identity` if given; returns the status and the body.
+    pub(crate) async fn curl_as(
+        &self,
+        ca: &Path,
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+        identity: Option<&Identity>,
+    ) -> Result<(u16, String)> {
+        let mut cmd = Command::new(&self.curl);
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(ca)
+        .arg("--resolve")
+        .arg(format!("{host}:{}:{}", addr.port(), addr.ip()))
+        .args(["-H", &format!("Host: {host}")]);
+        if let Some(identity) = identity {
+            cmd.arg("--cert")
+                .arg(&identity.cert)
+                .arg("--key")
+                .arg(&identity.key);
+        }
+        cmd.arg(format!("https://{host}:{}{path}", addr.port()));
+        let out = run(cmd, Duration::ZERO).await?;
+        let (body, status) = out.rsplit_once('\n').context("no status from curl")?;
+        Ok((
+            status.trim().parse().context("curl's status")?,
+            body.to_owned(),
+        ))
+    }
+}
+
+/// The benchmark binary as the rustls client (`mode` = [`crate::handshake_client::ARG`] or
+/// [`crate::handshake_client::KEEPALIVE_ARG`]) on the load CPU.
+fn rustls_client(
+    mode: &str,
+    addr: SocketAddr,
+    count: u64,
+    secs: u64,
+    host: &str,
+    identity: Option<&Identity>,
+) -> Result<Command> {
+    let exe = std::env::current_exe().context("the benchmark's own path")?;
+    let mut cmd = on_load_cpu(&exe);
+    cmd.arg(mode)
+        .arg(addr.to_string())
+        .arg(count.to_string())
+        .arg(secs.to_string())
+        .args(["--host", host]);
+    if let Some(identity) = identity {
+        cmd.arg("--cert")
+            .arg(&identity.cert)
+            .arg("--key")
+            .arg(&identity.key);
+    }
+    Ok(cmd)
 }
 
 /// `taskset -c LOAD_CPU program`.

@@ -225,10 +225,13 @@ async fn bench(args: Vec<String>) -> Result<()> {
     println!(
         "- proxy on CPU {PROXY_CPU}; load generator, upstream nginx and CPs on CPU {LOAD_CPU}"
     );
-    println!("- DP: {}, --ssl-session-tickets off", bed.dp_threads);
+    println!(
+        "- DP: {}, --ssl-session-tickets off --ssl-session-cache off",
+        bed.dp_threads
+    );
     if let Some(tls) = &bed.tls {
         println!(
-            "- DP of the TLS parts: the same, and --ssl-session-cache off; CPUs allowed {}",
+            "- DP of the TLS parts: the same; CPUs allowed {}",
             affinity(tls.dp.pid())
         );
     }

@@ -3,7 +3,7 @@
 //!
 //! The parts run on a CP (own database) and DP (`dp3`) of their own, so that the DP of the other
 //! parts keeps its one route and one certificate. The DP is started like the others (one worker
-//! thread, pinned to CPU 0, `--ssl-session-tickets off`) and also with `--ssl-session-cache off`
+//! thread, pinned to CPU 0, `--ssl-session-tickets off --ssl-session-cache off`
 //! (no server-side resumption at all, as nginx's `ssl_session_cache off`). nginx gets the same
 //! hosts as extra server blocks of `tests/bench/nginx-proxy.conf`, and the TLS upstreams are
 //! extra servers of `tests/bench/nginx-upstream.conf` (which always has them: they cost the
@@ -215,7 +215,7 @@ impl TlsBed {
         seed(cp.admin(), files, plain_port, ports)
             .await
             .context("configuring the TLS parts")?;
-        let dp = start_dp(&cp, pki, "dp3", &["--ssl-session-cache", "off"]).await?;
+        let dp = start_dp(&cp, pki, "dp3", &[]).await?;
         Ok(TlsBed {
             dp,
             cp,

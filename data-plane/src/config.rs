@@ -28,6 +28,8 @@
 //! | `--client-body-timeout DURATION` | `GATEHOUSE_CLIENT_BODY_TIMEOUT` | `client_body_timeout` | `60s` (between two reads of a request body) |
 //! | `--drain-timeout DURATION` | `GATEHOUSE_DRAIN_TIMEOUT` | `drain_timeout` | `10s` (on SIGTERM: how long in-flight requests may finish) |
 //! | `--worker-threads N` | `GATEHOUSE_WORKER_THREADS` | `worker_threads` | the number of CPUs |
+//! | `--upstream-keepalive-idle-timeout DURATION` | `GATEHOUSE_UPSTREAM_KEEPALIVE_IDLE_TIMEOUT` | `upstream_keepalive_idle_timeout` | `60s` (Kong's `upstream_keepalive_idle_timeout`) |
+//! | `--upstream-keepalive-pool-size N` | `GATEHOUSE_UPSTREAM_KEEPALIVE_POOL_SIZE` | `upstream_keepalive_pool_size` | `512` idle connections per upstream address (Kong's) |
 //! | `--upstream-tls-verify on\|off` | `GATEHOUSE_UPSTREAM_TLS_VERIFY` | `upstream_tls_verify` | `on` (a service's `tls_verify` wins) |
 //! | `--upstream-tls-verify-depth N` | `GATEHOUSE_UPSTREAM_TLS_VERIFY_DEPTH` | `upstream_tls_verify_depth` | no limit (a service's `tls_verify_depth` wins) |
 //! | `--upstream-trusted-ca FILE` | `GATEHOUSE_UPSTREAM_TRUSTED_CA` | `upstream_trusted_ca` | the built-in public roots (a service's `ca_certificates` win) |
@@ -60,6 +62,10 @@ pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:8000";
 pub const DEFAULT_PROXY_SSL_LISTEN: &str = "0.0.0.0:8443";
 /// Default `--client-header-timeout` and `--client-body-timeout` (nginx's).
 pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `--upstream-keepalive-idle-timeout` (Kong's).
+pub const DEFAULT_UPSTREAM_KEEPALIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `--upstream-keepalive-pool-size` (Kong's).
+pub const DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 512;
 /// Default `--drain-timeout`.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most `--worker-threads`.
@@ -214,6 +220,16 @@ pub struct Flags {
     #[serde(deserialize_with = "text_or_number_from_toml")]
     pub worker_threads: Option<String>,
 
+    /// How long an idle keep-alive connection to an upstream is kept [default: 60s].
+    #[arg(long, env = "GATEHOUSE_UPSTREAM_KEEPALIVE_IDLE_TIMEOUT")]
+    #[serde(deserialize_with = "text_or_number_from_toml")]
+    pub upstream_keepalive_idle_timeout: Option<String>,
+
+    /// Most idle keep-alive connections kept per upstream address [default: 512].
+    #[arg(long, env = "GATEHOUSE_UPSTREAM_KEEPALIVE_POOL_SIZE")]
+    #[serde(deserialize_with = "text_or_number_from_toml")]
+    pub upstream_keepalive_pool_size: Option<String>,
+
     /// Verify upstream TLS certificates when a service's `tls_verify` is null: `on` or `off`
     /// [default: on].
     #[arg(long, env = "GATEHOUSE_UPSTREAM_TLS_VERIFY")]
@@ -313,6 +329,26 @@ pub struct ProxySettings {
     pub timeouts: ClientTimeouts,
     /// Defaults of TLS towards upstreams.
     pub upstream: UpstreamTlsFiles,
+    /// The upstream connection pools.
+    pub upstream_keepalive: UpstreamKeepalive,
+}
+
+/// Keep-alive pools towards upstreams (Kong's `upstream_keepalive_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamKeepalive {
+    /// Idle connections are closed after this.
+    pub idle_timeout: Duration,
+    /// Most idle connections kept per upstream address (0: none kept).
+    pub pool_size: usize,
+}
+
+impl Default for UpstreamKeepalive {
+    fn default() -> Self {
+        Self {
+            idle_timeout: DEFAULT_UPSTREAM_KEEPALIVE_IDLE_TIMEOUT,
+            pool_size: DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE,
+        }
+    }
 }
 
 /// Process-wide defaults of TLS towards upstreams (a service's own fields win): Kong's
@@ -467,6 +503,12 @@ impl Flags {
             client_body_timeout: self.client_body_timeout.or(other.client_body_timeout),
             drain_timeout: self.drain_timeout.or(other.drain_timeout),
             worker_threads: self.worker_threads.or(other.worker_threads),
+            upstream_keepalive_idle_timeout: self
+                .upstream_keepalive_idle_timeout
+                .or(other.upstream_keepalive_idle_timeout),
+            upstream_keepalive_pool_size: self
+                .upstream_keepalive_pool_size
+                .or(other.upstream_keepalive_pool_size),
             upstream_tls_verify: self.upstream_tls_verify.or(other.upstream_tls_verify),
             upstream_tls_verify_depth: self
                 .upstream_tls_verify_depth
@@ -657,6 +699,27 @@ impl Flags {
             "--drain-timeout",
             DEFAULT_DRAIN_TIMEOUT,
         );
+        let keepalive_idle = duration(
+            self.upstream_keepalive_idle_timeout.as_deref(),
+            "--upstream-keepalive-idle-timeout",
+            DEFAULT_UPSTREAM_KEEPALIVE_IDLE_TIMEOUT,
+        );
+        let pool_size = match self.upstream_keepalive_pool_size.as_deref().map(str::trim) {
+            None => DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE,
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if n <= 1_000_000 => n,
+                _ => {
+                    problems.push(format!(
+                        "--upstream-keepalive-pool-size: '{raw}' is not a number from 0 to 1000000"
+                    ));
+                    DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE
+                }
+            },
+        };
+        let upstream_keepalive = UpstreamKeepalive {
+            idle_timeout: keepalive_idle,
+            pool_size,
+        };
 
         let worker_threads = match self.worker_threads.as_deref().map(str::trim) {
             None => None,
@@ -700,6 +763,7 @@ impl Flags {
                     trusted_ips,
                     timeouts,
                     upstream,
+                    upstream_keepalive,
                 },
                 drain_timeout,
                 worker_threads,

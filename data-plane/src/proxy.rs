@@ -104,7 +104,9 @@ use uuid::Uuid;
 
 use gatehouse_shared::model;
 
-use crate::config::{ClientTimeouts, ProxySettings, TrustedIps, UpstreamTlsFiles};
+use crate::config::{
+    ClientTimeouts, ProxySettings, TrustedIps, UpstreamKeepalive, UpstreamTlsFiles,
+};
 use crate::metrics::METRICS;
 use crate::plugins::{self, Plugins, VerifiedCertificates};
 use crate::router::{Match, Protocol, RequestParts, Verdict, split_host_port};
@@ -133,8 +135,6 @@ pub const RESPONSE_LATENCY: HeaderName = HeaderName::from_static("x-gatehouse-re
 /// The connector's own connect deadline; each request is also bounded by its service's
 /// timeouts.
 pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Idle keep-alive connections to upstreams are closed after this.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause after an accept error (e.g. out of file descriptors) before accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -300,7 +300,7 @@ impl Listeners {
             tracing::info!(addr = %local, tls = terminator.is_some(), "proxy listener listening");
             bound.push((listener, local, terminator));
         }
-        let upstream_tls = upstream_tls(&settings.upstream)?;
+        let upstream_tls = upstream_tls(&settings.upstream, settings.upstream_keepalive)?;
         Ok(Self {
             proxy: Arc::new(Proxy::new(runtime, settings, upstream_tls, plugins)),
             bound,
@@ -494,7 +494,8 @@ impl Proxy {
         let connector = Connector::new(http, MAX_CONNECT_TIMEOUT);
         let mut builder = Client::builder(TokioExecutor::new());
         builder
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_idle_timeout(settings.upstream_keepalive.idle_timeout)
+            .pool_max_idle_per_host(settings.upstream_keepalive.pool_size)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             // Host is written by the proxy (service host, or the client's with preserve_host).
@@ -1273,7 +1274,10 @@ fn millis(d: Duration) -> HeaderValue {
 
 /// The upstream TLS layer with the process-wide defaults: the trusted CA bundle and the
 /// global client certificate are loaded here, so a bad file stops the start.
-pub(crate) fn upstream_tls(files: &UpstreamTlsFiles) -> Result<UpstreamTls, ProxyError> {
+pub(crate) fn upstream_tls(
+    files: &UpstreamTlsFiles,
+    keepalive: UpstreamKeepalive,
+) -> Result<UpstreamTls, ProxyError> {
     let trusted_ca = match &files.trusted_ca {
         None => None,
         Some(path) => {
@@ -1305,7 +1309,8 @@ pub(crate) fn upstream_tls(files: &UpstreamTlsFiles) -> Result<UpstreamTls, Prox
         trusted_ca,
         client_certificate,
         connect_timeout: MAX_CONNECT_TIMEOUT,
-        pool_idle_timeout: POOL_IDLE_TIMEOUT,
+        pool_idle_timeout: keepalive.idle_timeout,
+        pool_max_idle: keepalive.pool_size,
         ..UpstreamTlsSettings::default()
     }))
 }

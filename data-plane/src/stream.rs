@@ -146,7 +146,7 @@ impl Listeners {
         let stream = Stream {
             runtime,
             terminator,
-            upstream_tls: upstream_tls(&settings.upstream)?,
+            upstream_tls: upstream_tls(&settings.upstream, settings.upstream_keepalive)?,
             balancers: Balancers::default(),
             routers: ArcSwapOption::empty(),
             hello_timeout: settings.timeouts.header,

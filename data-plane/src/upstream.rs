@@ -122,6 +122,8 @@ pub(crate) struct UpstreamTlsSettings {
     pub(crate) connect_timeout: Duration,
     /// Idle pooled connections are closed after this. Default 60 s.
     pub(crate) pool_idle_timeout: Duration,
+    /// Most idle connections kept per upstream address and client. Default: no limit.
+    pub(crate) pool_max_idle: usize,
     /// Most clients (pools) kept; the least recently used go first. Default 10 000.
     pub(crate) max_clients: usize,
 }
@@ -242,6 +244,7 @@ impl Default for UpstreamTlsSettings {
             client_certificate: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            pool_max_idle: usize::MAX,
             max_clients: DEFAULT_MAX_CLIENTS,
         }
     }
@@ -257,6 +260,7 @@ impl fmt::Debug for UpstreamTlsSettings {
             .field("client_certificate", &self.client_certificate.is_some())
             .field("connect_timeout", &self.connect_timeout)
             .field("pool_idle_timeout", &self.pool_idle_timeout)
+            .field("pool_max_idle", &self.pool_max_idle)
             .field("max_clients", &self.max_clients)
             .finish()
     }
@@ -631,6 +635,7 @@ impl UpstreamTls {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(self.settings.pool_idle_timeout)
+            .pool_max_idle_per_host(self.settings.pool_max_idle)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             // Host is written by the proxy (service host, or the client's with preserve_host).

@@ -516,3 +516,30 @@ fn upstream_tls_defaults_and_client_ssl() {
         assert!(err.contains(expected), "{expected} in {err}");
     }
 }
+
+#[test]
+fn upstream_keepalive_pools() {
+    let defaults = parse(&REQUIRED).unwrap().proxy.upstream_keepalive;
+    assert_eq!(defaults, UpstreamKeepalive::default());
+    assert_eq!(defaults.idle_timeout, Duration::from_secs(60));
+    assert_eq!(defaults.pool_size, 512);
+
+    let mut args = REQUIRED.to_vec();
+    args.extend([
+        "--upstream-keepalive-idle-timeout",
+        "5m",
+        "--upstream-keepalive-pool-size",
+        "64",
+    ]);
+    let keepalive = parse(&args).unwrap().proxy.upstream_keepalive;
+    assert_eq!(keepalive.idle_timeout, Duration::from_secs(300));
+    assert_eq!(keepalive.pool_size, 64);
+
+    let mut args = REQUIRED.to_vec();
+    args.extend(["--upstream-keepalive-pool-size", "lots"]);
+    let err = parse(&args).unwrap_err().to_string();
+    assert!(
+        err.contains("--upstream-keepalive-pool-size: 'lots' is not a number"),
+        "{err}"
+    );
+}

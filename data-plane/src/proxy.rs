@@ -698,21 +698,28 @@ impl Proxy {
     }
 
     /// The client for `service`'s protocol: the shared plain HTTP/1.1 or h2c client, or the
-    /// TLS client of the service's TLS setting and `server_name` (`https`, `grpcs`).
+    /// TLS client of the service's TLS setting and the server name for `peer` (`https`,
+    /// `grpcs`; the name is only worked out for those).
     fn client_for(
         &self,
         runtime: &Runtime,
         service: &model::Service,
         upstream: Option<&model::Upstream>,
-        server_name: &str,
-        http2: bool,
+        target: &Target,
+        peer: &Peer,
     ) -> Result<UpstreamClient<'_>, Failure> {
         match service.protocol.as_str() {
             "http" => Ok(UpstreamClient::Plain(&self.http1)),
             "grpc" => Ok(UpstreamClient::Plain(&self.h2c)),
             "https" | "grpcs" => self
                 .upstream_tls
-                .client(runtime, service, upstream, server_name, http2)
+                .client(
+                    runtime,
+                    service,
+                    upstream,
+                    &target.server_name(peer),
+                    target.http2,
+                )
                 .map(|client| UpstreamClient::Tls(Box::new(client)))
                 .map_err(|error| {
                     tracing::warn!(service = %service.id, %error, "upstream TLS unusable");
@@ -793,13 +800,7 @@ impl Proxy {
                     pick.report(outcome);
                 }
             };
-            let client = self.client_for(
-                runtime,
-                service,
-                balance.upstream,
-                &target.server_name(peer),
-                target.http2,
-            )?;
+            let client = self.client_for(runtime, service, balance.upstream, &target, peer)?;
             let uri = upstream_uri(
                 peer,
                 matches!(client, UpstreamClient::Tls(_)),

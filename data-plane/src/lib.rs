@@ -163,8 +163,6 @@ impl DataPlane {
             cluster.control_plane.clone(),
             runtime.clone(),
         ));
-        load_cache(&cache, &state).await;
-
         let proxy = proxy::Listeners::bind(
             &settings.proxy_listen,
             &settings.proxy_ssl_listen,
@@ -182,6 +180,8 @@ impl DataPlane {
         )
         .await?;
         let stream_addrs = stream.addrs();
+        // After the listeners (their parts are prepared with it), before they serve.
+        load_cache(&cache, &state).await;
 
         let (listener, status_addr) =
             status::bind(settings.status_listen)
@@ -274,20 +274,32 @@ impl DataPlane {
     }
 }
 
-/// Loads the cached snapshot into `state`; a bad cache is reported and ignored.
+/// Loads the cached snapshot into `state`, every part prepared as for a snapshot from the
+/// control plane; a bad cache (or one some part cannot build) is reported and ignored.
 async fn load_cache(cache: &Cache, state: &NodeState) {
     let reader = cache.clone();
-    match tokio::task::spawn_blocking(move || reader.load()).await {
-        Ok(Ok(Some(cached))) => {
-            tracing::info!(
-                version = cached.runtime.version(),
-                hash = %cached.runtime.hash(),
-                "loaded cached snapshot"
-            );
-            let _empty = state.runtime.store(Arc::new(cached.runtime));
+    let shared = state.runtime.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let Some(cached) = reader.load().map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let (version, hash) = (cached.runtime.version(), cached.runtime.hash().to_owned());
+        let applied = shared
+            .apply(Arc::new(cached.runtime))
+            .map_err(|reason| format!("version {version} cannot be applied: {reason}"))?;
+        Ok::<_, String>(Some((version, hash, cached.written_at, applied.warnings)))
+    })
+    .await;
+    match loaded {
+        Ok(Ok(Some((version, hash, written_at, warnings)))) => {
+            tracing::info!(version, %hash, "loaded cached snapshot");
+            for warning in &warnings {
+                tracing::warn!(version, %warning, "cached snapshot applied with a problem made safe");
+            }
             state.update(|s| {
                 s.source = Some(ConfigSource::Cache);
-                s.last_sync = cached.written_at;
+                s.last_sync = written_at;
+                s.warnings = warnings;
             });
         }
         Ok(Ok(None)) => {

@@ -31,9 +31,11 @@ pub(crate) enum MtlsFailure {
     WrongUsage,
     NoConsumer,
     Invalid,
+    /// The instance could not be built (it refuses every request it covers).
+    Unbuilt,
 }
 
-const MTLS_REASONS: [&str; 9] = [
+const MTLS_REASONS: [&str; 10] = [
     "no_certificate",
     "unknown_ca",
     "expired",
@@ -43,6 +45,7 @@ const MTLS_REASONS: [&str; 9] = [
     "wrong_usage",
     "no_consumer",
     "invalid",
+    "unbuilt",
 ];
 
 /// The counters.
@@ -51,7 +54,7 @@ pub(crate) struct Metrics {
     responses: [AtomicU64; 5],
     upstream_requests: AtomicU64,
     upstream_connections: [AtomicU64; 2],
-    mtls_failures: [AtomicU64; 9],
+    mtls_failures: [AtomicU64; 10],
 }
 
 /// The process's counters.
@@ -64,7 +67,7 @@ impl Metrics {
             responses: [const { AtomicU64::new(0) }; 5],
             upstream_requests: AtomicU64::new(0),
             upstream_connections: [const { AtomicU64::new(0) }; 2],
-            mtls_failures: [const { AtomicU64::new(0) }; 9],
+            mtls_failures: [const { AtomicU64::new(0) }; 10],
         }
     }
 

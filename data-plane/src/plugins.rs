@@ -27,7 +27,6 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use rustls::DistinguishedName;
 use uuid::Uuid;
@@ -36,7 +35,7 @@ use gatehouse_shared::model::{self, PluginConfig};
 
 use crate::revocation::RevocationChecker;
 use crate::router::Protocol;
-use crate::runtime::Runtime;
+use crate::runtime::{Part, PerRuntime, Runtime};
 use crate::tls::TlsInfo;
 
 mod acl;
@@ -76,27 +75,45 @@ const IDENTITY_HEADERS: [HeaderName; 8] = [
     CLIENT_CERT_SAN,
 ];
 
-/// The plan of the runtime seen last, and what plugins share across runtimes.
+/// The plans of the recent runtimes, and what plugins share across runtimes.
 #[derive(Default)]
 pub(crate) struct Plugins {
-    current: ArcSwapOption<Plan>,
+    plans: PerRuntime<Plan>,
     revocation: RevocationChecker,
 }
 
 /// The plugins of one runtime.
 pub(crate) struct Plan {
-    version: u64,
-    hash: String,
     /// By route index.
     routes: Vec<RoutePlugins>,
     client_auth: Arc<ClientAuth>,
+    /// Instances that cannot be built, and so refuse every request they cover.
+    warnings: Vec<String>,
 }
 
 /// The plugin instances that apply to one route.
 #[derive(Default, Clone)]
 pub(crate) struct RoutePlugins {
-    mtls: Option<Arc<MtlsAuth>>,
+    mtls: Option<Authn>,
     acl: Option<Arc<Acl>>,
+}
+
+/// An authentication instance: built, or refusing everything it covers because it could not
+/// be built (fail closed: an authentication control that cannot be evaluated never means
+/// "no authentication").
+#[derive(Clone)]
+enum Authn {
+    Mtls(Arc<MtlsAuth>),
+    Refuse(Arc<Unbuilt>),
+}
+
+/// An authentication instance that could not be built.
+#[derive(Debug)]
+struct Unbuilt {
+    plugin: Uuid,
+    name: &'static str,
+    protocols: Vec<String>,
+    reason: String,
 }
 
 /// Which handshakes request a client certificate, and the CA names sent with the request.
@@ -157,27 +174,31 @@ impl Plugins {
         &self.revocation
     }
 
-    /// The plan of `runtime`, built on first use.
+    /// The plan of `runtime`: prepared by the apply step, else built now.
     pub(crate) fn for_runtime(&self, runtime: &Runtime) -> Arc<Plan> {
-        if let Some(current) = self.current.load_full()
-            && current.version == runtime.version()
-            && current.hash == runtime.hash()
-        {
-            return current;
-        }
-        let built = Arc::new(Plan::build(runtime));
-        self.current.store(Some(built.clone()));
-        built
+        self.plans
+            .get_or_insert_with(runtime, || Plan::build(runtime))
+    }
+}
+
+impl Part for Plugins {
+    fn prepare(&self, runtime: &Arc<Runtime>, warnings: &mut Vec<String>) -> Result<(), String> {
+        let plan = Plan::build(runtime);
+        warnings.extend(plan.warnings.iter().cloned());
+        self.plans.insert(runtime, Arc::new(plan));
+        Ok(())
     }
 }
 
 // === impl Plan ===
 
 impl Plan {
-    /// Resolves every route's plugins. Instances whose CA certificates cannot be used
-    /// (the runtime checked them) are left out with a warning.
+    /// Resolves every route's plugins. An authentication instance that cannot be built
+    /// (no CA certificate that anchors a chain, say) stays in the plan as one that refuses
+    /// every request it covers, and is reported in [`Plan::warnings`].
     pub(crate) fn build(runtime: &Runtime) -> Self {
         let config = runtime.config();
+        let mut warnings = Vec::new();
         let mut instances: Vec<(Instance, Option<usize>, Option<usize>)> = Vec::new();
         for compiled in runtime.plugins() {
             let Some(plugin) = runtime.plugin(compiled) else {
@@ -189,10 +210,24 @@ impl Plan {
             let instance = match &plugin.config {
                 PluginConfig::MtlsAuth(mtls) => {
                     match MtlsAuth::new(plugin.id, mtls, &plugin.protocols, runtime) {
-                        Ok(mtls) => Instance::Mtls(Arc::new(mtls)),
-                        Err(error) => {
-                            tracing::warn!(plugin = %plugin.id, %error, "mtls-auth instance left out");
-                            continue;
+                        Ok(mtls) => Instance::Authn(Authn::Mtls(Arc::new(mtls))),
+                        Err(reason) => {
+                            tracing::error!(
+                                plugin = %plugin.id,
+                                %reason,
+                                "mtls-auth instance cannot be built; it refuses every request it covers"
+                            );
+                            warnings.push(format!(
+                                "plugin {} (mtls-auth) cannot be built and refuses every \
+                                 request it covers: {reason}",
+                                plugin.id
+                            ));
+                            Instance::Authn(Authn::Refuse(Arc::new(Unbuilt {
+                                plugin: plugin.id,
+                                name: "mtls-auth",
+                                protocols: plugin.protocols.clone(),
+                                reason,
+                            })))
                         }
                     }
                 }
@@ -221,12 +256,12 @@ impl Plan {
                         _ => None,
                     }
                 };
-                let mut best_mtls: Option<(u8, &Arc<MtlsAuth>)> = None;
+                let mut best_mtls: Option<(u8, &Authn)> = None;
                 let mut best_acl: Option<(u8, &Arc<Acl>)> = None;
                 for (instance, r, s) in &instances {
                     let Some(rank) = rank(*r, *s) else { continue };
                     match instance {
-                        Instance::Mtls(m) if best_mtls.is_none_or(|(b, _)| rank > b) => {
+                        Instance::Authn(m) if best_mtls.is_none_or(|(b, _)| rank > b) => {
                             best_mtls = Some((rank, m));
                         }
                         Instance::Acl(a) if best_acl.is_none_or(|(b, _)| rank > b) => {
@@ -239,26 +274,24 @@ impl Plan {
                     mtls: best_mtls.map(|(_, m)| m.clone()),
                     acl: best_acl.map(|(_, a)| a.clone()),
                 };
-                if let Some(mtls) = &plugins.mtls {
+                if let Some(Authn::Mtls(mtls)) = &plugins.mtls {
                     client_auth.add(route, mtls);
                 }
                 plugins
             })
             .collect();
         // A global instance applies to every route, with or without names.
-        if instances
-            .iter()
-            .any(|(i, r, s)| matches!(i, Instance::Mtls(_)) && r.is_none() && s.is_none())
-        {
+        if instances.iter().any(|(i, r, s)| {
+            matches!(i, Instance::Authn(Authn::Mtls(_))) && r.is_none() && s.is_none()
+        }) {
             client_auth.all = true;
         }
         client_auth.hints.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
         client_auth.hints.dedup_by(|a, b| a.as_ref() == b.as_ref());
         Self {
-            version: runtime.version(),
-            hash: runtime.hash().to_owned(),
             routes,
             client_auth: Arc::new(client_auth),
+            warnings,
         }
     }
 
@@ -274,8 +307,19 @@ impl Plan {
 }
 
 enum Instance {
-    Mtls(Arc<MtlsAuth>),
+    Authn(Authn),
     Acl(Arc<Acl>),
+}
+
+// === impl Authn ===
+
+impl Authn {
+    fn runs_for(&self, protocol: Protocol) -> bool {
+        match self {
+            Self::Mtls(mtls) => mtls.runs_for(protocol),
+            Self::Refuse(unbuilt) => runs_for(&unbuilt.protocols, protocol),
+        }
+    }
 }
 
 // === impl RoutePlugins ===
@@ -296,9 +340,26 @@ impl RoutePlugins {
         }
         let mut identity = Identity::default();
         let mut headers: Vec<(HeaderName, String)> = Vec::new();
-        if let Some(mtls) = mtls {
-            mtls.access(runtime, request, &mut identity, &mut headers)
-                .await?;
+        match mtls {
+            Some(Authn::Mtls(mtls)) => {
+                mtls.access(runtime, request, &mut identity, &mut headers)
+                    .await?;
+            }
+            Some(Authn::Refuse(unbuilt)) => {
+                tracing::warn!(
+                    plugin = %unbuilt.plugin,
+                    name = unbuilt.name,
+                    client = %request.client_ip,
+                    reason = %unbuilt.reason,
+                    "request refused: its authentication plugin instance cannot be built"
+                );
+                crate::metrics::METRICS.mtls_failure(crate::metrics::MtlsFailure::Unbuilt);
+                return Err(Denied {
+                    status: StatusCode::UNAUTHORIZED,
+                    message: mtls_auth::FAILED_VERIFICATION,
+                });
+            }
+            None => {}
         }
         if let Some(acl) = acl {
             acl.access(runtime, &identity, &mut headers)?;

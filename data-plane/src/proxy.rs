@@ -110,7 +110,7 @@ use crate::config::{
 use crate::metrics::METRICS;
 use crate::plugins::{self, Plugins, VerifiedCertificates};
 use crate::router::{Match, Protocol, RequestParts, Verdict, split_host_port};
-use crate::runtime::{Runtime, SharedRuntime};
+use crate::runtime::{Part, Runtime, SharedRuntime};
 use crate::tls::{PairFlags, TlsInfo, TlsTerminator};
 use crate::upstream::{TlsClient, UpstreamTls, UpstreamTlsError, UpstreamTlsSettings};
 
@@ -301,10 +301,22 @@ impl Listeners {
             bound.push((listener, local, terminator));
         }
         let upstream_tls = upstream_tls(&settings.upstream, settings.upstream_keepalive)?;
-        Ok(Self {
-            proxy: Arc::new(Proxy::new(runtime, settings, upstream_tls, plugins)),
-            bound,
-        })
+        let proxy = Arc::new(Proxy::new(
+            runtime.clone(),
+            settings,
+            upstream_tls,
+            plugins.clone(),
+        ));
+        // In dependency order: the TLS configs use the plugin plan.
+        let plugins: Arc<dyn Part> = plugins;
+        runtime.register(Arc::downgrade(&plugins));
+        if let Some(terminator) = terminator {
+            let terminator: Arc<dyn Part> = terminator;
+            runtime.register(Arc::downgrade(&terminator));
+        }
+        let part: Arc<dyn Part> = proxy.clone();
+        runtime.register(Arc::downgrade(&part));
+        Ok(Self { proxy, bound })
     }
 
     /// The bound addresses, with whether each is TLS.
@@ -479,6 +491,15 @@ impl Drop for Open {
 }
 
 // === impl Proxy ===
+
+impl Part for Proxy {
+    /// The balancer rings and the upstream TLS settings (the plugin plan and the TLS
+    /// configs are parts of their own).
+    fn prepare(&self, runtime: &Arc<Runtime>, warnings: &mut Vec<String>) -> Result<(), String> {
+        self.balancers.prepare(runtime, warnings)?;
+        self.upstream_tls.prepare(runtime, warnings)
+    }
+}
 
 impl Proxy {
     fn new(

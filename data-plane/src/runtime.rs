@@ -26,7 +26,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use arc_swap::{ArcSwap, Guard};
 use regex::{Regex, RegexBuilder};
@@ -44,8 +44,12 @@ use gatehouse_shared::{checks, x509};
 
 use crate::router::Router;
 
+mod parts;
 #[cfg(test)]
 mod tests;
+
+use parts::Parts;
+pub(crate) use parts::{Part, PerRuntime};
 
 /// Below this many items a compile step runs on the calling thread; above, it is spread over
 /// the available cores (certificate keys and regexes dominate the cost of a large snapshot).
@@ -211,7 +215,14 @@ pub struct EntityCounts {
 }
 
 /// The current runtime, swapped atomically when a snapshot is applied. Loading is lock-free.
-pub struct SharedRuntime(ArcSwap<Runtime>);
+///
+/// It also knows the [`Part`]s built per runtime (plugin plan, TLS configs, balancer rings,
+/// upstream TLS settings, stream router): [`SharedRuntime::apply`] builds all of them
+/// before the swap, so a runtime is served only once everything it needs is compiled.
+pub struct SharedRuntime {
+    current: ArcSwap<Runtime>,
+    parts: Parts,
+}
 
 /// Server certificates by SNI name: exact names and wildcard names (`*.rest`, `first.*`)
 /// separately, and the `*` default.
@@ -295,6 +306,16 @@ impl Runtime {
     pub fn with_version(&self, version: u64) -> Self {
         Self {
             version,
+            ..self.clone()
+        }
+    }
+
+    /// An empty runtime that claims `version` and `hash` (tests of per-runtime caches).
+    #[cfg(test)]
+    pub(crate) fn with_identity(&self, version: u64, hash: &str) -> Self {
+        Self {
+            version,
+            hash: hash.to_owned(),
             ..self.clone()
         }
     }
@@ -1335,24 +1356,52 @@ impl CompiledPlugin {
 impl SharedRuntime {
     /// Holds `runtime` as the current one.
     pub fn new(runtime: Runtime) -> Self {
-        Self(ArcSwap::from_pointee(runtime))
+        Self {
+            current: ArcSwap::from_pointee(runtime),
+            parts: Parts::default(),
+        }
     }
 
     /// The current runtime, for a short use (a request, a handshake); lock-free.
     pub fn load(&self) -> Guard<Arc<Runtime>> {
-        self.0.load()
+        self.current.load()
     }
 
     /// The current runtime, to keep.
     pub fn load_full(&self) -> Arc<Runtime> {
-        self.0.load_full()
+        self.current.load_full()
     }
 
     /// Makes `runtime` the current one and returns the previous one; users that loaded the
-    /// previous one keep it.
+    /// previous one keep it. Nothing is prepared: use [`SharedRuntime::apply`].
     pub(crate) fn store(&self, runtime: Arc<Runtime>) -> Arc<Runtime> {
-        self.0.swap(runtime)
+        self.current.swap(runtime)
     }
+
+    /// Registers a part built per runtime; it is prepared for every runtime applied later.
+    pub(crate) fn register(&self, part: Weak<dyn Part>) {
+        self.parts.register(part);
+    }
+
+    /// The apply step: prepares every registered part for `runtime` and, when all succeed,
+    /// makes it the current runtime. Returns the previous runtime and the warnings the parts
+    /// found (problems that were made safe, such as an authentication plugin instance that
+    /// refuses every request because it cannot be built). On error nothing changes: the
+    /// current runtime keeps serving. Blocking (CPU-bound): call it off the async threads.
+    pub(crate) fn apply(&self, runtime: Arc<Runtime>) -> Result<Applied, String> {
+        let warnings = self.parts.prepare(&runtime)?;
+        let previous = self.store(runtime);
+        Ok(Applied { previous, warnings })
+    }
+}
+
+/// What [`SharedRuntime::apply`] did.
+#[derive(Debug)]
+pub(crate) struct Applied {
+    /// The runtime that was current before.
+    pub(crate) previous: Arc<Runtime>,
+    /// Problems found while preparing, made safe (sorted, deduplicated).
+    pub(crate) warnings: Vec<String>,
 }
 
 impl Default for SharedRuntime {

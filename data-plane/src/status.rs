@@ -67,6 +67,9 @@ pub struct StatusReport {
     pub control_plane: ControlPlaneStatus,
     /// Entities of the running configuration.
     pub entities: EntityCounts,
+    /// Problems found in the running configuration when it was applied, each made safe
+    /// (e.g. an authentication plugin instance that cannot be built refuses its requests).
+    pub warnings: Vec<String>,
 }
 
 /// The control-plane connection, in [`StatusReport`].
@@ -101,6 +104,8 @@ pub(crate) struct SyncState {
     pub(crate) last_error: Option<String>,
     pub(crate) last_sync: Option<f64>,
     pub(crate) source: Option<ConfigSource>,
+    /// The warnings of the running configuration (see [`StatusReport::warnings`]).
+    pub(crate) warnings: Vec<String>,
 }
 
 // === impl NodeState ===
@@ -154,6 +159,7 @@ impl NodeState {
                 connected_since: sync.connected_since,
             },
             entities: runtime.counts(),
+            warnings: sync.warnings,
         }
     }
 }

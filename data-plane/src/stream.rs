@@ -31,7 +31,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use http::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -45,7 +44,7 @@ use gatehouse_shared::model;
 use crate::config::{ProxySettings, TrustedIps};
 use crate::plugins::NamePattern;
 use crate::proxy::{Balancers, Drain, HashInput, Outcome, Peer, ProxyError, upstream_tls};
-use crate::runtime::{Runtime, SharedRuntime};
+use crate::runtime::{Part, PerRuntime, Runtime, SharedRuntime};
 use crate::tls::{Alpn, DefaultCertificate, TlsOptions, TlsTerminator};
 use crate::upstream::UpstreamTls;
 
@@ -68,7 +67,7 @@ struct Stream {
     terminator: TlsTerminator,
     upstream_tls: UpstreamTls,
     balancers: Balancers,
-    routers: ArcSwapOption<StreamRouter>,
+    routers: PerRuntime<StreamRouter>,
     /// Deadline for the ClientHello (or the first byte) and the TLS handshake.
     hello_timeout: Duration,
     drain: Arc<Drain>,
@@ -76,8 +75,6 @@ struct Stream {
 
 /// The stream routes of one runtime, in priority order.
 pub(crate) struct StreamRouter {
-    version: u64,
-    hash: String,
     routes: Vec<StreamRoute>,
 }
 
@@ -148,14 +145,16 @@ impl Listeners {
             terminator,
             upstream_tls: upstream_tls(&settings.upstream, settings.upstream_keepalive)?,
             balancers: Balancers::default(),
-            routers: ArcSwapOption::empty(),
+            routers: PerRuntime::default(),
             hello_timeout: settings.timeouts.header,
             drain,
         };
-        Ok(Self {
-            stream: Arc::new(stream),
-            bound,
-        })
+        let stream = Arc::new(stream);
+        if !bound.is_empty() {
+            let part: Arc<dyn Part> = stream.clone();
+            stream.runtime.register(Arc::downgrade(&part));
+        }
+        Ok(Self { stream, bound })
     }
 
     /// The bound addresses.
@@ -368,17 +367,32 @@ impl Stream {
         Ok(Box::new(tls.into_inner()))
     }
 
-    /// The stream router of `runtime`, built on first use.
+    /// The stream router of `runtime`: prepared by the apply step, else built now.
     fn router(&self, runtime: &Runtime) -> Arc<StreamRouter> {
-        if let Some(current) = self.routers.load_full()
-            && current.version == runtime.version()
-            && current.hash == runtime.hash()
-        {
-            return current;
+        self.routers
+            .get_or_insert_with(runtime, || StreamRouter::new(runtime))
+    }
+}
+
+impl Part for Stream {
+    /// The stream router (a `sources`/`destinations` entry that is not an IP or CIDR rejects
+    /// the runtime), the TLS configurations, the balancer rings and the upstream TLS
+    /// settings of the stream listeners.
+    fn prepare(&self, runtime: &Arc<Runtime>, warnings: &mut Vec<String>) -> Result<(), String> {
+        for route in &runtime.config().routes {
+            for endpoint in route.sources.iter().chain(&route.destinations).flatten() {
+                if let Some(ip) = &endpoint.ip
+                    && TrustedIps::parse(ip).is_err()
+                {
+                    return Err(format!("route {}: {ip:?} is not an IP or CIDR", route.id));
+                }
+            }
         }
-        let built = Arc::new(StreamRouter::new(runtime));
-        self.routers.store(Some(built.clone()));
-        built
+        self.routers
+            .insert(runtime, Arc::new(StreamRouter::new(runtime)));
+        self.terminator.prepare(runtime, warnings)?;
+        self.balancers.prepare(runtime, warnings)?;
+        self.upstream_tls.prepare(runtime, warnings)
     }
 }
 
@@ -515,8 +529,6 @@ impl StreamRouter {
                 .then(a.3.cmp(&b.3))
         });
         Self {
-            version: runtime.version(),
-            hash: runtime.hash().to_owned(),
             routes: routes.into_iter().map(|(route, _)| route).collect(),
         }
     }

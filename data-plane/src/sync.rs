@@ -438,6 +438,7 @@ impl SyncClient {
                     .collect(),
                 config_version: running.version(),
                 config_hash: running.hash().to_owned(),
+                warnings: self.state.sync_state().warnings,
             })),
         }
     }
@@ -448,68 +449,73 @@ impl SyncClient {
         let version = snapshot.version;
         let hash = snapshot.hash.clone();
         let running = self.runtime().load_full();
-        let applied = |runtime: Option<Runtime>| {
-            if let Some(runtime) = runtime {
-                let previous = self.runtime().store(Arc::new(runtime));
-                // Freeing a large runtime (thousands of keys) is work too: not on this thread.
-                // Requests still holding it keep it alive; the last one frees it.
-                if Arc::strong_count(&previous) == 1 {
-                    tokio::task::spawn_blocking(move || drop(previous));
-                }
-            }
-            self.state.update(|s| {
-                s.source = Some(ConfigSource::ControlPlane);
-                s.last_sync = Some(unix_now());
-            });
-            pb::Ack {
-                version,
-                hash: hash.clone(),
-                status: ack::Status::Applied.into(),
-                error: String::new(),
-            }
+        let ack = |status: ack::Status, error: String, warnings: Vec<String>| pb::Ack {
+            version,
+            hash: hash.clone(),
+            status: status.into(),
+            error,
+            warnings,
         };
         let rejected = |error: String| {
             tracing::warn!(version, error = %error, hash = %hash, "snapshot rejected");
-            pb::Ack {
-                version,
-                hash: hash.clone(),
-                status: ack::Status::Rejected.into(),
-                error,
-            }
+            ack(ack::Status::Rejected, error, Vec::new())
         };
 
         let runtime = match decide(&running, version, &hash) {
             Decision::Reject(reason) => return rejected(reason),
             Decision::Unchanged => {
                 tracing::debug!(version, hash = %hash, "snapshot already running");
-                return applied(None);
+                self.state.update(|s| {
+                    s.source = Some(ConfigSource::ControlPlane);
+                    s.last_sync = Some(unix_now());
+                });
+                let warnings = self.state.sync_state().warnings;
+                return ack(ack::Status::Applied, String::new(), warnings);
             }
-            Decision::Renumber => running.with_version(version),
-            Decision::Compile => {
-                let message = snapshot.clone();
-                let compiled = tokio::task::spawn_blocking(move || {
-                    let config = snapshot::decode(&message).map_err(|e| e.to_string())?;
-                    Runtime::compile(message.version, message.hash, config)
-                        .map_err(|e| e.to_string())
-                })
-                .await;
-                match compiled {
-                    Ok(Ok(runtime)) => runtime,
-                    Ok(Err(error)) => return rejected(error),
-                    Err(join) => {
-                        return rejected(format!("internal error while compiling: {join}"));
-                    }
-                }
-            }
+            Decision::Renumber => Ok(running.with_version(version)),
+            Decision::Compile => Err(snapshot.clone()),
         };
         drop(running);
-        let ack = applied(Some(runtime));
+        // Decode, compile and prepare every part (plugin plan, TLS configs, balancer rings,
+        // upstream TLS, stream router) off the async threads; swap only if all succeed.
+        let shared = self.state.runtime.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            let runtime = match runtime {
+                Ok(renumbered) => renumbered,
+                Err(message) => {
+                    let config = snapshot::decode(&message).map_err(|e| e.to_string())?;
+                    Runtime::compile(message.version, message.hash, config)
+                        .map_err(|e| e.to_string())?
+                }
+            };
+            let applied = shared.apply(Arc::new(runtime))?;
+            // Freeing a large runtime (thousands of keys) is work too: not on an async
+            // thread. Requests still holding it keep it alive; the last one frees it.
+            drop(applied.previous);
+            Ok::<_, String>(applied.warnings)
+        })
+        .await;
+        let warnings = match applied {
+            Ok(Ok(warnings)) => warnings,
+            Ok(Err(error)) => return rejected(error),
+            Err(join) => return rejected(format!("internal error while compiling: {join}")),
+        };
+        for warning in &warnings {
+            tracing::warn!(version, %warning, "snapshot applied with a problem made safe");
+        }
+        self.state.update(|s| {
+            s.source = Some(ConfigSource::ControlPlane);
+            s.last_sync = Some(unix_now());
+            s.warnings = warnings.clone();
+        });
         tracing::info!(
             version,
             hash = %hash,
             took_ms = millis(started.elapsed()),
+            warnings = warnings.len(),
             "snapshot applied"
         );
+        let reply = ack(ack::Status::Applied, String::new(), warnings);
         let cache = self.cache.clone();
         match tokio::task::spawn_blocking(move || cache.store(&snapshot)).await {
             Ok(Ok(())) => {}
@@ -520,7 +526,7 @@ impl SyncClient {
             ),
             Err(join) => tracing::warn!(%join, "cannot write the snapshot cache"),
         }
-        ack
+        reply
     }
 }
 

@@ -88,6 +88,27 @@ pub(crate) fn ca_certificate() -> model::CaCertificate {
     .unwrap()
 }
 
+/// A CA certificate entity that is not self-issued (an intermediate of a throwaway root),
+/// with a random id: it cannot anchor a chain on its own.
+pub(crate) fn intermediate_ca_certificate() -> model::CaCertificate {
+    let root_key = KeyPair::generate().unwrap();
+    let mut root = CertificateParams::new(Vec::new()).unwrap();
+    root.distinguished_name
+        .push(rcgen::DnType::CommonName, "test root");
+    root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let issuer = rcgen::Issuer::new(root, root_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test intermediate");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let mut entity = ca_certificate();
+    entity.cert = cert.pem();
+    entity
+}
+
 /// A configuration with one entity of each kind, all references resolving; ids are the
 /// constants of this module.
 pub(crate) fn valid_config() -> model::Config {

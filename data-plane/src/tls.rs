@@ -63,7 +63,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use rustls::crypto::aws_lc_rs::{self, Ticketer};
 use rustls::pki_types::CertificateDer;
 use rustls::server::{
@@ -80,7 +79,7 @@ use uuid::Uuid;
 
 use crate::config::SslSettings;
 use crate::plugins::{ClientAuth, Plugins};
-use crate::runtime::{Runtime, SharedRuntime};
+use crate::runtime::{Part, PerRuntime, Runtime, SharedRuntime};
 use client_auth::RequestClientCertificate;
 
 mod client_auth;
@@ -113,8 +112,8 @@ pub struct TlsTerminator {
     /// Everything but the certificate resolver: cloned for each runtime.
     template: Arc<ServerConfig>,
     options: TlsOptions,
-    /// The configurations of the runtime seen last.
-    current: ArcSwapOption<RuntimeTls>,
+    /// The configurations of the recent runtimes.
+    configs: PerRuntime<RuntimeTls>,
     /// The plugin plans (which names request client certificates).
     plugins: Arc<Plugins>,
     /// Resumption state of the configs that request client certificates (never shared with
@@ -203,6 +202,9 @@ pub enum TlsError {
         /// The deadline.
         timeout: Duration,
     },
+    /// The runtime's TLS configuration cannot be built: the connection is refused.
+    #[error("TLS configuration unusable: {0}")]
+    Config(String),
     /// The handshake failed (no common version, cipher suite, ALPN protocol or key type; a
     /// bad message; the client rejected the certificate; a hang-up).
     #[error("TLS handshake{}: {source}", for_name(.server_name))]
@@ -351,7 +353,7 @@ impl TlsTerminator {
             default,
             template: Arc::new(template),
             options,
-            current: ArcSwapOption::empty(),
+            configs: PerRuntime::default(),
             plugins: Arc::default(),
             client_auth_resumption,
         })
@@ -373,7 +375,7 @@ impl TlsTerminator {
                 .map_err(|_| TlsError::ClientHelloTimeout(timeout))?
                 .map_err(TlsError::ClientHello)?;
 
-        let tls = self.current();
+        let tls = self.current().map_err(TlsError::Config)?;
         let (server_name, config) = {
             let hello = start.client_hello();
             let config = tls.config_for(&hello);
@@ -440,40 +442,47 @@ impl TlsTerminator {
         &self.default
     }
 
-    /// The configurations of the current runtime, built on the first use of a runtime.
-    fn current(&self) -> Arc<RuntimeTls> {
-        let runtime = self.runtime.load();
-        let cached = self.current.load();
-        if let Some(tls) = cached.as_ref()
-            && Arc::ptr_eq(&tls.runtime, &runtime)
-        {
-            return Arc::clone(tls);
+    /// The configurations of the current runtime: prepared by the apply step, else built
+    /// now.
+    fn current(&self) -> Result<Arc<RuntimeTls>, String> {
+        let runtime = self.runtime.load_full();
+        if let Some(tls) = self.configs.get(&runtime) {
+            return Ok(tls);
         }
-        let resolver = Arc::new(SniResolver::new(Arc::clone(&runtime), self.default.clone()));
+        let built = Arc::new(self.build(&runtime)?);
+        self.configs.insert(&runtime, built.clone());
+        Ok(built)
+    }
+
+    /// The server configurations of `runtime`. Fails only when rustls refuses the
+    /// client-certificate configuration: then no handshake may proceed without it.
+    fn build(&self, runtime: &Arc<Runtime>) -> Result<RuntimeTls, String> {
+        let resolver = Arc::new(SniResolver::new(Arc::clone(runtime), self.default.clone()));
         let mut anonymous = ServerConfig::clone(&self.template);
         anonymous.cert_resolver = resolver.clone();
-        let client_auth = self.plugins.for_runtime(&runtime).client_auth().clone();
+        let client_auth = self.plugins.for_runtime(runtime).client_auth().clone();
         let requesting = if client_auth.is_used() {
-            match self.requesting_config(resolver, &client_auth) {
-                Ok(config) => Some(Arc::new(config)),
-                Err(error) => {
-                    tracing::error!(%error, "cannot build the client-certificate TLS config");
-                    None
-                }
-            }
+            let config = self
+                .requesting_config(resolver, &client_auth)
+                .map_err(|e| format!("cannot build the client-certificate TLS config: {e}"))?;
+            Some(Arc::new(config))
         } else {
             None
         };
-        let fresh = Arc::new(RuntimeTls {
-            runtime: Arc::clone(&runtime),
+        Ok(RuntimeTls {
+            runtime: Arc::clone(runtime),
             anonymous: Arc::new(anonymous),
             requesting,
             client_auth,
-        });
-        // Replace only what was seen: a handshake that loaded an older runtime must not put
-        // its configs back over a newer one's (losing the race costs one more build later).
-        let _previous = self.current.compare_and_swap(&cached, Some(fresh.clone()));
-        fresh
+        })
+    }
+}
+
+impl Part for TlsTerminator {
+    fn prepare(&self, runtime: &Arc<Runtime>, _warnings: &mut Vec<String>) -> Result<(), String> {
+        let built = self.build(runtime)?;
+        self.configs.insert(runtime, Arc::new(built));
+        Ok(())
     }
 }
 
@@ -510,7 +519,7 @@ impl fmt::Debug for TlsTerminator {
             .field("options", &self.options)
             .field(
                 "runtime_version",
-                &self.current.load().as_ref().map(|t| t.runtime.version()),
+                &self.configs.newest().map(|t| t.runtime.version()),
             )
             .finish()
     }
@@ -782,7 +791,7 @@ impl TlsError {
             Self::HandshakeTimeout { server_name, .. } | Self::Handshake { server_name, .. } => {
                 server_name.as_deref()
             }
-            Self::ClientHelloTimeout(_) | Self::ClientHello(_) => None,
+            Self::ClientHelloTimeout(_) | Self::ClientHello(_) | Self::Config(_) => None,
         }
     }
 
@@ -798,7 +807,9 @@ impl TlsError {
     pub fn tls_error(&self) -> Option<&rustls::Error> {
         let source = match self {
             Self::ClientHello(source) | Self::Handshake { source, .. } => source,
-            Self::ClientHelloTimeout(_) | Self::HandshakeTimeout { .. } => return None,
+            Self::ClientHelloTimeout(_) | Self::HandshakeTimeout { .. } | Self::Config(_) => {
+                return None;
+            }
         };
         source.get_ref()?.downcast_ref()
     }

@@ -60,7 +60,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::client::WebPkiServerVerifier;
@@ -74,7 +73,7 @@ use uuid::Uuid;
 use gatehouse_shared::model;
 use gatehouse_shared::x509;
 
-use crate::runtime::{Runtime, TlsCertificate};
+use crate::runtime::{Part, PerRuntime, Runtime, TlsCertificate};
 use connect::{ALPN_H2, ALPN_HTTP11};
 use error::FailureContext;
 use verify::{AcceptAnyCertificate, ClientIdentity, DepthLimitedVerifier};
@@ -137,8 +136,8 @@ pub(crate) struct UpstreamTls {
     public_roots: Arc<RootCertStore>,
     /// Time origin of [`Entry::last_used`].
     epoch: Instant,
-    /// The settings of the newest runtime seen.
-    current: ArcSwapOption<RuntimeTls>,
+    /// The settings of the recent runtimes.
+    prepared: PerRuntime<RuntimeTls>,
     clients: RwLock<ClientCache>,
 }
 
@@ -192,7 +191,6 @@ struct Digest(Arc<str>);
 /// The settings of one runtime's services.
 struct RuntimeTls {
     version: u64,
-    hash: String,
     services: HashMap<Uuid, Prepared>,
     keys: HashSet<SettingKey>,
 }
@@ -279,18 +277,9 @@ impl UpstreamTls {
             provider: Arc::new(aws_lc_rs::default_provider()),
             public_roots: Arc::new(public_roots),
             epoch: Instant::now(),
-            current: ArcSwapOption::empty(),
+            prepared: PerRuntime::default(),
             clients: RwLock::new(ClientCache::default()),
         }
-    }
-
-    /// Resolves the TLS setting of every `https`/`grpcs` service of `runtime` and drops the
-    /// clients of settings it no longer uses. Call it after a new runtime is stored (off the
-    /// request path); otherwise the first request on the runtime does it. Does nothing for a
-    /// runtime older than the newest one prepared.
-    #[cfg(test)]
-    pub(crate) fn prepare(&self, runtime: &Runtime) {
-        let _ = self.for_runtime(runtime);
     }
 
     /// The client for a request to `service` (through `upstream`, the upstream its host
@@ -425,19 +414,28 @@ impl UpstreamTls {
     }
 
     /// The prepared settings of `runtime`, built (and the cache pruned) when it is newer
-    /// than the newest seen; `None` for an older runtime.
+    /// than the newest seen; `None` for an older runtime that is no longer kept.
     fn for_runtime(&self, runtime: &Runtime) -> Option<Arc<RuntimeTls>> {
-        if let Some(current) = self.current.load_full() {
-            if current.version == runtime.version() && current.hash == runtime.hash() {
-                return Some(current);
-            }
-            if current.version > runtime.version() {
-                return None;
-            }
+        if let Some(found) = self.prepared.get(runtime) {
+            return Some(found);
+        }
+        if self
+            .prepared
+            .newest()
+            .is_some_and(|newest| newest.version > runtime.version())
+        {
+            return None;
         }
         let built = Arc::new(self.build(runtime));
         // Two requests may build at once after a swap: both results are equal.
-        self.current.store(Some(built.clone()));
+        self.install(runtime, built.clone());
+        Some(built)
+    }
+
+    /// Keeps `built` as `runtime`'s settings and drops the clients of settings it no longer
+    /// uses.
+    fn install(&self, runtime: &Runtime, built: Arc<RuntimeTls>) {
+        self.prepared.insert(runtime, built.clone());
         let mut cache = self.write();
         let before = cache.count;
         cache.groups.retain(|key, _| built.keys.contains(key));
@@ -450,7 +448,6 @@ impl UpstreamTls {
                 "upstream TLS clients of settings no longer used dropped"
             );
         }
-        Some(built)
     }
 
     /// Resolves the settings of a runtime's TLS services.
@@ -459,7 +456,7 @@ impl UpstreamTls {
         let mut services = HashMap::new();
         let mut keys = HashSet::new();
         for service in &runtime.config().services {
-            if !matches!(service.protocol.as_str(), "https" | "grpcs") {
+            if !matches!(service.protocol.as_str(), "https" | "grpcs" | "tls") {
                 continue;
             }
             let upstream = runtime.upstream_by_name(&service.host);
@@ -486,7 +483,6 @@ impl UpstreamTls {
         }
         RuntimeTls {
             version: runtime.version(),
-            hash: runtime.hash().to_owned(),
             services,
             keys,
         }
@@ -851,6 +847,45 @@ impl ClientCache {
 impl Group {
     fn is_empty(&self) -> bool {
         self.clients.iter().all(HashMap::is_empty)
+    }
+}
+
+impl Part for UpstreamTls {
+    /// Resolves the TLS setting of every `https`, `grpcs` and `tls` service and builds its
+    /// rustls client configuration. A configuration rustls refuses rejects the runtime; a
+    /// setting that cannot work (verification on with an empty trust store) is a warning:
+    /// requests to that service fail with 502, never in plaintext or unverified.
+    fn prepare(&self, runtime: &Arc<Runtime>, warnings: &mut Vec<String>) -> Result<(), String> {
+        let built = self.build(runtime);
+        for (id, prepared) in &built.services {
+            let setting = match &prepared.setting {
+                Ok(setting) => setting,
+                Err(problem @ SettingError::Build { .. }) => {
+                    return Err(format!("service {id}: upstream TLS: {problem}"));
+                }
+                Err(problem) => {
+                    warnings.push(format!(
+                        "service {id}: upstream TLS setting cannot be used, its requests fail \
+                         with 502: {problem}"
+                    ));
+                    continue;
+                }
+            };
+            let http2 = runtime
+                .service(id)
+                .is_some_and(|service| service.protocol == "grpcs");
+            let alpn = usize::from(http2);
+            let mut cache = self.write();
+            let group = cache.groups.entry(setting.key.clone()).or_default();
+            if group.configs[alpn].is_none() {
+                let config = self
+                    .client_config(setting, http2)
+                    .map_err(|problem| format!("service {id}: upstream TLS: {problem}"))?;
+                group.configs[alpn] = Some(config);
+            }
+        }
+        self.install(runtime, Arc::new(built));
+        Ok(())
     }
 }
 

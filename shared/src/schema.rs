@@ -564,6 +564,21 @@ impl FieldErrors {
             .insert(name.to_owned(), Value::from(message.into()));
     }
 
+    /// Records a violation of a field of a nested record (`config.ca_certificates` as
+    /// `{"config": {"ca_certificates": message}}`, Kong's shape).
+    pub fn nested_field(&mut self, record: &str, name: &str, message: impl Into<String>) {
+        let entry = self
+            .fields
+            .entry(record.to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !entry.is_object() {
+            *entry = Value::Object(Map::new());
+        }
+        if let Value::Object(fields) = entry {
+            fields.insert(name.to_owned(), Value::from(message.into()));
+        }
+    }
+
     /// Records a violation of the entity as a whole (`@entity`).
     pub fn entity(&mut self, message: impl Into<String>) {
         self.entity.push(message.into());

@@ -76,6 +76,16 @@ pub struct CertFacts {
     pub common_name: Option<String>,
 }
 
+impl CertFacts {
+    /// Whether the certificate is self-issued (subject = issuer): a root, which can anchor a
+    /// chain on its own. `mtls-auth` trusts only such CA certificates as anchors unless
+    /// `allow_partial_chain` is set, on the control plane (write-time check) and the data
+    /// plane (verification) alike.
+    pub fn is_self_issued(&self) -> bool {
+        self.subject == self.issuer
+    }
+}
+
 /// Why a certificate/key pair was rejected, and which field is to blame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyPairError {

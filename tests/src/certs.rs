@@ -68,10 +68,29 @@ impl Ca {
 
     /// A CA valid between `from_days` and `to_days` relative to today (negative: past).
     pub fn valid(cn: &str, from_days: i64, to_days: i64) -> Result<Ca> {
+        Self::issue(cn, from_days, to_days, None)
+    }
+
+    /// An intermediate CA named `cn` issued by this CA, valid from yesterday for a year. Its
+    /// leaves carry only their own certificate; a client sends the intermediate beside.
+    pub fn intermediate(&self, cn: &str) -> Result<Ca> {
+        Self::issue(cn, -1, 365, Some(&self.issuer))
+    }
+
+    /// A CA certificate signed by `issuer`, or self-signed.
+    fn issue(
+        cn: &str,
+        from_days: i64,
+        to_days: i64,
+        issuer: Option<&Issuer<'static, KeyPair>>,
+    ) -> Result<Ca> {
         let key = key(Algorithm::Ecdsa)?;
         let mut params = params(cn, &[], from_days, to_days)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key)?;
+        let cert = match issuer {
+            Some(issuer) => params.signed_by(&key, issuer)?,
+            None => params.self_signed(&key)?,
+        };
         let pem = Pem {
             cert: cert.pem(),
             key: key.serialize_pem(),

@@ -640,3 +640,219 @@ async fn revocation_modes_with_a_crl() -> Result<()> {
     crl_task.abort();
     Ok(())
 }
+
+/// `cert` followed by `chain`, as a client sends its leaf and intermediates.
+fn with_chain(leaf: &Pem, chain: &[&Ca]) -> Pem {
+    let mut cert = leaf.cert.clone();
+    for ca in chain {
+        cert.push_str(&ca.pem.cert);
+    }
+    Pem {
+        cert,
+        key: leaf.key.clone(),
+    }
+}
+
+/// The seed's defect, as a new user met it: only an intermediate uploaded, `mtls-auth` on a
+/// route, no `allow_partial_chain`. The Admin API refuses the plugin (it could verify no
+/// certificate) and nothing changes; with `allow_partial_chain` it is accepted and verifies.
+#[tokio::test]
+async fn an_mtls_auth_config_that_anchors_no_chain_is_refused_at_write_time() -> Result<()> {
+    let cluster = Cluster::start(&["dp1"], &[]).await?;
+    let admin = cluster.admin();
+    let server_ca = Ca::new("server CA")?;
+    let (dp, _upstream, service) = setup(&cluster, &server_ca, &["secure.test"]).await?;
+    let root = Ca::new("client root")?;
+    let intermediate = root.intermediate("client intermediate")?;
+    let ca_id = upload_ca(admin, &intermediate).await?;
+    let route = created(
+        admin,
+        &format!("/services/{service}/routes"),
+        &[("name", "sr"), ("hosts[]", "secure.test")],
+    )
+    .await?;
+    let route_id = route["id"].as_str().context("route id")?;
+    let before = config_version(admin).await?;
+
+    let refused = admin
+        .post_form(
+            "/routes/sr/plugins",
+            &[
+                ("name", "mtls-auth"),
+                ("config.ca_certificates", &ca_id),
+                ("config.skip_consumer_lookup", "true"),
+            ],
+        )
+        .await?;
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert_eq!(refused.body["code"], 2, "{refused:?}");
+    assert_eq!(refused.body["name"], "schema violation");
+    let reason = refused.body["fields"]["config"]["ca_certificates"]
+        .as_str()
+        .context("fields.config.ca_certificates")?;
+    assert!(
+        reason.contains("anchor") && reason.contains("allow_partial_chain"),
+        "{reason}"
+    );
+    assert_eq!(
+        config_version(admin).await?,
+        before,
+        "a refused write bumps nothing"
+    );
+    let plugins = admin.get("/plugins").await?;
+    assert_eq!(plugins.body["data"], json!([]), "{plugins:?}");
+
+    // The same through JSON and PUT: refused alike.
+    let put = admin
+        .put_json(
+            &format!("/routes/{route_id}/plugins/{}", uuid::Uuid::new_v4()),
+            &json!({"name": "mtls-auth", "config": {"ca_certificates": [ca_id]}}),
+        )
+        .await?;
+    assert_eq!(put.status, 400, "{put:?}");
+    assert_eq!(config_version(admin).await?, before);
+
+    // With allow_partial_chain the intermediate is the anchor: accepted, and it verifies.
+    created(
+        admin,
+        "/routes/sr/plugins",
+        &[
+            ("name", "mtls-auth"),
+            ("config.ca_certificates", &ca_id),
+            ("config.skip_consumer_lookup", "true"),
+            ("config.allow_partial_chain", "true"),
+        ],
+    )
+    .await?;
+    applied(admin, &dp).await?;
+    let addr = dp.proxy_ssl_addr()?;
+    let alice = intermediate.leaf(&["alice"], Algorithm::Ecdsa, 30)?;
+    let (status, body) = Client::new(&server_ca, Some(&alice))?
+        .get(addr, "secure.test", "/")
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = Client::new(&server_ca, None)?
+        .get(addr, "secure.test", "/")
+        .await?;
+    assert_eq!(status, 401, "{body}");
+    Ok(())
+}
+
+/// An instance broken after it was written (its only root CA replaced by an intermediate
+/// through `PATCH /ca_certificates`) fails closed on the data plane: every request it covers
+/// is refused, with or without a certificate; the rest of the snapshot is applied (other
+/// routes serve), and the problem shows in the DP's log and status and in the fleet view.
+#[tokio::test]
+async fn an_mtls_auth_instance_that_cannot_be_built_refuses_every_request() -> Result<()> {
+    let cluster = Cluster::start(&["dp1"], &[]).await?;
+    let admin = cluster.admin();
+    let server_ca = Ca::new("server CA")?;
+    let (dp, _upstream, service) =
+        setup(&cluster, &server_ca, &["secure.test", "open.test"]).await?;
+    let root = Ca::new("client root")?;
+    let intermediate = root.intermediate("client intermediate")?;
+    let root_id = upload_ca(admin, &root).await?;
+    for (name, host) in [("sr", "secure.test"), ("open", "open.test")] {
+        created(
+            admin,
+            &format!("/services/{service}/routes"),
+            &[("name", name), ("hosts[]", host)],
+        )
+        .await?;
+    }
+    let plugin = created(
+        admin,
+        "/routes/sr/plugins",
+        &[
+            ("name", "mtls-auth"),
+            ("config.ca_certificates", &root_id),
+            ("config.skip_consumer_lookup", "true"),
+        ],
+    )
+    .await?;
+    let plugin_id = plugin["id"].as_str().context("plugin id")?.to_owned();
+    applied(admin, &dp).await?;
+    let addr = dp.proxy_ssl_addr()?;
+    let alice = with_chain(
+        &intermediate.leaf(&["alice"], Algorithm::Ecdsa, 30)?,
+        &[&intermediate],
+    );
+    let (status, body) = Client::new(&server_ca, Some(&alice))?
+        .get(addr, "secure.test", "/")
+        .await?;
+    assert_eq!(status, 200, "alice chains to the root: {body}");
+
+    // The CA entity now holds the intermediate: the instance anchors nothing.
+    let patched = admin
+        .patch_json(
+            &format!("/ca_certificates/{root_id}"),
+            &json!({"cert": intermediate.pem.cert}),
+        )
+        .await?;
+    assert_eq!(patched.status, 200, "{patched:?}");
+    let version = config_version(admin).await?;
+    let status = dp.wait_for_version(version, patience()).await?;
+    let warnings = status["warnings"].as_array().context("status.warnings")?;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().is_some_and(|w| w.contains(&plugin_id))),
+        "DP /status names the broken instance: {status}"
+    );
+
+    for client in [
+        Client::new(&server_ca, None)?,
+        Client::new(&server_ca, Some(&alice))?,
+    ] {
+        let (status, body) = client.get(addr, "secure.test", "/").await?;
+        assert_eq!(status, 401, "never proxied: {body}");
+        assert_eq!(body["message"], "TLS certificate failed verification");
+    }
+    // The rest of the configuration runs: the snapshot was applied, not rejected.
+    let (status, body) = Client::new(&server_ca, None)?
+        .get(addr, "open.test", "/")
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let logged = dp
+        .wait_for_log("mtls-auth instance cannot be built", patience())
+        .await?;
+    assert!(logged.contains(&plugin_id), "{logged}");
+    assert!(logged.contains("anchor"), "the reason is logged: {logged}");
+
+    // The fleet view shows it, per data plane and in the summary.
+    let node_id = dp.node_id()?;
+    let entry = gatehouse_tests::wait_for_data_plane(admin, &node_id, patience(), |entry| {
+        entry["warnings"].as_array().is_some_and(|w| !w.is_empty())
+    })
+    .await?;
+    assert_eq!(entry["sync_status"], "normal", "{entry}");
+    assert!(
+        entry["warnings"].to_string().contains(&plugin_id),
+        "{entry}"
+    );
+    let summary = gatehouse_tests::clustering_status(admin).await?;
+    assert_eq!(summary["data_planes"]["with_warnings"], 1, "{summary}");
+    assert_eq!(summary["warnings"][0]["id"], node_id.as_str(), "{summary}");
+
+    // Fixed (allow_partial_chain): the warning clears and alice is served again.
+    let fixed = admin
+        .patch_json(
+            &format!("/plugins/{plugin_id}"),
+            &json!({"config": {"allow_partial_chain": true}}),
+        )
+        .await?;
+    assert_eq!(fixed.status, 200, "{fixed:?}");
+    let status = dp
+        .wait_for_version(config_version(admin).await?, patience())
+        .await?;
+    assert_eq!(status["warnings"], json!([]), "{status}");
+    let (status, body) = Client::new(&server_ca, Some(&alice))?
+        .get(addr, "secure.test", "/")
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    gatehouse_tests::wait_for_data_plane(admin, &node_id, patience(), |entry| {
+        entry["warnings"] == json!([])
+    })
+    .await?;
+    Ok(())
+}

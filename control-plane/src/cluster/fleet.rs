@@ -29,7 +29,8 @@ pub(crate) struct Counters {
 
 /// One data plane: Kong's fields (`id`, `hostname`, `ip`, `version`, `config_hash`,
 /// `last_seen`, `sync_status`, `labels`, `updated_at`, `cert_details.expiry_timestamp`) plus
-/// `config_version`, `cert_expiry`, `error`, `connected`, `control_plane` and `created_at`.
+/// `config_version`, `cert_expiry`, `error`, `warnings`, `connected`, `control_plane` and
+/// `created_at`.
 /// `connected` is false once the lease expired, whatever the row says.
 pub(crate) fn data_plane_json(dp: &DataPlane, now: i64) -> Value {
     json!({
@@ -45,6 +46,7 @@ pub(crate) fn data_plane_json(dp: &DataPlane, now: i64) -> Value {
         "cert_expiry": dp.cert_expiry,
         "cert_details": {"expiry_timestamp": dp.cert_expiry},
         "error": dp.error,
+        "warnings": dp.warnings,
         "connected": dp.is_connected(now, LEASE),
         "control_plane": dp.control_plane,
         "created_at": dp.created_at,
@@ -55,7 +57,8 @@ pub(crate) fn data_plane_json(dp: &DataPlane, now: i64) -> Value {
 /// The body of `GET /clustering/status`.
 ///
 /// A data plane is in sync when it is connected and runs the current hash; every other one is
-/// listed in `lagging` with a reason. `current` is `None` when this node has no snapshot
+/// listed in `lagging` with a reason. Every data plane whose running configuration has
+/// problems it made safe is listed in `warnings` with them, in sync or not. `current` is `None` when this node has no snapshot
 /// (cluster listener disabled, or the first build pending); `no_current` then says why.
 pub(crate) fn status_json(
     rows: &[DataPlane],
@@ -68,7 +71,16 @@ pub(crate) fn status_json(
     let mut connected = 0;
     let mut in_sync = 0;
     let mut lagging = Vec::new();
+    let mut warnings = Vec::new();
     for dp in rows {
+        if dp.warnings.as_array().is_some_and(|w| !w.is_empty()) {
+            warnings.push(json!({
+                "id": dp.id,
+                "hostname": dp.hostname,
+                "config_version": dp.config_version,
+                "warnings": dp.warnings,
+            }));
+        }
         let is_connected = dp.is_connected(now, LEASE);
         if is_connected {
             connected += 1;
@@ -91,8 +103,14 @@ pub(crate) fn status_json(
         "snapshots_built": counters.built,
         "snapshots_sent": counters.sent,
         "cluster_listener": cluster_listener,
-        "data_planes": {"total": rows.len(), "connected": connected, "in_sync": in_sync},
+        "data_planes": {
+            "total": rows.len(),
+            "connected": connected,
+            "in_sync": in_sync,
+            "with_warnings": warnings.len(),
+        },
         "lagging": lagging,
+        "warnings": warnings,
     })
 }
 

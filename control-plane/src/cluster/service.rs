@@ -46,6 +46,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const HEARTBEAT_WRITE_INTERVAL: Duration = Duration::from_secs(2);
 /// Longest text kept from a DP (hostname, version, label, error), in bytes.
 const MAX_TEXT: usize = 4096;
+/// Most warnings kept per data plane.
+const MAX_WARNINGS: usize = 64;
 /// Most labels kept from a DP.
 const MAX_LABELS: usize = 64;
 
@@ -183,6 +185,7 @@ impl ConfigSync for SyncService {
             last_seen: now,
             created_at: now,
             updated_at: now,
+            warnings: warnings_json(hello.warnings),
         };
         if let Err(reason) = compat::check(&row.version, CP_VERSION) {
             return Ok(Response::new(self.refuse(row, reason).await));
@@ -472,6 +475,17 @@ impl Receiver {
                 row.config_hash = running.hash;
                 row.error = None;
                 row.sync_status = SyncStatus::Normal;
+                let count = ack.warnings.len();
+                row.warnings = warnings_json(ack.warnings);
+                if count > 0 {
+                    tracing::warn!(
+                        id = %row.id,
+                        hostname = %row.hostname,
+                        version = ack.version,
+                        warnings = %row.warnings,
+                        "data plane applied snapshot with problems it made safe"
+                    );
+                }
             }
             ack::Status::Rejected => {
                 let error = truncate(ack.error, MAX_TEXT);
@@ -532,6 +546,17 @@ impl Receiver {
             }
         }
     }
+}
+
+/// A data plane's warnings as stored: at most [`MAX_WARNINGS`], each at most [`MAX_TEXT`].
+fn warnings_json(warnings: Vec<String>) -> serde_json::Value {
+    serde_json::Value::Array(
+        warnings
+            .into_iter()
+            .take(MAX_WARNINGS)
+            .map(|w| serde_json::Value::String(truncate(w, MAX_TEXT)))
+            .collect(),
+    )
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use crate::error::ApiError;
 /// Columns of a row, in the order [`DataPlane::from_row`] reads them.
 const COLUMNS: &str = "id, hostname, ip, version, labels, config_version, config_hash, \
      sync_status, error, cert_expiry, connected, control_plane, session, last_seen, created_at, \
-     updated_at";
+     updated_at, warnings";
 
 /// One data plane as the registry holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +49,9 @@ pub(crate) struct DataPlane {
     pub(crate) created_at: i64,
     /// Last change other than `last_seen`, Unix seconds.
     pub(crate) updated_at: i64,
+    /// Problems it found in the configuration it runs and made safe, as it acknowledged
+    /// them: a JSON array of strings.
+    pub(crate) warnings: Value,
 }
 
 /// Kong's `sync_status`, with our values.
@@ -118,6 +121,7 @@ impl DataPlane {
             last_seen: row.try_get(13)?,
             created_at: row.try_get(14)?,
             updated_at: row.try_get(15)?,
+            warnings: row.try_get(16)?,
         })
     }
 
@@ -144,14 +148,15 @@ impl Store {
         };
         let sql = format!(
             "INSERT INTO data_planes ({COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
              ON CONFLICT (id) DO UPDATE SET hostname = EXCLUDED.hostname, ip = EXCLUDED.ip, \
              version = EXCLUDED.version, labels = EXCLUDED.labels, \
              config_version = EXCLUDED.config_version, config_hash = EXCLUDED.config_hash, \
              sync_status = EXCLUDED.sync_status, error = EXCLUDED.error, \
              cert_expiry = EXCLUDED.cert_expiry, connected = EXCLUDED.connected, \
              control_plane = EXCLUDED.control_plane, session = EXCLUDED.session, \
-             last_seen = EXCLUDED.last_seen, updated_at = EXCLUDED.updated_at {condition}"
+             last_seen = EXCLUDED.last_seen, updated_at = EXCLUDED.updated_at, \
+             warnings = EXCLUDED.warnings {condition}"
         );
         let client = self.pool.get().await?;
         let written = client
@@ -174,6 +179,7 @@ impl Store {
                     &dp.last_seen,
                     &dp.created_at,
                     &dp.updated_at,
+                    &dp.warnings,
                 ],
             )
             .await

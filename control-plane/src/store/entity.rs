@@ -313,6 +313,7 @@ impl Store {
             validate_snis(snis)?;
         }
         check_references(&tx, collection, schema, &obj).await?;
+        check_mtls_anchor(&tx, collection, &obj).await?;
 
         let now = now();
         let stamp = if collection == "targets" {
@@ -771,6 +772,64 @@ async fn check_references(
         }
     }
     Ok(())
+}
+
+/// An `mtls-auth` instance must be able to anchor a chain: one of its `ca_certificates` is a
+/// root (self-issued), or `allow_partial_chain` lets an intermediate be the anchor. Otherwise
+/// it could verify no client certificate at all; data planes would refuse every request it
+/// covers (fail closed), so the write is refused here, where the operator can fix it.
+async fn check_mtls_anchor(
+    tx: &Transaction<'_>,
+    collection: &str,
+    obj: &Map<String, Value>,
+) -> Result<(), ApiError> {
+    if collection != "plugins" || obj.get("name").and_then(Value::as_str) != Some("mtls-auth") {
+        return Ok(());
+    }
+    let Some(config) = obj.get("config").and_then(Value::as_object) else {
+        return Ok(());
+    };
+    if config.get("allow_partial_chain") == Some(&Value::Bool(true)) {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = config
+        .get("ca_certificates")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter_map(|s| Uuid::parse_str(s).ok())
+        .collect();
+    if ids.is_empty() {
+        // The schema reports an empty or missing list.
+        return Ok(());
+    }
+    let rows = tx
+        .query(
+            "SELECT cert FROM ca_certificates WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .map_err(db_error)?;
+    let anchors = rows.iter().any(|row| {
+        let pem: &str = row.get(0);
+        gatehouse_shared::x509::parse_certificates(pem)
+            .ok()
+            .and_then(|ders| ders.first().map(gatehouse_shared::x509::cert_facts))
+            .is_some_and(|facts| facts.is_ok_and(|f| f.is_self_issued()))
+    });
+    if anchors {
+        return Ok(());
+    }
+    let mut errors = gatehouse_shared::schema::FieldErrors::default();
+    errors.nested_field(
+        "config",
+        "ca_certificates",
+        "no CA certificate here can anchor a chain: none is a root (self-signed); add the root \
+         CA certificate of the chain, or set config.allow_partial_chain=true to trust an \
+         intermediate as the anchor",
+    );
+    Err(errors.into())
 }
 
 /// Kong refuses to delete a CA certificate that services or plugins still use. Its mtls-auth

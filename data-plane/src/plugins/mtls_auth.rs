@@ -37,7 +37,7 @@ use crate::metrics::{METRICS, MtlsFailure};
 use crate::revocation::{Mode, Verdict};
 
 const NO_CERTIFICATE: &str = "No required TLS certificate was sent";
-const FAILED_VERIFICATION: &str = "TLS certificate failed verification";
+pub(super) const FAILED_VERIFICATION: &str = "TLS certificate failed verification";
 
 /// One `mtls-auth` instance, compiled.
 pub(crate) struct MtlsAuth {
@@ -98,7 +98,7 @@ impl MtlsAuth {
                 .ca_certificate(ca)
                 .ok_or_else(|| format!("CA certificate {ca} is not in the configuration"))?;
             let facts = x509::cert_facts(der).map_err(|e| format!("CA certificate {ca}: {e}"))?;
-            let self_signed = facts.subject == facts.issuer;
+            let self_signed = facts.is_self_issued();
             ca_subjects.push((*ca, facts.subject.clone()));
             cas.push((facts.subject.clone(), der.clone()));
             if self_signed || config.allow_partial_chain {

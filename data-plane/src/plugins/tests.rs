@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use super::*;
-use crate::test_support::ca_certificate;
+use crate::test_support::{ca_certificate, intermediate_ca_certificate};
 
 const S1: Uuid = Uuid::from_u128(0x51);
 const S2: Uuid = Uuid::from_u128(0x52);
@@ -233,4 +233,56 @@ fn name_patterns() {
     assert!(!NamePattern::new("*.example.com").matches("example.com"));
     assert!(NamePattern::new("example.*").matches("example.org"));
     assert!(NamePattern::new("Exact.Test").matches("exact.test"));
+}
+
+#[tokio::test]
+async fn an_authentication_instance_that_cannot_be_built_refuses_instead_of_vanishing() {
+    let intermediate = intermediate_ca_certificate();
+    let (runtime, _) = runtime(
+        vec![
+            route(1, S1, json!({"paths": ["/one"]})),
+            route(2, S2, json!({"paths": ["/two"]})),
+        ],
+        vec![],
+    );
+    // Only the intermediate is named: no chain can be anchored.
+    let mut config = runtime.config().clone();
+    config.plugins.push(
+        serde_json::from_value(plugin(
+            0x20,
+            "mtls-auth",
+            json!({"ca_certificates": [intermediate.id]}),
+            json!({"service": {"id": S1}}),
+        ))
+        .unwrap(),
+    );
+    config.ca_certificates.push(intermediate);
+    let runtime = Runtime::compile(2, "h2".into(), config).unwrap();
+    let plan = Plan::build(&runtime);
+
+    assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+    assert!(plan.warnings[0].contains(&id(0x20).to_string()));
+    assert!(plan.warnings[0].contains("anchor"), "{:?}", plan.warnings);
+    let route_one = plan.route(0).unwrap();
+    assert!(matches!(route_one.mtls, Some(Authn::Refuse(_))));
+    assert!(
+        plan.route(1).unwrap().mtls.is_none(),
+        "other services untouched"
+    );
+    // It asks no client certificate (it could verify none) ...
+    assert!(!plan.client_auth().is_used());
+
+    // ... and refuses every request it covers, whatever the connection carries.
+    let verified = VerifiedCertificates::default();
+    let revocation = RevocationChecker::default();
+    let request = Request {
+        tls: None,
+        protocol: Protocol::Https,
+        client_ip: "127.0.0.1".parse().unwrap(),
+        verified: &verified,
+        revocation: &revocation,
+    };
+    let denied = route_one.access(&runtime, &request).await.unwrap_err();
+    assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(denied.message, "TLS certificate failed verification");
 }

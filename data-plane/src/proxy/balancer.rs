@@ -80,13 +80,12 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use arc_swap::ArcSwapOption;
 use gatehouse_shared::model;
 use http::{HeaderMap, HeaderValue};
 use uuid::Uuid;
 
 use crate::router::UriCaptures;
-use crate::runtime::Runtime;
+use crate::runtime::{Part, PerRuntime, Runtime};
 
 mod hash;
 mod health;
@@ -111,17 +110,14 @@ pub(crate) struct Peer {
     pub(crate) port: u16,
 }
 
-/// The balancers of the runtime seen last, and the target state that outlives runtimes.
+/// The balancers of the recent runtimes, and the target state that outlives runtimes.
 pub(crate) struct Balancers {
-    current: ArcSwapOption<RuntimeRings>,
+    rings: PerRuntime<RuntimeRings>,
     shared: Arc<Shared>,
 }
 
 /// The rings of one runtime, by upstream id.
 pub(crate) struct RuntimeRings {
-    /// Identifies the runtime: its version and hash.
-    version: u64,
-    hash: String,
     rings: HashMap<Uuid, Ring>,
 }
 
@@ -247,7 +243,7 @@ impl Default for Balancers {
 impl Balancers {
     fn with_clock(clock: Clock) -> Self {
         Self {
-            current: ArcSwapOption::empty(),
+            rings: PerRuntime::default(),
             shared: Arc::new(Shared {
                 clock,
                 generation: AtomicU64::new(0),
@@ -255,32 +251,52 @@ impl Balancers {
         }
     }
 
-    /// The rings of `runtime`, built on first use from the previous runtime's (whose target
-    /// state they take over).
+    /// The rings of `runtime`: prepared by the apply step, else built now from the newest
+    /// rings (whose target state they take over).
     pub(crate) fn for_runtime(&self, runtime: &Runtime) -> Arc<RuntimeRings> {
-        let current = self.current.load_full();
-        if let Some(current) = &current
-            && current.version == runtime.version()
-            && current.hash == runtime.hash()
-        {
-            return current.clone();
-        }
         // Two requests may build at once after a swap; both take over the same target state,
-        // and one store wins, which only resets the cursors.
-        let built = Arc::new(RuntimeRings::build(
-            runtime,
-            current.as_deref(),
-            &self.shared,
-        ));
-        self.current.store(Some(built.clone()));
-        built
+        // and one insert wins, which only resets the cursors.
+        self.rings.get_or_insert_with(runtime, || {
+            let previous = self.rings.newest();
+            let (rings, problems) = RuntimeRings::build(runtime, previous.as_deref(), &self.shared);
+            for problem in problems {
+                tracing::error!(version = runtime.version(), %problem, "balancer ring incomplete");
+            }
+            rings
+        })
+    }
+}
+
+impl Part for Balancers {
+    /// Builds every ring of `runtime`, consistent-hashing tables included; a target that
+    /// cannot be balanced to rejects the runtime.
+    fn prepare(&self, runtime: &Arc<Runtime>, _warnings: &mut Vec<String>) -> Result<(), String> {
+        let previous = self.rings.newest();
+        let (rings, problems) = RuntimeRings::build(runtime, previous.as_deref(), &self.shared);
+        if let Some(problem) = problems.into_iter().next() {
+            return Err(problem);
+        }
+        for ring in rings.rings.values() {
+            if ring.algorithm == Algorithm::ConsistentHashing {
+                let _ = ring.table();
+            }
+        }
+        self.rings.insert(runtime, Arc::new(rings));
+        Ok(())
     }
 }
 
 // === impl RuntimeRings ===
 
 impl RuntimeRings {
-    fn build(runtime: &Runtime, previous: Option<&RuntimeRings>, shared: &Arc<Shared>) -> Self {
+    /// The rings of `runtime`'s upstreams, with the targets that cannot be parsed (the
+    /// runtime refuses them, so none in practice) reported beside.
+    fn build(
+        runtime: &Runtime,
+        previous: Option<&RuntimeRings>,
+        shared: &Arc<Shared>,
+    ) -> (Self, Vec<String>) {
+        let mut problems = Vec::new();
         let rings = runtime
             .config()
             .upstreams
@@ -289,8 +305,15 @@ impl RuntimeRings {
                 let targets = runtime
                     .targets(&upstream.id)
                     .filter(|t| t.weight > 0)
-                    .filter_map(|t| {
-                        Some((t.target.clone(), parse_target(&t.target)?, t.weight.into()))
+                    .filter_map(|t| match parse_target(&t.target) {
+                        Some(peer) => Some((t.target.clone(), peer, t.weight.into())),
+                        None => {
+                            problems.push(format!(
+                                "target {} of upstream {}: {:?} is not host:port",
+                                t.id, upstream.id, t.target
+                            ));
+                            None
+                        }
                     })
                     .collect();
                 let previous = previous.and_then(|p| p.rings.get(&upstream.id));
@@ -300,11 +323,7 @@ impl RuntimeRings {
                 )
             })
             .collect();
-        Self {
-            version: runtime.version(),
-            hash: runtime.hash().to_owned(),
-            rings,
-        }
+        (Self { rings }, problems)
     }
 
     /// The ring of upstream `id`.

@@ -919,18 +919,18 @@ fn configs_are_built_once_per_runtime() {
     let cert = entity(&Pem::ecdsa("c.test"), None);
     let runtime = shared(1, config(&[(&cert, &["c.test"])]));
     let terminator = terminator(&runtime, TlsOptions::default());
-    let first = terminator.current();
-    assert!(Arc::ptr_eq(&first, &terminator.current()));
+    let first = terminator.current().unwrap();
+    assert!(Arc::ptr_eq(&first, &terminator.current().unwrap()));
     assert!(Arc::ptr_eq(
         &first.anonymous,
-        &terminator.current().anonymous
+        &terminator.current().unwrap().anonymous
     ));
     assert_eq!(first.runtime.version(), 1);
 
     // A swap (even a renumbering of the same compiled config) gets new configs, which share
     // the resumption state.
     runtime.store(Arc::new(first.runtime.with_version(2)));
-    let second = terminator.current();
+    let second = terminator.current().unwrap();
     assert!(!Arc::ptr_eq(&first.anonymous, &second.anonymous));
     assert_eq!(second.runtime.version(), 2);
     assert!(Arc::ptr_eq(
@@ -947,6 +947,27 @@ fn configs_are_built_once_per_runtime() {
     );
     let debug = format!("{terminator:?}");
     assert!(debug.contains("runtime_version: Some(2)"), "{debug}");
+}
+
+#[test]
+fn the_apply_step_builds_the_configs_before_the_swap() {
+    let cert = entity(&Pem::ecdsa("c.test"), None);
+    let runtime = shared(1, config(&[(&cert, &["c.test"])]));
+    let terminator = terminator(&runtime, TlsOptions::default());
+    let part: Arc<dyn crate::runtime::Part> = terminator.clone();
+    runtime.register(Arc::downgrade(&part));
+
+    let next = Arc::new(runtime.load().with_version(2));
+    assert!(terminator.configs.get(&next).is_none());
+    let applied = runtime.apply(next.clone()).unwrap();
+    assert!(applied.warnings.is_empty());
+    assert_eq!(runtime.load().version(), 2);
+    // Built by the apply step: the first handshake finds them.
+    let prepared = terminator
+        .configs
+        .get(&next)
+        .expect("prepared before the swap");
+    assert!(Arc::ptr_eq(&prepared, &terminator.current().unwrap()));
 }
 
 // --- misbehaving clients ---

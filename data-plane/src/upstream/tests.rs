@@ -834,7 +834,7 @@ async fn rotated_certificate_gets_a_new_pool_and_unchanged_settings_keep_theirs(
     let tls = layer();
 
     let v1 = compile(1, config(&first, false));
-    tls.prepare(&v1);
+    Part::prepare(&tls, &Arc::new(v1.clone()), &mut Vec::new()).expect("prepared");
     let key_v1 = tls
         .setting(&v1, v1.service(&id).unwrap(), None)
         .unwrap()
@@ -847,7 +847,7 @@ async fn rotated_certificate_gets_a_new_pool_and_unchanged_settings_keep_theirs(
 
     // Same certificate id, new content: a new key, a new pool, the new identity.
     let v2 = compile(2, config(&second, false));
-    tls.prepare(&v2);
+    Part::prepare(&tls, &Arc::new(v2.clone()), &mut Vec::new()).expect("prepared");
     let key_v2 = tls
         .setting(&v2, v2.service(&id).unwrap(), None)
         .unwrap()
@@ -862,7 +862,7 @@ async fn rotated_certificate_gets_a_new_pool_and_unchanged_settings_keep_theirs(
 
     // An unrelated change: same key, the warm pool is reused.
     let v3 = compile(3, config(&second, true));
-    tls.prepare(&v3);
+    Part::prepare(&tls, &Arc::new(v3.clone()), &mut Vec::new()).expect("prepared");
     assert_eq!(tls.cached_clients(), 1);
     let body = get(&client_for(&tls, &v3, id, "localhost"), upstream.addr)
         .await

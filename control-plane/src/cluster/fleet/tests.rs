@@ -24,6 +24,7 @@ fn dp(hostname: &str) -> DataPlane {
         last_seen: NOW - 3,
         created_at: NOW - 100,
         updated_at: NOW - 3,
+        warnings: json!([]),
     }
 }
 

@@ -204,7 +204,19 @@ impl Plan {
             let Some(plugin) = runtime.plugin(compiled) else {
                 continue;
             };
-            if !plugin.enabled || compiled.consumer_index().is_some() {
+            if !plugin.enabled {
+                continue;
+            }
+            if compiled.consumer_index().is_some() {
+                // Kong's `no_consumer`: the Admin API refuses these, so only a hand-made
+                // snapshot has one. A consumer is known only after authentication, so such
+                // an instance could never run: it is reported, not applied.
+                warnings.push(format!(
+                    "plugin {} ({}) is scoped to a consumer, which this plugin does not \
+                     support; it is not applied",
+                    plugin.id,
+                    plugin.name()
+                ));
                 continue;
             }
             let instance = match &plugin.config {
@@ -378,10 +390,20 @@ impl RoutePlugins {
         }
         let mut map = HeaderMap::with_capacity(headers.len());
         for (name, value) in headers {
-            // Certificate names are printable; a value that is not a header value is dropped.
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                map.insert(name, value);
-            }
+            // An identity the upstream cannot be told (a control character in a certificate
+            // name) is refused rather than forwarded without its identity headers.
+            let Ok(value) = HeaderValue::from_str(&value) else {
+                tracing::warn!(
+                    header = %name,
+                    client = %request.client_ip,
+                    "request refused: its identity cannot be written as a header value"
+                );
+                return Err(Denied {
+                    status: StatusCode::UNAUTHORIZED,
+                    message: mtls_auth::FAILED_VERIFICATION,
+                });
+            };
+            map.insert(name, value);
         }
         Ok(Some(map))
     }

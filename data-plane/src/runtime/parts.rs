@@ -221,4 +221,27 @@ mod tests {
         drop(failing);
         assert!(parts.prepare(&Arc::new(runtime(1, "h"))).is_ok());
     }
+
+    #[test]
+    fn a_runtime_a_part_cannot_build_is_not_swapped_in() {
+        let shared = super::super::SharedRuntime::new(runtime(1, "h1"));
+        let warning: Arc<dyn Part> = Arc::new(Warning("made safe"));
+        shared.register(Arc::downgrade(&warning));
+        let applied = shared.apply(Arc::new(runtime(2, "h2"))).unwrap();
+        assert_eq!(applied.previous.version(), 1);
+        assert_eq!(applied.warnings, vec!["made safe".to_owned()]);
+        assert_eq!(shared.load().version(), 2);
+
+        let failing: Arc<dyn Part> = Arc::new(Failing);
+        shared.register(Arc::downgrade(&failing));
+        assert_eq!(
+            shared.apply(Arc::new(runtime(3, "h3"))).unwrap_err(),
+            "cannot build"
+        );
+        assert_eq!(
+            shared.load().version(),
+            2,
+            "the previous runtime keeps serving"
+        );
+    }
 }

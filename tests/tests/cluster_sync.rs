@@ -116,7 +116,7 @@ async fn a_write_is_acked_by_two_data_planes_with_the_same_version_and_hash() ->
     assert_eq!(summary["config_hash"], json!(cp_hash), "{summary}");
     assert_eq!(
         summary["data_planes"],
-        json!({"total": 2, "connected": 2, "in_sync": 2}),
+        json!({"total": 2, "connected": 2, "in_sync": 2, "with_warnings": 0}),
         "{summary}"
     );
     assert_eq!(summary["lagging"], json!([]), "{summary}");

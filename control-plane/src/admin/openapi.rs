@@ -1049,12 +1049,12 @@ fn data_plane_schema() -> Value {
     json!({
         "type": "object",
         "description": "A data plane as the registry knows it: Kong's fields plus \
-                        `config_version`, `cert_expiry`, `error`, `connected`, \
+                        `config_version`, `cert_expiry`, `error`, `warnings`, `connected`, \
                         `control_plane` and `created_at`.",
         "required": [
             "id", "hostname", "ip", "version", "config_version", "config_hash", "last_seen",
-            "sync_status", "labels", "cert_expiry", "cert_details", "error", "connected",
-            "control_plane", "created_at", "updated_at",
+            "sync_status", "labels", "cert_expiry", "cert_details", "error", "warnings",
+            "connected", "control_plane", "created_at", "updated_at",
         ],
         "properties": {
             "id": {"type": "string", "format": "uuid", "description": "The data plane's node id."},
@@ -1091,6 +1091,13 @@ fn data_plane_schema() -> Value {
                 "nullable": true,
                 "description": "Why its last snapshot was rejected, or why it was refused.",
             },
+            "warnings": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Problems it found in the configuration it runs and made safe \
+                                (an authentication plugin instance that cannot be built \
+                                refuses every request it covers), as it acknowledged them.",
+            },
             "connected": {
                 "type": "boolean",
                 "description": "Whether its stream to a control plane is open.",
@@ -1113,7 +1120,7 @@ fn cluster_status_schema() -> Value {
         "type": "object",
         "required": [
             "config_version", "config_hash", "snapshots_built", "snapshots_sent",
-            "cluster_listener", "data_planes", "lagging",
+            "cluster_listener", "data_planes", "lagging", "warnings",
         ],
         "properties": {
             "config_version": {
@@ -1135,14 +1142,34 @@ fn cluster_status_schema() -> Value {
             "cluster_listener": {"type": "string", "nullable": true},
             "data_planes": {
                 "type": "object",
-                "required": ["total", "connected", "in_sync"],
+                "required": ["total", "connected", "in_sync", "with_warnings"],
                 "properties": {
                     "total": count.clone(),
                     "connected": count.clone(),
+                    "with_warnings": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Data planes whose running configuration has warnings.",
+                    },
                     "in_sync": {
                         "type": "integer",
                         "minimum": 0,
                         "description": "Connected and running `config_hash`.",
+                    },
+                },
+            },
+            "warnings": {
+                "type": "array",
+                "description": "Every data plane whose running configuration has problems it \
+                                made safe, with them.",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "hostname", "config_version", "warnings"],
+                    "properties": {
+                        "id": {"type": "string", "format": "uuid"},
+                        "hostname": {"type": "string"},
+                        "config_version": {"type": "integer", "nullable": true},
+                        "warnings": {"type": "array", "items": {"type": "string"}},
                     },
                 },
             },

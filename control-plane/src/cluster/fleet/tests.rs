@@ -135,7 +135,7 @@ fn status_counts_and_lists() {
     assert_eq!(status["cluster_listener"], json!("127.0.0.1:8005"));
     assert_eq!(
         status["data_planes"],
-        json!({"total": 3, "connected": 2, "in_sync": 1})
+        json!({"total": 3, "connected": 2, "in_sync": 1, "with_warnings": 0})
     );
     let lagging = status["lagging"].as_array().unwrap();
     assert_eq!(lagging.len(), 2);
@@ -151,7 +151,8 @@ fn status_counts_and_lists() {
         json!({
             "config_version": null, "config_hash": null, "snapshots_built": 0,
             "snapshots_sent": 0, "cluster_listener": null,
-            "data_planes": {"total": 0, "connected": 0, "in_sync": 0}, "lagging": [],
+            "data_planes": {"total": 0, "connected": 0, "in_sync": 0, "with_warnings": 0},
+            "lagging": [], "warnings": [],
         })
     );
 }

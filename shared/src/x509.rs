@@ -293,7 +293,7 @@ fn attribute_text(tag: Tag, data: &[u8]) -> Option<String> {
         | Tag::NumericString
         | Tag::VisibleString
         | Tag::T61String => std::str::from_utf8(data).ok().map(str::to_owned),
-        Tag::BmpString if data.len() % 2 == 0 => char::decode_utf16(
+        Tag::BmpString if data.len().is_multiple_of(2) => char::decode_utf16(
             data.chunks_exact(2)
                 .map(|pair| u16::from_be_bytes([pair[0], pair[1]])),
         )

@@ -47,7 +47,8 @@ fn generated(changes: &[Change], drops: &[prop::sample::Index]) -> Option<Config
     let mut paths = Vec::new();
     leaves(&json, String::new(), &mut paths);
     // List lengths are changed by `drops`; a plugin's name picks its config's shape.
-    paths.retain(|p| !p.ends_with("/+") && !(p.starts_with("/plugins/") && p.ends_with("/name")));
+    let plugin_name = |p: &str| p.starts_with("/plugins/") && p.ends_with("/name");
+    paths.retain(|p| !p.ends_with("/+") && !plugin_name(p));
     for change in changes {
         let path = &paths[change.at.index(paths.len())];
         let leaf = json.pointer_mut(path).unwrap();

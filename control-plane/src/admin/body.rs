@@ -176,18 +176,24 @@ pub(crate) async fn decode(headers: &HeaderMap, body: Bytes) -> Result<Body, Bod
         MediaType::Multipart => decode_multipart(content_type.unwrap_or_default(), body).await?,
         MediaType::Absent | MediaType::Other => return Err(BodyError::UnsupportedMediaType),
     };
-    check_no_nul(&value, &mut String::new())?;
+    // Form arguments were checked one by one, keys included; a JSON body is checked whole.
+    if media_type.encoding() == Encoding::Json {
+        check_no_nul(&value, &mut String::new())?;
+    }
     Ok(Body {
         value,
         encoding: media_type.encoding(),
     })
 }
 
-/// Refuses a NUL character in any key or string of `value`; `path` is where `value` is
-/// (`a.b[2]`), named in the error. The depth is bounded by what built `value`: serde_json's
+/// Refuses a NUL character in `path` or in any key or string of `value`; `path` is where
+/// `value` is (`a.b[2]`, or a form argument's key), named in the error. The depth is bounded by what built `value`: serde_json's
 /// nesting limit and [`MAX_KEY_DEPTH`].
 fn check_no_nul(value: &Value, path: &mut String) -> Result<(), BodyError> {
     let nul_in = |path: &str| BodyError::InvalidText(format!("{path:?} contains a NUL character"));
+    if path.contains('\0') {
+        return Err(nul_in(path));
+    }
     let len = path.len();
     match value {
         Value::String(s) if s.contains('\0') => return Err(nul_in(path)),
@@ -253,7 +259,10 @@ fn decode_urlencoded(body: &[u8]) -> Result<Value, BodyError> {
         let value = form_component(value).ok_or_else(|| {
             BodyError::InvalidText(format!("the value of {key:?} is not valid UTF-8"))
         })?;
-        insert(&mut root, &key, Value::String(value));
+        let value = Value::String(value);
+        // Checked per argument: a value that merging drops (`a=x&a.b=y`) must not hide one.
+        check_no_nul(&value, &mut key.clone())?;
+        insert(&mut root, &key, value);
     }
     Ok(Value::Object(root))
 }
@@ -324,6 +333,7 @@ async fn decode_multipart(content_type: &str, body: Bytes) -> Result<Value, Body
                 }
             }
         };
+        check_no_nul(&value, &mut name.clone())?;
         insert(&mut root, &name, value);
     }
     Ok(Value::Object(root))

@@ -3,7 +3,7 @@
 //! Every route is declared once in [`endpoints`]; the axum router and the OpenAPI document
 //! are both built from that table, so the document cannot miss a mounted route.
 
-mod body;
+pub(crate) mod body;
 mod openapi;
 
 use std::sync::Arc;

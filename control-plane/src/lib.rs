@@ -20,6 +20,10 @@ pub mod config;
 pub mod logging;
 pub mod pki;
 
+// The fuzz targets' entry points (fuzz/, outside the workspace); not an API.
+#[doc(hidden)]
+pub mod fuzzing;
+
 mod admin;
 mod cluster;
 mod error;

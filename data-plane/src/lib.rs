@@ -45,6 +45,10 @@ pub mod router;
 pub mod runtime;
 pub mod tls;
 
+// The fuzz targets' entry points (fuzz/, outside the workspace); not an API.
+#[doc(hidden)]
+pub mod fuzzing;
+
 mod cache;
 mod metrics;
 mod plugins;

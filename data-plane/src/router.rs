@@ -75,7 +75,7 @@ use gatehouse_shared::model;
 use crate::runtime::{CompiledRoute, HostName, HostPattern, Runtime};
 
 mod index;
-mod path;
+pub(crate) mod path;
 #[cfg(test)]
 mod tests;
 

@@ -98,7 +98,7 @@ struct Endpoint {
 
 /// What the first bytes of a connection say.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Hello {
+pub(crate) enum Hello {
     /// A TLS ClientHello, with its server name.
     Tls { sni: Option<String> },
     /// Anything else.
@@ -447,7 +447,7 @@ async fn peek_hello(tcp: &TcpStream) -> io::Result<Option<Hello>> {
 }
 
 /// The ClientHello in `bytes`, `None` if it is incomplete.
-fn parse_hello(bytes: &[u8]) -> io::Result<Option<Hello>> {
+pub(crate) fn parse_hello(bytes: &[u8]) -> io::Result<Option<Hello>> {
     let mut acceptor = rustls::server::Acceptor::default();
     let mut rest = bytes;
     while !rest.is_empty() {

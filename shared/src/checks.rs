@@ -222,7 +222,9 @@ pub fn route_path(s: &str) -> Result<(), String> {
 /// Normalizes a path the way Kong does for prefix route paths and request paths (RFC 3986
 /// §6.2.2): upper-cases the hex digits of %-triplets, decodes %-encoded unreserved characters
 /// (`A-Z a-z 0-9 - . _ ~`), removes dot segments and merges consecutive slashes. A `%` not
-/// followed by two hex digits is kept as is.
+/// followed by two hex digits is kept as is, unless the decoding puts two hex digits after it
+/// (`%%32%65`): it is then written `%25`, so that normalizing is idempotent and never makes a
+/// new %-triplet.
 pub fn normalize_path(s: &str) -> String {
     let decoded = normalize_percent_encoding(s);
     remove_dot_segments(&decoded)
@@ -548,8 +550,16 @@ fn hex_pair(pair: Option<&str>) -> Option<u8> {
 }
 
 /// Decodes %-encoded unreserved characters and upper-cases the hex of every other triplet.
+///
+/// A `%` not followed by two hex digits is kept as is (as Kong does), unless the characters
+/// after it in the result are two hex digits: `%%32%65` decodes to `%` `2` `e`, and keeping
+/// that `%` would make a new triplet (`%2e`, a dot) that a second decoding, here or upstream,
+/// would turn into a dot segment the router never saw. Such a `%` is written `%25`, so the
+/// result is stable: normalizing it again changes nothing.
 fn normalize_percent_encoding(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
+    // Where `out` holds a `%` that starts no triplet of the input.
+    let mut lone = Vec::new();
     let mut rest = s;
     while let Some(idx) = rest.find('%') {
         out.push_str(rest.get(..idx).unwrap_or_default());
@@ -565,13 +575,26 @@ fn normalize_percent_encoding(s: &str) -> String {
                 rest = tail.get(3..).unwrap_or_default();
             }
             None => {
+                lone.push(out.len());
                 out.push('%');
                 rest = tail.get(1..).unwrap_or_default();
             }
         }
     }
     out.push_str(rest);
-    out
+    let forms_triplet = |at: usize| hex_pair(out.get(at + 1..at + 3)).is_some();
+    if !lone.iter().any(|&at| forms_triplet(at)) {
+        return out;
+    }
+    let mut escaped = String::with_capacity(out.len() + 2 * lone.len());
+    let mut from = 0;
+    for at in lone.into_iter().filter(|&at| forms_triplet(at)) {
+        escaped.push_str(out.get(from..at).unwrap_or_default());
+        escaped.push_str("%25");
+        from = at + 1;
+    }
+    escaped.push_str(out.get(from..).unwrap_or_default());
+    escaped
 }
 
 /// Removes dot segments and merges slashes, a port of the loop in Kong's `uri.normalize`
@@ -908,9 +931,19 @@ mod tests {
             ("../a", "a"),
             (".", ""),
             ("..", ""),
+            // A lone `%` that decoding would turn into a new triplet is escaped (found by the
+            // property tests: normalizing `/%e%41` twice gave `/%EA`, and
+            // `/p/%%32%65%%32%65/admin` gave `/p/%2e%2e/admin`, a dot-dot for the next decoder).
+            ("/%e%41", "/%25eA"),
+            ("/p/%%32%65%%32%65/admin", "/p/%252e%252e/admin"),
+            ("/%%41%41", "/%25AA"),
+            ("/%%41", "/%A"),
+            ("/%%41x", "/%Ax"),
+            ("/%2%65", "/%252e"),
         ];
         for (input, expected) in cases {
             assert_eq!(normalize_path(input), expected, "{input}");
+            assert_eq!(normalize_path(expected), expected, "{input} twice");
         }
     }
 

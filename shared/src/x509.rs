@@ -14,13 +14,15 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use x509_parser::certificate::X509Certificate;
+use x509_parser::der_parser::asn1_rs::Tag;
 use x509_parser::error::X509Error;
 use x509_parser::extensions::GeneralName;
+use x509_parser::objects::{oid_registry, oid2abbrev};
 use x509_parser::oid_registry::{
     OID_KEY_TYPE_EC_PUBLIC_KEY, OID_PKCS1_RSAENCRYPTION, OID_PKCS1_RSASSAPSS, OID_SIG_ED25519,
 };
 use x509_parser::prelude::FromDer;
-use x509_parser::x509::SubjectPublicKeyInfo;
+use x509_parser::x509::{SubjectPublicKeyInfo, X509Name};
 
 /// Message when a PEM input holds no `CERTIFICATE` block.
 const NO_CERTIFICATE: &str = "no certificate found";
@@ -55,9 +57,10 @@ pub enum KeyType {
 /// Read-only facts about a certificate, exposed by the Admin API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CertFacts {
-    /// Subject distinguished name, RFC 4514-style (e.g. `CN=example.com`).
+    /// Subject distinguished name, RFC 4514-style (e.g. `O=Example, CN=example.com`; see
+    /// [`dn_text`] for the exact form).
     pub subject: String,
-    /// Issuer distinguished name, RFC 4514-style.
+    /// Issuer distinguished name, in the same form.
     pub issuer: String,
     /// DNS names, IP addresses (as text), e-mail addresses and URIs from subjectAltName,
     /// in certificate order.
@@ -240,8 +243,8 @@ fn facts_of(cert: &X509Certificate<'_>, der: &[u8]) -> Result<CertFacts, String>
         .map(str::to_owned);
     let validity = cert.validity();
     Ok(CertFacts {
-        subject: cert.subject().to_string(),
-        issuer: cert.issuer().to_string(),
+        subject: dn_text(cert.subject()),
+        issuer: dn_text(cert.issuer()),
         sans,
         not_before: validity.not_before.timestamp(),
         not_after: validity.not_after.timestamp(),
@@ -250,6 +253,84 @@ fn facts_of(cert: &X509Certificate<'_>, der: &[u8]) -> Result<CertFacts, String>
         is_ca,
         common_name,
     })
+}
+
+/// A distinguished name as text, RFC 4514-style, in certificate order: RDNs joined by `, `,
+/// the attributes of a multi-valued RDN by ` + `, each `TYPE=value` with the usual short type
+/// names (`CN`, `O`, ...) or the dotted OID.
+///
+/// Values are escaped as RFC 4514 §2.4 says (`,` `+` `"` `\` `<` `>` `;` anywhere, `#` or a
+/// space first, a space last) and control characters as `\XX` per UTF-8 byte, so that two
+/// different names never give the same text: these strings are compared to tell issuers apart
+/// (mtls-auth CA-bound mappings, revocation) and become ACL groups and request headers. A
+/// value that is no string, or not valid text, is `#` and the hex of its content octets.
+/// (x509-parser's own rendering escapes nothing, so `CN=a, O=b` and `CN=a\, O=b` looked alike,
+/// and every unparsable name rendered as the same placeholder: found by the property tests.)
+pub fn dn_text(name: &X509Name<'_>) -> String {
+    let mut out = String::new();
+    for (i, rdn) in name.iter_rdn().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push_str(" + ");
+            }
+            match oid2abbrev(attr.attr_type(), oid_registry()) {
+                Ok(abbrev) => out.push_str(abbrev),
+                Err(_) => out.push_str(&attr.attr_type().to_id_string()),
+            }
+            out.push('=');
+            let value = attr.attr_value();
+            match attribute_text(value.tag(), value.data) {
+                Some(text) => escape_dn_value(&text, &mut out),
+                None => {
+                    out.push('#');
+                    out.push_str(&hex::encode_upper(value.data));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The text of a directory string attribute value, `None` for other types or invalid text.
+fn attribute_text(tag: Tag, data: &[u8]) -> Option<String> {
+    match tag {
+        Tag::Utf8String
+        | Tag::PrintableString
+        | Tag::Ia5String
+        | Tag::NumericString
+        | Tag::VisibleString
+        | Tag::T61String => std::str::from_utf8(data).ok().map(str::to_owned),
+        Tag::BmpString if data.len().is_multiple_of(2) => char::decode_utf16(
+            data.chunks_exact(2)
+                .map(|pair| u16::from_be_bytes([pair[0], pair[1]])),
+        )
+        .collect::<Result<String, _>>()
+        .ok(),
+        _ => None,
+    }
+}
+
+/// Appends `value` to `out` escaped as an RFC 4514 attribute value (see [`dn_text`]).
+fn escape_dn_value(value: &str, out: &mut String) {
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        if c.is_control() {
+            for byte in c.encode_utf8(&mut [0; 4]).bytes() {
+                out.push_str(&format!("\\{byte:02X}"));
+            }
+            continue;
+        }
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && matches!(c, '#' | ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
 }
 
 /// Loads a private key with the aws-lc-rs provider (not the process default).

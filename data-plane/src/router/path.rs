@@ -27,7 +27,7 @@ impl PathHandling {
 
 /// The request path normalized as Kong does ([`checks::normalize_path`]): borrowed when it is
 /// already normal, which is the common case (no `%`, no `//`, no dot segment).
-pub(super) fn normalize(path: &str) -> Cow<'_, str> {
+pub(crate) fn normalize(path: &str) -> Cow<'_, str> {
     if is_normal(path) {
         Cow::Borrowed(path)
     } else {

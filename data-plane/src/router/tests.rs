@@ -1270,3 +1270,4 @@ fn keys_sharing_their_first_bytes_are_searched_exactly() {
     );
     assert_eq!(hit(&rt, &get("a", "/api/v1/resources/x")), Some(100));
 }
+mod proptests;

@@ -247,3 +247,5 @@ async fn splice_copies_both_ways_and_ends_when_idle() {
     let error = ended.unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::TimedOut);
 }
+
+mod proptests;

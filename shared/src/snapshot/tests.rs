@@ -897,3 +897,5 @@ fn sizes_of_a_large_config() {
         );
     }
 }
+
+mod proptests;

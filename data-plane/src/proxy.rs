@@ -445,7 +445,10 @@ async fn serve_http<IO>(
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
-    let io = TokioIo::new(HeadGuard::new(io, proxy.limits, conn.refusals.clone()));
+    let io = TokioIo::new(
+        HeadGuard::new(io, proxy.limits, conn.refusals.clone())
+            .first_head_within(proxy.timeouts.header),
+    );
     let server = proxy.server.clone();
     let service = service_fn(move |req| {
         let proxy = proxy.clone();

@@ -24,6 +24,7 @@
 //! passes bytes through; the proxy's own checks of each request ([`Refusal::of_request`])
 //! and hyper's hard limit still apply.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
@@ -74,6 +75,9 @@ pub(super) struct HeadGuard<IO> {
     state: State,
     /// The client closed its side.
     eof: bool,
+    /// When the first request head must be complete (`--client-header-timeout`; hyper
+    /// times the later ones, but the first is awaited before hyper's connection starts).
+    first_head: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,7 +219,15 @@ impl<IO> HeadGuard<IO> {
             heads: 0,
             state: State::Head(HeadScan::new(0)),
             eof: false,
+            first_head: None,
         }
+    }
+
+    /// Closes the connection (a `TimedOut` read error) unless the first request head is
+    /// complete within `limit` (needs a Tokio runtime).
+    pub(super) fn first_head_within(mut self, limit: std::time::Duration) -> Self {
+        self.first_head = Some(Box::pin(tokio::time::sleep(limit)));
+        self
     }
 
     /// Scans the unscanned bytes of `held`, moving `ready` past every byte hyper may have.
@@ -381,6 +393,16 @@ impl<IO: AsyncRead + Unpin> AsyncRead for HeadGuard<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if let Some(deadline) = &mut this.first_head {
+            if this.heads > 0 || matches!(this.state, State::Aside | State::Refused) {
+                this.first_head = None;
+            } else if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no complete request head within --client-header-timeout",
+                )));
+            }
+        }
         loop {
             if this.ready > 0 {
                 let n = this.ready.min(buf.remaining());

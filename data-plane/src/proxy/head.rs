@@ -42,6 +42,12 @@ const READ_CHUNK: usize = 16 * 1024;
 const MAX_CHUNK_LINE: usize = 4096;
 /// Longest `Accept` value carried into the stand-in head.
 const MAX_ACCEPT: usize = 256;
+/// After a refusal, how long (and how many bytes) the rest of what the client sends is read
+/// and dropped before the connection closes (nginx's lingering close): closing with unread
+/// bytes makes the kernel send a reset, which may destroy the answer before the client
+/// reads it.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
 
 /// Why a request head is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +84,8 @@ pub(super) struct HeadGuard<IO> {
     /// When the first request head must be complete (`--client-header-timeout`; hyper
     /// times the later ones, but the first is awaited before hyper's connection starts).
     first_head: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// After a refusal: the end of the lingering close, and the bytes dropped so far.
+    linger: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +228,7 @@ impl<IO> HeadGuard<IO> {
             state: State::Head(HeadScan::new(0)),
             eof: false,
             first_head: None,
+            linger: None,
         }
     }
 
@@ -446,7 +455,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for HeadGuard<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for HeadGuard<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadGuard<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -471,9 +480,39 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for HeadGuard<IO> {
         Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
+    /// After a refusal, a lingering close: the write side is shut (the client sees the end
+    /// of the answer), then what the client still sends is dropped until it closes, for at
+    /// most [`LINGER`] and [`LINGER_BYTES`].
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        ready!(Pin::new(&mut self.get_mut().io).poll_shutdown(cx))?;
-        Poll::Ready(Ok(()))
+        let this = self.get_mut();
+        if this.state != State::Refused {
+            return Pin::new(&mut this.io).poll_shutdown(cx);
+        }
+        if this.linger.is_none() {
+            ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+            this.linger = Some((Box::pin(tokio::time::sleep(LINGER)), 0));
+        }
+        let Some((deadline, dropped)) = &mut this.linger else {
+            return Poll::Ready(Ok(()));
+        };
+        if deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut scratch = [0u8; 4096];
+        loop {
+            let mut read = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.io).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if !read.filled().is_empty() => {
+                    *dropped += read.filled().len();
+                    if *dropped > LINGER_BYTES {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                // The client closed, or the connection broke: nothing left to wait for.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 

@@ -9,12 +9,16 @@
 //! peak RSS under a generous cap. Latencies are printed, never asserted.
 //!
 //! Sizes: `GATEHOUSE_ABUSE_SLOWLORIS` (default 200) and `GATEHOUSE_ABUSE_IDLE` (default 300)
-//! connections; `tests/soak/abuse.sh` runs the full-size version (1,000 and 10,000).
+//! connections, `GATEHOUSE_ABUSE_PHASE_SECS` (default 0: each one-shot abuse once; more: again
+//! and again for that long, so that the well-behaved client's latency has samples) and
+//! `GATEHOUSE_ABUSE_HEADER_TIMEOUT` (default 2s). `tests/soak/abuse.sh` runs the full-size
+//! version (1,000 slowloris and 10,000 idle connections).
 
 mod cluster_support;
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,15 +39,16 @@ use cluster_support::*;
 use gatehouse_tests::{Admin, DataPlane, Memory, config_version, patience, tls_client_config};
 
 /// The DP's `--client-header-timeout` here: slowloris and idle connections end after it.
+/// `GATEHOUSE_ABUSE_HEADER_TIMEOUT` overrides it (the full-size run needs longer to open its
+/// idle connections).
 const HEADER_TIMEOUT: &str = "2s";
 /// Generous cap on the DP's peak RSS through the whole run.
 const RSS_CAP: u64 = 512 * 1024 * 1024;
 
-/// An upstream that answers 200 `ok` and counts requests, and those whose path contains
+/// An upstream that answers 200 `ok` and records the requests whose path contains
 /// `abuse` (which no abusive client may get through).
 struct Upstream {
     addr: std::net::SocketAddr,
-    requests: Arc<AtomicU64>,
     abusive: Arc<Mutex<Vec<String>>>,
     task: JoinHandle<()>,
 }
@@ -52,22 +57,20 @@ impl Upstream {
     async fn start() -> Result<Upstream> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let requests = Arc::new(AtomicU64::new(0));
         let abusive = Arc::new(Mutex::new(Vec::new()));
-        let (count, seen) = (requests.clone(), abusive.clone());
+        let seen = abusive.clone();
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (count, seen) = (count.clone(), seen.clone());
+                let seen = seen.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let (count, seen) = (count.clone(), seen.clone());
+                        let seen = seen.clone();
                         async move {
-                            count.fetch_add(1, Ordering::Relaxed);
                             let path = req.uri().path().to_owned();
-                            if path.contains("abuse") {
-                                if let Ok(mut seen) = seen.lock() {
-                                    seen.push(path);
-                                }
+                            if path.contains("abuse")
+                                && let Ok(mut seen) = seen.lock()
+                            {
+                                seen.push(path);
                             }
                             let _ = req.into_body().collect().await;
                             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
@@ -81,7 +84,6 @@ impl Upstream {
         });
         Ok(Upstream {
             addr,
-            requests,
             abusive,
             task,
         })
@@ -342,48 +344,8 @@ async fn trickle(tcp: TcpStream) -> bool {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_abuse_is_refused_while_others_are_served() -> Result<()> {
-    let slowloris = env_count("GATEHOUSE_ABUSE_SLOWLORIS", 200);
-    let idle = env_count("GATEHOUSE_ABUSE_IDLE", 300);
-    let cluster = Cluster::start(&["dp1"], &[]).await?;
-    let admin = cluster.admin();
-    let dp = DataPlane::start(
-        cluster
-            .dp_options("dp1")
-            .arg("--client-header-timeout")
-            .arg(HEADER_TIMEOUT)
-            .quiet(),
-    )
-    .await?;
-    let upstream = Upstream::start().await?;
-    let service = post(
-        admin,
-        "/services",
-        json!({"name": "up", "url": format!("http://{}", upstream.addr)}),
-    )
-    .await?;
-    post(
-        admin,
-        "/routes",
-        json!({"name": "all", "paths": ["/"], "service": {"id": service["id"]}}),
-    )
-    .await?;
-    dp.wait_for_version(config_version(admin).await?, patience())
-        .await?;
-    let plain = dp.proxy_addr()?;
-    let tls_addr = dp.proxy_ssl_addr()?;
-    let good = Good::start(format!("http://{plain}/ok"))?;
-    let wait_for_good = Instant::now();
-    gatehouse_tests::wait_until("the well-behaved client's first answer", patience(), || {
-        let n = good.window(wait_for_good, Instant::now()).0;
-        async move { Ok((n > 0).then_some(())) }
-    })
-    .await?;
-    let mut report: Vec<(String, Instant)> = Vec::new();
-
-    // --- Oversized heads (plain HTTP/1.1): refused with a body, never proxied. ---
-    report.push(("oversized heads".into(), Instant::now()));
+/// Oversized heads (plain HTTP/1.1, TLS, HTTP/2): refused with a body, never proxied.
+async fn oversized(plain: SocketAddr, tls_addr: SocketAddr) -> Result<()> {
     let long_line = format!(
         "GET /abuse/{} HTTP/1.1\r\nHost: x\r\n\r\n",
         "a".repeat(9000)
@@ -485,9 +447,11 @@ async fn client_abuse_is_refused_while_others_are_served() -> Result<()> {
         Ok(answer) => ensure!(answer.status() == 431, "h2 128 KiB header: {answer:?}"),
         Err(error) => eprintln!("h2 128 KiB header: the stream failed as expected: {error}"),
     }
+    Ok(())
+}
 
-    // --- Request smuggling (RFC 9112): 400 with a body, nothing reaches the upstream. ---
-    report.push(("request smuggling".into(), Instant::now()));
+/// Request smuggling (RFC 9112): 400 with a body, the connection closed, nothing proxied.
+async fn smuggling(plain: SocketAddr) -> Result<()> {
     for (case, bytes) in [
         (
             "CL+TE",
@@ -519,9 +483,11 @@ async fn client_abuse_is_refused_while_others_are_served() -> Result<()> {
         assert_refused(&read_response(&mut tcp).await.context(case)?, 400, "Bad request", case)?;
         ensure!(closed_by_server(&mut tcp).await, "{case}: kept open");
     }
+    Ok(())
+}
 
-    // --- Garbage instead of a ClientHello: the TLS listener closes, nothing else. ---
-    report.push(("garbage ClientHello".into(), Instant::now()));
+/// Garbage instead of a ClientHello: the TLS listener closes; a ClientHello on the plain listener gets 400.
+async fn garbage(plain: SocketAddr, tls_addr: SocketAddr) -> Result<()> {
     for garbage in [
         b"GET /abuse/plain-on-tls HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
         (0..65_536u32)
@@ -548,10 +514,18 @@ async fn client_abuse_is_refused_while_others_are_served() -> Result<()> {
         "Bad request",
         "ClientHello on plain",
     )?;
+    Ok(())
+}
 
-    // --- HTTP/2 rapid reset: HEADERS + RST_STREAM pairs → GOAWAY ENHANCE_YOUR_CALM. ---
-    report.push(("HTTP/2 rapid reset".into(), Instant::now()));
-    let before = upstream.requests.load(Ordering::Relaxed);
+/// HTTP/2 rapid reset: HEADERS + RST_STREAM pairs get GOAWAY ENHANCE_YOUR_CALM.
+async fn rapid_reset(plain: SocketAddr, upstream: &Upstream) -> Result<()> {
+    let reset_paths = |u: &Upstream| {
+        u.abusive()
+            .iter()
+            .filter(|p| p.starts_with("/abuse/reset"))
+            .count() as u64
+    };
+    let before = reset_paths(upstream);
     let mut burst = PREFACE.to_vec();
     burst.extend(frame(4, 0, 0, &[]));
     let streams = 2000u32;
@@ -564,15 +538,17 @@ async fn client_abuse_is_refused_while_others_are_served() -> Result<()> {
     let _ = tcp.write_all(&burst).await;
     let code = goaway(&mut tcp).await?;
     ensure!(code == Some(0xb), "rapid reset: GOAWAY code {code:?}");
-    let reached = upstream.requests.load(Ordering::Relaxed) - before;
+    let reached = reset_paths(upstream) - before;
     eprintln!("rapid reset: {reached} of {streams} reset streams reached the upstream");
     ensure!(
         reached < u64::from(streams) / 10,
         "rapid reset: {reached} of {streams} streams reached the upstream"
     );
+    Ok(())
+}
 
-    // --- CONTINUATION flood: one header block that never ends. ---
-    report.push(("HTTP/2 CONTINUATION flood".into(), Instant::now()));
+/// CONTINUATION flood: a header block that never ends gets GOAWAY.
+async fn continuation_flood(plain: SocketAddr) -> Result<()> {
     let mut tcp = TcpStream::connect(plain).await?;
     let mut flood = PREFACE.to_vec();
     flood.extend(frame(4, 0, 0, &[]));
@@ -587,6 +563,70 @@ async fn client_abuse_is_refused_while_others_are_served() -> Result<()> {
         matches!(code, Some(0xb) | Some(0x9) | Some(0x1)),
         "CONTINUATION flood: GOAWAY code {code:?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_abuse_is_refused_while_others_are_served() -> Result<()> {
+    let slowloris = env_count("GATEHOUSE_ABUSE_SLOWLORIS", 200);
+    let idle = env_count("GATEHOUSE_ABUSE_IDLE", 300);
+    let cluster = Cluster::start(&["dp1"], &[]).await?;
+    let admin = cluster.admin();
+    let dp = DataPlane::start(
+        cluster
+            .dp_options("dp1")
+            .arg("--client-header-timeout")
+            .arg(&std::env::var("GATEHOUSE_ABUSE_HEADER_TIMEOUT").unwrap_or(HEADER_TIMEOUT.into()))
+            .quiet(),
+    )
+    .await?;
+    let upstream = Upstream::start().await?;
+    let service = post(
+        admin,
+        "/services",
+        json!({"name": "up", "url": format!("http://{}", upstream.addr)}),
+    )
+    .await?;
+    post(
+        admin,
+        "/routes",
+        json!({"name": "all", "paths": ["/"], "service": {"id": service["id"]}}),
+    )
+    .await?;
+    dp.wait_for_version(config_version(admin).await?, patience())
+        .await?;
+    let plain = dp.proxy_addr()?;
+    let baseline = Memory::of(dp.pid())?;
+    eprintln!("DP RSS before the abuse: {} MiB", baseline.rss >> 20);
+    let tls_addr = dp.proxy_ssl_addr()?;
+    let good = Good::start(format!("http://{plain}/ok"))?;
+    let wait_for_good = Instant::now();
+    gatehouse_tests::wait_until("the well-behaved client's first answer", patience(), || {
+        let n = good.window(wait_for_good, Instant::now()).0;
+        async move { Ok((n > 0).then_some(())) }
+    })
+    .await?;
+    let mut report: Vec<(String, Instant)> = Vec::new();
+    // Each one-shot abuse runs once, or again and again for GATEHOUSE_ABUSE_PHASE_SECS.
+    let phase_time = Duration::from_secs(env_count("GATEHOUSE_ABUSE_PHASE_SECS", 0) as u64);
+    macro_rules! phase {
+        ($name:expr, $run:expr) => {{
+            let start = Instant::now();
+            report.push(($name.into(), start));
+            loop {
+                $run.await.context($name)?;
+                if start.elapsed() >= phase_time {
+                    break;
+                }
+            }
+        }};
+    }
+
+    phase!("oversized heads", oversized(plain, tls_addr));
+    phase!("request smuggling", smuggling(plain));
+    phase!("garbage ClientHello", garbage(plain, tls_addr));
+    phase!("HTTP/2 rapid reset", rapid_reset(plain, &upstream));
+    phase!("HTTP/2 CONTINUATION flood", continuation_flood(plain));
 
     // --- Slowloris: heads that trickle in; each ends at --client-header-timeout. ---
     report.push((format!("{slowloris} slowloris connections"), Instant::now()));
@@ -617,17 +657,27 @@ async fn client_abuse_is_refused_while_others_are_served() -> Result<()> {
         format!("{idle} idle keep-alive connections"),
         Instant::now(),
     ));
+    // Opened 100 at a time; each sends one request and keeps its connection.
     let mut idlers = Vec::with_capacity(idle);
-    for _ in 0..idle {
-        let mut tcp = TcpStream::connect(plain).await?;
-        tcp.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await?;
-        let answer = read_response(&mut tcp).await.context("idle")?;
-        ensure!(
-            answer.status == 200,
-            "idle connection's request: {answer:?}"
-        );
-        idlers.push(tcp);
+    while idlers.len() < idle {
+        let batch: Vec<JoinHandle<Result<TcpStream>>> = (0..(idle - idlers.len()).min(100))
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut tcp = TcpStream::connect(plain).await?;
+                    tcp.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+                        .await?;
+                    let answer = read_response(&mut tcp).await.context("idle")?;
+                    ensure!(
+                        answer.status == 200,
+                        "idle connection's request: {answer:?}"
+                    );
+                    Ok(tcp)
+                })
+            })
+            .collect();
+        for task in batch {
+            idlers.push(task.await??);
+        }
     }
     let with_idle = Memory::of(dp.pid())?;
     eprintln!(

@@ -11,8 +11,8 @@
 #
 # Settings (environment): GATEHOUSE_ABUSE_SLOWLORIS (1000), GATEHOUSE_ABUSE_IDLE (10000),
 # GATEHOUSE_ABUSE_PHASE_SECS (10), GATEHOUSE_ABUSE_HEADER_TIMEOUT (60s: the idle connections
-# must all be open at once before it ends them). Needs about 2 × (idle + slowloris) + 1,000 open
-# files (`ulimit -n`), raised here when the hard limit allows.
+# must all be open at once before it ends them). The test process and the DP each need about
+# idle + slowloris + 1,000 open files (`ulimit -n`), raised here when the hard limit allows.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=deploy/lib.sh
@@ -24,7 +24,7 @@ export GATEHOUSE_ABUSE_PHASE_SECS=${GATEHOUSE_ABUSE_PHASE_SECS:-10}
 export GATEHOUSE_ABUSE_HEADER_TIMEOUT=${GATEHOUSE_ABUSE_HEADER_TIMEOUT:-60s}
 export GATEHOUSE_TEST_PATIENCE_SECS=${GATEHOUSE_TEST_PATIENCE_SECS:-180}
 
-need=$((2 * (GATEHOUSE_ABUSE_IDLE + GATEHOUSE_ABUSE_SLOWLORIS) + 1000))
+need=$((GATEHOUSE_ABUSE_IDLE + GATEHOUSE_ABUSE_SLOWLORIS + 1000))
 if [ "$(ulimit -n)" -lt "$need" ]; then
     ulimit -n "$need" 2>/dev/null || {
         echo "ulimit -n is $(ulimit -n), the run needs $need (raise the hard limit)" >&2

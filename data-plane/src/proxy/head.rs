@@ -38,6 +38,14 @@ use crate::config::ClientLimits;
 pub(super) const MAX_HEADER_LINES: usize = 100;
 /// Bytes read from the client at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// The most buffer capacity an idle connection keeps.
+const KEEP_CAPACITY: usize = 4096;
+
+thread_local! {
+    /// Where [`HeadGuard`] reads, before the bytes are copied to the connection's buffer.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
 /// Longest chunk-size line of a chunked body (size and extensions).
 const MAX_CHUNK_LINE: usize = 4096;
 /// Longest `Accept` value carried into the stand-in head.
@@ -417,6 +425,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for HeadGuard<IO> {
                 let n = this.ready.min(buf.remaining());
                 buf.put_slice(&this.held[..n]);
                 this.held.drain(..n);
+                if this.held.is_empty() && this.held.capacity() > KEEP_CAPACITY {
+                    // An idle connection keeps no large buffer.
+                    this.held = Vec::new();
+                }
                 this.ready -= n;
                 this.scanned -= n;
                 if let State::Head(head) = &mut this.state {
@@ -439,15 +451,17 @@ impl<IO: AsyncRead + Unpin> AsyncRead for HeadGuard<IO> {
             if this.state == State::Aside && this.held.is_empty() {
                 return Pin::new(&mut this.io).poll_read(cx, buf);
             }
-            let filled = this.held.len();
-            this.held.resize(filled + READ_CHUNK, 0);
-            let mut read = ReadBuf::new(&mut this.held[filled..]);
-            let result = Pin::new(&mut this.io).poll_read(cx, &mut read);
-            let n = read.filled().len();
-            this.held.truncate(filled + n);
+            // Read through the thread's scratch buffer: no per-connection read buffer, and
+            // only the bytes that came are copied.
+            let result = SCRATCH.with_borrow_mut(|scratch| {
+                let mut read = ReadBuf::new(&mut scratch[..]);
+                let result = Pin::new(&mut this.io).poll_read(cx, &mut read);
+                this.held.extend_from_slice(read.filled());
+                result.map_ok(|()| read.filled().len())
+            });
             match result {
-                Poll::Ready(Ok(())) if n == 0 => this.eof = true,
-                Poll::Ready(Ok(())) => this.scan(),
+                Poll::Ready(Ok(0)) => this.eof = true,
+                Poll::Ready(Ok(_)) => this.scan(),
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                 Poll::Pending => return Poll::Pending,
             }

@@ -26,6 +26,9 @@
 //! | `--trusted-ips IP\|CIDR[,IP\|CIDR]` | `GATEHOUSE_TRUSTED_IPS` | `trusted_ips` | none (`0.0.0.0/0,::/0` trusts every client) |
 //! | `--client-header-timeout DURATION` | `GATEHOUSE_CLIENT_HEADER_TIMEOUT` | `client_header_timeout` | `60s` (nginx's `client_header_timeout`) |
 //! | `--client-body-timeout DURATION` | `GATEHOUSE_CLIENT_BODY_TIMEOUT` | `client_body_timeout` | `60s` (between two reads of a request body) |
+//! | `--client-max-request-line SIZE` | `GATEHOUSE_CLIENT_MAX_REQUEST_LINE` | `client_max_request_line` | `8k` (longer: 414; nginx's `large_client_header_buffers` size) |
+//! | `--client-max-header-size SIZE` | `GATEHOUSE_CLIENT_MAX_HEADER_SIZE` | `client_max_header_size` | `8k` (one header line; longer: 400) |
+//! | `--client-max-headers-size SIZE` | `GATEHOUSE_CLIENT_MAX_HEADERS_SIZE` | `client_max_headers_size` | `32k` (all header lines; more: 400; nginx's 4 × 8k) |
 //! | `--drain-timeout DURATION` | `GATEHOUSE_DRAIN_TIMEOUT` | `drain_timeout` | `10s` (on SIGTERM: how long in-flight requests may finish) |
 //! | `--worker-threads N` | `GATEHOUSE_WORKER_THREADS` | `worker_threads` | the number of CPUs |
 //! | `--upstream-keepalive-idle-timeout DURATION` | `GATEHOUSE_UPSTREAM_KEEPALIVE_IDLE_TIMEOUT` | `upstream_keepalive_idle_timeout` | `60s` (Kong's `upstream_keepalive_idle_timeout`) |
@@ -38,7 +41,8 @@
 //! | `--client-ssl-cert-key FILE` | `GATEHOUSE_CLIENT_SSL_CERT_KEY` | `client_ssl_cert_key` | required with `--client-ssl on` |
 //!
 //! A DURATION is a number with a unit, `ms`, `s` or `m` (`500ms`, `60s`, `2m`); a bare number
-//! is seconds. In TOML it may be a string or a number (seconds).
+//! is seconds. In TOML it may be a string or a number (seconds). A SIZE is bytes, or a number
+//! with `k` (KiB) or `m` (MiB), from 1k to 1m; in TOML a string or a number (bytes).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -62,6 +66,13 @@ pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:8000";
 pub const DEFAULT_PROXY_SSL_LISTEN: &str = "0.0.0.0:8443";
 /// Default `--client-header-timeout` and `--client-body-timeout` (nginx's).
 pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `--client-max-request-line` and `--client-max-header-size` (nginx's
+/// `large_client_header_buffers` buffer size).
+pub const DEFAULT_CLIENT_MAX_LINE: usize = 8 * 1024;
+/// Default `--client-max-headers-size` (nginx's `large_client_header_buffers 4 8k`).
+pub const DEFAULT_CLIENT_MAX_HEADERS_SIZE: usize = 32 * 1024;
+/// Smallest and largest SIZE of the `--client-max-*` settings.
+const CLIENT_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 1024..=1024 * 1024;
 /// Default `--upstream-keepalive-idle-timeout` (Kong's).
 pub const DEFAULT_UPSTREAM_KEEPALIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `--upstream-keepalive-pool-size` (Kong's).
@@ -209,6 +220,24 @@ pub struct Flags {
     #[serde(deserialize_with = "text_or_number_from_toml")]
     pub client_body_timeout: Option<String>,
 
+    /// Longest request line (method, target, version) a client may send; a longer one is
+    /// refused with 414 (`8k`, `16384`; bytes, or `k`/`m`) [default: 8k].
+    #[arg(long, env = "GATEHOUSE_CLIENT_MAX_REQUEST_LINE")]
+    #[serde(deserialize_with = "text_or_number_from_toml")]
+    pub client_max_request_line: Option<String>,
+
+    /// Longest single request header line (name, colon, value); a longer one is refused with
+    /// 400 `Request header or cookie too large` [default: 8k].
+    #[arg(long, env = "GATEHOUSE_CLIENT_MAX_HEADER_SIZE")]
+    #[serde(deserialize_with = "text_or_number_from_toml")]
+    pub client_max_header_size: Option<String>,
+
+    /// Most bytes of all request header lines together (with their line ends); more is
+    /// refused with 400 `Request header or cookie too large` [default: 32k].
+    #[arg(long, env = "GATEHOUSE_CLIENT_MAX_HEADERS_SIZE")]
+    #[serde(deserialize_with = "text_or_number_from_toml")]
+    pub client_max_headers_size: Option<String>,
+
     /// On SIGTERM/SIGINT, how long requests in flight may take to finish after the listeners
     /// close [default: 10s].
     #[arg(long, env = "GATEHOUSE_DRAIN_TIMEOUT")]
@@ -327,6 +356,8 @@ pub struct ProxySettings {
     pub trusted_ips: TrustedIps,
     /// How long clients may take to send headers and bodies.
     pub timeouts: ClientTimeouts,
+    /// How large a client's request head may be.
+    pub limits: ClientLimits,
     /// Defaults of TLS towards upstreams.
     pub upstream: UpstreamTlsFiles,
     /// The upstream connection pools.
@@ -391,6 +422,27 @@ impl Default for ClientTimeouts {
         Self {
             header: DEFAULT_CLIENT_TIMEOUT,
             body: DEFAULT_CLIENT_TIMEOUT,
+        }
+    }
+}
+
+/// Size limits of a client's request head (nginx's `large_client_header_buffers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Longest request line, without its line end (`--client-max-request-line`).
+    pub request_line: usize,
+    /// Longest header line, without its line end (`--client-max-header-size`).
+    pub header: usize,
+    /// Most bytes of all header lines with their line ends (`--client-max-headers-size`).
+    pub headers: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            request_line: DEFAULT_CLIENT_MAX_LINE,
+            header: DEFAULT_CLIENT_MAX_LINE,
+            headers: DEFAULT_CLIENT_MAX_HEADERS_SIZE,
         }
     }
 }
@@ -501,6 +553,13 @@ impl Flags {
             trusted_ips: self.trusted_ips.or(other.trusted_ips),
             client_header_timeout: self.client_header_timeout.or(other.client_header_timeout),
             client_body_timeout: self.client_body_timeout.or(other.client_body_timeout),
+            client_max_request_line: self
+                .client_max_request_line
+                .or(other.client_max_request_line),
+            client_max_header_size: self.client_max_header_size.or(other.client_max_header_size),
+            client_max_headers_size: self
+                .client_max_headers_size
+                .or(other.client_max_headers_size),
             drain_timeout: self.drain_timeout.or(other.drain_timeout),
             worker_threads: self.worker_threads.or(other.worker_threads),
             upstream_keepalive_idle_timeout: self
@@ -704,6 +763,30 @@ impl Flags {
             "--upstream-keepalive-idle-timeout",
             DEFAULT_UPSTREAM_KEEPALIVE_IDLE_TIMEOUT,
         );
+        let mut size = |value: Option<&str>, flag: &str, default: usize| match value {
+            None => default,
+            Some(raw) => parse_size(raw).unwrap_or_else(|reason| {
+                problems.push(format!("{flag}: {reason}"));
+                default
+            }),
+        };
+        let limits = ClientLimits {
+            request_line: size(
+                self.client_max_request_line.as_deref(),
+                "--client-max-request-line",
+                DEFAULT_CLIENT_MAX_LINE,
+            ),
+            header: size(
+                self.client_max_header_size.as_deref(),
+                "--client-max-header-size",
+                DEFAULT_CLIENT_MAX_LINE,
+            ),
+            headers: size(
+                self.client_max_headers_size.as_deref(),
+                "--client-max-headers-size",
+                DEFAULT_CLIENT_MAX_HEADERS_SIZE,
+            ),
+        };
         let pool_size = match self.upstream_keepalive_pool_size.as_deref().map(str::trim) {
             None => DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE,
             Some(raw) => match raw.parse::<usize>() {
@@ -762,6 +845,7 @@ impl Flags {
                     tls: ssl,
                     trusted_ips,
                     timeouts,
+                    limits,
                     upstream,
                     upstream_keepalive,
                 },
@@ -1083,6 +1167,26 @@ fn parse_duration(raw: &str) -> Result<Duration, String> {
         return Err(format!("'{raw}' must be more than 0 and at most one day"));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// A SIZE: bytes, or a number with `k` (KiB) or `m` (MiB), within [`CLIENT_LIMIT_RANGE`].
+fn parse_size(raw: &str) -> Result<usize, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let value: usize = number
+        .parse()
+        .map_err(|_| format!("'{raw}' is not a size (e.g. 8k, 16384, 1m)"))?;
+    let factor = match unit.trim() {
+        "" => 1,
+        "k" | "K" => 1024,
+        "m" | "M" => 1024 * 1024,
+        _ => return Err(format!("'{raw}' has an unknown unit (k or m)")),
+    };
+    match value.checked_mul(factor) {
+        Some(bytes) if CLIENT_LIMIT_RANGE.contains(&bytes) => Ok(bytes),
+        _ => Err(format!("'{raw}' must be from 1k to 1m")),
+    }
 }
 
 /// A TOML value that may be a string or a number, kept as text.

@@ -83,7 +83,7 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -105,7 +105,7 @@ use uuid::Uuid;
 use gatehouse_shared::model;
 
 use crate::config::{
-    ClientTimeouts, ProxySettings, TrustedIps, UpstreamKeepalive, UpstreamTlsFiles,
+    ClientLimits, ClientTimeouts, ProxySettings, TrustedIps, UpstreamKeepalive, UpstreamTlsFiles,
 };
 use crate::metrics::METRICS;
 use crate::plugins::{self, Plugins, VerifiedCertificates};
@@ -115,11 +115,13 @@ use crate::tls::{PairFlags, TlsInfo, TlsTerminator};
 use crate::upstream::{TlsClient, UpstreamTls, UpstreamTlsError, UpstreamTlsSettings};
 
 mod balancer;
+mod head;
 mod respond;
 mod timing;
 
 pub(crate) use balancer::{Balancers, HashInput, Outcome, Peer};
 use balancer::{HashKey, Ring};
+use head::{HeadGuard, MAX_HEADER_LINES, Refusal, Refusals};
 use respond::{Failure, Format};
 pub(crate) use timing::ConnectScope;
 use timing::{ClientFault, ConnectTimedOut, Connector, Expired, IdleTimeout, RequestBody, Timers};
@@ -135,6 +137,19 @@ pub const RESPONSE_LATENCY: HeaderName = HeaderName::from_static("x-gatehouse-re
 /// The connector's own connect deadline; each request is also bounded by its service's
 /// timeouts.
 pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// HTTP/2: most streams open at once on one connection (hyper's default, made explicit).
+const H2_MAX_CONCURRENT_STREAMS: u32 = 200;
+/// HTTP/2: most streams the client opened and reset before they were accepted; one more and
+/// the connection gets `GOAWAY` `ENHANCE_YOUR_CALM` (rapid reset, CVE-2023-44487; h2's
+/// default, made explicit).
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// HTTP/2: most streams the server reset for protocol errors on one connection before it
+/// sends `GOAWAY` (hyper's default, made explicit).
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// HTTP/2: bytes each header field counts beyond its name and value (RFC 9113 §6.5.2).
+const H2_FIELD_OVERHEAD: usize = 32;
+/// Room above the configured head limits before hyper's own hard limits answer (bare 431).
+const HARD_LIMIT_SLACK: usize = 16 * 1024;
 /// Pause after an accept error (e.g. out of file descriptors) before accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -219,6 +234,8 @@ struct Proxy {
     trusted_ips: TrustedIps,
     /// `--client-header-timeout`, `--client-body-timeout`.
     timeouts: ClientTimeouts,
+    /// `--client-max-request-line`, `--client-max-header-size`, `--client-max-headers-size`.
+    limits: ClientLimits,
     /// HTTP/1.1 + HTTP/2 server settings, shared by every connection.
     server: auto::Builder<TokioExecutor>,
     /// The connections being served, for the drain at shutdown.
@@ -248,6 +265,10 @@ struct Connection {
     /// `X-Forwarded-Port`), made once per connection.
     client_ip: HeaderValue,
     local_port: HeaderValue,
+    /// HTTP/1 requests received so far, to find the one the head guard refused.
+    requests: AtomicU64,
+    /// The request the head guard refused, if any.
+    refusals: Arc<Refusals>,
 }
 
 /// Counts the connections (and upgraded tunnels) still open, so that a shutdown can wait
@@ -404,16 +425,18 @@ async fn serve_connection(
         verified: VerifiedCertificates::default(),
         client_ip: header_value(&peer.ip().to_string()),
         local_port: HeaderValue::from(local.port()),
+        requests: AtomicU64::new(0),
+        refusals: Arc::default(),
     };
     match tls {
-        None => serve_http(TokioIo::new(tcp), Arc::new(conn), proxy, stop).await,
+        None => serve_http(tcp, Arc::new(conn), proxy, stop).await,
         Some(terminator) => {
             // A client that never finishes its handshake gets the header timeout.
             let limit = proxy.timeouts.header;
             match tokio::time::timeout(limit, terminator.accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     conn.tls = Some(stream.info().clone());
-                    serve_http(TokioIo::new(stream), Arc::new(conn), proxy, stop).await;
+                    serve_http(stream, Arc::new(conn), proxy, stop).await;
                 }
                 Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -423,8 +446,10 @@ async fn serve_connection(
     drop(open);
 }
 
+/// Serves HTTP/1.1 or HTTP/2 on `io`, every request head measured first by the
+/// [`HeadGuard`].
 async fn serve_http<IO>(
-    io: TokioIo<IO>,
+    io: IO,
     conn: Arc<Connection>,
     proxy: Arc<Proxy>,
     mut stop: watch::Receiver<bool>,
@@ -432,6 +457,10 @@ async fn serve_http<IO>(
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
+    let io = TokioIo::new(
+        HeadGuard::new(io, proxy.limits, conn.refusals.clone())
+            .first_head_within(proxy.timeouts.header),
+    );
     let server = proxy.server.clone();
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
@@ -524,12 +553,27 @@ impl Proxy {
         let http1 = builder.build(connector.clone());
         let h2c = builder.http2_only(true).build(connector);
         let via = HeaderValue::from_static(concat!("1.1 gatehouse/", env!("CARGO_PKG_VERSION")));
+        let limits = settings.limits;
+        // The head guard enforces the limits with a proper answer; hyper's own limits, a
+        // little above, only matter once the guard has stepped aside (after an upgrade
+        // request) and answer with a bare 431.
+        let head_bytes = limits.request_line + limits.headers;
         let mut server = auto::Builder::new(TokioExecutor::new());
         server
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(settings.timeouts.header);
-        server.http2().timer(TokioTimer::new());
+            .header_read_timeout(settings.timeouts.header)
+            .max_buf_size((head_bytes + HARD_LIMIT_SLACK).max(8192));
+        server
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(
+                u32::try_from(head_bytes + MAX_HEADER_LINES * H2_FIELD_OVERHEAD)
+                    .unwrap_or(u32::MAX),
+            )
+            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
         Self {
             runtime,
             http1,
@@ -538,6 +582,7 @@ impl Proxy {
             via,
             trusted_ips: settings.trusted_ips.clone(),
             timeouts: settings.timeouts,
+            limits,
             server,
             drain: Arc::default(),
             upstream_tls,
@@ -556,9 +601,19 @@ impl Proxy {
         // guard: the request holds it across awaits for as long as the upstream takes, and
         // long-held guards exhaust arc-swap's per-thread fast slots.
         let runtime = self.runtime.load_full();
-        let routed = self
-            .route(&runtime, conn, req, request_id, &id_value, format, started)
-            .await;
+        let routed = match self.refusal(conn, &req) {
+            Some(refusal) => Ok(refused(
+                refusal,
+                conn.peer,
+                req.version(),
+                request_id,
+                format,
+            )),
+            None => {
+                self.route(&runtime, conn, req, request_id, &id_value, format, started)
+                    .await
+            }
+        };
         let mut response = routed.unwrap_or_else(|failure| failure.response(request_id, format));
         METRICS.response(response.status().as_u16());
         let headers = response.headers_mut();
@@ -567,6 +622,24 @@ impl Proxy {
         }
         headers.insert(REQUEST_ID, id_value);
         response
+    }
+
+    /// Why a request is refused before routing: the head guard refused it (HTTP/1), or it
+    /// exceeds the head limits (HTTP/2, or HTTP/1 the guard stepped aside for).
+    fn refusal<B>(&self, conn: &Connection, req: &Request<B>) -> Option<Refusal> {
+        if req.version() != Version::HTTP_2 {
+            let index = conn.requests.fetch_add(1, Ordering::Relaxed);
+            if let Some(refusal) = conn.refusals.of(index) {
+                return Some(refusal);
+            }
+        }
+        Refusal::of_request(
+            &self.limits,
+            req.method(),
+            req.uri(),
+            req.version(),
+            req.headers(),
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1079,6 +1152,26 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         Response::from_parts(parts, IdleTimeout::new(body, read_timeout).boxed())
     }
+}
+
+/// The answer to a refused request head; on HTTP/1 the connection closes after it (what
+/// follows on it cannot be trusted to be framed as the client meant).
+fn refused(
+    refusal: Refusal,
+    peer: SocketAddr,
+    version: Version,
+    request_id: &str,
+    format: Format,
+) -> Response<ProxyBody> {
+    tracing::info!(%peer, reason = refusal.reason(), "request refused");
+    let (status, text) = refusal.status_and_message();
+    let mut response = respond::message(status, text, request_id, format);
+    if version != Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// The protocol a client asks to switch to (`Upgrade` with `upgrade` in `Connection`), on

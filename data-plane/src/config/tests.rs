@@ -455,6 +455,61 @@ fn client_timeouts_drain_and_worker_threads() {
 }
 
 #[test]
+fn client_head_limits() {
+    let defaults = parse(&REQUIRED).unwrap().proxy.limits;
+    assert_eq!(defaults, ClientLimits::default());
+    assert_eq!(
+        (defaults.request_line, defaults.header, defaults.headers),
+        (8192, 8192, 32768)
+    );
+
+    let mut args = REQUIRED.to_vec();
+    args.extend([
+        "--client-max-request-line",
+        "16k",
+        "--client-max-header-size",
+        "4096",
+        "--client-max-headers-size",
+        "1m",
+    ]);
+    let limits = parse(&args).unwrap().proxy.limits;
+    assert_eq!(
+        (limits.request_line, limits.header, limits.headers),
+        (16384, 4096, 1 << 20)
+    );
+
+    let path = temp_file(
+        "limits.toml",
+        "client_max_request_line = 2048\nclient_max_header_size = \"2k\"\n",
+    );
+    let mut args = REQUIRED.to_vec();
+    args.extend(["--config", path.to_str().unwrap()]);
+    let limits = parse(&args).unwrap().proxy.limits;
+    assert_eq!(
+        (limits.request_line, limits.header, limits.headers),
+        (2048, 2048, 32768)
+    );
+
+    let mut args = REQUIRED.to_vec();
+    args.extend([
+        "--client-max-request-line",
+        "big",
+        "--client-max-header-size",
+        "100",
+        "--client-max-headers-size",
+        "8g",
+    ]);
+    let err = parse(&args).unwrap_err().to_string();
+    for expected in [
+        "--client-max-request-line: 'big' is not a size",
+        "--client-max-header-size: '100' must be from 1k to 1m",
+        "--client-max-headers-size: '8g' has an unknown unit",
+    ] {
+        assert!(err.contains(expected), "{expected} in {err}");
+    }
+}
+
+#[test]
 fn upstream_tls_defaults_and_client_ssl() {
     let defaults = parse(&REQUIRED).unwrap().proxy.upstream;
     assert_eq!(defaults, UpstreamTlsFiles::default());

@@ -149,6 +149,7 @@ impl<T> PerRuntime<T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -54,6 +54,7 @@ mod cluster;
 mod control_plane;
 mod data_plane;
 mod memory;
+mod netns;
 mod pki;
 mod postgres;
 mod target_dir;
@@ -68,7 +69,8 @@ pub use cluster::{
 pub use control_plane::{ControlPlane, cp_bin};
 pub use data_plane::{DataPlane, DataPlaneOptions, Exited, dp_bin};
 pub use memory::Memory;
+pub use netns::{Cut, Network};
 pub use pki::Pki;
-pub use postgres::{TestDb, test_db};
+pub use postgres::{NetnsPostgres, TestDb, test_db};
 pub use temp_dir::TempDir;
 pub use wait::{POLL_INTERVAL, patience, wait_until};

@@ -38,7 +38,11 @@ pub struct Network {
     owned: bool,
 }
 
-/// A traffic cut between two nodes (blackhole routes both ways), healed on drop.
+/// A MAC address no interface has: frames sent to it are flooded by the bridge and dropped by
+/// every receiver, so packets for it vanish without an error.
+const NOWHERE_MAC: &str = "02:00:5e:00:de:ad";
+
+/// A traffic cut between nodes (both ways), healed on drop.
 #[derive(Debug)]
 pub struct Cut {
     routes: Vec<(String, Ipv4Addr)>,
@@ -162,15 +166,31 @@ impl Network {
             .with_context(|| format!("no node {node} in this network"))
     }
 
-    /// Cuts all traffic between `a` and each of `others`, both ways: blackhole routes, so
-    /// packets vanish silently (as on a broken link) and only timeouts notice.
+    /// Cuts all traffic between `a` and each of `others`, both ways, silently, as a broken
+    /// link does: each side's neighbour entry for the other points to a MAC address nobody
+    /// has, so packets leave and vanish, no error is reported, and only timeouts (HTTP/2
+    /// keepalive, TCP retransmission) notice. Traffic with every other node flows on.
     pub async fn cut(&self, a: &str, others: &[&str]) -> Result<Cut> {
         let mut cut = Cut { routes: Vec::new() };
         let (a_ns, a_addr) = self.node(a)?.clone();
         for other in others {
             let (o_ns, o_addr) = self.node(other)?.clone();
             for (ns, to) in [(a_ns.clone(), o_addr), (o_ns, a_addr)] {
-                ip(&["-n", &ns, "route", "add", "blackhole", &format!("{to}/32")]).await?;
+                let to_text = to.to_string();
+                ip(&[
+                    "-n",
+                    &ns,
+                    "neigh",
+                    "replace",
+                    &to_text,
+                    "lladdr",
+                    NOWHERE_MAC,
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                ])
+                .await?;
                 cut.routes.push((ns, to));
             }
         }
@@ -267,7 +287,7 @@ impl Cut {
     /// Heals the cut now (dropping it does the same, best effort).
     pub async fn heal(mut self) -> Result<()> {
         for (ns, to) in std::mem::take(&mut self.routes) {
-            ip(&["-n", &ns, "route", "del", "blackhole", &format!("{to}/32")]).await?;
+            ip(&["-n", &ns, "neigh", "del", &to.to_string(), "dev", "eth0"]).await?;
         }
         Ok(())
     }
@@ -277,7 +297,7 @@ impl Drop for Cut {
     fn drop(&mut self) {
         for (ns, to) in &self.routes {
             let _ = std::process::Command::new("ip")
-                .args(["-n", ns, "route", "del", "blackhole", &format!("{to}/32")])
+                .args(["-n", ns, "neigh", "del", &to.to_string(), "dev", "eth0"])
                 .output();
         }
     }

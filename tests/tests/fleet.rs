@@ -48,7 +48,7 @@ const NODES: [&str; 8] = ["pg", "cp1", "cp2", "dp1", "dp2", "dp3", "lg", "up"];
 const ENV_NETWORK: &str = "GATEHOUSE_FLEET_NETWORK";
 /// The whole inner run may take this long.
 const INNER_TIMEOUT: Duration = Duration::from_secs(600);
-/// Requests per second through each data plane.
+/// Requests per second through each data plane (`GATEHOUSE_FLEET_RATE` overrides).
 const RATE: u32 = 40;
 
 #[tokio::test]
@@ -86,7 +86,12 @@ async fn fleet_inner() -> Result<()> {
     let network = Network::attach(&description)?;
     let mut fleet = Fleet::start(network).await?;
     fleet.baseline().await?;
-    let load = Arc::new(Load::start(fleet.load_targets()?, RATE));
+    let rate = std::env::var("GATEHOUSE_FLEET_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(RATE);
+    println!("FLEET load: open loop, {rate} requests/s through each of 3 data planes");
+    let load = Arc::new(Load::start(fleet.load_targets()?, rate));
 
     kill_a_control_plane(&mut fleet, &load).await?;
     cut_a_data_plane_off(&mut fleet, &load).await?;

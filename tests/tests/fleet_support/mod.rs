@@ -349,25 +349,71 @@ impl Fleet {
         Ok((response.status().as_u16(), response.text().await?))
     }
 
-    /// Another data plane in `like`'s namespace (other ports, `like`'s certificate) on
-    /// `cache_dir`.
-    pub async fn start_extra_dp(&self, like: &str, cache_dir: &Path) -> Result<DataPlane> {
+    /// Another data plane in `like`'s namespace (other ports, `like`'s certificate), on
+    /// `cache_dir` (else a fresh one), syncing from `list` (else both replicas).
+    pub async fn start_extra_dp(
+        &self,
+        like: &str,
+        cache_dir: Option<&Path>,
+        list: Option<String>,
+    ) -> Result<DataPlane> {
         let addr = self.network.addr(like)?;
-        let list = CPS
-            .iter()
-            .map(|cp| self.cluster_addr(cp))
-            .collect::<Result<Vec<_>>>()?
-            .join(",");
-        let options = DataPlaneOptions::new(([127, 0, 0, 1], CLUSTER_PORT).into())
+        let list = match list {
+            Some(list) => list,
+            None => CPS
+                .iter()
+                .map(|cp| self.cluster_addr(cp))
+                .collect::<Result<Vec<_>>>()?
+                .join(","),
+        };
+        let mut options = DataPlaneOptions::new(([127, 0, 0, 1], CLUSTER_PORT).into())
             .pki(&self.pki, like)
             .name(&format!("{like}-extra"))
             .control_plane_list(&list)
             .status_listen(&format!("{addr}:{}", STATUS_PORT + 1))
             .proxy_listen(&format!("{addr}:{}", PROXY_PORT + 1))
             .proxy_ssl_listen("off")
-            .cache_dir(cache_dir)
             .exec_prefix(self.network.exec_prefix(like)?);
+        if let Some(dir) = cache_dir {
+            options = options.cache_dir(dir);
+        }
         DataPlane::start(options).await
+    }
+
+    /// Starts the relay (`gatehouse-test-relay`) in the `wan` namespace: `wan:9001` → cp1,
+    /// `wan:9002` → cp2, with `delay_ms` each way and `loss` % emulated loss. Returns it and
+    /// the control-plane list through it.
+    pub async fn start_relay(&self, delay_ms: u32, loss: u32) -> Result<(Child, String)> {
+        let wan = self.network.addr("wan")?;
+        let mut pairs = Vec::new();
+        let mut list = Vec::new();
+        for (n, cp) in CPS.iter().enumerate() {
+            let listen = format!("{wan}:{}", 9001 + n);
+            pairs.push(format!("{listen}={}", self.cluster_addr(cp)?));
+            list.push(listen);
+        }
+        let prefix = self.network.exec_prefix("wan")?;
+        let mut child = Command::new(&prefix[0])
+            .args(&prefix[1..])
+            .arg(env!("CARGO_BIN_EXE_gatehouse-test-relay"))
+            .arg(delay_ms.to_string())
+            .arg(loss.to_string())
+            .args(&pairs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning the relay")?;
+        let stdout = child.stdout.take().context("relay stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        for _ in CPS {
+            let line = tokio::time::timeout(patience(), lines.next_line())
+                .await
+                .context("the relay did not start")??
+                .context("the relay exited")?;
+            ensure!(line.contains("relay listening"), "{line}");
+        }
+        Ok((child, list.join(",")))
     }
 
     /// No private key in any log.
@@ -449,6 +495,22 @@ impl fmt::Display for Totals {
     }
 }
 
+/// One target's switches: paused, requests in flight, and its client (replaced on resume, so
+/// no connection to a process that was stopped meanwhile is reused).
+struct Target {
+    paused: AtomicBool,
+    in_flight: AtomicU64,
+    client: Mutex<reqwest::Client>,
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_default()
+}
+
 struct Counters {
     sent: AtomicU64,
     ok: AtomicU64,
@@ -460,7 +522,7 @@ struct Counters {
 /// do; every response is counted.
 pub struct Load {
     counters: Arc<Counters>,
-    paused: HashMap<String, Arc<AtomicBool>>,
+    paused: HashMap<String, Arc<Target>>,
     stop: watch::Sender<bool>,
     tickers: Vec<JoinHandle<()>>,
     started: Instant,
@@ -478,13 +540,12 @@ impl Load {
         let mut paused = HashMap::new();
         let mut tickers = Vec::new();
         for (name, url) in targets {
-            let flag = Arc::new(AtomicBool::new(false));
+            let flag = Arc::new(Target {
+                paused: AtomicBool::new(false),
+                in_flight: AtomicU64::new(0),
+                client: Mutex::new(client()),
+            });
             paused.insert(name.clone(), flag.clone());
-            let client = reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default();
             let counters = counters.clone();
             let mut stopped = stopped.clone();
             tickers.push(tokio::spawn(async move {
@@ -495,12 +556,18 @@ impl Load {
                         _ = ticks.tick() => {}
                         _ = stopped.wait_for(|s| *s) => return,
                     }
-                    if flag.load(Ordering::Relaxed) {
+                    if flag.paused.load(Ordering::Relaxed) {
                         continue;
                     }
                     counters.sent.fetch_add(1, Ordering::Relaxed);
-                    let (client, url, counters, name) =
-                        (client.clone(), url.clone(), counters.clone(), name.clone());
+                    flag.in_flight.fetch_add(1, Ordering::Relaxed);
+                    let client = flag
+                        .client
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone();
+                    let (url, counters, name, target) =
+                        (url.clone(), counters.clone(), name.clone(), flag.clone());
                     tokio::spawn(async move {
                         let outcome = match client.get(&url).send().await {
                             Ok(response) => {
@@ -528,6 +595,7 @@ impl Load {
                                 counters.failed.fetch_add(1, Ordering::Relaxed);
                             }
                         }
+                        target.in_flight.fetch_sub(1, Ordering::Relaxed);
                     });
                 }
             }));
@@ -541,10 +609,20 @@ impl Load {
         }
     }
 
-    /// Stops sending to `target` (`true`) or starts again.
-    pub fn pause(&self, target: &str, paused: bool) {
-        if let Some(flag) = self.paused.get(target) {
-            flag.store(paused, Ordering::Relaxed);
+    /// Stops sending to `target` (`true`; waits until its requests in flight are answered)
+    /// or starts again with a fresh client.
+    pub async fn pause(&self, target: &str, paused: bool) -> Result<()> {
+        let flag = self.paused.get(target).context("no such target")?;
+        if paused {
+            flag.paused.store(true, Ordering::Relaxed);
+            wait_until("requests in flight answered", patience(), || async {
+                Ok((flag.in_flight.load(Ordering::Relaxed) == 0).then_some(()))
+            })
+            .await
+        } else {
+            *flag.client.lock().unwrap_or_else(PoisonError::into_inner) = client();
+            flag.paused.store(false, Ordering::Relaxed);
+            Ok(())
         }
     }
 

@@ -30,10 +30,12 @@ use crate::error::ApiError;
 /// The NOTIFY channel carrying each committed config version.
 pub(crate) const NOTIFY_CHANNEL: &str = "gatehouse_config";
 
-/// Longest wait for a free pooled connection, and longest time to open a new one (TCP,
-/// authentication) or check an idle one: with the database away, an Admin API request is
-/// answered 503 within about a second instead of hanging.
-pub(crate) const POOL_WAIT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Longest time to open a new pooled connection (TCP, authentication) or check an idle one:
+/// with the database away, an Admin API request is answered 503 within about a second
+/// instead of hanging. A burst of requests beyond the pool's size queues for a free
+/// connection, at most [`POOL_WAIT_TIMEOUT`] (then 503 too): bounded, yet long enough that a
+/// burst of writers serialised on the config-version lock is not refused.
+pub(crate) const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const POOL_CREATE_TIMEOUT: Duration = Duration::from_millis(800);
 pub(crate) const POOL_RECYCLE_TIMEOUT: Duration = Duration::from_millis(500);
 

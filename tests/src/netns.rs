@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::{Context, Result, bail};
 use tokio::process::Command;
 
+/// Where `ip netns exec` looks for per-namespace files (`/etc/netns/<ns>/hosts`).
+const NETNS_ETC: &str = "/etc/netns";
 /// The prefix of every namespace of every run.
 const PREFIX: &str = "ghf";
 /// The network of the nodes: 198.18.0.0/24, node `i` at 198.18.0.(10 + i).
@@ -252,6 +254,20 @@ impl Network {
         Ok(())
     }
 
+    /// Gives `node` a hosts file: `ip netns exec` bind-mounts `/etc/netns/<ns>/hosts` over
+    /// `/etc/hosts` for the programs it starts there (started after this call). `entries`
+    /// are `IP NAME` lines; localhost is added. Removed with the network.
+    pub fn hosts(&self, node: &str, entries: &[(Ipv4Addr, &str)]) -> Result<()> {
+        let dir = std::path::Path::new(NETNS_ETC).join(self.ns(node)?);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut text = String::from("127.0.0.1 localhost\n");
+        for (addr, name) in entries {
+            text.push_str(&format!("{addr} {name}\n"));
+        }
+        std::fs::write(dir.join("hosts"), text)?;
+        Ok(())
+    }
+
     /// The command prefix that runs a program in `node`'s namespace.
     pub fn exec_prefix(&self, node: &str) -> Result<Vec<String>> {
         Ok(vec![
@@ -274,7 +290,10 @@ impl Drop for Network {
             let _ = std::process::Command::new("ip")
                 .args(["netns", "del", ns])
                 .output();
+            let _ = std::fs::remove_dir_all(std::path::Path::new(NETNS_ETC).join(ns));
         }
+        // Only if empty: other users of `ip netns` may keep files there.
+        let _ = std::fs::remove_dir(NETNS_ETC);
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &self.bridge_ns])
             .output();
@@ -340,6 +359,7 @@ async fn remove_leftovers() {
                 .args(["netns", "del", name])
                 .output()
                 .await;
+            let _ = std::fs::remove_dir_all(std::path::Path::new(NETNS_ETC).join(name));
         }
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Every node runs in its own Linux network namespace with its own address on one bridge (see
 //! `gatehouse_tests::Network`): PostgreSQL, two control-plane replicas, three data planes, the
-//! load generator and the upstream. The data planes are given both replicas
-//! (`--cluster-control-plane cp1:8005,cp2:8005`, `--cluster-server-name localhost` for both).
+//! load generator and the upstream. The data planes are given both replicas: dp2 and dp3 as
+//! a list (`--cluster-control-plane cp1:8005,cp2:8005`), dp1 as one name with both addresses
+//! (its own hosts file), all with `--cluster-server-name localhost`.
 //! The test process starts in the namespace it was run from, creates the network, and runs
 //! itself again inside the load generator's namespace (`fleet_inner`), from where it starts
 //! every other process with `ip netns exec` and drives the scenarios, while an open-loop load
@@ -42,7 +43,7 @@ use serde_json::Value;
 use tokio::process::Command;
 use tokio::time::Instant;
 
-use fleet_support::{Fleet, Load, env_secs};
+use fleet_support::{Fleet, Load, env_secs, is_addr};
 use gatehouse_tests::{Network, patience, wait_until};
 
 /// The nodes of the fleet, in address order (198.18.0.10 upwards).
@@ -163,7 +164,9 @@ async fn kill_a_control_plane(fleet: &mut Fleet, load: &Load) -> Result<()> {
         let status = fleet
             .dp(dp)?
             .wait_for_status("on the surviving replica", patience(), |s| {
-                s["control_plane"]["connected_to"].as_str() == Some(survivor_addr.as_str())
+                s["control_plane"]["connected_to"]
+                    .as_str()
+                    .is_some_and(|to| is_addr(to, &survivor_addr))
             })
             .await?;
         failover.push((

@@ -32,6 +32,8 @@ const UPSTREAM_PORT: u16 = 8080;
 /// Every address of the fleet's network may reach PostgreSQL without a password.
 const TRUSTED: &str = "198.18.0.0/24";
 const CPS: [&str; 2] = ["cp1", "cp2"];
+/// The name dp1 is given for both replicas (two addresses in its hosts file).
+const CP_NAME: &str = "cp.fleet.test";
 const DPS: [&str; 3] = ["dp1", "dp2", "dp3"];
 
 /// Seconds from an environment variable, else `default`.
@@ -89,11 +91,23 @@ impl Fleet {
             .map(|cp| fleet.cluster_addr(cp))
             .collect::<Result<Vec<_>>>()?
             .join(",");
+        // dp1 knows the replicas by one name with two addresses (its own hosts file); the
+        // others by a list.
+        let name_entries = CPS
+            .iter()
+            .map(|cp| Ok((fleet.network.addr(cp)?, CP_NAME)))
+            .collect::<Result<Vec<_>>>()?;
+        fleet.network.hosts("dp1", &name_entries)?;
         for dp in DPS {
             let addr = fleet.network.addr(dp)?;
+            let cps = if dp == "dp1" {
+                format!("{CP_NAME}:{CLUSTER_PORT}")
+            } else {
+                list.clone()
+            };
             let options = DataPlaneOptions::new(([127, 0, 0, 1], CLUSTER_PORT).into())
                 .pki(&fleet.pki, dp)
-                .control_plane_list(&list)
+                .control_plane_list(&cps)
                 .status_listen(&format!("{addr}:{STATUS_PORT}"))
                 .proxy_listen(&format!("{addr}:{PROXY_PORT}"))
                 .proxy_ssl_listen("off")
@@ -254,7 +268,9 @@ impl Fleet {
                 .as_str()
                 .unwrap_or_default();
             let cp = by_addr
-                .get(to)
+                .iter()
+                .find(|(addr, _)| is_addr(to, addr))
+                .map(|(_, cp)| cp)
                 .with_context(|| format!("{dp} connected to an unknown address {to}"))?;
             out.insert(dp.to_owned(), cp.clone());
         }
@@ -432,6 +448,11 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         let _ = self.upstream.start_kill();
     }
+}
+
+/// Whether `connected_to` (`/status`: `IP:PORT`, or `NAME:PORT (IP:PORT)`) is `addr`.
+pub fn is_addr(connected_to: &str, addr: &str) -> bool {
+    connected_to == addr || connected_to.ends_with(&format!("({addr})"))
 }
 
 /// Starts the upstream in its namespace and waits until it listens.

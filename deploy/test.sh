@@ -41,6 +41,19 @@ else
     trap stop_test_cluster EXIT
 fi
 
+# The fleet fault suite (tests/tests/fleet.rs) runs every node in its own network namespace:
+# it needs root and iproute2's `ip` (and `tc` for delay and loss). Without them it is skipped
+# with a message; as root on Debian, install them.
+if ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        section "iproute2 (ip, tc) for the fleet fault suite"
+        apt-get update
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iproute2
+    else
+        echo "note: iproute2 (ip, tc) missing and not root: the fleet fault suite will be skipped"
+    fi
+fi
+
 section "cargo fmt --check"
 cargo fmt --all -- --check
 

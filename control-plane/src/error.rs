@@ -70,6 +70,11 @@ pub(crate) enum ApiError {
     /// A failure of ours or of the database (500). The cause is logged, not returned.
     #[error("An unexpected error occurred")]
     Internal(String),
+    /// The database cannot be reached (503): refused, timed out, or its connection lost. The
+    /// request may be retried; a write answered so was rolled back whole, or (when the
+    /// connection was lost at the very commit) committed whole. The cause is logged.
+    #[error("The database is unavailable; try again later")]
+    Unavailable(String),
 }
 
 /// Renders a map the way Kong quotes keys in messages: `{name="svc",port=80}`.
@@ -100,7 +105,7 @@ impl ApiError {
     /// The message for logs: the cause for [`ApiError::Internal`], else the answered message.
     pub(crate) fn detail(&self) -> String {
         match self {
-            Self::Internal(cause) => cause.clone(),
+            Self::Internal(cause) | Self::Unavailable(cause) => cause.clone(),
             other => other.to_string(),
         }
     }
@@ -112,6 +117,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -142,7 +148,8 @@ impl ApiError {
             | Self::BadRequest(_)
             | Self::UnsupportedMediaType(_)
             | Self::PayloadTooLarge(_)
-            | Self::Internal(_) => json!({"message": self.to_string()}),
+            | Self::Internal(_)
+            | Self::Unavailable(_) => json!({"message": self.to_string()}),
         }
     }
 }
@@ -166,8 +173,12 @@ fn nest(map: &mut Map<String, Value>, path: &str, value: Value) {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Self::Internal(cause) = &self {
-            tracing::error!(%cause, "admin request failed");
+        match &self {
+            Self::Internal(cause) => tracing::error!(%cause, "admin request failed"),
+            Self::Unavailable(cause) => {
+                tracing::warn!(%cause, "admin request failed: database unavailable");
+            }
+            _ => {}
         }
         (self.status(), Json(self.body())).into_response()
     }
@@ -181,10 +192,15 @@ impl From<FieldErrors> for ApiError {
 
 impl From<deadpool_postgres::PoolError> for ApiError {
     fn from(error: deadpool_postgres::PoolError) -> Self {
-        Self::Internal(format!(
-            "database pool: {}",
-            crate::store::pool_error_text(&error)
-        ))
+        use deadpool_postgres::PoolError;
+        let text = format!("database pool: {}", crate::store::pool_error_text(&error));
+        match error {
+            // No connection within the pool's timeouts, or none could be made: unavailable.
+            PoolError::Timeout(_) | PoolError::Backend(_) | PoolError::Closed => {
+                Self::Unavailable(text)
+            }
+            _ => Self::Internal(text),
+        }
     }
 }
 
@@ -219,6 +235,12 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "the foreign key '{id=\"abc\"}' does not reference an existing 'ca_certificates' entity."
+        );
+        let err = ApiError::Unavailable("connection refused".into());
+        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            err.body(),
+            json!({"message": "The database is unavailable; try again later"})
         );
     }
 }

@@ -29,8 +29,13 @@ use crate::store::{Export, NOTIFY_CHANNEL, Store};
 pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the config version is read even without a notification.
 const POLL_INTERVAL: Duration = Duration::from_secs(10);
-/// First wait before reconnecting the LISTEN connection (doubling up to [`RETRY_MAX`]).
+/// First wait before reconnecting the LISTEN connection (doubling up to [`RECONNECT_MAX`]).
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// Longest wait between two LISTEN reconnection attempts: a database back from an outage is
+/// listened to again (and the snapshot rebuilt) within this.
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// Longest time to open the LISTEN connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// First and longest wait before retrying a failed build.
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -89,7 +94,7 @@ async fn run(
                     tracing::debug!(%error, "snapshot build failed");
                 }
                 tokio::time::sleep(reconnect).await;
-                reconnect = (reconnect * 2).min(RETRY_MAX);
+                reconnect = (reconnect * 2).min(RECONNECT_MAX);
                 continue;
             }
         };
@@ -146,7 +151,11 @@ async fn listen(
     database_url: &str,
     notified: mpsc::UnboundedSender<()>,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, mut connection) = tokio_postgres::connect(database_url, NoTls).await?;
+    let mut config: tokio_postgres::Config = database_url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    let (client, mut connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {

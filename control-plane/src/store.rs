@@ -15,9 +15,9 @@ mod entity;
 mod export;
 mod query;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
 use tokio_postgres::NoTls;
 
 pub(crate) use self::data_planes::{Claim, DataPlane, SyncStatus};
@@ -29,6 +29,15 @@ use crate::error::ApiError;
 
 /// The NOTIFY channel carrying each committed config version.
 pub(crate) const NOTIFY_CHANNEL: &str = "gatehouse_config";
+
+/// Longest time to open a new pooled connection (TCP, authentication) or check an idle one:
+/// with the database away, an Admin API request is answered 503 within about a second
+/// instead of hanging. A burst of requests beyond the pool's size queues for a free
+/// connection, at most [`POOL_WAIT_TIMEOUT`] (then 503 too): bounded, yet long enough that a
+/// burst of writers serialised on the config-version lock is not refused.
+pub(crate) const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const POOL_CREATE_TIMEOUT: Duration = Duration::from_millis(800);
+pub(crate) const POOL_RECYCLE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Advisory-lock key serialising migrations across control-plane replicas ("gatehous").
 const MIGRATION_LOCK: i64 = 0x6761_7465_686f_7573;
@@ -49,9 +58,12 @@ pub(crate) struct Store {
 impl Store {
     /// Builds a pool for `url` (connections are opened lazily).
     pub(crate) fn connect(url: &str, max: usize, plugins: Vec<String>) -> Result<Self, Error> {
-        let config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| Error::Database(format!("invalid database URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(POOL_CREATE_TIMEOUT);
+        }
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -61,6 +73,10 @@ impl Store {
         );
         let pool = Pool::builder(manager)
             .max_size(max)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT_TIMEOUT))
+            .create_timeout(Some(POOL_CREATE_TIMEOUT))
+            .recycle_timeout(Some(POOL_RECYCLE_TIMEOUT))
             .build()
             .map_err(|e| Error::Database(e.to_string()))?;
         Ok(Self { pool, plugins })
@@ -171,10 +187,27 @@ fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Maps a database error we did not expect to a 500. Only the SQLSTATE and constraint are kept:
-/// the detail text can quote values.
+/// Maps a database error we did not expect to a 500, or to a 503 when the database is away
+/// (the connection is lost or refused, the server shuts down). Only the SQLSTATE and
+/// constraint are kept: the detail text can quote values.
 fn db_error(error: tokio_postgres::Error) -> ApiError {
     match error.as_db_error() {
+        // Class 08: connection exception; 57P01-57P03: admin/crash shutdown, cannot connect now.
+        Some(db)
+            if db.code().code().starts_with("08")
+                || matches!(db.code().code(), "57P01" | "57P02" | "57P03") =>
+        {
+            ApiError::Unavailable(format!(
+                "database error {} ({})",
+                db.code().code(),
+                db.message()
+            ))
+        }
+        None if error.is_closed()
+            || std::error::Error::source(&error).is_some_and(|s| s.is::<std::io::Error>()) =>
+        {
+            ApiError::Unavailable(format!("database: {error}"))
+        }
         Some(db) => ApiError::Internal(format!(
             "database error {} ({}){}",
             db.code().code(),

@@ -1,5 +1,9 @@
 //! The cache directory: the node id (`node_id`, a UUID generated once) and the last applied
-//! snapshot (`snapshot.bin`, the encoded `gatehouse.v1.Snapshot` message as received).
+//! snapshot (`snapshot.bin`: the magic `GHCACHE1`, the SHA-256 of the rest, then the encoded
+//! `gatehouse.v1.Snapshot` message as received). The snapshot's own hash covers its
+//! configuration but not its envelope (the version number); the file checksum covers it all,
+//! so a truncated or corrupted file is refused whole with a clear reason, never half loaded.
+//! A file without the magic (written before the checksum existed) is still read.
 //!
 //! Files are replaced atomically: a temporary file in the same directory is written, flushed
 //! to disk, renamed over the old one, and the directory is flushed, so a crash leaves either
@@ -29,6 +33,10 @@ pub(crate) const NODE_ID_FILE: &str = "node_id";
 const DIR_MODE: u32 = 0o700;
 /// Mode of the files written.
 const FILE_MODE: u32 = 0o600;
+/// First bytes of a checksummed snapshot file.
+const MAGIC: &[u8; 8] = b"GHCACHE1";
+/// Length of the SHA-256 after [`MAGIC`].
+const CHECKSUM_LEN: usize = 32;
 
 /// The cache directory.
 #[derive(Debug, Clone)]
@@ -51,6 +59,9 @@ pub(crate) enum CacheError {
     /// The file cannot be read.
     #[error("cannot read {path}: {source}", path = .path.display())]
     Read { path: PathBuf, source: io::Error },
+    /// The file's checksum does not match its content.
+    #[error("{path}: checksum mismatch ({len} bytes): the file is truncated or corrupted", path = .path.display())]
+    Checksum { path: PathBuf, len: usize },
     /// The file is not an encoded snapshot.
     #[error("{path}: not a snapshot: {source}", path = .path.display())]
     Decode {
@@ -71,15 +82,33 @@ pub(crate) enum CacheError {
 // === impl Cache ===
 
 impl Cache {
+    /// The cache in `dir`, touching nothing yet.
+    pub(crate) fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
     /// Opens `dir`, creating it (and its parents) with mode 0700 when missing.
+    #[cfg(test)]
     pub(crate) fn open(dir: &Path) -> io::Result<Self> {
+        let cache = Self::new(dir);
+        cache.create_dir()?;
+        Ok(cache)
+    }
+
+    /// Creates the directory (and its parents) with mode 0700 when missing, then reads or
+    /// makes the node id ([`Cache::node_id`]).
+    pub(crate) fn open_and_node_id(&self) -> io::Result<(Uuid, Option<String>)> {
+        self.create_dir()?;
+        self.node_id()
+    }
+
+    fn create_dir(&self) -> io::Result<()> {
         DirBuilder::new()
             .recursive(true)
             .mode(DIR_MODE)
-            .create(dir)?;
-        Ok(Self {
-            dir: dir.to_owned(),
-        })
+            .create(&self.dir)
     }
 
     /// The directory.
@@ -114,7 +143,12 @@ impl Cache {
 
     /// Replaces the cached snapshot with `snapshot`, atomically.
     pub(crate) fn store(&self, snapshot: &pb::Snapshot) -> io::Result<()> {
-        write_atomically(&self.dir, SNAPSHOT_FILE, &snapshot.encode_to_vec())
+        let message = snapshot.encode_to_vec();
+        let mut bytes = Vec::with_capacity(MAGIC.len() + CHECKSUM_LEN + message.len());
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(sha256(&message).as_ref());
+        bytes.extend_from_slice(&message);
+        write_atomically(&self.dir, SNAPSHOT_FILE, &bytes)
     }
 
     /// Loads, verifies and compiles the cached snapshot; `Ok(None)` when there is none.
@@ -130,7 +164,19 @@ impl Cache {
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_secs_f64());
-        let message = match pb::Snapshot::decode(bytes.as_slice()) {
+        let body = match bytes.strip_prefix(MAGIC.as_slice()) {
+            Some(rest) => match rest.split_at_checked(CHECKSUM_LEN) {
+                Some((sum, body)) if sha256(body).as_ref() == sum => body,
+                _ => {
+                    return Err(CacheError::Checksum {
+                        path,
+                        len: bytes.len(),
+                    });
+                }
+            },
+            None => bytes.as_slice(),
+        };
+        let message = match pb::Snapshot::decode(body) {
             Ok(message) => message,
             Err(source) => return Err(CacheError::Decode { path, source }),
         };
@@ -146,6 +192,10 @@ impl Cache {
             Err(source) => Err(CacheError::Compile { path, source }),
         }
     }
+}
+
+fn sha256(bytes: &[u8]) -> aws_lc_rs::digest::Digest {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
 }
 
 /// Writes `name` in `dir` atomically: temporary file, write, fsync, rename, fsync of `dir`.
@@ -248,10 +298,10 @@ mod tests {
         let err = cache.load().unwrap_err();
         assert!(matches!(err, CacheError::Decode { .. }), "{err}");
 
-        // A valid message whose bytes do not match its hash.
+        // A valid message whose bytes do not match its hash (legacy format, no checksum).
         let mut message = snapshot::encode(&valid_config(), 7).message;
         message.hash = "00".repeat(32);
-        cache.store(&message).unwrap();
+        fs::write(cache.snapshot_path(), message.encode_to_vec()).unwrap();
         let err = cache.load().unwrap_err();
         assert!(err.to_string().contains("hash mismatch"), "{err}");
 
@@ -263,5 +313,66 @@ mod tests {
         let err = cache.load().unwrap_err();
         assert!(matches!(err, CacheError::Compile { .. }), "{err}");
         assert!(err.to_string().contains("does not match"), "{err}");
+    }
+
+    #[test]
+    fn every_truncation_and_bit_flip_is_refused_whole() {
+        let tmp = TempDir::new();
+        let cache = Cache::open(tmp.path()).unwrap();
+        cache
+            .store(&snapshot::encode(&valid_config(), 9).message)
+            .unwrap();
+        let bytes = fs::read(cache.snapshot_path()).unwrap();
+        // Every prefix: a torn write (or a disk that lost the tail) never loads.
+        for cut in 0..bytes.len() {
+            fs::write(cache.snapshot_path(), &bytes[..cut]).unwrap();
+            match cache.load() {
+                Err(err) => {
+                    assert!(err.to_string().contains(SNAPSHOT_FILE), "{err}");
+                }
+                Ok(loaded) => panic!(
+                    "a snapshot cut at {cut} of {} bytes loaded: {:?}",
+                    bytes.len(),
+                    loaded.map(|c| c.runtime.version())
+                ),
+            }
+        }
+        // One flipped bit anywhere, the version number included.
+        for at in (MAGIC.len()..bytes.len()).step_by(7) {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x10;
+            fs::write(cache.snapshot_path(), &bad).unwrap();
+            let err = cache.load().unwrap_err();
+            assert!(
+                matches!(err, CacheError::Checksum { .. }),
+                "flip at {at}: {err}"
+            );
+            assert!(err.to_string().contains("truncated or corrupted"), "{err}");
+        }
+        // A file of the format before the checksum is still read.
+        let legacy = snapshot::encode(&valid_config(), 10)
+            .message
+            .encode_to_vec();
+        fs::write(cache.snapshot_path(), &legacy).unwrap();
+        assert_eq!(cache.load().unwrap().unwrap().runtime.version(), 10);
+        fs::write(cache.snapshot_path(), &bytes).unwrap();
+        assert_eq!(cache.load().unwrap().unwrap().runtime.version(), 9);
+    }
+
+    #[test]
+    fn an_unusable_directory_is_reported_not_fatal_here() {
+        let tmp = TempDir::new();
+        // A file where the directory should be: nothing can be created under it.
+        let blocked = tmp.path().join("file");
+        fs::write(&blocked, b"x").unwrap();
+        let cache = Cache::new(&blocked.join("cache"));
+        assert!(cache.open_and_node_id().is_err());
+        // Loading finds nothing, storing fails with an error (the caller logs it).
+        assert!(matches!(
+            cache.load(),
+            Ok(None) | Err(CacheError::Read { .. })
+        ));
+        let encoded = snapshot::encode(&valid_config(), 3);
+        assert!(cache.store(&encoded.message).is_err());
     }
 }

@@ -5,8 +5,8 @@
 //!
 //! | flag | variable | TOML key | default |
 //! |---|---|---|---|
-//! | `--cluster-control-plane HOST:PORT` | `GATEHOUSE_CLUSTER_CONTROL_PLANE` | `cluster_control_plane` | `127.0.0.1:8005` |
-//! | `--cluster-server-name NAME` | `GATEHOUSE_CLUSTER_SERVER_NAME` | `cluster_server_name` | the host of `--cluster-control-plane` (`pki` mode only) |
+//! | `--cluster-control-plane HOST:PORT[,HOST:PORT]` | `GATEHOUSE_CLUSTER_CONTROL_PLANE` | `cluster_control_plane` | `127.0.0.1:8005` (replicas: a list, and/or a name with several addresses) |
+//! | `--cluster-server-name NAME` | `GATEHOUSE_CLUSTER_SERVER_NAME` | `cluster_server_name` | the host of each `--cluster-control-plane` address (`pki` mode only) |
 //! | `--cluster-cert FILE` | `GATEHOUSE_CLUSTER_CERT` | `cluster_cert` | required |
 //! | `--cluster-cert-key FILE` | `GATEHOUSE_CLUSTER_CERT_KEY` | `cluster_cert_key` | required |
 //! | `--cluster-ca-cert FILE` | `GATEHOUSE_CLUSTER_CA_CERT` | `cluster_ca_cert` | required in `pki` mode |
@@ -106,12 +106,13 @@ pub struct Flags {
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
-    /// Control plane cluster listener, HOST:PORT [default: 127.0.0.1:8005].
+    /// Control plane cluster listeners, HOST:PORT, comma-separated for several replicas (a
+    /// name may also resolve to several addresses) [default: 127.0.0.1:8005].
     #[arg(long, env = "GATEHOUSE_CLUSTER_CONTROL_PLANE")]
     pub cluster_control_plane: Option<String>,
 
     /// Name the control plane's certificate must carry in `pki` mode, also sent as SNI
-    /// [default: the host of --cluster-control-plane]. `shared` mode always uses
+    /// [default: the host of each --cluster-control-plane address]. `shared` mode always uses
     /// `gatehouse_clustering`.
     #[arg(long, env = "GATEHOUSE_CLUSTER_SERVER_NAME")]
     pub cluster_server_name: Option<String>,
@@ -308,14 +309,24 @@ pub struct LogSettings {
 /// Where the control plane is and how this node authenticates to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterSettings {
-    /// `HOST:PORT` of the control plane, as configured (resolved at each connection).
+    /// `--cluster-control-plane` as configured (shown by `/status`).
     pub control_plane: String,
-    /// The name the control plane's certificate is checked against in `pki` mode.
-    pub server_name: String,
+    /// Each control-plane address of the list (at least one), resolved at each connection.
+    pub control_planes: Vec<ControlPlaneAddr>,
     /// Trust mode.
     pub mode: ClusterMtls,
     /// Certificate, key and CA files (re-read when they change).
     pub files: ClusterTlsFiles,
+}
+
+/// One control-plane address and the name its certificate is checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlaneAddr {
+    /// `HOST:PORT`; a DNS name may resolve to several replicas.
+    pub addr: String,
+    /// The name the certificate is checked against in `pki` mode: `--cluster-server-name`, else
+    /// the host of `addr`.
+    pub server_name: String,
 }
 
 /// Typed, validated settings.
@@ -590,13 +601,16 @@ impl Flags {
             .unwrap_or(DEFAULT_CLUSTER_CONTROL_PLANE)
             .trim()
             .to_owned();
-        let host = match split_host_port(&control_plane) {
-            Ok(host) => Some(host),
-            Err(reason) => {
-                problems.push(format!("--cluster-control-plane: {reason}"));
-                None
+        let mut hosts = Vec::new();
+        for addr in crate::sync::targets::split_list(&control_plane) {
+            match split_host_port(&addr) {
+                Ok(host) => hosts.push((addr, host)),
+                Err(reason) => problems.push(format!("--cluster-control-plane: {reason}")),
             }
-        };
+        }
+        if hosts.is_empty() && problems.is_empty() {
+            problems.push("--cluster-control-plane: no address given".to_owned());
+        }
 
         let mode = match self.cluster_mtls.as_deref().map(str::trim) {
             None | Some("shared") => ClusterMtls::Shared,
@@ -609,17 +623,30 @@ impl Flags {
             }
         };
 
-        let server_name = self
-            .cluster_server_name
-            .clone()
-            .or_else(|| host.clone())
-            .unwrap_or_default();
-        if (self.cluster_server_name.is_some() || host.is_some())
-            && rustls::pki_types::ServerName::try_from(server_name.as_str()).is_err()
+        if let Some(name) = &self.cluster_server_name
+            && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
         {
             problems.push(format!(
-                "--cluster-server-name: '{server_name}' is not a DNS name or an IP address"
+                "--cluster-server-name: '{name}' is not a DNS name or an IP address"
             ));
+        }
+        let control_planes: Vec<ControlPlaneAddr> = hosts
+            .into_iter()
+            .map(|(addr, host)| ControlPlaneAddr {
+                addr,
+                server_name: self.cluster_server_name.clone().unwrap_or(host),
+            })
+            .collect();
+        if self.cluster_server_name.is_none() {
+            for cp in &control_planes {
+                if rustls::pki_types::ServerName::try_from(cp.server_name.as_str()).is_err() {
+                    problems.push(format!(
+                        "--cluster-server-name: '{}' (the host of {}) is not a DNS name or an \
+                         IP address",
+                        cp.server_name, cp.addr
+                    ));
+                }
+            }
         }
 
         let required = |value: Option<PathBuf>, flag: &str, problems: &mut Vec<String>| {
@@ -821,7 +848,7 @@ impl Flags {
             Some(status_listen) if problems.is_empty() => Ok(Settings {
                 cluster: ClusterSettings {
                     control_plane,
-                    server_name,
+                    control_planes,
                     mode,
                     files: ClusterTlsFiles {
                         cert,
@@ -926,11 +953,21 @@ impl Flags {
 // === impl ClusterSettings ===
 
 impl ClusterSettings {
-    /// The name the connection is opened with (SNI): [`SHARED_SERVER_NAME`] in `shared` mode
-    /// (where names are not checked, the certificate digest is), the server name otherwise.
+    /// The name connections to the first address are opened with: see
+    /// [`ClusterSettings::tls_server_name_of`].
     pub fn tls_server_name(&self) -> &str {
+        match self.control_planes.first() {
+            Some(cp) => self.tls_server_name_of(cp),
+            None => SHARED_SERVER_NAME,
+        }
+    }
+
+    /// The name a connection to `cp` is opened with (SNI): [`SHARED_SERVER_NAME`] in `shared`
+    /// mode (where names are not checked, the certificate digest is), its server name
+    /// otherwise.
+    pub fn tls_server_name_of<'a>(&self, cp: &'a ControlPlaneAddr) -> &'a str {
         match self.mode {
-            ClusterMtls::Pki => &self.server_name,
+            ClusterMtls::Pki => &cp.server_name,
             _ => SHARED_SERVER_NAME,
         }
     }

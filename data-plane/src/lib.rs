@@ -28,7 +28,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
@@ -66,6 +65,7 @@ use crate::cache::Cache;
 use crate::config::Settings;
 use crate::runtime::SharedRuntime;
 use crate::status::NodeState;
+use crate::sync::targets::Target;
 use crate::sync::{SyncClient, Timing};
 
 /// Why the data plane cannot start.
@@ -75,14 +75,6 @@ pub enum Error {
     /// The cluster certificate, key or CA cannot be used (a configuration problem).
     #[error("cluster TLS: {0}")]
     ClusterTls(#[from] ClusterTlsError),
-    /// The cache directory cannot be created or its node id written.
-    #[error("cache directory {path}: {source}", path = .path.display())]
-    CacheDir {
-        /// The directory.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
     /// A proxy listener cannot be bound, or its TLS cannot be set up.
     #[error(transparent)]
     Proxy(#[from] proxy::ProxyError),
@@ -107,7 +99,7 @@ pub struct DataPlane {
     stream_addrs: Vec<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    reloader: JoinHandle<()>,
+    reloaders: Vec<JoinHandle<()>>,
     /// Connections still open on the proxy listeners.
     drain: Arc<proxy::Drain>,
     drain_timeout: std::time::Duration,
@@ -129,35 +121,69 @@ impl Error {
 // === impl DataPlane ===
 
 impl DataPlane {
-    /// Starts the data plane. Fails on unusable cluster TLS files, an unusable cache directory,
-    /// unusable `--ssl-cert` files, or a proxy or status address that cannot be bound; a bad
-    /// cached snapshot is only logged.
+    /// Starts the data plane. Fails on unusable cluster TLS files, unusable `--ssl-cert` files,
+    /// or a proxy or status address that cannot be bound; a bad cached snapshot is refused
+    /// whole and logged, and an unusable cache directory is logged loudly (the node serves
+    /// without a cache, its node id in memory).
     pub async fn start(settings: Settings) -> Result<Self, Error> {
         Self::start_with(settings, Timing::default()).await
     }
 
     async fn start_with(settings: Settings, timing: Timing) -> Result<Self, Error> {
         let cluster = &settings.cluster;
-        let server_name = ServerName::try_from(cluster.tls_server_name())
-            .map(|name| name.to_owned())
-            .map_err(|_| ClusterTlsError::ServerName {
-                name: cluster.tls_server_name().to_owned(),
-            })?;
-        let tls = Arc::new(ReloadingConfig::client(
-            cluster.mode,
-            cluster.files.clone(),
-            cluster.tls_server_name(),
-        )?);
-
-        let cache_error = |source| Error::CacheDir {
-            path: settings.cache_dir.clone(),
-            source,
-        };
-        let cache = Cache::open(&settings.cache_dir).map_err(cache_error)?;
-        let (node_id, problem) = cache.node_id().map_err(cache_error)?;
-        if let Some(problem) = problem {
-            tracing::warn!("{problem}");
+        // One TLS configuration per distinct server name (one in `shared` mode or with
+        // --cluster-server-name), each reloaded when the files change.
+        let mut configs: Vec<(String, Arc<ReloadingConfig<rustls::ClientConfig>>)> = Vec::new();
+        let mut targets = Vec::new();
+        for cp in &cluster.control_planes {
+            let name = cluster.tls_server_name_of(cp);
+            let server_name = ServerName::try_from(name)
+                .map(|name| name.to_owned())
+                .map_err(|_| ClusterTlsError::ServerName {
+                    name: name.to_owned(),
+                })?;
+            let tls = match configs.iter().find(|(n, _)| n == name) {
+                Some((_, tls)) => tls.clone(),
+                None => {
+                    let tls = Arc::new(ReloadingConfig::client(
+                        cluster.mode,
+                        cluster.files.clone(),
+                        name,
+                    )?);
+                    configs.push((name.to_owned(), tls.clone()));
+                    tls
+                }
+            };
+            targets.push(Target {
+                addr: cp.addr.clone(),
+                server_name,
+                tls,
+            });
         }
+
+        let cache = Cache::new(&settings.cache_dir);
+        let node_id = match cache.open_and_node_id() {
+            Ok((node_id, problem)) => {
+                if let Some(problem) = problem {
+                    tracing::warn!("{problem}");
+                }
+                node_id
+            }
+            Err(error) => {
+                // Serving matters more than the cache: keep going with a node id in memory.
+                // The control plane will list this node under a new id after each restart,
+                // and a restart without a control plane has no configuration to serve.
+                let node_id = Uuid::new_v4();
+                tracing::error!(
+                    cache_dir = %settings.cache_dir.display(),
+                    %error,
+                    %node_id,
+                    "CACHE DIRECTORY UNUSABLE: serving without a cache; the node id lives in \
+                     memory only and no snapshot will be kept for a restart"
+                );
+                node_id
+            }
+        };
         tracing::info!(%node_id, cache_dir = %cache.dir().display(), "data plane starting");
 
         let runtime = Arc::new(SharedRuntime::default());
@@ -196,14 +222,15 @@ impl DataPlane {
                 })?;
 
         let (stop, stopped) = watch::channel(false);
-        let reloader = tokio::spawn(tls.clone().watch(DEFAULT_RELOAD_INTERVAL));
+        let reloaders = configs
+            .iter()
+            .map(|(_, tls)| tokio::spawn(tls.clone().watch(DEFAULT_RELOAD_INTERVAL)))
+            .collect();
         let status = tokio::spawn(status::serve(listener, state.clone(), stopped.clone()));
         let mut tasks = proxy.serve(stopped.clone());
         tasks.extend(stream.serve(stopped.clone()));
         let client = SyncClient::new(
-            cluster.control_plane.clone(),
-            server_name,
-            tls,
+            targets,
             state.clone(),
             cache,
             settings.labels.clone(),
@@ -218,7 +245,7 @@ impl DataPlane {
             stream_addrs,
             stop,
             tasks,
-            reloader,
+            reloaders,
             drain,
             drain_timeout: settings.drain_timeout,
         })
@@ -262,7 +289,9 @@ impl DataPlane {
         for task in self.tasks {
             let _ = task.await;
         }
-        self.reloader.abort();
+        for reloader in &self.reloaders {
+            reloader.abort();
+        }
         let open = self.drain.open_count();
         if open > 0 {
             tracing::info!(
@@ -311,7 +340,7 @@ async fn load_cache(cache: &Cache, state: &NodeState) {
         }
         Ok(Err(error)) => tracing::warn!(
             %error,
-            "ignoring the cached snapshot; waiting for the control plane"
+            "cached snapshot refused, nothing of it is used; waiting for the control plane"
         ),
         Err(join) => tracing::warn!(%join, "ignoring the cached snapshot"),
     }

@@ -76,10 +76,13 @@ pub struct StatusReport {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct ControlPlaneStatus {
-    /// `HOST:PORT` as configured.
+    /// `HOST:PORT` as configured (a comma-separated list with several replicas).
     pub address: String,
     /// Whether the sync stream is open.
     pub connected: bool,
+    /// The replica the open stream goes to: `IP:PORT`, or `HOST:PORT (IP:PORT)` when it was
+    /// configured by name; `None` while disconnected.
+    pub connected_to: Option<String>,
     /// The last connection failure, kept after a reconnect until the next failure.
     pub last_error: Option<String>,
     /// When the current stream opened, unix seconds; `None` while disconnected.
@@ -101,6 +104,7 @@ pub(crate) struct NodeState {
 pub(crate) struct SyncState {
     pub(crate) connected: bool,
     pub(crate) connected_since: Option<f64>,
+    pub(crate) connected_to: Option<String>,
     pub(crate) last_error: Option<String>,
     pub(crate) last_sync: Option<f64>,
     pub(crate) source: Option<ConfigSource>,
@@ -155,6 +159,7 @@ impl NodeState {
             control_plane: ControlPlaneStatus {
                 address: self.control_plane.clone(),
                 connected: sync.connected,
+                connected_to: sync.connected_to,
                 last_error: sync.last_error,
                 connected_since: sync.connected_since,
             },
@@ -326,7 +331,7 @@ mod tests {
         assert_eq!(body["last_sync"], serde_json::Value::Null);
         assert_eq!(
             body["control_plane"],
-            json!({"address": "cp.test:8005", "connected": false, "last_error": null, "connected_since": null})
+            json!({"address": "cp.test:8005", "connected": false, "connected_to": null, "last_error": null, "connected_since": null})
         );
         assert_eq!(body["entities"]["services"], 0);
 
@@ -337,6 +342,8 @@ mod tests {
             s.source = Some(ConfigSource::Cache);
             s.last_sync = Some(1.5);
             s.last_error = Some("boom".into());
+            s.connected = true;
+            s.connected_to = Some("cp.test:8005 (192.0.2.1:8005)".into());
         });
         let (code, body) = get(addr, "GET", "/status/ready").await;
         assert_eq!((code, body), (200, json!({"message": "ready"})));
@@ -346,6 +353,10 @@ mod tests {
         assert_eq!(body["config_source"], "cache");
         assert_eq!(body["last_sync"], 1.5);
         assert_eq!(body["control_plane"]["last_error"], "boom");
+        assert_eq!(
+            body["control_plane"]["connected_to"],
+            "cp.test:8005 (192.0.2.1:8005)"
+        );
         assert_eq!(body["entities"]["certificates"], 1);
         assert_eq!(body["entities"]["snis"], 1);
 

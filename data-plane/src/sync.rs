@@ -11,10 +11,15 @@
 //! - `Refusal`: logged as an error; the next attempt waits [`Timing::refusal_delay`].
 //!
 //! A heartbeat with the running version and hash goes out every [`Timing::heartbeat`]. HTTP/2
-//! keepalive pings detect a dead control plane within [`KEEPALIVE`] × 2. Failed or lost
-//! connections are retried with exponential backoff and full jitter ([`Backoff`]).
+//! keepalive pings detect a dead control plane within [`KEEPALIVE`] + [`KEEPALIVE_TIMEOUT`].
 //!
-//! TLS is ours, not tonic's: each connection takes the current [`ReloadingConfig`] (so a
+//! Several control planes (replicas) may be given: see [`targets`] for the order they are
+//! tried in. A failed attempt or a lost stream moves on to the next replica at once; only when
+//! every replica failed in turn does the client wait, with exponential backoff and full jitter
+//! ([`Backoff`]).
+//!
+//! TLS is ours, not tonic's: each connection takes the current
+//! [`ReloadingConfig`](gatehouse_shared::cluster::ReloadingConfig) (so a
 //! rotated cluster certificate is used by the next connection) and its handshake errors keep
 //! rustls' reason (`invalid peer certificate: UnknownIssuer`).
 
@@ -22,12 +27,12 @@ use std::collections::BTreeMap;
 use std::collections::hash_map::RandomState;
 use std::error::Error as StdError;
 use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gatehouse_proto::v1::{self as pb, ack, config_sync_client::ConfigSyncClient};
 use gatehouse_proto::v1::{control_plane_message, data_plane_message};
-use gatehouse_shared::cluster::ReloadingConfig;
 use gatehouse_shared::snapshot::{self, MAX_CONFIG_SIZE};
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
@@ -45,12 +50,18 @@ use crate::runtime::{Runtime, SharedRuntime};
 use crate::status::{ConfigSource, NodeState, unix_now};
 use crate::stopped;
 
+pub(crate) mod targets;
 #[cfg(test)]
 mod tests;
 
-/// HTTP/2 keepalive: a ping every 5 s, the connection is dead when one is not answered within
-/// 5 s.
-pub(crate) const KEEPALIVE: Duration = Duration::from_secs(5);
+use self::targets::{Candidate, Rotation, Target};
+
+/// HTTP/2 keepalive: a ping every 2 s; the connection is dead when one is not answered within
+/// [`KEEPALIVE_TIMEOUT`], so a silently cut link is noticed within 5 s (a killed control
+/// plane's connection is reset by its kernel and noticed at once).
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(2);
+/// How long an HTTP/2 keepalive ping may go unanswered.
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest message accepted from the control plane: the largest config plus room for the
 /// envelope (tonic's default of 4 MiB is far too small for a large snapshot).
 const MAX_MESSAGE_SIZE: usize = MAX_CONFIG_SIZE as usize + 1024 * 1024;
@@ -74,7 +85,9 @@ pub(crate) struct Timing {
 
 /// Exponential backoff with full jitter and a floor: the n-th consecutive retry waits
 /// `floor + random(0 ..= min(base × 2ⁿ, cap - floor))`, so the first waits 100 to 300 ms,
-/// the ceiling doubles each time, and no wait exceeds `cap` (10 s).
+/// the ceiling doubles each time, and no wait exceeds `cap` (1 s: a data plane cut off from
+/// every control plane is back within about a second of the link's return; the jitter
+/// spreads a fleet's attempts over that second).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Backoff {
     floor: Duration,
@@ -98,9 +111,8 @@ pub(crate) enum Decision {
 
 /// The sync client of one node.
 pub(crate) struct SyncClient {
-    addr: String,
-    server_name: ServerName<'static>,
-    tls: Arc<ReloadingConfig<ClientConfig>>,
+    /// The configured control planes, in the configured order (at least one).
+    targets: Vec<Target>,
     state: Arc<NodeState>,
     cache: Cache,
     hostname: String,
@@ -193,7 +205,7 @@ impl Default for Backoff {
         Self::new(
             Duration::from_millis(100),
             Duration::from_millis(200),
-            Duration::from_secs(10),
+            Duration::from_secs(1),
         )
     }
 }
@@ -239,20 +251,17 @@ pub(crate) fn decide(running: &Runtime, version: u64, hash: &str) -> Decision {
 // === impl SyncClient ===
 
 impl SyncClient {
-    /// A client for `addr` (`HOST:PORT`), opening connections with `server_name` as SNI.
+    /// A client for the control planes `targets` (at least one), each connection opened with
+    /// its target's server name and TLS configuration.
     pub(crate) fn new(
-        addr: String,
-        server_name: ServerName<'static>,
-        tls: Arc<ReloadingConfig<ClientConfig>>,
+        targets: Vec<Target>,
         state: Arc<NodeState>,
         cache: Cache,
         labels: BTreeMap<String, String>,
         timing: Timing,
     ) -> Self {
         Self {
-            addr,
-            server_name,
-            tls,
+            targets,
             state,
             cache,
             hostname: hostname(),
@@ -265,32 +274,61 @@ impl SyncClient {
         &self.state.runtime
     }
 
-    /// Syncs until `shutdown` turns true, reconnecting forever.
+    /// Syncs until `shutdown` turns true, reconnecting forever: each attempt goes to the next
+    /// control plane of the rotation; after a full round of failures it backs off.
     pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = self.timing.backoff;
+        let (seed, _) = self.state.node_id.as_u64_pair();
+        let mut rotation = Rotation::new(seed);
         loop {
-            let end = tokio::select! {
-                end = self.session() => end,
+            let (candidates, errors) = tokio::select! {
+                resolved = targets::resolve(&self.targets) => resolved,
                 () = stopped(&mut shutdown) => return,
+            };
+            let count = candidates.len().max(1);
+            let (end, peer) = match candidates.get(rotation.pick(count)) {
+                Some(candidate) => {
+                    let end = tokio::select! {
+                        end = self.session(candidate) => end,
+                        () = stopped(&mut shutdown) => return,
+                    };
+                    (end, candidate.label.clone())
+                }
+                None => (
+                    SessionEnd::Failed {
+                        error: format!("no control plane address: {}", errors.join("; ")),
+                        stable: false,
+                    },
+                    self.state.control_plane.clone(),
+                ),
             };
             let delay = match end {
                 SessionEnd::Refused(reason) => {
                     tracing::error!(
-                        addr = %self.addr,
+                        addr = %peer,
                         retry_in_ms = millis(self.timing.refusal_delay),
                         "control plane refused this data plane: {reason}"
                     );
                     self.disconnected(format!("refused by the control plane: {reason}"));
+                    rotation.failed(count);
+                    rotation.round_waited();
                     backoff.reset();
                     self.timing.refusal_delay
                 }
                 SessionEnd::Failed { error, stable } => {
                     if stable {
                         backoff.reset();
+                        rotation.stable();
                     }
-                    let delay = backoff.next_delay();
+                    let delay = if rotation.failed(count) {
+                        rotation.round_waited();
+                        backoff.next_delay()
+                    } else {
+                        // Another replica is left to try in this round: at once.
+                        Duration::ZERO
+                    };
                     tracing::warn!(
-                        addr = %self.addr,
+                        addr = %peer,
                         error = %error,
                         retry_in_ms = millis(delay),
                         "control plane connection failed"
@@ -310,17 +348,18 @@ impl SyncClient {
         self.state.update(|s| {
             s.connected = false;
             s.connected_since = None;
+            s.connected_to = None;
             s.last_error = Some(error);
         });
     }
 
-    /// One connection and stream, until it ends.
-    async fn session(&self) -> SessionEnd {
+    /// One connection and stream to `candidate`, until it ends.
+    async fn session(&self, candidate: &Candidate) -> SessionEnd {
         let failed = |error: String| SessionEnd::Failed {
             error,
             stable: false,
         };
-        let channel = match self.connect().await {
+        let channel = match self.connect(candidate).await {
             Ok(channel) => channel,
             Err(error) => return failed(error),
         };
@@ -338,8 +377,9 @@ impl SyncClient {
         self.state.update(|s| {
             s.connected = true;
             s.connected_since = Some(unix_now());
+            s.connected_to = Some(candidate.label.clone());
         });
-        tracing::info!(addr = %self.addr, "connected to control plane");
+        tracing::info!(addr = %candidate.label, "connected to control plane");
 
         let lost = |error: String| SessionEnd::Failed {
             error,
@@ -383,26 +423,32 @@ impl SyncClient {
         }
     }
 
-    /// Opens the HTTP/2 connection: TCP, our TLS, keepalive.
-    async fn connect(&self) -> Result<Channel, String> {
+    /// Opens the HTTP/2 connection to `candidate`: TCP, our TLS, keepalive.
+    async fn connect(&self, candidate: &Candidate) -> Result<Channel, String> {
+        let target = self
+            .targets
+            .get(candidate.target)
+            .ok_or_else(|| format!("no control plane target {}", candidate.target))?;
         // The scheme is `http` on purpose: tonic refuses an `https` URI unless it does the TLS
-        // itself, and here the connector below does it (with rustls' errors intact).
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
-            .map_err(|e| format!("invalid control plane address {}: {e}", self.addr))?
+        // itself, and here the connector below does it (with rustls' errors intact). The URI
+        // only names the authority; the connector dials the resolved address.
+        let endpoint = Endpoint::from_shared(format!("http://{}", candidate.socket))
+            .map_err(|e| format!("invalid control plane address {}: {e}", candidate.label))?
             .http2_keep_alive_interval(KEEPALIVE)
-            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
             .connect_timeout(self.timing.connect_timeout);
-        let tls = self.tls.clone();
-        let addr = self.addr.clone();
-        let server_name = self.server_name.clone();
+        let tls = target.tls.clone();
+        let socket = candidate.socket;
+        let label = candidate.label.clone();
+        let server_name = target.server_name.clone();
         let connector = tower::service_fn(move |_: http::Uri| {
             // The configuration current now: a rotated certificate is used from here on.
             let config = tls.current();
-            let addr = addr.clone();
+            let label = label.clone();
             let server_name = server_name.clone();
             async move {
-                connect_tls(&addr, server_name, config)
+                connect_tls(socket, &label, server_name, config)
                     .await
                     .map(TokioIo::new)
             }
@@ -414,7 +460,7 @@ impl SyncClient {
                 if timed_out(&e) {
                     format!(
                         "cannot connect to {} within {} ms (TCP, TLS and HTTP/2 handshakes)",
-                        self.addr,
+                        candidate.label,
                         self.timing.connect_timeout.as_millis()
                     )
                 } else {
@@ -530,13 +576,15 @@ impl SyncClient {
     }
 }
 
-/// TCP connect, then the TLS handshake with `config`.
+/// TCP connect to `socket` (named `label` in errors), then the TLS handshake with `config`.
 async fn connect_tls(
-    addr: &str,
+    socket: SocketAddr,
+    label: &str,
     server_name: ServerName<'static>,
     config: Arc<ClientConfig>,
 ) -> Result<TlsStream<TcpStream>, ConnectError> {
-    let tcp = TcpStream::connect(addr)
+    let addr = label;
+    let tcp = TcpStream::connect(socket)
         .await
         .map_err(|source| ConnectError::Tcp {
             addr: addr.to_owned(),

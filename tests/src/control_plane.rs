@@ -89,15 +89,42 @@ impl ControlPlane {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<ControlPlane> {
+        Self::spawn(&[], &db.url, args, env).await
+    }
+
+    /// Like [`ControlPlane::start_with`], run through `exec_prefix` (e.g. `ip netns exec NS`,
+    /// which execs the binary: the pid is the control plane's) on the database at
+    /// `database_url`. `args` must name the listen addresses the namespace has.
+    pub async fn start_in(
+        exec_prefix: &[String],
+        database_url: &str,
+        args: &[&str],
+    ) -> Result<ControlPlane> {
+        Self::spawn(exec_prefix, database_url, args, &[]).await
+    }
+
+    async fn spawn(
+        exec_prefix: &[String],
+        database_url: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<ControlPlane> {
         let bin = cp_bin()?;
         let gives = |flag: &str| {
             args.iter()
                 .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
         };
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match exec_prefix.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(&bin);
+                cmd
+            }
+            None => Command::new(&bin),
+        };
         cmd.arg("serve");
         if !gives("--database-url") {
-            cmd.args(["--database-url", &db.url]);
+            cmd.args(["--database-url", database_url]);
         }
         if !gives("--admin-listen") {
             cmd.args(["--admin-listen", "127.0.0.1:0"]);

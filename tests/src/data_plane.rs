@@ -76,6 +76,10 @@ pub struct DataPlaneOptions {
     echo: bool,
     proxy_listen: String,
     proxy_ssl_listen: String,
+    /// Replaces `control_plane` on the command line (a comma-separated list).
+    control_plane_list: Option<String>,
+    status_listen: String,
+    exec_prefix: Vec<String>,
 }
 
 /// A running `gatehouse-dp`, killed when dropped; it can be stopped and started again on the
@@ -149,6 +153,9 @@ impl DataPlaneOptions {
             echo: true,
             proxy_listen: "127.0.0.1:0".into(),
             proxy_ssl_listen: "127.0.0.1:0".into(),
+            control_plane_list: None,
+            status_listen: "127.0.0.1:0".into(),
+            exec_prefix: Vec::new(),
         }
     }
 
@@ -267,10 +274,40 @@ impl DataPlaneOptions {
         self.control_plane = addr;
     }
 
+    /// Several control planes: `--cluster-control-plane` gets `list` (comma-separated).
+    pub fn control_plane_list(mut self, list: &str) -> Self {
+        self.control_plane_list = Some(list.to_owned());
+        self
+    }
+
+    /// The status listener address (default `127.0.0.1:0`).
+    pub fn status_listen(mut self, addr: &str) -> Self {
+        self.status_listen = addr.to_owned();
+        self
+    }
+
+    /// Runs the binary through `prefix` (e.g. `ip netns exec NS`, which execs it: the pid is
+    /// the data plane's).
+    pub fn exec_prefix(mut self, prefix: Vec<String>) -> Self {
+        self.exec_prefix = prefix;
+        self
+    }
+
     fn command(&self, bin: &Path, cache_dir: &Path) -> Command {
-        let mut cmd = Command::new(bin);
+        let mut cmd = match self.exec_prefix.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(bin);
+                cmd
+            }
+            None => Command::new(bin),
+        };
+        let control_plane = self
+            .control_plane_list
+            .clone()
+            .unwrap_or_else(|| self.control_plane.to_string());
         cmd.arg("--cluster-control-plane")
-            .arg(self.control_plane.to_string())
+            .arg(control_plane)
             .args(["--cluster-server-name", &self.server_name]);
         if let Some(mode) = self.mode {
             cmd.args(["--cluster-mtls", mode.as_str()]);
@@ -285,7 +322,7 @@ impl DataPlaneOptions {
             }
         }
         cmd.arg("--cache-dir").arg(cache_dir);
-        cmd.args(["--status-listen", "127.0.0.1:0"]);
+        cmd.args(["--status-listen", &self.status_listen]);
         // Raw arguments naming a proxy flag win over the harness's default.
         for (flag, value) in [
             ("--proxy-listen", &self.proxy_listen),

@@ -18,6 +18,11 @@
 //! - [`Pki`] writes a cluster PKI (`gatehouse-cp pki init`) into a temporary directory;
 //!   [`tls_handshake`] probes the cluster port with a raw TLS client.
 //! - [`Memory`] reads a process's current and peak resident memory (`/proc/<pid>/status`).
+//! - [`Network`] builds a simulated multi-host network (one Linux network namespace per node,
+//!   addresses from 198.18.0.0/15, a bridge in a namespace of its own) and cuts or slows links;
+//!   [`NetnsPostgres`] runs a PostgreSQL cluster of its own inside one of its namespaces.
+//!   [`ControlPlane::start_in`] and [`DataPlaneOptions::exec_prefix`] start the processes
+//!   inside (`ip netns exec`). Used by the fleet fault suite, `tests/fleet.rs`.
 //! - [`wait_until`] polls a condition with a deadline ([`patience`]); the tests never sleep a
 //!   fixed time.
 //!
@@ -54,6 +59,7 @@ mod cluster;
 mod control_plane;
 mod data_plane;
 mod memory;
+mod netns;
 mod pki;
 mod postgres;
 mod target_dir;
@@ -68,7 +74,8 @@ pub use cluster::{
 pub use control_plane::{ControlPlane, cp_bin};
 pub use data_plane::{DataPlane, DataPlaneOptions, Exited, dp_bin};
 pub use memory::Memory;
+pub use netns::{Cut, Network};
 pub use pki::Pki;
-pub use postgres::{TestDb, test_db};
+pub use postgres::{NetnsPostgres, TestDb, test_db};
 pub use temp_dir::TempDir;
 pub use wait::{POLL_INTERVAL, patience, wait_until};

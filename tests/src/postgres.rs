@@ -495,6 +495,123 @@ impl Cluster {
     }
 }
 
+/// A PostgreSQL cluster of its own inside a network namespace (the fleet fault suite): its
+/// own data directory, listening on the namespace's address only, trusting the fleet's
+/// network. Stopped (immediately) and removed when dropped.
+#[derive(Debug)]
+pub struct NetnsPostgres {
+    dir: crate::TempDir,
+    exec_prefix: Vec<String>,
+    addr: std::net::Ipv4Addr,
+    port: u16,
+    bins: PgBins,
+    run_as: RunAs,
+}
+
+impl NetnsPostgres {
+    /// Runs `initdb`, then starts the server through `exec_prefix` (`ip netns exec NS`) on
+    /// `addr:port`; `trusted` (a CIDR) may connect without a password.
+    pub async fn start(
+        exec_prefix: Vec<String>,
+        addr: std::net::Ipv4Addr,
+        port: u16,
+        trusted: &str,
+    ) -> Result<NetnsPostgres> {
+        let bins = PgBins::find().await?;
+        let run_as = RunAs::detect().await?;
+        let dir = crate::TempDir::new("fleet-pg")?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // The postgres user must reach its directories inside.
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        }
+        let pg = NetnsPostgres {
+            dir,
+            exec_prefix,
+            addr,
+            port,
+            bins,
+            run_as,
+        };
+        let data = pg.dir.join("data");
+        pg.run_as.prepare_dir(&data).await?;
+        pg.run_as.prepare_dir(&pg.dir.join("sock")).await?;
+        pg.run_as.prepare_dir(&pg.dir.join("log")).await?;
+        let mut initdb = pg.run_as.command(&pg.bins.initdb);
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "--no-sync"])
+            .args(["--locale=C", "--encoding=UTF8"])
+            .current_dir(pg.dir.path());
+        run(&mut initdb).await?;
+        let hba = data.join("pg_hba.conf");
+        let mut text = std::fs::read_to_string(&hba)?;
+        let _ = writeln!(text, "host all all {trusted} trust");
+        std::fs::write(&hba, text)?;
+        pg.start_again().await?;
+        Ok(pg)
+    }
+
+    /// `postgres://postgres@ADDR:PORT/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@{}:{}/postgres", self.addr, self.port)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.exec_prefix[0]);
+        cmd.args(&self.exec_prefix[1..]);
+        if self.run_as == RunAs::Postgres {
+            cmd.args(["runuser", "-u", "postgres", "--"]);
+        }
+        cmd.arg(&self.bins.pg_ctl)
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
+    /// Starts the server (again) and waits until it accepts connections.
+    pub async fn start_again(&self) -> Result<()> {
+        let options = format!(
+            "-p {} -k '{}' -c listen_addresses={} -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c max_connections=200",
+            self.port,
+            self.dir.join("sock").display(),
+            self.addr
+        );
+        let log = self.dir.join("log").join("postgres.log");
+        let log = log.to_string_lossy();
+        run(&mut self.pg_ctl(&["-w", "-t", "60", "-o", &options, "-l", &log, "start"])).await?;
+        Ok(())
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`: sessions are terminated, the port closes).
+    pub async fn stop(&self) -> Result<()> {
+        run(&mut self.pg_ctl(&["-w", "-t", "30", "-m", "fast", "stop"])).await?;
+        Ok(())
+    }
+}
+
+impl Drop for NetnsPostgres {
+    fn drop(&mut self) {
+        let mut cmd = std::process::Command::new(&self.exec_prefix[0]);
+        cmd.args(&self.exec_prefix[1..]);
+        if self.run_as == RunAs::Postgres {
+            cmd.args(["runuser", "-u", "postgres", "--"]);
+        }
+        let _ = cmd
+            .arg(&self.bins.pg_ctl)
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-w", "-t", "10", "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
 /// Line `index` of `postmaster.pid` (0: pid, 3: port), parsed.
 fn postmaster_pid_line<T: std::str::FromStr>(pid_file: &Path, index: usize) -> Option<T> {
     let text = std::fs::read_to_string(pid_file).ok()?;

@@ -26,8 +26,8 @@ use super::service::SyncService;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 keepalive: a ping every interval, the connection dropped when unanswered within the
 /// timeout, so a dead data plane is noticed within seconds.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest message sent: a snapshot (its config is at most 512 MiB uncompressed, and only
 /// compressed when that makes it smaller), plus room for the envelope.
 const MAX_ENCODING_MESSAGE_SIZE: usize = 513 * 1024 * 1024;

@@ -34,7 +34,8 @@ fn defaults() {
         settings.cluster.control_plane,
         DEFAULT_CLUSTER_CONTROL_PLANE
     );
-    assert_eq!(settings.cluster.server_name, "127.0.0.1");
+    assert_eq!(settings.cluster.control_planes.len(), 1);
+    assert_eq!(settings.cluster.control_planes[0].server_name, "127.0.0.1");
     assert_eq!(settings.cluster.mode, ClusterMtls::Shared);
     assert_eq!(settings.cluster.tls_server_name(), SHARED_SERVER_NAME);
     assert_eq!(settings.cache_dir, PathBuf::from(DEFAULT_CACHE_DIR));
@@ -84,7 +85,51 @@ fn pki_server_name_defaults_to_the_host() {
     );
     let mut args = REQUIRED.to_vec();
     args.extend(["--cluster-control-plane", "[::1]:8005"]);
-    assert_eq!(parse(&args).unwrap().cluster.server_name, "::1");
+    assert_eq!(
+        parse(&args).unwrap().cluster.control_planes[0].server_name,
+        "::1"
+    );
+}
+
+#[test]
+fn several_control_planes_each_keep_their_server_name() {
+    let mut args = REQUIRED.to_vec();
+    args.extend([
+        "--cluster-mtls",
+        "pki",
+        "--cluster-ca-cert",
+        "/ca.crt",
+        "--cluster-control-plane",
+        "cp-a.example.com:8005, 198.18.0.12:8005,cp-a.example.com:8005",
+    ]);
+    let settings = parse(&args).unwrap();
+    let cps = &settings.cluster.control_planes;
+    assert_eq!(cps.len(), 2, "{cps:?}");
+    assert_eq!(cps[0].addr, "cp-a.example.com:8005");
+    assert_eq!(
+        settings.cluster.tls_server_name_of(&cps[0]),
+        "cp-a.example.com"
+    );
+    assert_eq!(cps[1].addr, "198.18.0.12:8005");
+    assert_eq!(settings.cluster.tls_server_name_of(&cps[1]), "198.18.0.12");
+
+    // An explicit name applies to every address.
+    args.extend(["--cluster-server-name", "cp.internal"]);
+    let settings = parse(&args).unwrap();
+    for cp in &settings.cluster.control_planes {
+        assert_eq!(settings.cluster.tls_server_name_of(cp), "cp.internal");
+    }
+
+    // Every bad item is reported; an empty list is refused.
+    let mut args = REQUIRED.to_vec();
+    args.extend(["--cluster-control-plane", "a:1,nope,b:0"]);
+    let err = parse(&args).unwrap_err().to_string();
+    assert!(err.contains("'nope' is not HOST:PORT"), "{err}");
+    assert!(err.contains("invalid port '0'"), "{err}");
+    let mut args = REQUIRED.to_vec();
+    args.extend(["--cluster-control-plane", " , "]);
+    let err = parse(&args).unwrap_err().to_string();
+    assert!(err.contains("no address given"), "{err}");
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::pin::Pin;
 
 use gatehouse_proto::v1::config_sync_server::{ConfigSync, ConfigSyncServer};
-use gatehouse_shared::cluster::{self, ClusterMtls, ClusterTlsFiles};
+use gatehouse_shared::cluster::{self, ClusterMtls, ClusterTlsFiles, ReloadingConfig};
 use gatehouse_shared::model;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -33,12 +33,12 @@ fn backoff_bounds_doubling_and_cap() {
         .collect();
     assert_eq!(
         highs,
-        [300, 500, 900, 1700, 3300, 6500, 10000, 10000, 10000, 10000]
+        [300, 500, 900, 1000, 1000, 1000, 1000, 1000, 1000, 1000]
     );
 
     // Far beyond the cap, nothing overflows.
     for _ in 0..100 {
-        assert_eq!(backoff.next_with(1.0), Duration::from_secs(10));
+        assert_eq!(backoff.next_with(1.0), Duration::from_secs(1));
     }
     backoff.reset();
     assert_eq!(backoff.next_with(1.0), Duration::from_millis(300));
@@ -56,7 +56,7 @@ fn backoff_jitter_is_spread_within_bounds() {
         );
         draws.push(first.as_millis());
         for _ in 0..30 {
-            assert!(backoff.next_delay() <= Duration::from_secs(10));
+            assert!(backoff.next_delay() <= Duration::from_secs(1));
         }
     }
     draws.sort_unstable();
@@ -231,6 +231,17 @@ struct Dp {
 
 impl Dp {
     fn start(cp_addr: &str, pki: &Path, dp_name: &str, ca_dir: &Path, timing: Timing) -> Self {
+        Self::start_many(&[cp_addr], pki, dp_name, ca_dir, timing)
+    }
+
+    /// A sync client for several control planes.
+    fn start_many(
+        cp_addrs: &[&str],
+        pki: &Path,
+        dp_name: &str,
+        ca_dir: &Path,
+        timing: Timing,
+    ) -> Self {
         let files = ClusterTlsFiles {
             cert: pki.join(format!("{dp_name}.crt")),
             key: pki.join(format!("{dp_name}.key")),
@@ -243,13 +254,19 @@ impl Dp {
         let state = Arc::new(NodeState::new(
             Uuid::new_v4(),
             "1.2.3".into(),
-            cp_addr.to_owned(),
+            cp_addrs.join(","),
             Arc::new(SharedRuntime::default()),
         ));
+        let targets = cp_addrs
+            .iter()
+            .map(|addr| Target {
+                addr: (*addr).to_owned(),
+                server_name: ServerName::try_from("localhost").unwrap(),
+                tls: tls.clone(),
+            })
+            .collect();
         let client = SyncClient::new(
-            cp_addr.to_owned(),
-            ServerName::try_from("localhost").unwrap(),
-            tls,
+            targets,
             state.clone(),
             cache.clone(),
             BTreeMap::from([("region".to_owned(), "test".to_owned())]),
@@ -544,4 +561,44 @@ async fn silent_control_plane_times_out() {
     .await;
     dp.stop().await;
     holder.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_stream_fails_over_to_the_other_replica_without_backing_off() {
+    let tmp = TempDir::new();
+    let pki = pki(tmp.path());
+    let mut a = Cp::start(pki).await;
+    let mut b = Cp::start(pki).await;
+    // A backoff of an hour: only a failover that does not wait can pass.
+    let mut timing = fast_timing();
+    timing.backoff = Backoff::new(
+        Duration::from_secs(3600),
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    );
+    let dp = Dp::start_many(&[&a.addr, &b.addr], pki, "dp1", pki, timing);
+    let (first, first_addr, other_addr) = tokio::select! {
+        stream = a.next_stream() => (stream, a.addr.clone(), b.addr.clone()),
+        stream = b.next_stream() => (stream, b.addr.clone(), a.addr.clone()),
+    };
+    eventually("connected to the first replica", || {
+        dp.state.sync_state().connected_to.as_deref() == Some(first_addr.as_str())
+    })
+    .await;
+
+    // The first replica's stream ends: the other one gets the data plane.
+    drop(first);
+    let (on_a, on_b) = (first_addr == a.addr, first_addr == b.addr);
+    let _second = if on_a {
+        b.next_stream().await
+    } else {
+        assert!(on_b);
+        a.next_stream().await
+    };
+    eventually("connected to the other replica", || {
+        dp.state.sync_state().connected_to.as_deref() == Some(other_addr.as_str())
+    })
+    .await;
+    assert!(dp.state.sync_state().connected);
+    dp.stop().await;
 }

@@ -42,6 +42,13 @@ pub const COLLECTIONS: &[&str] = &[
 /// Largest timeout Kong accepts, in milliseconds.
 const MAX_TIMEOUT_MS: i64 = 2_147_483_646;
 
+/// What [`checks::tag`] accepts: printable ASCII but `,` and `/`, or any non-ASCII character.
+pub const TAG_PATTERN: &str = r"^[^\x00-\x1f\x7f,/]+$";
+/// What [`checks::utf8_name`] accepts: ASCII `A-Z a-z 0-9 . - _ ~`, or any non-ASCII character.
+pub const NAME_PATTERN: &str = r"^[^\x00-\x2c\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7d\x7f]+$";
+/// What [`checks::http_method`] accepts.
+pub const METHOD_PATTERN: &str = r"^[A-Z]+$";
+
 /// Adapts a `&str` validator to a schema check (non-strings are reported by the type check).
 macro_rules! str_rule {
     ($rule:path) => {
@@ -100,13 +107,16 @@ fn timestamps() -> [Field; 2] {
 fn tags() -> Field {
     Field::set(
         "tags",
-        Field::elem(Type::String).custom(str_rule!(checks::tag)),
+        Field::elem(Type::String)
+            .custom(str_rule!(checks::tag))
+            .pattern(TAG_PATTERN),
     )
 }
 
 fn name() -> Field {
     Field::string("name")
         .custom(str_rule!(checks::utf8_name))
+        .pattern(NAME_PATTERN)
         .unique()
 }
 
@@ -244,7 +254,12 @@ fn routes() -> Schema {
         fields: with_common(vec![
             name(),
             protocol_set(&["http", "https"]),
-            Field::set("methods", strings().custom(str_rule!(checks::http_method))),
+            Field::set(
+                "methods",
+                strings()
+                    .custom(str_rule!(checks::http_method))
+                    .pattern(METHOD_PATTERN),
+            ),
             Field::array("hosts", strings().custom(str_rule!(checks::wildcard_host))),
             Field::array("paths", strings().custom(str_rule!(checks::route_path))),
             Field::map(
@@ -256,10 +271,7 @@ fn routes() -> Schema {
             Field::integer("https_redirect_status_code")
                 .required()
                 .default(json!(426))
-                .custom(|v| match v.as_i64() {
-                    Some(426 | 301 | 302 | 307 | 308) => Ok(()),
-                    _ => Err("expected one of: 426, 301, 302, 307, 308".into()),
-                }),
+                .check(Check::IntOneOf(&[426, 301, 302, 307, 308])),
             Field::integer("regex_priority").default(json!(0)),
             // Defaulted by `check_route`: true, or false for grpc routes (as Kong's subschemas).
             Field::boolean("strip_path"),
@@ -513,14 +525,29 @@ fn mtls_auth_credentials() -> Schema {
     }
 }
 
+/// The protocols of the plugins this build knows: every one of them runs on HTTP requests.
+const HTTP_PROTOCOLS: &[&str] = &["grpc", "grpcs", "http", "https"];
+
 fn plugins(config: Vec<Field>) -> Schema {
     let open = config.is_empty();
+    let protocols = if open {
+        protocol_set(&["grpc", "grpcs", "http", "https"])
+    } else {
+        Field::set(
+            "protocols",
+            Field::elem(Type::String).check(Check::OneOf(HTTP_PROTOCOLS)),
+        )
+        .required()
+        .default(json!(HTTP_PROTOCOLS))
+        .check(Check::LenMin(1))
+    };
     Schema {
         name: "plugins",
         fields: with_common(vec![
             Field::string("name").required(),
             Field::string("instance_name")
                 .custom(str_rule!(checks::utf8_name))
+                .pattern(NAME_PATTERN)
                 .unique(),
             Field::foreign("route", "routes"),
             Field::foreign("service", "services"),
@@ -532,7 +559,7 @@ fn plugins(config: Vec<Field>) -> Schema {
                     .required()
                     .default(json!({}))
             },
-            protocol_set(&["grpc", "grpcs", "http", "https"]),
+            protocols,
             Field::boolean("enabled").required().default(json!(true)),
         ]),
         endpoint_key: Some("instance_name"),
@@ -906,12 +933,9 @@ fn check_plugin(obj: &mut Map<String, Value>, errors: &mut FieldErrors) {
     let is_set = |field: &str| !obj.get(field).is_none_or(Value::is_null);
     match name.as_str() {
         "acl" | "mtls-auth" => {
+            // Protocols are checked by the plugin's schema.
             if is_set("consumer") {
                 errors.field("consumer", "value must be null");
-            }
-            let allowed = ["grpc", "grpcs", "http", "https"];
-            if protocols(obj).iter().any(|p| !allowed.contains(p)) {
-                errors.field("protocols", "expected one of: grpc, grpcs, http, https");
             }
         }
         _ => {}

@@ -22,6 +22,8 @@ use serde_json::{Map, Value, json};
 use gatehouse_shared::entities::{self, COLLECTIONS, KNOWN_PLUGINS};
 use gatehouse_shared::schema::{Access, Check, Field, Schema, Type};
 
+use crate::error::CODES as ERROR_CODES;
+
 use super::{
     DEFAULT_PAGE_SIZE, Endpoint, MAX_PAGE_SIZE, MAX_TAGS, NESTED, Op, Scope, endpoints,
     parent_field, segment, singular,
@@ -42,23 +44,12 @@ const SCOPED_KEYS: &[&str] = &["acls", "targets"];
 /// migrations), so that a DELETE may be refused with 400.
 const RESTRICTED_DELETES: &[&str] = &["ca_certificates", "certificates", "services"];
 
-/// The media types of request bodies (Kong's three encodings).
-const BODY_TYPES: &[&str] = &[
-    "application/json",
-    "application/x-www-form-urlencoded",
-    "multipart/form-data",
-];
+/// The media types whose request bodies the document describes by schema. The server also
+/// takes Kong's two form encodings, which carry only strings typed by the same schema (see
+/// [`DESCRIPTION`]); a JSON Schema cannot describe those strings, so they are documented in prose
+/// rather than as a schema that would claim, for example, that `tags=5` is not a list.
+const BODY_TYPES: &[&str] = &["application/json"];
 
-/// Kong error codes the Admin API answers with, and their names (`error.rs`).
-const ERROR_CODES: &[(u8, &str)] = &[
-    (2, "schema violation"),
-    (3, "primary key violation"),
-    (4, "foreign key violation"),
-    (5, "unique constraint violation"),
-    (7, "invalid offset"),
-    (9, "invalid size"),
-    (19, "referenced by others"),
-];
 
 const DESCRIPTION: &str = "\
 The Kong-compatible Admin API of the Gatehouse control plane: entity names, fields, defaults, \
@@ -69,7 +60,8 @@ status codes, pagination and error bodies follow Kong's.
 keys nest (`config.allow=g1`, `service.name=foo`), `hosts[]=a&hosts[]=b` and repeated keys make \
 lists, `config[limit]=10` is a map key, values are typed by the schema (`\"80\"` → 80, \
 `\"true\"` → true) and an empty value means `null`; multipart file parts become strings. Any \
-other content type answers 415.
+other content type answers 415. The request bodies below are described as JSON; the form \
+encodings take the same fields under the rules above.
 
 **URLs** name an entity by its id or, where the path parameter's description says so, by a \
 unique key (`name`, `username`, `instance_name`, an SNI name for certificates, ...).
@@ -326,12 +318,17 @@ fn path_parameter(endpoint: &Endpoint, name: &str, last: bool) -> Value {
             None => format!("The {name}"),
         }
     };
+    let schema = if matches!(endpoint.op, Op::Tag) && name == "tag" {
+        json!({"type": "string", "pattern": entities::TAG_PATTERN})
+    } else {
+        json!({"type": "string"})
+    };
     json!({
         "name": name,
         "in": "path",
         "required": true,
         "description": description,
-        "schema": {"type": "string"},
+        "schema": schema,
     })
 }
 
@@ -370,7 +367,7 @@ fn list_parameters(collection: &str) -> Vec<Value> {
             "Only entities with tags: `a,b` means both, `a/b` either (at most {MAX_TAGS} tags, \
              not mixed)."
         ),
-        json!({"type": "string"}),
+        json!({"type": "string", "pattern": tag_filter_pattern()}),
     ));
     match collection {
         "consumers" => all.push(query_parameter(
@@ -382,11 +379,20 @@ fn list_parameters(collection: &str) -> Vec<Value> {
             "expiring_within",
             "Only certificates whose `not_after` falls within this many seconds from now \
              (already expired ones included).",
-            json!({"type": "integer", "minimum": 0}),
+            json!({"type": "integer", "minimum": 0, "maximum": i64::MAX}),
         )),
         _ => {}
     }
     all
+}
+
+/// The `?tags=` filter: one to [`MAX_TAGS`] tags joined by `,` (all) or `/` (any).
+fn tag_filter_pattern() -> String {
+    let tag = entities::TAG_PATTERN
+        .trim_start_matches('^')
+        .trim_end_matches('$');
+    let more = MAX_TAGS - 1;
+    format!("^{tag}(?:(?:,{tag}){{0,{more}}}|(?:/{tag}){{1,{more}}})$")
 }
 
 fn json_response(description: &str, schema: Value) -> Value {
@@ -917,16 +923,19 @@ fn schemas() -> Map<String, Value> {
         patch.insert("description".into(), Value::from(description));
         all.insert(format!("{}Patch", config_name(name)), Value::Object(patch));
     }
+    plugin_schemas(&mut all);
     for collection in COLLECTIONS {
         let Some(schema) = entities::schema(collection) else {
             continue;
         };
         let name = entity_name(collection);
-        all.insert(name.clone(), entity_schema(schema, Variant::Full));
-        all.insert(
-            format!("{name}Patch"),
-            entity_schema(schema, Variant::Patch),
-        );
+        if *collection != "plugins" {
+            all.insert(name.clone(), entity_schema(schema, Variant::Full));
+            all.insert(
+                format!("{name}Patch"),
+                entity_schema(schema, Variant::Patch),
+            );
+        }
         let (_, many) = label(collection);
         all.insert(format!("{name}List"), page_schema(&name, &many));
     }
@@ -943,6 +952,57 @@ fn schemas() -> Map<String, Value> {
         }
     }
     all
+}
+
+/// `Plugin` is one of the per-plugin entities (`AclPlugin`, ...), each built from that plugin's
+/// schema, so that `name` picks the `config` and the protocols that the server validates;
+/// `PluginPatch` is any of their PATCH bodies.
+fn plugin_schemas(all: &mut Map<String, Value>) {
+    let mut full = Vec::new();
+    let mut patches = Vec::new();
+    for name in KNOWN_PLUGINS {
+        let Some(schema) = entities::plugin_schema(name) else {
+            continue;
+        };
+        for (variant, suffix) in [(Variant::Full, ""), (Variant::Patch, "Patch")] {
+            let mut entity = entity_schema(schema, variant);
+            entity["description"] = Value::from(format!(
+                "A `{name}` plugin. {}",
+                entity["description"].as_str().unwrap_or_default()
+            ));
+            entity["properties"]["name"]["enum"] = json!([name]);
+            let mut config = json!({
+                "allOf": [schema_ref(&format!("{}{suffix}", config_name(name)))],
+                "description": format!("The configuration of the `{name}` plugin."),
+            });
+            if variant == Variant::Full {
+                config["default"] = json!({});
+            }
+            entity["properties"]["config"] = config;
+            let component = format!("{}Plugin{suffix}", pascal(name));
+            all.insert(component.clone(), entity);
+            if variant == Variant::Full {
+                full.push(schema_ref(&component));
+            } else {
+                patches.push(schema_ref(&component));
+            }
+        }
+    }
+    all.insert(
+        "Plugin".into(),
+        json!({
+            "description": "A plugin: its `name` picks the schema of its `config`.",
+            "oneOf": full,
+        }),
+    );
+    all.insert(
+        "PluginPatch".into(),
+        json!({
+            "description": "A PATCH body of a plugin: its `config` is merged into the stored one, \
+                            which the stored plugin's `name` describes.",
+            "anyOf": patches,
+        }),
+    );
 }
 
 fn error_schema() -> Value {
@@ -1227,14 +1287,7 @@ fn entity_schema(schema: &Schema, variant: Variant<'_>) -> Value {
     let mut properties = Map::new();
     let mut required = Vec::new();
     for field in &schema.fields {
-        let mut property = if collection == "plugins" && field.name == "config" {
-            plugin_config_property(patch)
-        } else {
-            field_schema(field, patch, false)
-        };
-        if collection == "plugins" && field.name == "name" {
-            property.insert("enum".into(), json!(KNOWN_PLUGINS));
-        }
+        let mut property = field_schema(field, patch, false);
         let mut notes = Vec::new();
         match field.access {
             Access::Auto => {
@@ -1331,27 +1384,6 @@ fn field_note(collection: &str, field: &Field) -> Option<String> {
     Some(note.to_owned())
 }
 
-fn plugin_config_property(patch: bool) -> Map<String, Value> {
-    let suffix = if patch { "Patch" } else { "" };
-    let variants: Vec<Value> = KNOWN_PLUGINS
-        .iter()
-        .filter(|name| plugin_config_fields(name).is_some())
-        .map(|name| schema_ref(&format!("{}{suffix}", config_name(name))))
-        .collect();
-    let mut property = Map::new();
-    // A partial config may match several plugins' configs.
-    let combinator = if patch { "anyOf" } else { "oneOf" };
-    property.insert(combinator.into(), Value::Array(variants));
-    property.insert(
-        "description".into(),
-        Value::from("The plugin's configuration, by the plugin's `name`."),
-    );
-    if !patch {
-        property.insert("default".into(), json!({}));
-    }
-    property
-}
-
 /// The schema of one field's value. `element` for the nameless fields describing list
 /// elements and map values.
 fn field_schema(field: &Field, patch: bool, element: bool) -> Map<String, Value> {
@@ -1373,12 +1405,22 @@ fn field_schema(field: &Field, patch: bool, element: bool) -> Map<String, Value>
                 }
                 schema.insert("enum".into(), Value::Array(values));
             }
+            Check::IntOneOf(options) => {
+                let mut values: Vec<Value> = options.iter().map(|o| Value::from(*o)).collect();
+                if nullable {
+                    values.push(Value::Null);
+                }
+                schema.insert("enum".into(), Value::Array(values));
+            }
             Check::LenMin(min) => {
                 let key = if is_list { "minItems" } else { "minLength" };
                 schema.insert(key.into(), Value::from(*min));
             }
             _ => {}
         }
+    }
+    if let Some(pattern) = field.pattern {
+        schema.insert("pattern".into(), Value::from(pattern));
     }
     if let (false, Some(default)) = (patch, &field.default) {
         schema.insert("default".into(), default.clone());
@@ -1446,14 +1488,12 @@ fn foreign_schema(target: &str) -> Value {
     properties.insert("id".into(), json!({"type": "string", "format": "uuid"}));
     let mut keys = Vec::new();
     if let Some(schema) = entities::schema(target) {
-        for field in &schema.fields {
-            if field.unique && matches!(field.ty, Type::String) {
-                properties.insert(
-                    field.name.to_owned(),
-                    json!({"type": "string", "writeOnly": true}),
-                );
-                keys.push(format!("`{}`", field.name));
-            }
+        for field in schema.reference_keys() {
+            properties.insert(
+                field.name.to_owned(),
+                json!({"type": "string", "writeOnly": true}),
+            );
+            keys.push(format!("`{}`", field.name));
         }
     }
     let mut description = format!(
@@ -1916,6 +1956,7 @@ mod tests {
             },
             ApiError::ReferencedByOthers("x".into()),
             ApiError::InvalidSize("x".into()),
+            ApiError::InvalidOptions("x".into()),
             ApiError::InvalidOffset("x".into()),
             ApiError::BadRequest("x".into()),
             ApiError::NotFound("Not found"),

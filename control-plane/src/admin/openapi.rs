@@ -258,7 +258,7 @@ fn operation(endpoint: &Endpoint, method: &Method) -> Value {
     let mut parameters: Vec<Value> = names
         .iter()
         .enumerate()
-        .map(|(i, name)| path_parameter(endpoint, name, i + 1 == names.len()))
+        .map(|(i, name)| path_parameter(endpoint, method, name, i + 1 == names.len()))
         .collect();
     parameters.extend(op.query);
     let mut out = Map::new();
@@ -299,7 +299,7 @@ fn fallback(endpoint: &Endpoint, method: &Method) -> Operation {
     }
 }
 
-fn path_parameter(endpoint: &Endpoint, name: &str, last: bool) -> Value {
+fn path_parameter(endpoint: &Endpoint, method: &Method, name: &str, last: bool) -> Value {
     let description = if matches!(endpoint.op, Op::Tag) && name == "tag" {
         "A tag".to_owned()
     } else if matches!(endpoint.op, Op::DataPlane) && name == "id" {
@@ -318,8 +318,18 @@ fn path_parameter(endpoint: &Endpoint, name: &str, last: bool) -> Value {
             None => format!("The {name}"),
         }
     };
+    // PUT creates what the URL names: a key there must be a valid value of the key field (whose
+    // pattern also matches every id). Elsewhere a key that cannot exist is simply not found.
+    let put_key_pattern = match endpoint.op {
+        Op::Entity(scope) if last && method == Method::PUT => entities::schema(scope.collection)
+            .and_then(|s| s.endpoint_key.and_then(|key| s.field(key)))
+            .and_then(|f| f.pattern),
+        _ => None,
+    };
     let schema = if matches!(endpoint.op, Op::Tag) && name == "tag" {
         json!({"type": "string", "pattern": entities::TAG_PATTERN})
+    } else if let Some(pattern) = put_key_pattern {
+        json!({"type": "string", "pattern": pattern})
     } else {
         json!({"type": "string"})
     };
@@ -798,11 +808,24 @@ fn entity_operation(scope: Scope, method: &Method) -> Option<Operation> {
             description.push_str(" When the URL names it by an SNI, that SNI is added to `snis`.");
         }
         let body = body_schema(collection, parent.as_ref().map(|(p, f, _)| (*p, *f)));
+        // A URL key may supply the only required field: then the body may be absent.
+        let body_required = entities::schema(collection).is_none_or(|schema| {
+            let parent_field = parent.as_ref().map(|(_, f, _)| *f);
+            schema.fields.iter().any(|f| {
+                is_required(f)
+                    && Some(f.name) != parent_field
+                    && !(accepts_key(collection, nested) && Some(f.name) == schema.endpoint_key)
+            })
+        });
         (
             "upsert",
             format!("Create or replace {} {one}{of_parent}", article(&one)),
             Some(description),
-            Some(request_body(&body, true, &format!("The whole {one}."))),
+            Some(request_body(
+                &body,
+                body_required,
+                &format!("The whole {one}."),
+            )),
         )
     } else if method == Method::DELETE {
         responses.insert(
@@ -975,7 +998,8 @@ fn plugin_schemas(all: &mut Map<String, Value>) {
                 "allOf": [schema_ref(&format!("{}{suffix}", config_name(name)))],
                 "description": format!("The configuration of the `{name}` plugin."),
             });
-            if variant == Variant::Full {
+            let config_required = schema.field("config").is_some_and(is_required);
+            if variant == Variant::Full && !config_required {
                 config["default"] = json!({});
             }
             entity["properties"]["config"] = config;
@@ -1274,9 +1298,16 @@ enum Variant<'a> {
 }
 
 /// Required on input: required and without a default (which would fill it).
+/// A record with a default counts as required when the default leaves one of its own required
+/// members unset (the `config` of `mtls-auth`, whose `ca_certificates` has no default).
 fn is_required(field: &Field) -> bool {
+    let default_suffices = match (&field.default, &field.ty) {
+        (None, _) => false,
+        (Some(_), Type::Record(inner)) => !inner.iter().any(is_required),
+        (Some(_), _) => true,
+    };
     field.required
-        && field.default.is_none()
+        && !default_suffices
         && matches!(field.access, Access::Normal | Access::Transient)
 }
 

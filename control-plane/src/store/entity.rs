@@ -574,10 +574,16 @@ async fn query_id<T: tokio_postgres::types::ToSql + Sync>(
 /// reference is: null, or an object with exactly one member, `id` (a UUID) or a unique key of
 /// the referenced entity (a string).
 fn check_reference_shape(schema: &Schema, field: &str, value: &Value) -> Result<(), ApiError> {
-    let Some(Type::Foreign(target)) = schema.field(field).map(|f| &f.ty) else {
+    let Some(definition) = schema.field(field) else {
+        return Ok(());
+    };
+    let Type::Foreign(target) = definition.ty else {
         return Ok(());
     };
     let reference = match value {
+        Value::Null if definition.required => {
+            return Err(ApiError::field(field, "required field missing"));
+        }
         Value::Null => return Ok(()),
         Value::Object(reference) => reference,
         _ => return Err(ApiError::field(field, "expected a record")),

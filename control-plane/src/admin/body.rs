@@ -58,6 +58,10 @@ pub(crate) enum BodyError {
     /// A JSON body (or `application/json` multipart part) is malformed or not an object.
     #[error("Cannot parse JSON body")]
     InvalidJson,
+    /// A urlencoded form argument is not valid UTF-8 once decoded (it is refused rather than
+    /// altered: a name or key silently changed would be stored as something else).
+    #[error("Cannot parse form body: {0}")]
+    InvalidForm(String),
     /// The form has more than [`MAX_ARGUMENTS`] arguments.
     #[error("Too many arguments")]
     TooManyArguments,
@@ -101,6 +105,7 @@ impl BodyError {
         match self {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidJson
+            | Self::InvalidForm(_)
             | Self::TooManyArguments
             | Self::InvalidMultipart(_)
             | Self::DuplicateContentType => StatusCode::BAD_REQUEST,
@@ -185,8 +190,8 @@ fn decode_json(body: &[u8]) -> Result<Value, BodyError> {
 /// then percent-decoding (so `%5B`/`%5D` act as brackets and `%2B` is a literal `+`).
 ///
 /// Empty pairs (`a=1&&b=2`) are skipped and not counted; a pair without `=` has an empty value,
-/// as in the WHATWG form decoder; a pair with an empty key is counted but ignored. Invalid
-/// UTF-8 after decoding is replaced with U+FFFD.
+/// as in the WHATWG form decoder; a pair with an empty key is counted but ignored. A key or
+/// value that is not valid UTF-8 once decoded is refused.
 fn decode_urlencoded(body: &[u8]) -> Result<Value, BodyError> {
     let mut root = Map::new();
     let mut count = 0;
@@ -199,18 +204,20 @@ fn decode_urlencoded(body: &[u8]) -> Result<Value, BodyError> {
             Some(eq) => (&pair[..eq], &pair[eq + 1..]),
             None => (pair, &b""[..]),
         };
-        let key = form_component(key);
+        let not_utf8 = || BodyError::InvalidForm(format!("argument #{count} is not valid UTF-8"));
+        let key = form_component(key).ok_or_else(not_utf8)?;
         if key.is_empty() {
             continue;
         }
-        insert(&mut root, &key, Value::String(form_component(value)));
+        let value = form_component(value).ok_or_else(not_utf8)?;
+        insert(&mut root, &key, Value::String(value));
     }
     Ok(Value::Object(root))
 }
 
 /// Decodes one urlencoded component: `+` → space, then percent-decoding. A `%` not followed by
-/// two hex digits is kept literally.
-fn form_component(raw: &[u8]) -> String {
+/// two hex digits is kept literally. `None` when the result is not UTF-8.
+fn form_component(raw: &[u8]) -> Option<String> {
     let spaced: Cow<'_, [u8]> = if raw.contains(&b'+') {
         Cow::Owned(
             raw.iter()
@@ -220,7 +227,10 @@ fn form_component(raw: &[u8]) -> String {
     } else {
         Cow::Borrowed(raw)
     };
-    percent_decode(&spaced).decode_utf8_lossy().into_owned()
+    percent_decode(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
 }
 
 /// Decodes `multipart/form-data`. Each part's name is a form key (same rules as urlencoded) and
@@ -762,7 +772,15 @@ mod tests {
             form("a=%ZZ&b=%&c=%4").await,
             json!({"a":"%ZZ","b":"%","c":"%4"})
         );
-        assert_eq!(form("a=%FF").await, json!({"a":"\u{FFFD}"}));
+    }
+
+    #[tokio::test]
+    async fn form_invalid_utf8_is_refused() {
+        for body in ["a=%FF", "%FF=a", "a=1&b=%C3%28"] {
+            let err = err(FORM, body.as_bytes()).await;
+            assert!(matches!(err, BodyError::InvalidForm(_)), "{body}: {err:?}");
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        }
     }
 
     #[tokio::test]

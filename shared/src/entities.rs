@@ -965,6 +965,67 @@ mod tests {
         schema(collection).unwrap().validate(&mut obj).map(|()| obj)
     }
 
+    /// Every field's published pattern accepts exactly what its checks accept.
+    #[test]
+    fn patterns_match_their_checks() {
+        fn walk<'a>(fields: &'a [Field], out: &mut Vec<&'a Field>) {
+            for field in fields {
+                out.push(field);
+                match &field.ty {
+                    Type::Array(elem) | Type::Set(elem) | Type::Map(elem) => {
+                        walk(std::slice::from_ref(elem), out)
+                    }
+                    Type::Record(inner) => walk(inner, out),
+                    _ => {}
+                }
+            }
+        }
+        let mut fields = Vec::new();
+        for schema in SCHEMAS.iter().chain(PLUGIN_SCHEMAS.iter().map(|(_, s)| s)) {
+            walk(&schema.fields, &mut fields);
+        }
+        let with_pattern: Vec<&Field> =
+            fields.into_iter().filter(|f| f.pattern.is_some()).collect();
+        assert!(with_pattern.len() >= 5, "{}", with_pattern.len());
+
+        let mut samples: Vec<String> = vec![
+            String::new(),
+            "GET".into(),
+            "a.b-c_d~e".into(),
+            "tag with spaces".into(),
+            "a,b".into(),
+            "a/b".into(),
+            "Ünïcödé".into(),
+            "名前".into(),
+            "😀".into(),
+            "\u{ffff}".into(),
+            "a\nb".into(),
+            "a\n".into(),
+            "a\u{0}".into(),
+        ];
+        for c in (0u32..0x100)
+            .chain([0x2028, 0xfeff, 0x10ffff])
+            .filter_map(char::from_u32)
+        {
+            samples.push(c.to_string());
+            samples.push(format!("a{c}"));
+            samples.push(format!("{c}Z"));
+        }
+        for field in with_pattern {
+            let pattern = field.pattern.unwrap_or_default();
+            let regex = regex::Regex::new(pattern).unwrap();
+            for sample in &samples {
+                let accepted = crate::schema::run_checks(&field.checks, &json!(sample)).is_none();
+                assert_eq!(
+                    regex.is_match(sample),
+                    accepted,
+                    "field {:?}, pattern {pattern}: {sample:?}",
+                    field.name
+                );
+            }
+        }
+    }
+
     #[test]
     fn every_collection_has_a_schema() {
         for collection in COLLECTIONS {

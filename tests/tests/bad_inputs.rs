@@ -91,7 +91,10 @@ fn form(body: &str) -> Body {
 }
 
 fn multipart(boundary_header: &'static str, body: &str) -> Body {
-    Body::Raw(vec![boundary_header], body.replace('\n', "\r\n").into_bytes())
+    Body::Raw(
+        vec![boundary_header],
+        body.replace('\n', "\r\n").into_bytes(),
+    )
 }
 
 /// Every entity of every collection.
@@ -100,7 +103,10 @@ async fn dump(admin: &Admin) -> Result<Value> {
     for collection in COLLECTIONS {
         let res = admin.get(&format!("/{collection}?size=1000")).await?;
         ensure!(res.status == 200, "GET /{collection}: {res:?}");
-        ensure!(res.body["next"].is_null(), "more than one page of {collection}");
+        ensure!(
+            res.body["next"].is_null(),
+            "more than one page of {collection}"
+        );
         all.insert((*collection).to_owned(), res.body["data"].clone());
     }
     Ok(Value::Object(all))
@@ -218,7 +224,10 @@ async fn seed(admin: &Admin) -> Result<Seed> {
             )
             .await?,
     )?;
-    let cert_id = cert_row["id"].as_str().context("certificate id")?.to_owned();
+    let cert_id = cert_row["id"]
+        .as_str()
+        .context("certificate id")?
+        .to_owned();
     let service = created(
         admin
             .post_json(
@@ -976,10 +985,14 @@ async fn bad_inputs_are_refused_and_change_nothing() -> Result<()> {
 
     // The table in RELIABILITY.md is this one.
     let path = reliability_path();
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {}", path.display()))?;
-    let start = text.find(BEGIN).context("no table start marker in RELIABILITY.md")?;
-    let end = text.find(END).context("no table end marker in RELIABILITY.md")?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let start = text
+        .find(BEGIN)
+        .context("no table start marker in RELIABILITY.md")?;
+    let end = text
+        .find(END)
+        .context("no table end marker in RELIABILITY.md")?;
     ensure!(start < end, "table markers out of order in RELIABILITY.md");
     let current = &text[start + BEGIN.len()..end];
     let wanted = format!("\n{table}");

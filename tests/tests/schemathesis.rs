@@ -108,7 +108,10 @@ async fn schemathesis_finds_no_failure() -> Result<()> {
 
     // The control plane survived every request, answered none with a 5xx, and panicked nowhere.
     let logs = cp.logs();
-    ensure!(!logs.contains("panicked"), "the control plane panicked:\n{logs}");
+    ensure!(
+        !logs.contains("panicked"),
+        "the control plane panicked:\n{logs}"
+    );
     ensure!(
         !logs.contains("admin request failed"),
         "the control plane answered a 500:\n{logs}"

@@ -50,7 +50,6 @@ const RESTRICTED_DELETES: &[&str] = &["ca_certificates", "certificates", "servic
 /// rather than as a schema that would claim, for example, that `tags=5` is not a list.
 const BODY_TYPES: &[&str] = &["application/json"];
 
-
 const DESCRIPTION: &str = "\
 The Kong-compatible Admin API of the Gatehouse control plane: entity names, fields, defaults, \
 status codes, pagination and error bodies follow Kong's.
@@ -714,6 +713,16 @@ fn body_schema(collection: &str, parent: Option<(&str, &str)>) -> String {
     }
 }
 
+/// The endpoint key that a PUT body may leave out because the URL names the entity by it, when
+/// the create body requires it (`group` under `/consumers/{c}/acls/{group}`): the PUT body is
+/// then `<Body>Upsert`, the create body without that requirement.
+fn upsert_key(collection: &str, parent: Option<(&str, &str)>) -> Option<&'static str> {
+    let schema = entities::schema(collection)?;
+    let key = schema.endpoint_key?;
+    (accepts_key(collection, parent.is_some()) && schema.field(key).is_some_and(is_required))
+        .then_some(key)
+}
+
 fn parent_is_required(collection: &str, field: &str) -> bool {
     entities::schema(collection)
         .and_then(|s| s.field(field))
@@ -807,7 +816,11 @@ fn entity_operation(scope: Scope, method: &Method) -> Option<Operation> {
         if collection == "certificates" {
             description.push_str(" When the URL names it by an SNI, that SNI is added to `snis`.");
         }
-        let body = body_schema(collection, parent.as_ref().map(|(p, f, _)| (*p, *f)));
+        let parent_ref = parent.as_ref().map(|(p, f, _)| (*p, *f));
+        let mut body = body_schema(collection, parent_ref);
+        if upsert_key(collection, parent_ref).is_some() {
+            body.push_str("Upsert");
+        }
         // A URL key may supply the only required field: then the body may be absent.
         let body_required = entities::schema(collection).is_none_or(|schema| {
             let parent_field = parent.as_ref().map(|(_, f, _)| *f);
@@ -973,6 +986,34 @@ fn schemas() -> Map<String, Value> {
                 entity_schema(schema, Variant::Nested { parent, field }),
             );
         }
+    }
+    let scopes = COLLECTIONS.iter().map(|c| (*c, None)).chain(
+        NESTED
+            .iter()
+            .filter_map(|(p, c)| Some((*c, Some((*p, parent_field(p, c)?))))),
+    );
+    for (collection, parent) in scopes {
+        let Some(key) = upsert_key(collection, parent) else {
+            continue;
+        };
+        let base = body_schema(collection, parent);
+        let Some(mut upsert) = all.get(&base).cloned() else {
+            continue;
+        };
+        if let Some(required) = upsert.get_mut("required").and_then(Value::as_array_mut) {
+            required.retain(|name| name != key);
+            if required.is_empty() {
+                if let Some(object) = upsert.as_object_mut() {
+                    object.remove("required");
+                }
+            }
+        }
+        let description = format!(
+            "{} As a PUT body: `{key}` may be left out when the URL names the entity by it.",
+            upsert["description"].as_str().unwrap_or_default()
+        );
+        upsert["description"] = Value::from(description);
+        all.insert(format!("{base}Upsert"), upsert);
     }
     all
 }
@@ -1715,10 +1756,16 @@ mod tests {
         let components = &doc["components"]["schemas"];
         for collection in COLLECTIONS {
             let schema = entities::schema(collection).unwrap();
-            for name in [
-                entity_name(collection),
-                format!("{}Patch", entity_name(collection)),
-            ] {
+            // Plugins are one of the per-plugin entities, checked below.
+            let names = if *collection == "plugins" {
+                Vec::new()
+            } else {
+                vec![
+                    entity_name(collection),
+                    format!("{}Patch", entity_name(collection)),
+                ]
+            };
+            for name in names {
                 let properties = components[&name]["properties"]
                     .as_object()
                     .unwrap_or_else(|| panic!("no component {name} for {collection}"));
@@ -1745,10 +1792,22 @@ mod tests {
             for field in fields {
                 assert!(properties.contains_key(field.name), "{name}.{}", field.name);
             }
-            let variants = components["Plugin"]["properties"]["config"]["oneOf"]
-                .as_array()
-                .unwrap();
-            assert!(variants.contains(&schema_ref(&config_name(name))), "{name}");
+            let component = format!("{}Plugin", pascal(name));
+            let variants = components["Plugin"]["oneOf"].as_array().unwrap();
+            assert!(variants.contains(&schema_ref(&component)), "{name}");
+            let plugin = &components[&component]["properties"];
+            assert_eq!(plugin["name"]["enum"], json!([name]));
+            assert_eq!(
+                plugin["config"]["allOf"][0],
+                schema_ref(&config_name(name)),
+                "{name}"
+            );
+            let schema = entities::plugin_schema(name).unwrap();
+            assert_eq!(
+                plugin.as_object().unwrap().len(),
+                schema.fields.len(),
+                "{component}"
+            );
         }
     }
 
@@ -1892,15 +1951,8 @@ mod tests {
             if matches!(method.as_str(), "post" | "put" | "patch") {
                 let content = body.unwrap()["content"].as_object().unwrap();
                 let types: Vec<&str> = content.keys().map(String::as_str).collect();
-                assert_eq!(
-                    types,
-                    [
-                        "application/json",
-                        "application/x-www-form-urlencoded",
-                        "multipart/form-data"
-                    ],
-                    "{what}"
-                );
+                // The form encodings are described in prose (see BODY_TYPES).
+                assert_eq!(types, ["application/json"], "{what}");
                 for code in ["400", "409", "415"] {
                     assert!(responses.contains_key(code), "{what} {code}");
                 }
@@ -1912,6 +1964,10 @@ mod tests {
                     .as_str()
                     .unwrap();
                 assert_eq!(method == "patch", schema.ends_with("Patch"), "{what}");
+                assert!(
+                    !schema.ends_with("Upsert") || method == "put",
+                    "{what}: {schema}"
+                );
             } else {
                 assert!(body.is_none(), "{what}");
             }

@@ -673,8 +673,10 @@ fn apply_selector(
             let Some(field) = schema.endpoint_key else {
                 return Err(ApiError::NotFound("Not found"));
             };
+            // An explicit null is refused like another value (as Kong does): the key is
+            // taken from the URL only when the body leaves it out.
             match input.get(field) {
-                None | Some(Value::Null) => {
+                None => {
                     input.insert(field.to_owned(), json!(key));
                 }
                 Some(Value::String(given)) if given == key => {}

@@ -246,7 +246,16 @@ fn routes() -> Schema {
             Field::elem(Type::Record(vec![
                 Field::string("ip").custom(str_rule!(checks::ip_or_cidr)),
                 Field::integer("port").check(Check::Between(0, 65535)),
-            ])),
+            ]))
+            // As Kong's `at_least_one_of = { "ip", "port" }`: `{}` would match everything.
+            .custom(|value| {
+                let set = |key: &str| value.get(key).is_some_and(|v| !v.is_null());
+                if set("ip") || set("port") {
+                    Ok(())
+                } else {
+                    Err("at least one of these fields must be non-empty: 'ip', 'port'".into())
+                }
+            }),
         )
     };
     Schema {

@@ -940,14 +940,9 @@ fn check_plugin(obj: &mut Map<String, Value>, errors: &mut FieldErrors) {
         return;
     };
     let is_set = |field: &str| !obj.get(field).is_none_or(Value::is_null);
-    match name.as_str() {
-        "acl" | "mtls-auth" => {
-            // Protocols are checked by the plugin's schema.
-            if is_set("consumer") {
-                errors.field("consumer", "value must be null");
-            }
-        }
-        _ => {}
+    // Protocols are checked by the plugin's schema; neither plugin applies per consumer.
+    if matches!(name.as_str(), "acl" | "mtls-auth") && is_set("consumer") {
+        errors.field("consumer", "value must be null");
     }
     if name == "acl" {
         let config = obj.get("config").and_then(Value::as_object);

@@ -135,15 +135,15 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str, errors: &mut Vec<
         Ok(schema) => schema,
         Err(error) => return errors.push(format!("{at}: {error}")),
     };
+    for variant in schema["allOf"].as_array().into_iter().flatten() {
+        check(doc, variant, value, at, errors);
+    }
     let mut fail = |message: String| errors.push(format!("{at}: {message}"));
     if value.is_null() {
         if schema["nullable"] != json!(true) {
             fail("null, but not nullable".into());
         }
         return;
-    }
-    for variant in schema["allOf"].as_array().into_iter().flatten() {
-        check(doc, variant, value, at, errors);
     }
     for (combinator, wanted) in [("oneOf", Some(1)), ("anyOf", None)] {
         if let Some(variants) = schema[combinator].as_array() {

@@ -1002,11 +1002,11 @@ fn schemas() -> Map<String, Value> {
         };
         if let Some(required) = upsert.get_mut("required").and_then(Value::as_array_mut) {
             required.retain(|name| name != key);
-            if required.is_empty() {
-                if let Some(object) = upsert.as_object_mut() {
-                    object.remove("required");
-                }
-            }
+        }
+        if upsert["required"].as_array().is_some_and(Vec::is_empty)
+            && let Some(object) = upsert.as_object_mut()
+        {
+            object.remove("required");
         }
         let description = format!(
             "{} As a PUT body: `{key}` may be left out when the URL names the entity by it.",

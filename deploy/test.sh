@@ -41,7 +41,7 @@ ensure_schemathesis() {
         echo "using $(command -v st) ($(st --version))"
         return
     fi
-    local venv=${GATEHOUSE_ST_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/gatehouse/schemathesis-$SCHEMATHESIS_VERSION}
+    local venv=${GATEHOUSE_ST_VENV:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/gatehouse/schemathesis-$SCHEMATHESIS_VERSION}
     if [ ! -x "$venv/bin/st" ]; then
         if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
             if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

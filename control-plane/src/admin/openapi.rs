@@ -1894,6 +1894,57 @@ mod tests {
             json!(["ca_certificates"])
         );
 
+        // Generated from the validation: patterns, integer enums, per-plugin schemas.
+        assert_eq!(
+            props["tags"]["items"]["pattern"],
+            json!(entities::TAG_PATTERN)
+        );
+        assert_eq!(props["name"]["pattern"], json!(entities::NAME_PATTERN));
+        assert_eq!(
+            route["https_redirect_status_code"]["enum"],
+            json!([426, 301, 302, 307, 308])
+        );
+        let mtls = &schemas["MtlsAuthPlugin"];
+        assert!(
+            mtls["required"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("config")),
+            "the mtls-auth config has no usable default"
+        );
+        assert_eq!(
+            mtls["properties"]["protocols"]["items"]["enum"],
+            json!(["grpc", "grpcs", "http", "https"])
+        );
+        assert!(
+            schemas["AclPlugin"]["properties"]["config"]
+                .get("default")
+                .is_some()
+        );
+        // A PUT body may leave out what the URL key gives.
+        assert_eq!(schemas["AclUnderConsumer"]["required"], json!(["group"]));
+        assert!(schemas["AclUnderConsumerUpsert"].get("required").is_none());
+        let put = &doc["paths"]["/consumers/{consumer}/acls/{acl}"]["put"];
+        assert_eq!(
+            put["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            json!("#/components/schemas/AclUnderConsumerUpsert")
+        );
+        assert_eq!(put["requestBody"]["required"], json!(false));
+        assert_eq!(
+            doc["paths"]["/services/{service}"]["put"]["requestBody"]["required"],
+            json!(true)
+        );
+        assert_eq!(
+            doc["paths"]["/services/{service}"]["put"]["parameters"][0]["schema"]["pattern"],
+            json!(entities::NAME_PATTERN)
+        );
+        // References list only the keys the store resolves.
+        let ca_ref = &schemas["MtlsAuthCredential"]["properties"]["ca_certificate"];
+        assert!(
+            ca_ref["properties"].get("cert_digest").is_none(),
+            "{ca_ref}"
+        );
+
         // Nested bodies take the parent from the URL.
         assert_eq!(schemas["Sni"]["required"], json!(["name", "certificate"]));
         assert_eq!(schemas["SniUnderCertificate"]["required"], json!(["name"]));

@@ -9,8 +9,15 @@
 //! - `<Entity>Patch`: the body of PATCH (every field optional, no defaults applied).
 //! - `<Child>Under<Parent>` (`SniUnderCertificate`, ...): the body of POST/PUT on a nested
 //!   endpoint whose parent reference would otherwise be required: it comes from the URL.
+//! - `<Body>Upsert` (`AclUnderConsumerUpsert`, `UpstreamUpsert`, ...): the body of PUT when the
+//!   URL may name the entity by a key the create body requires; that key may be left out.
 //! - `<Entity>List`: one page of a list.
-//! - `Plugin`, whose `config` is one of the per-plugin `<Name>Config` schemas.
+//! - `Plugin`: one of the per-plugin entities (`AclPlugin`, `MtlsAuthPlugin`), each built from
+//!   its plugin's schema with its `<Name>Config`; `PluginPatch`: any of their PATCH bodies.
+//!
+//! Field schemas carry what the validation checks: types, defaults, enums (string and integer),
+//! ranges, minimum lengths, required members, and the `pattern` a field publishes as equal to its
+//! checks. Request bodies are described as JSON (see [`BODY_TYPES`]).
 //! - `Error`, `Message`, `NodeInfo`, `Status`, `TagRow`, `TagList`.
 //! - `DataPlane`, `DataPlaneList`, `ClusterStatus`: the `/clustering` endpoints.
 

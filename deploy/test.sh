@@ -32,6 +32,40 @@ stop_test_cluster() {
     return "$status"
 }
 
+# Schemathesis (PyPI) fuzzes the Admin API from its OpenAPI document (tests/tests/schemathesis.rs).
+# It is installed into a virtualenv of its own (Debian's Python refuses `pip install` system-wide),
+# and the test is told to fail rather than skip when `st` is missing.
+SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis() {
+    if command -v st >/dev/null 2>&1 && st --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
+        echo "using $(command -v st) ($(st --version))"
+        return
+    fi
+    local venv=${GATEHOUSE_ST_VENV:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/gatehouse/schemathesis-$SCHEMATHESIS_VERSION}
+    if [ ! -x "$venv/bin/st" ]; then
+        if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+            if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+                apt-get update
+                DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+                    python3 python3-venv
+            else
+                echo "python3 with venv is needed for schemathesis (apt-get install python3-venv)" >&2
+                exit 1
+            fi
+        fi
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+            "schemathesis==$SCHEMATHESIS_VERSION"
+    fi
+    export PATH="$venv/bin:$PATH"
+    echo "using $venv/bin/st ($(st --version))"
+}
+
+section "schemathesis $SCHEMATHESIS_VERSION"
+ensure_schemathesis
+export GATEHOUSE_REQUIRE_SCHEMATHESIS=1
+
 if [ -n "${GATEHOUSE_TEST_DATABASE_URL:-}" ]; then
     section "PostgreSQL: using GATEHOUSE_TEST_DATABASE_URL"
 else

@@ -77,6 +77,27 @@ pub(crate) enum ApiError {
     Unavailable(String),
 }
 
+/// Kong's error codes and names, for every entity error the Admin API answers with
+/// (`kong/db/errors.lua`). The OpenAPI document's `Error` schema is built from this list.
+pub(crate) const CODES: &[(u8, &str)] = &[
+    (2, "schema violation"),
+    (3, "primary key violation"),
+    (4, "foreign key violation"),
+    (5, "unique constraint violation"),
+    (7, "invalid offset"),
+    (9, "invalid size"),
+    (11, "invalid options"),
+    (19, "referenced by others"),
+];
+
+/// The name of error `code` in [`CODES`].
+fn code_name(code: u8) -> &'static str {
+    CODES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map_or("unknown error", |(_, name)| name)
+}
+
 /// Renders a map the way Kong quotes keys in messages: `{name="svc",port=80}`.
 pub(crate) fn lua(map: &Map<String, Value>) -> String {
     let parts: Vec<String> = map
@@ -123,26 +144,22 @@ impl ApiError {
     }
 
     fn body(&self) -> Value {
-        let entity = |code: u8, name: &str, fields: Value| json!({"code": code, "name": name, "message": self.to_string(), "fields": fields});
+        let entity = |code: u8, fields: Value| json!({"code": code, "name": code_name(code), "message": self.to_string(), "fields": fields});
         match self {
-            Self::Schema(errors) => entity(2, "schema violation", errors.to_json()),
-            Self::PrimaryKey(key) => entity(3, "primary key violation", Value::Object(key.clone())),
+            Self::Schema(errors) => entity(2, errors.to_json()),
+            Self::PrimaryKey(key) => entity(3, Value::Object(key.clone())),
             Self::ForeignKey { field, key, .. } => {
                 let mut fields = Map::new();
                 nest(&mut fields, field, Value::Object(key.clone()));
-                entity(4, "foreign key violation", Value::Object(fields))
+                entity(4, Value::Object(fields))
             }
-            Self::ReferencedBy { child, .. } => {
-                entity(4, "foreign key violation", json!({"@referenced_by": child}))
-            }
-            Self::Unique(key) => {
-                entity(5, "unique constraint violation", Value::Object(key.clone()))
-            }
-            Self::InvalidOffset(_) => entity(7, "invalid offset", json!({})),
-            Self::InvalidSize(_) => entity(9, "invalid size", json!({})),
-            Self::InvalidOptions(_) => entity(11, "invalid options", json!({})),
+            Self::ReferencedBy { child, .. } => entity(4, json!({"@referenced_by": child})),
+            Self::Unique(key) => entity(5, Value::Object(key.clone())),
+            Self::InvalidOffset(_) => entity(7, json!({})),
+            Self::InvalidSize(_) => entity(9, json!({})),
+            Self::InvalidOptions(_) => entity(11, json!({})),
             Self::ReferencedByOthers(_) => {
-                json!({"code": 19, "name": "referenced by others", "message": self.to_string()})
+                json!({"code": 19, "name": code_name(19), "message": self.to_string()})
             }
             Self::NotFound(_)
             | Self::BadRequest(_)

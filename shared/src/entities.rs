@@ -42,6 +42,13 @@ pub const COLLECTIONS: &[&str] = &[
 /// Largest timeout Kong accepts, in milliseconds.
 const MAX_TIMEOUT_MS: i64 = 2_147_483_646;
 
+/// What [`checks::tag`] accepts: printable ASCII but `,` and `/`, or any non-ASCII character.
+pub const TAG_PATTERN: &str = r"^[^\x00-\x1f\x7f,/]+$";
+/// What [`checks::utf8_name`] accepts: ASCII `A-Z a-z 0-9 . - _ ~`, or any non-ASCII character.
+pub const NAME_PATTERN: &str = r"^[^\x00-\x2c\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7d\x7f]+$";
+/// What [`checks::http_method`] accepts.
+pub const METHOD_PATTERN: &str = r"^[A-Z]+$";
+
 /// Adapts a `&str` validator to a schema check (non-strings are reported by the type check).
 macro_rules! str_rule {
     ($rule:path) => {
@@ -100,13 +107,16 @@ fn timestamps() -> [Field; 2] {
 fn tags() -> Field {
     Field::set(
         "tags",
-        Field::elem(Type::String).custom(str_rule!(checks::tag)),
+        Field::elem(Type::String)
+            .custom(str_rule!(checks::tag))
+            .pattern(TAG_PATTERN),
     )
 }
 
 fn name() -> Field {
     Field::string("name")
         .custom(str_rule!(checks::utf8_name))
+        .pattern(NAME_PATTERN)
         .unique()
 }
 
@@ -236,7 +246,16 @@ fn routes() -> Schema {
             Field::elem(Type::Record(vec![
                 Field::string("ip").custom(str_rule!(checks::ip_or_cidr)),
                 Field::integer("port").check(Check::Between(0, 65535)),
-            ])),
+            ]))
+            // As Kong's `at_least_one_of = { "ip", "port" }`: `{}` would match everything.
+            .custom(|value| {
+                let set = |key: &str| value.get(key).is_some_and(|v| !v.is_null());
+                if set("ip") || set("port") {
+                    Ok(())
+                } else {
+                    Err("at least one of these fields must be non-empty: 'ip', 'port'".into())
+                }
+            }),
         )
     };
     Schema {
@@ -244,7 +263,12 @@ fn routes() -> Schema {
         fields: with_common(vec![
             name(),
             protocol_set(&["http", "https"]),
-            Field::set("methods", strings().custom(str_rule!(checks::http_method))),
+            Field::set(
+                "methods",
+                strings()
+                    .custom(str_rule!(checks::http_method))
+                    .pattern(METHOD_PATTERN),
+            ),
             Field::array("hosts", strings().custom(str_rule!(checks::wildcard_host))),
             Field::array("paths", strings().custom(str_rule!(checks::route_path))),
             Field::map(
@@ -256,10 +280,7 @@ fn routes() -> Schema {
             Field::integer("https_redirect_status_code")
                 .required()
                 .default(json!(426))
-                .custom(|v| match v.as_i64() {
-                    Some(426 | 301 | 302 | 307 | 308) => Ok(()),
-                    _ => Err("expected one of: 426, 301, 302, 307, 308".into()),
-                }),
+                .check(Check::IntOneOf(&[426, 301, 302, 307, 308])),
             Field::integer("regex_priority").default(json!(0)),
             // Defaulted by `check_route`: true, or false for grpc routes (as Kong's subschemas).
             Field::boolean("strip_path"),
@@ -513,14 +534,29 @@ fn mtls_auth_credentials() -> Schema {
     }
 }
 
+/// The protocols of the plugins this build knows: every one of them runs on HTTP requests.
+const HTTP_PROTOCOLS: &[&str] = &["grpc", "grpcs", "http", "https"];
+
 fn plugins(config: Vec<Field>) -> Schema {
     let open = config.is_empty();
+    let protocols = if open {
+        protocol_set(&["grpc", "grpcs", "http", "https"])
+    } else {
+        Field::set(
+            "protocols",
+            Field::elem(Type::String).check(Check::OneOf(HTTP_PROTOCOLS)),
+        )
+        .required()
+        .default(json!(HTTP_PROTOCOLS))
+        .check(Check::LenMin(1))
+    };
     Schema {
         name: "plugins",
         fields: with_common(vec![
             Field::string("name").required(),
             Field::string("instance_name")
                 .custom(str_rule!(checks::utf8_name))
+                .pattern(NAME_PATTERN)
                 .unique(),
             Field::foreign("route", "routes"),
             Field::foreign("service", "services"),
@@ -532,7 +568,7 @@ fn plugins(config: Vec<Field>) -> Schema {
                     .required()
                     .default(json!({}))
             },
-            protocol_set(&["grpc", "grpcs", "http", "https"]),
+            protocols,
             Field::boolean("enabled").required().default(json!(true)),
         ]),
         endpoint_key: Some("instance_name"),
@@ -904,17 +940,9 @@ fn check_plugin(obj: &mut Map<String, Value>, errors: &mut FieldErrors) {
         return;
     };
     let is_set = |field: &str| !obj.get(field).is_none_or(Value::is_null);
-    match name.as_str() {
-        "acl" | "mtls-auth" => {
-            if is_set("consumer") {
-                errors.field("consumer", "value must be null");
-            }
-            let allowed = ["grpc", "grpcs", "http", "https"];
-            if protocols(obj).iter().any(|p| !allowed.contains(p)) {
-                errors.field("protocols", "expected one of: grpc, grpcs, http, https");
-            }
-        }
-        _ => {}
+    // Protocols are checked by the plugin's schema; neither plugin applies per consumer.
+    if matches!(name.as_str(), "acl" | "mtls-auth") && is_set("consumer") {
+        errors.field("consumer", "value must be null");
     }
     if name == "acl" {
         let config = obj.get("config").and_then(Value::as_object);
@@ -939,6 +967,67 @@ mod tests {
     fn validate(collection: &str, value: Value) -> Result<Map<String, Value>, FieldErrors> {
         let mut obj = value.as_object().cloned().unwrap();
         schema(collection).unwrap().validate(&mut obj).map(|()| obj)
+    }
+
+    /// Every field's published pattern accepts exactly what its checks accept.
+    #[test]
+    fn patterns_match_their_checks() {
+        fn walk<'a>(fields: &'a [Field], out: &mut Vec<&'a Field>) {
+            for field in fields {
+                out.push(field);
+                match &field.ty {
+                    Type::Array(elem) | Type::Set(elem) | Type::Map(elem) => {
+                        walk(std::slice::from_ref(elem), out)
+                    }
+                    Type::Record(inner) => walk(inner, out),
+                    _ => {}
+                }
+            }
+        }
+        let mut fields = Vec::new();
+        for schema in SCHEMAS.iter().chain(PLUGIN_SCHEMAS.iter().map(|(_, s)| s)) {
+            walk(&schema.fields, &mut fields);
+        }
+        let with_pattern: Vec<&Field> =
+            fields.into_iter().filter(|f| f.pattern.is_some()).collect();
+        assert!(with_pattern.len() >= 5, "{}", with_pattern.len());
+
+        let mut samples: Vec<String> = vec![
+            String::new(),
+            "GET".into(),
+            "a.b-c_d~e".into(),
+            "tag with spaces".into(),
+            "a,b".into(),
+            "a/b".into(),
+            "Ünïcödé".into(),
+            "名前".into(),
+            "😀".into(),
+            "\u{ffff}".into(),
+            "a\nb".into(),
+            "a\n".into(),
+            "a\u{0}".into(),
+        ];
+        for c in (0u32..0x100)
+            .chain([0x2028, 0xfeff, 0x10ffff])
+            .filter_map(char::from_u32)
+        {
+            samples.push(c.to_string());
+            samples.push(format!("a{c}"));
+            samples.push(format!("{c}Z"));
+        }
+        for field in with_pattern {
+            let pattern = field.pattern.unwrap_or_default();
+            let regex = regex::Regex::new(pattern).unwrap();
+            for sample in &samples {
+                let accepted = crate::schema::run_checks(&field.checks, &json!(sample)).is_none();
+                assert_eq!(
+                    regex.is_match(sample),
+                    accepted,
+                    "field {:?}, pattern {pattern}: {sample:?}",
+                    field.name
+                );
+            }
+        }
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub enum Check {
     Between(i64, i64),
     /// A string out of a fixed set.
     OneOf(&'static [&'static str]),
+    /// An integer out of a fixed set.
+    IntOneOf(&'static [i64]),
     /// A minimum length for strings (characters) and lists (elements).
     LenMin(usize),
     /// Any other rule; returns the violation message.
@@ -77,6 +79,10 @@ pub struct Field {
     pub access: Access,
     /// Values must be unique across the entity's rows.
     pub unique: bool,
+    /// For string values: a regular expression (in the dialect common to ECMA-262, Python and
+    /// Rust's `regex`) that matches exactly the strings the checks accept, published as the
+    /// OpenAPI `pattern`. A unit test holds each one to its checks.
+    pub pattern: Option<&'static str>,
 }
 
 /// An entity-level rule: looks at the whole (typed, defaulted) object, reports violations
@@ -115,6 +121,7 @@ impl Field {
             checks: Vec::new(),
             access: Access::Normal,
             unique: false,
+            pattern: None,
         }
     }
 
@@ -202,6 +209,12 @@ impl Field {
         self
     }
 
+    /// Publishes `pattern` as the regular expression equivalent to the field's checks.
+    pub fn pattern(mut self, pattern: &'static str) -> Self {
+        self.pattern = Some(pattern);
+        self
+    }
+
     /// Marks the field unique.
     pub fn unique(mut self) -> Self {
         self.unique = true;
@@ -220,6 +233,14 @@ impl Schema {
     /// The field called `name`.
     pub fn field(&self, name: &str) -> Option<&Field> {
         self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// The fields that may name an entity of this schema in a reference instead of its id
+    /// (`{"name": "svc"}`): unique string fields written by clients.
+    pub fn reference_keys(&self) -> impl Iterator<Item = &Field> {
+        self.fields
+            .iter()
+            .filter(|f| f.unique && f.access == Access::Normal && matches!(f.ty, Type::String))
     }
 
     /// Turns form-decoded input (every leaf a string) into typed JSON by the schema's types:
@@ -347,6 +368,9 @@ fn coerce(ty: &Type, value: Value) -> Value {
     }
 }
 
+/// The violation of a string (or map key) holding a NUL character.
+pub const NUL_MESSAGE: &str = "must not contain NUL characters";
+
 /// Validates `obj` against `fields`, recording violations in `errors` (keyed by field name).
 fn validate_record(
     fields: &[Field],
@@ -395,6 +419,10 @@ fn validate_value(field: &Field, value: &mut Value, fill_defaults: bool) -> Opti
             .then(|| Value::from("required field missing"));
     }
     match (&field.ty, &mut *value) {
+        // PostgreSQL stores no NUL character in text or jsonb, and no configuration needs one.
+        (Type::String, Value::String(s)) if s.contains('\0') => {
+            return Some(Value::from(NUL_MESSAGE));
+        }
         (Type::String, Value::String(_))
         | (Type::Boolean, Value::Bool(_))
         | (Type::Number, Value::Number(_)) => {}
@@ -423,7 +451,9 @@ fn validate_value(field: &Field, value: &mut Value, fill_defaults: bool) -> Opti
         (Type::Map(elem), Value::Object(map)) => {
             let mut errors = Map::new();
             for (key, item) in map.iter_mut() {
-                if let Some(error) = validate_element(elem, item, fill_defaults) {
+                if key.contains('\0') {
+                    errors.insert(key.clone(), Value::from(NUL_MESSAGE));
+                } else if let Some(error) = validate_element(elem, item, fill_defaults) {
                     errors.insert(key.clone(), error);
                 }
             }
@@ -518,7 +548,8 @@ fn type_error(ty: &Type) -> &'static str {
     }
 }
 
-fn run_checks(checks: &[Check], value: &Value) -> Option<String> {
+/// Runs the checks of a present, well-typed value; returns the first violation.
+pub fn run_checks(checks: &[Check], value: &Value) -> Option<String> {
     for check in checks {
         let result = match check {
             Check::Between(min, max) => match value.as_i64() {
@@ -528,6 +559,17 @@ fn run_checks(checks: &[Check], value: &Value) -> Option<String> {
             Check::OneOf(options) => match value.as_str() {
                 Some(s) if options.contains(&s) => Ok(()),
                 _ => Err(format!("expected one of: {}", options.join(", "))),
+            },
+            Check::IntOneOf(options) => match value.as_i64() {
+                Some(n) if options.contains(&n) => Ok(()),
+                _ => Err(format!(
+                    "expected one of: {}",
+                    options
+                        .iter()
+                        .map(i64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
             },
             Check::LenMin(min) => {
                 let len = match value {
@@ -577,6 +619,12 @@ impl FieldErrors {
         if let Value::Object(fields) = entry {
             fields.insert(name.to_owned(), Value::from(message.into()));
         }
+    }
+
+    /// Records the violations inside one field: a nested object of messages (a record's or a
+    /// reference's members) or a positional array (a list's elements).
+    pub fn nested(&mut self, name: &str, errors: Value) {
+        self.fields.insert(name.to_owned(), errors);
     }
 
     /// Records a violation of the entity as a whole (`@entity`).

@@ -135,6 +135,9 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str, errors: &mut Vec<
         Ok(schema) => schema,
         Err(error) => return errors.push(format!("{at}: {error}")),
     };
+    for variant in schema["allOf"].as_array().into_iter().flatten() {
+        check(doc, variant, value, at, errors);
+    }
     let mut fail = |message: String| errors.push(format!("{at}: {message}"));
     if value.is_null() {
         if schema["nullable"] != json!(true) {
@@ -243,6 +246,14 @@ fn check_complete(doc: &Value, schema: &Value, entity: &Value, at: &str, errors:
     let Ok(schema) = resolve(doc, schema) else {
         return;
     };
+    // One of several entities (`Plugin`): the variant the entity matches.
+    for variant in schema["oneOf"].as_array().into_iter().flatten() {
+        let mut inner = Vec::new();
+        check(doc, variant, entity, at, &mut inner);
+        if inner.is_empty() {
+            check_complete(doc, variant, entity, at, errors);
+        }
+    }
     for (name, property) in schema["properties"].as_object().into_iter().flatten() {
         if property["writeOnly"] != json!(true) && entity.get(name).is_none() {
             errors.push(format!("{at}: documented {name} is not returned"));

@@ -9,8 +9,15 @@
 //! - `<Entity>Patch`: the body of PATCH (every field optional, no defaults applied).
 //! - `<Child>Under<Parent>` (`SniUnderCertificate`, ...): the body of POST/PUT on a nested
 //!   endpoint whose parent reference would otherwise be required: it comes from the URL.
+//! - `<Body>Upsert` (`AclUnderConsumerUpsert`, `UpstreamUpsert`, ...): the body of PUT when the
+//!   URL may name the entity by a key the create body requires; that key may be left out.
 //! - `<Entity>List`: one page of a list.
-//! - `Plugin`, whose `config` is one of the per-plugin `<Name>Config` schemas.
+//! - `Plugin`: one of the per-plugin entities (`AclPlugin`, `MtlsAuthPlugin`), each built from
+//!   its plugin's schema with its `<Name>Config`; `PluginPatch`: any of their PATCH bodies.
+//!
+//! Field schemas carry what the validation checks: types, defaults, enums (string and integer),
+//! ranges, minimum lengths, required members, and the `pattern` a field publishes as equal to its
+//! checks. Request bodies are described as JSON (see [`BODY_TYPES`]).
 //! - `Error`, `Message`, `NodeInfo`, `Status`, `TagRow`, `TagList`.
 //! - `DataPlane`, `DataPlaneList`, `ClusterStatus`: the `/clustering` endpoints.
 
@@ -21,6 +28,8 @@ use serde_json::{Map, Value, json};
 
 use gatehouse_shared::entities::{self, COLLECTIONS, KNOWN_PLUGINS};
 use gatehouse_shared::schema::{Access, Check, Field, Schema, Type};
+
+use crate::error::CODES as ERROR_CODES;
 
 use super::{
     DEFAULT_PAGE_SIZE, Endpoint, MAX_PAGE_SIZE, MAX_TAGS, NESTED, Op, Scope, endpoints,
@@ -42,23 +51,11 @@ const SCOPED_KEYS: &[&str] = &["acls", "targets"];
 /// migrations), so that a DELETE may be refused with 400.
 const RESTRICTED_DELETES: &[&str] = &["ca_certificates", "certificates", "services"];
 
-/// The media types of request bodies (Kong's three encodings).
-const BODY_TYPES: &[&str] = &[
-    "application/json",
-    "application/x-www-form-urlencoded",
-    "multipart/form-data",
-];
-
-/// Kong error codes the Admin API answers with, and their names (`error.rs`).
-const ERROR_CODES: &[(u8, &str)] = &[
-    (2, "schema violation"),
-    (3, "primary key violation"),
-    (4, "foreign key violation"),
-    (5, "unique constraint violation"),
-    (7, "invalid offset"),
-    (9, "invalid size"),
-    (19, "referenced by others"),
-];
+/// The media types whose request bodies the document describes by schema. The server also
+/// takes Kong's two form encodings, which carry only strings typed by the same schema (see
+/// [`DESCRIPTION`]); a JSON Schema cannot describe those strings, so they are documented in prose
+/// rather than as a schema that would claim, for example, that `tags=5` is not a list.
+const BODY_TYPES: &[&str] = &["application/json"];
 
 const DESCRIPTION: &str = "\
 The Kong-compatible Admin API of the Gatehouse control plane: entity names, fields, defaults, \
@@ -69,7 +66,8 @@ status codes, pagination and error bodies follow Kong's.
 keys nest (`config.allow=g1`, `service.name=foo`), `hosts[]=a&hosts[]=b` and repeated keys make \
 lists, `config[limit]=10` is a map key, values are typed by the schema (`\"80\"` → 80, \
 `\"true\"` → true) and an empty value means `null`; multipart file parts become strings. Any \
-other content type answers 415.
+other content type answers 415. The request bodies below are described as JSON; the form \
+encodings take the same fields under the rules above.
 
 **URLs** name an entity by its id or, where the path parameter's description says so, by a \
 unique key (`name`, `username`, `instance_name`, an SNI name for certificates, ...).
@@ -266,7 +264,7 @@ fn operation(endpoint: &Endpoint, method: &Method) -> Value {
     let mut parameters: Vec<Value> = names
         .iter()
         .enumerate()
-        .map(|(i, name)| path_parameter(endpoint, name, i + 1 == names.len()))
+        .map(|(i, name)| path_parameter(endpoint, method, name, i + 1 == names.len()))
         .collect();
     parameters.extend(op.query);
     let mut out = Map::new();
@@ -307,7 +305,7 @@ fn fallback(endpoint: &Endpoint, method: &Method) -> Operation {
     }
 }
 
-fn path_parameter(endpoint: &Endpoint, name: &str, last: bool) -> Value {
+fn path_parameter(endpoint: &Endpoint, method: &Method, name: &str, last: bool) -> Value {
     let description = if matches!(endpoint.op, Op::Tag) && name == "tag" {
         "A tag".to_owned()
     } else if matches!(endpoint.op, Op::DataPlane) && name == "id" {
@@ -326,12 +324,27 @@ fn path_parameter(endpoint: &Endpoint, name: &str, last: bool) -> Value {
             None => format!("The {name}"),
         }
     };
+    // PUT creates what the URL names: a key there must be a valid value of the key field (whose
+    // pattern also matches every id). Elsewhere a key that cannot exist is simply not found.
+    let put_key_pattern = match endpoint.op {
+        Op::Entity(scope) if last && method == Method::PUT => entities::schema(scope.collection)
+            .and_then(|s| s.endpoint_key.and_then(|key| s.field(key)))
+            .and_then(|f| f.pattern),
+        _ => None,
+    };
+    let schema = if matches!(endpoint.op, Op::Tag) && name == "tag" {
+        json!({"type": "string", "pattern": entities::TAG_PATTERN})
+    } else if let Some(pattern) = put_key_pattern {
+        json!({"type": "string", "pattern": pattern})
+    } else {
+        json!({"type": "string"})
+    };
     json!({
         "name": name,
         "in": "path",
         "required": true,
         "description": description,
-        "schema": {"type": "string"},
+        "schema": schema,
     })
 }
 
@@ -370,7 +383,7 @@ fn list_parameters(collection: &str) -> Vec<Value> {
             "Only entities with tags: `a,b` means both, `a/b` either (at most {MAX_TAGS} tags, \
              not mixed)."
         ),
-        json!({"type": "string"}),
+        json!({"type": "string", "pattern": tag_filter_pattern()}),
     ));
     match collection {
         "consumers" => all.push(query_parameter(
@@ -382,11 +395,20 @@ fn list_parameters(collection: &str) -> Vec<Value> {
             "expiring_within",
             "Only certificates whose `not_after` falls within this many seconds from now \
              (already expired ones included).",
-            json!({"type": "integer", "minimum": 0}),
+            json!({"type": "integer", "minimum": 0, "maximum": i64::MAX}),
         )),
         _ => {}
     }
     all
+}
+
+/// The `?tags=` filter: one to [`MAX_TAGS`] tags joined by `,` (all) or `/` (any).
+fn tag_filter_pattern() -> String {
+    let tag = entities::TAG_PATTERN
+        .trim_start_matches('^')
+        .trim_end_matches('$');
+    let more = MAX_TAGS - 1;
+    format!("^{tag}(?:(?:,{tag}){{0,{more}}}|(?:/{tag}){{1,{more}}})$")
 }
 
 fn json_response(description: &str, schema: Value) -> Value {
@@ -698,6 +720,16 @@ fn body_schema(collection: &str, parent: Option<(&str, &str)>) -> String {
     }
 }
 
+/// The endpoint key that a PUT body may leave out because the URL names the entity by it, when
+/// the create body requires it (`group` under `/consumers/{c}/acls/{group}`): the PUT body is
+/// then `<Body>Upsert`, the create body without that requirement.
+fn upsert_key(collection: &str, parent: Option<(&str, &str)>) -> Option<&'static str> {
+    let schema = entities::schema(collection)?;
+    let key = schema.endpoint_key?;
+    (accepts_key(collection, parent.is_some()) && schema.field(key).is_some_and(is_required))
+        .then_some(key)
+}
+
 fn parent_is_required(collection: &str, field: &str) -> bool {
     entities::schema(collection)
         .and_then(|s| s.field(field))
@@ -791,12 +823,29 @@ fn entity_operation(scope: Scope, method: &Method) -> Option<Operation> {
         if collection == "certificates" {
             description.push_str(" When the URL names it by an SNI, that SNI is added to `snis`.");
         }
-        let body = body_schema(collection, parent.as_ref().map(|(p, f, _)| (*p, *f)));
+        let parent_ref = parent.as_ref().map(|(p, f, _)| (*p, *f));
+        let mut body = body_schema(collection, parent_ref);
+        if upsert_key(collection, parent_ref).is_some() {
+            body.push_str("Upsert");
+        }
+        // A URL key may supply the only required field: then the body may be absent.
+        let body_required = entities::schema(collection).is_none_or(|schema| {
+            let parent_field = parent.as_ref().map(|(_, f, _)| *f);
+            schema.fields.iter().any(|f| {
+                is_required(f)
+                    && Some(f.name) != parent_field
+                    && !(accepts_key(collection, nested) && Some(f.name) == schema.endpoint_key)
+            })
+        });
         (
             "upsert",
             format!("Create or replace {} {one}{of_parent}", article(&one)),
             Some(description),
-            Some(request_body(&body, true, &format!("The whole {one}."))),
+            Some(request_body(
+                &body,
+                body_required,
+                &format!("The whole {one}."),
+            )),
         )
     } else if method == Method::DELETE {
         responses.insert(
@@ -917,16 +966,19 @@ fn schemas() -> Map<String, Value> {
         patch.insert("description".into(), Value::from(description));
         all.insert(format!("{}Patch", config_name(name)), Value::Object(patch));
     }
+    plugin_schemas(&mut all);
     for collection in COLLECTIONS {
         let Some(schema) = entities::schema(collection) else {
             continue;
         };
         let name = entity_name(collection);
-        all.insert(name.clone(), entity_schema(schema, Variant::Full));
-        all.insert(
-            format!("{name}Patch"),
-            entity_schema(schema, Variant::Patch),
-        );
+        if *collection != "plugins" {
+            all.insert(name.clone(), entity_schema(schema, Variant::Full));
+            all.insert(
+                format!("{name}Patch"),
+                entity_schema(schema, Variant::Patch),
+            );
+        }
         let (_, many) = label(collection);
         all.insert(format!("{name}List"), page_schema(&name, &many));
     }
@@ -942,7 +994,87 @@ fn schemas() -> Map<String, Value> {
             );
         }
     }
+    let scopes = COLLECTIONS.iter().map(|c| (*c, None)).chain(
+        NESTED
+            .iter()
+            .filter_map(|(p, c)| Some((*c, Some((*p, parent_field(p, c)?))))),
+    );
+    for (collection, parent) in scopes {
+        let Some(key) = upsert_key(collection, parent) else {
+            continue;
+        };
+        let base = body_schema(collection, parent);
+        let Some(mut upsert) = all.get(&base).cloned() else {
+            continue;
+        };
+        if let Some(required) = upsert.get_mut("required").and_then(Value::as_array_mut) {
+            required.retain(|name| name != key);
+        }
+        if upsert["required"].as_array().is_some_and(Vec::is_empty)
+            && let Some(object) = upsert.as_object_mut()
+        {
+            object.remove("required");
+        }
+        let description = format!(
+            "{} As a PUT body: `{key}` may be left out when the URL names the entity by it.",
+            upsert["description"].as_str().unwrap_or_default()
+        );
+        upsert["description"] = Value::from(description);
+        all.insert(format!("{base}Upsert"), upsert);
+    }
     all
+}
+
+/// `Plugin` is one of the per-plugin entities (`AclPlugin`, ...), each built from that plugin's
+/// schema, so that `name` picks the `config` and the protocols that the server validates;
+/// `PluginPatch` is any of their PATCH bodies.
+fn plugin_schemas(all: &mut Map<String, Value>) {
+    let mut full = Vec::new();
+    let mut patches = Vec::new();
+    for name in KNOWN_PLUGINS {
+        let Some(schema) = entities::plugin_schema(name) else {
+            continue;
+        };
+        for (variant, suffix) in [(Variant::Full, ""), (Variant::Patch, "Patch")] {
+            let mut entity = entity_schema(schema, variant);
+            entity["description"] = Value::from(format!(
+                "A `{name}` plugin. {}",
+                entity["description"].as_str().unwrap_or_default()
+            ));
+            entity["properties"]["name"]["enum"] = json!([name]);
+            let mut config = json!({
+                "allOf": [schema_ref(&format!("{}{suffix}", config_name(name)))],
+                "description": format!("The configuration of the `{name}` plugin."),
+            });
+            let config_required = schema.field("config").is_some_and(is_required);
+            if variant == Variant::Full && !config_required {
+                config["default"] = json!({});
+            }
+            entity["properties"]["config"] = config;
+            let component = format!("{}Plugin{suffix}", pascal(name));
+            all.insert(component.clone(), entity);
+            if variant == Variant::Full {
+                full.push(schema_ref(&component));
+            } else {
+                patches.push(schema_ref(&component));
+            }
+        }
+    }
+    all.insert(
+        "Plugin".into(),
+        json!({
+            "description": "A plugin: its `name` picks the schema of its `config`.",
+            "oneOf": full,
+        }),
+    );
+    all.insert(
+        "PluginPatch".into(),
+        json!({
+            "description": "A PATCH body of a plugin: its `config` is merged into the stored one, \
+                            which the stored plugin's `name` describes.",
+            "anyOf": patches,
+        }),
+    );
 }
 
 fn error_schema() -> Value {
@@ -1241,9 +1373,16 @@ enum Variant<'a> {
 }
 
 /// Required on input: required and without a default (which would fill it).
+/// A record with a default counts as required when the default leaves one of its own required
+/// members unset (the `config` of `mtls-auth`, whose `ca_certificates` has no default).
 fn is_required(field: &Field) -> bool {
+    let default_suffices = match (&field.default, &field.ty) {
+        (None, _) => false,
+        (Some(_), Type::Record(inner)) => !inner.iter().any(is_required),
+        (Some(_), _) => true,
+    };
     field.required
-        && field.default.is_none()
+        && !default_suffices
         && matches!(field.access, Access::Normal | Access::Transient)
 }
 
@@ -1254,14 +1393,7 @@ fn entity_schema(schema: &Schema, variant: Variant<'_>) -> Value {
     let mut properties = Map::new();
     let mut required = Vec::new();
     for field in &schema.fields {
-        let mut property = if collection == "plugins" && field.name == "config" {
-            plugin_config_property(patch)
-        } else {
-            field_schema(field, patch, false)
-        };
-        if collection == "plugins" && field.name == "name" {
-            property.insert("enum".into(), json!(KNOWN_PLUGINS));
-        }
+        let mut property = field_schema(field, patch, false);
         let mut notes = Vec::new();
         match field.access {
             Access::Auto => {
@@ -1358,27 +1490,6 @@ fn field_note(collection: &str, field: &Field) -> Option<String> {
     Some(note.to_owned())
 }
 
-fn plugin_config_property(patch: bool) -> Map<String, Value> {
-    let suffix = if patch { "Patch" } else { "" };
-    let variants: Vec<Value> = KNOWN_PLUGINS
-        .iter()
-        .filter(|name| plugin_config_fields(name).is_some())
-        .map(|name| schema_ref(&format!("{}{suffix}", config_name(name))))
-        .collect();
-    let mut property = Map::new();
-    // A partial config may match several plugins' configs.
-    let combinator = if patch { "anyOf" } else { "oneOf" };
-    property.insert(combinator.into(), Value::Array(variants));
-    property.insert(
-        "description".into(),
-        Value::from("The plugin's configuration, by the plugin's `name`."),
-    );
-    if !patch {
-        property.insert("default".into(), json!({}));
-    }
-    property
-}
-
 /// The schema of one field's value. `element` for the nameless fields describing list
 /// elements and map values.
 fn field_schema(field: &Field, patch: bool, element: bool) -> Map<String, Value> {
@@ -1400,12 +1511,22 @@ fn field_schema(field: &Field, patch: bool, element: bool) -> Map<String, Value>
                 }
                 schema.insert("enum".into(), Value::Array(values));
             }
+            Check::IntOneOf(options) => {
+                let mut values: Vec<Value> = options.iter().map(|o| Value::from(*o)).collect();
+                if nullable {
+                    values.push(Value::Null);
+                }
+                schema.insert("enum".into(), Value::Array(values));
+            }
             Check::LenMin(min) => {
                 let key = if is_list { "minItems" } else { "minLength" };
                 schema.insert(key.into(), Value::from(*min));
             }
             _ => {}
         }
+    }
+    if let Some(pattern) = field.pattern {
+        schema.insert("pattern".into(), Value::from(pattern));
     }
     if let (false, Some(default)) = (patch, &field.default) {
         schema.insert("default".into(), default.clone());
@@ -1473,14 +1594,12 @@ fn foreign_schema(target: &str) -> Value {
     properties.insert("id".into(), json!({"type": "string", "format": "uuid"}));
     let mut keys = Vec::new();
     if let Some(schema) = entities::schema(target) {
-        for field in &schema.fields {
-            if field.unique && matches!(field.ty, Type::String) {
-                properties.insert(
-                    field.name.to_owned(),
-                    json!({"type": "string", "writeOnly": true}),
-                );
-                keys.push(format!("`{}`", field.name));
-            }
+        for field in schema.reference_keys() {
+            properties.insert(
+                field.name.to_owned(),
+                json!({"type": "string", "writeOnly": true}),
+            );
+            keys.push(format!("`{}`", field.name));
         }
     }
     let mut description = format!(
@@ -1671,10 +1790,16 @@ mod tests {
         let components = &doc["components"]["schemas"];
         for collection in COLLECTIONS {
             let schema = entities::schema(collection).unwrap();
-            for name in [
-                entity_name(collection),
-                format!("{}Patch", entity_name(collection)),
-            ] {
+            // Plugins are one of the per-plugin entities, checked below.
+            let names = if *collection == "plugins" {
+                Vec::new()
+            } else {
+                vec![
+                    entity_name(collection),
+                    format!("{}Patch", entity_name(collection)),
+                ]
+            };
+            for name in names {
                 let properties = components[&name]["properties"]
                     .as_object()
                     .unwrap_or_else(|| panic!("no component {name} for {collection}"));
@@ -1701,10 +1826,22 @@ mod tests {
             for field in fields {
                 assert!(properties.contains_key(field.name), "{name}.{}", field.name);
             }
-            let variants = components["Plugin"]["properties"]["config"]["oneOf"]
-                .as_array()
-                .unwrap();
-            assert!(variants.contains(&schema_ref(&config_name(name))), "{name}");
+            let component = format!("{}Plugin", pascal(name));
+            let variants = components["Plugin"]["oneOf"].as_array().unwrap();
+            assert!(variants.contains(&schema_ref(&component)), "{name}");
+            let plugin = &components[&component]["properties"];
+            assert_eq!(plugin["name"]["enum"], json!([name]));
+            assert_eq!(
+                plugin["config"]["allOf"][0],
+                schema_ref(&config_name(name)),
+                "{name}"
+            );
+            let schema = entities::plugin_schema(name).unwrap();
+            assert_eq!(
+                plugin.as_object().unwrap().len(),
+                schema.fields.len(),
+                "{component}"
+            );
         }
     }
 
@@ -1791,6 +1928,57 @@ mod tests {
             json!(["ca_certificates"])
         );
 
+        // Generated from the validation: patterns, integer enums, per-plugin schemas.
+        assert_eq!(
+            props["tags"]["items"]["pattern"],
+            json!(entities::TAG_PATTERN)
+        );
+        assert_eq!(props["name"]["pattern"], json!(entities::NAME_PATTERN));
+        assert_eq!(
+            route["https_redirect_status_code"]["enum"],
+            json!([426, 301, 302, 307, 308])
+        );
+        let mtls = &schemas["MtlsAuthPlugin"];
+        assert!(
+            mtls["required"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("config")),
+            "the mtls-auth config has no usable default"
+        );
+        assert_eq!(
+            mtls["properties"]["protocols"]["items"]["enum"],
+            json!(["grpc", "grpcs", "http", "https"])
+        );
+        assert!(
+            schemas["AclPlugin"]["properties"]["config"]
+                .get("default")
+                .is_some()
+        );
+        // A PUT body may leave out what the URL key gives.
+        assert_eq!(schemas["AclUnderConsumer"]["required"], json!(["group"]));
+        assert!(schemas["AclUnderConsumerUpsert"].get("required").is_none());
+        let put = &doc["paths"]["/consumers/{consumer}/acls/{acl}"]["put"];
+        assert_eq!(
+            put["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            json!("#/components/schemas/AclUnderConsumerUpsert")
+        );
+        assert_eq!(put["requestBody"]["required"], json!(false));
+        assert_eq!(
+            doc["paths"]["/services/{service}"]["put"]["requestBody"]["required"],
+            json!(true)
+        );
+        assert_eq!(
+            doc["paths"]["/services/{service}"]["put"]["parameters"][0]["schema"]["pattern"],
+            json!(entities::NAME_PATTERN)
+        );
+        // References list only the keys the store resolves.
+        let ca_ref = &schemas["MtlsAuthCredential"]["properties"]["ca_certificate"];
+        assert!(
+            ca_ref["properties"].get("cert_digest").is_none(),
+            "{ca_ref}"
+        );
+
         // Nested bodies take the parent from the URL.
         assert_eq!(schemas["Sni"]["required"], json!(["name", "certificate"]));
         assert_eq!(schemas["SniUnderCertificate"]["required"], json!(["name"]));
@@ -1848,15 +2036,8 @@ mod tests {
             if matches!(method.as_str(), "post" | "put" | "patch") {
                 let content = body.unwrap()["content"].as_object().unwrap();
                 let types: Vec<&str> = content.keys().map(String::as_str).collect();
-                assert_eq!(
-                    types,
-                    [
-                        "application/json",
-                        "application/x-www-form-urlencoded",
-                        "multipart/form-data"
-                    ],
-                    "{what}"
-                );
+                // The form encodings are described in prose (see BODY_TYPES).
+                assert_eq!(types, ["application/json"], "{what}");
                 for code in ["400", "409", "415"] {
                     assert!(responses.contains_key(code), "{what} {code}");
                 }
@@ -1868,6 +2049,10 @@ mod tests {
                     .as_str()
                     .unwrap();
                 assert_eq!(method == "patch", schema.ends_with("Patch"), "{what}");
+                assert!(
+                    !schema.ends_with("Upsert") || method == "put",
+                    "{what}: {schema}"
+                );
             } else {
                 assert!(body.is_none(), "{what}");
             }
@@ -1943,6 +2128,7 @@ mod tests {
             },
             ApiError::ReferencedByOthers("x".into()),
             ApiError::InvalidSize("x".into()),
+            ApiError::InvalidOptions("x".into()),
             ApiError::InvalidOffset("x".into()),
             ApiError::BadRequest("x".into()),
             ApiError::NotFound("Not found"),

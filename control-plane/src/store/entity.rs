@@ -260,6 +260,11 @@ impl Store {
         let tx = Self::begin(&mut client).await?;
 
         if let Some(parent) = parent {
+            // The URL names the parent; a reference in the body is replaced, but must still be
+            // one (the document describes it), so that a malformed body is not taken silently.
+            if let Some(given) = input.get(parent.field) {
+                check_reference_shape(base, parent.field, given)?;
+            }
             input.insert(parent.field.to_owned(), json!({ "id": parent.id }));
         }
         expand_shorthands(collection, &mut input)?;
@@ -435,14 +440,17 @@ impl Store {
                 continue;
             };
             let target_schema = base_schema(target)?;
-            let unique = target_schema
-                .field(key)
-                .is_some_and(|f| f.unique && !matches!(f.ty, Type::Foreign(_)));
+            let unique = target_schema.reference_keys().any(|f| f.name == key);
             if !unique {
                 continue;
             }
-            let sql = format!("SELECT id FROM {} WHERE {} = $1", ident(target), ident(key));
-            let row = tx.query_opt(&sql, &[value]).await.map_err(db_error)?;
+            let row = if value.contains('\0') {
+                // No stored value holds a NUL character (PostgreSQL text cannot).
+                None
+            } else {
+                let sql = format!("SELECT id FROM {} WHERE {} = $1", ident(target), ident(key));
+                tx.query_opt(&sql, &[value]).await.map_err(db_error)?
+            };
             match row {
                 Some(row) => {
                     let id: Uuid = row.get(0);
@@ -502,6 +510,10 @@ pub(super) async fn read(
         .map(|p| format!(" AND t.{} = $2", ident(&format!("{}_id", p.field))))
         .unwrap_or_default();
     let parent_id = parent.map(|p| p.id);
+    if matches!(selector, Selector::Key(key) if key.contains('\0')) {
+        // No stored key holds a NUL character (PostgreSQL text cannot).
+        return Ok(None);
+    }
     let id: Option<Uuid> = match selector {
         Selector::Id(id) => {
             let sql = format!("SELECT t.id FROM {table} t WHERE t.id = $1{parent_clause}");
@@ -559,6 +571,55 @@ async fn query_id<T: tokio_postgres::types::ToSql + Sync>(
     Ok(row.map(|r| r.get(0)))
 }
 
+/// Checks that `value`, given for the foreign field `field`, is shaped as the document says a
+/// reference is: null, or an object with exactly one member, `id` (a UUID) or a unique key of
+/// the referenced entity (a string).
+fn check_reference_shape(schema: &Schema, field: &str, value: &Value) -> Result<(), ApiError> {
+    let Some(definition) = schema.field(field) else {
+        return Ok(());
+    };
+    let Type::Foreign(target) = definition.ty else {
+        return Ok(());
+    };
+    let reference = match value {
+        Value::Null if definition.required => {
+            return Err(ApiError::field(field, "required field missing"));
+        }
+        Value::Null => return Ok(()),
+        Value::Object(reference) => reference,
+        _ => return Err(ApiError::field(field, "expected a record")),
+    };
+    let target = base_schema(target)?;
+    let mut errors = Map::new();
+    for (key, given) in reference {
+        let ok = match (key.as_str(), given) {
+            ("id", Value::String(id)) => Uuid::parse_str(id).is_ok(),
+            (key, Value::String(_)) => target.reference_keys().any(|f| f.name == key),
+            _ => false,
+        };
+        if !ok {
+            let message = if key == "id" {
+                "expected a valid UUID"
+            } else if target.reference_keys().any(|f| f.name == key) {
+                "expected a string"
+            } else {
+                "unknown field"
+            };
+            errors.insert(key.clone(), json!(message));
+        }
+    }
+    if reference.len() != 1 && errors.is_empty() {
+        return Err(ApiError::field(field, "expected a record with one key"));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        let mut fields = FieldErrors::default();
+        fields.nested(field, Value::Object(errors));
+        Err(ApiError::Schema(fields))
+    }
+}
+
 /// Expands write-only shorthands: `url` on services.
 fn expand_shorthands(collection: &str, obj: &mut Map<String, Value>) -> Result<(), ApiError> {
     if collection != "services" {
@@ -613,8 +674,10 @@ fn apply_selector(
             let Some(field) = schema.endpoint_key else {
                 return Err(ApiError::NotFound("Not found"));
             };
+            // An explicit null is refused like another value (as Kong does): the key is
+            // taken from the URL only when the body leaves it out.
             match input.get(field) {
-                None | Some(Value::Null) => {
+                None => {
                     input.insert(field.to_owned(), json!(key));
                 }
                 Some(Value::String(given)) if given == key => {}

@@ -53,7 +53,13 @@ fn decode_offset(offset: &str) -> Result<Vec<String>, ApiError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(offset)
         .map_err(|_| invalid("bad base64 encoding"))?;
-    serde_json::from_slice::<Vec<String>>(&bytes).map_err(|_| invalid("bad offset contents"))
+    let parts = serde_json::from_slice::<Vec<String>>(&bytes)
+        .map_err(|_| invalid("bad offset contents"))?;
+    // Offsets this API hands out never hold a NUL character (PostgreSQL text cannot).
+    if parts.iter().any(|p| p.contains('\0')) {
+        return Err(invalid("bad offset contents"));
+    }
+    Ok(parts)
 }
 
 fn encode_offset(parts: &[String]) -> String {
@@ -103,14 +109,19 @@ impl Store {
             None => {}
         }
         if let (Some(within), "certificates") = (query.expiring_within, collection) {
-            let deadline = now().floor() as i64 + within;
+            let deadline = (now().floor() as i64).saturating_add(within);
             clauses.push(format!("t.not_after <= {}", bind(Box::new(deadline))));
         }
         if let (Some(custom_id), "consumers") = (&query.custom_id, collection) {
-            clauses.push(format!(
-                "t.custom_id = {}",
-                bind(Box::new(custom_id.clone()))
-            ));
+            if custom_id.contains('\0') {
+                // No stored custom_id holds a NUL character (PostgreSQL text cannot).
+                clauses.push("FALSE".to_owned());
+            } else {
+                clauses.push(format!(
+                    "t.custom_id = {}",
+                    bind(Box::new(custom_id.clone()))
+                ));
+            }
         }
         let limit = bind(Box::new(query.size + 1));
         let filter = if clauses.is_empty() {

@@ -58,6 +58,18 @@
 //! handed to the client it cannot be replayed, so a request with a body gets one attempt. A
 //! read timeout is not retried (it would multiply the load on a slow upstream).
 //!
+//! # Hostile clients
+//! Every HTTP/1 connection reads through the head guard (module `head`): each request head is
+//! measured as it arrives against `--client-max-request-line` (414 `Request-URI Too Large`),
+//! `--client-max-header-size` and `--client-max-headers-size` (400 `Request header or cookie
+//! too large`, Kong's answer to nginx's 494), checked for request smuggling (400 `Bad
+//! request`), and a refused head never reaches hyper or the upstream: the answer has a body in
+//! the client's format and the connection closes after it (with a lingering close). HTTP/2
+//! requests get the same limits after decoding; h2's own `SETTINGS_MAX_HEADER_LIST_SIZE`,
+//! concurrent-stream, reset-stream and CONTINUATION limits stop the rest with `GOAWAY`. The
+//! first request head of a connection must be complete within `--client-header-timeout`, as
+//! every later one (hyper's timer).
+//!
 //! # Generated responses
 //! Errors and protocol answers (module `respond`) follow the client's `Accept` (JSON, HTML,
 //! XML, plain text; gRPC requests get `grpc-status`), carry `Server: gatehouse/<version>` and

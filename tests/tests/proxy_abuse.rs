@@ -323,8 +323,8 @@ async fn goaway(tcp: &mut TcpStream) -> Result<Option<u32>> {
     }
 }
 
-/// Sends one more header line every 300 ms; true when the server closes the connection
-/// without answering (before the deadline).
+/// Sends one more byte of a header line every 300 ms (the head stays under every size limit);
+/// true when the server closes the connection without answering (before the deadline).
 async fn trickle(tcp: TcpStream) -> bool {
     let (mut read, mut write) = tcp.into_split();
     let deadline = tokio::time::Instant::now() + patience();
@@ -336,7 +336,7 @@ async fn trickle(tcp: TcpStream) -> bool {
                 if tokio::time::Instant::now() > deadline {
                     return false;
                 }
-                if write.write_all(b"X-Slow: 1\r\n").await.is_err() {
+                if write.write_all(b"a").await.is_err() {
                     return true;
                 }
             }
@@ -633,7 +633,7 @@ async fn client_abuse_is_refused_while_others_are_served() -> Result<()> {
     let mut lorises = Vec::with_capacity(slowloris);
     for _ in 0..slowloris {
         let mut tcp = TcpStream::connect(plain).await?;
-        tcp.write_all(b"GET /abuse/slowloris HTTP/1.1\r\nHost: x\r\n")
+        tcp.write_all(b"GET /abuse/slowloris HTTP/1.1\r\nHost: x\r\nX-Slow: ")
             .await?;
         lorises.push(tcp);
     }

@@ -1154,7 +1154,8 @@ fn refused(
     request_id: &str,
     format: Format,
 ) -> Response<ProxyBody> {
-    tracing::info!(%peer, reason = refusal.reason(), "request refused");
+    // Debug, as failed handshakes: an abusive client must not be able to flood the log.
+    tracing::debug!(%peer, reason = refusal.reason(), "request refused");
     let (status, text) = refusal.status_and_message();
     let mut response = respond::message(status, text, request_id, format);
     if version != Version::HTTP_2 {

@@ -679,6 +679,15 @@ async fn client_abuse_is_refused_while_others_are_served() -> Result<()> {
             idlers.push(task.await??);
         }
     }
+    // And idle HTTP/2 connections: the preface and SETTINGS, then silence.
+    let mut idle_h2 = Vec::new();
+    for _ in 0..idle.min(100) {
+        let mut tcp = TcpStream::connect(plain).await?;
+        let mut hello = PREFACE.to_vec();
+        hello.extend(frame(4, 0, 0, &[]));
+        tcp.write_all(&hello).await?;
+        idle_h2.push(tcp);
+    }
     let with_idle = Memory::of(dp.pid())?;
     eprintln!(
         "{idle} idle keep-alive connections open: DP RSS {} MiB",
@@ -694,6 +703,15 @@ async fn client_abuse_is_refused_while_others_are_served() -> Result<()> {
     ensure!(
         open == 0,
         "idle: {open} connections outlived the header timeout"
+    );
+    for tcp in &mut idle_h2 {
+        if !closed_by_server(tcp).await {
+            open += 1;
+        }
+    }
+    ensure!(
+        open == 0,
+        "idle: {open} HTTP/2 connections outlived twice the header timeout"
     );
     report.push(("end".into(), Instant::now()));
 

@@ -26,7 +26,7 @@
 //! | `--trusted-ips IP\|CIDR[,IP\|CIDR]` | `GATEHOUSE_TRUSTED_IPS` | `trusted_ips` | none (`0.0.0.0/0,::/0` trusts every client) |
 //! | `--client-header-timeout DURATION` | `GATEHOUSE_CLIENT_HEADER_TIMEOUT` | `client_header_timeout` | `60s` (nginx's `client_header_timeout`) |
 //! | `--client-body-timeout DURATION` | `GATEHOUSE_CLIENT_BODY_TIMEOUT` | `client_body_timeout` | `60s` (between two reads of a request body) |
-//! | `--client-max-request-line SIZE` | `GATEHOUSE_CLIENT_MAX_REQUEST_LINE` | `client_max_request_line` | `8k` (longer: 414; nginx's `large_client_header_buffers` size) |
+//! | `--client-max-request-line SIZE` | `GATEHOUSE_CLIENT_MAX_REQUEST_LINE` | `client_max_request_line` | `8k` (longer: 414; nginx's `large_client_header_buffers` size; at most `64k`) |
 //! | `--client-max-header-size SIZE` | `GATEHOUSE_CLIENT_MAX_HEADER_SIZE` | `client_max_header_size` | `8k` (one header line; longer: 400) |
 //! | `--client-max-headers-size SIZE` | `GATEHOUSE_CLIENT_MAX_HEADERS_SIZE` | `client_max_headers_size` | `32k` (all header lines; more: 400; nginx's 4 × 8k) |
 //! | `--drain-timeout DURATION` | `GATEHOUSE_DRAIN_TIMEOUT` | `drain_timeout` | `10s` (on SIGTERM: how long in-flight requests may finish) |
@@ -73,6 +73,8 @@ pub const DEFAULT_CLIENT_MAX_LINE: usize = 8 * 1024;
 pub const DEFAULT_CLIENT_MAX_HEADERS_SIZE: usize = 32 * 1024;
 /// Smallest and largest SIZE of the `--client-max-*` settings.
 const CLIENT_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 1024..=1024 * 1024;
+/// Largest `--client-max-request-line`: hyper refuses request targets over 64 KiB itself.
+const MAX_CLIENT_REQUEST_LINE: usize = 64 * 1024;
 /// Default `--upstream-keepalive-idle-timeout` (Kong's).
 pub const DEFAULT_UPSTREAM_KEEPALIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `--upstream-keepalive-pool-size` (Kong's).
@@ -797,7 +799,7 @@ impl Flags {
                 default
             }),
         };
-        let limits = ClientLimits {
+        let mut limits = ClientLimits {
             request_line: size(
                 self.client_max_request_line.as_deref(),
                 "--client-max-request-line",
@@ -814,6 +816,13 @@ impl Flags {
                 DEFAULT_CLIENT_MAX_HEADERS_SIZE,
             ),
         };
+        if limits.request_line > MAX_CLIENT_REQUEST_LINE {
+            problems.push(format!(
+                "--client-max-request-line: {} bytes is more than 64k",
+                limits.request_line
+            ));
+            limits.request_line = DEFAULT_CLIENT_MAX_LINE;
+        }
         let pool_size = match self.upstream_keepalive_pool_size.as_deref().map(str::trim) {
             None => DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE,
             Some(raw) => match raw.parse::<usize>() {

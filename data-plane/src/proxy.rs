@@ -58,6 +58,18 @@
 //! handed to the client it cannot be replayed, so a request with a body gets one attempt. A
 //! read timeout is not retried (it would multiply the load on a slow upstream).
 //!
+//! # Hostile clients
+//! Every HTTP/1 connection reads through the head guard (module `head`): each request head is
+//! measured as it arrives against `--client-max-request-line` (414 `Request-URI Too Large`),
+//! `--client-max-header-size` and `--client-max-headers-size` (400 `Request header or cookie
+//! too large`, Kong's answer to nginx's 494), checked for request smuggling (400 `Bad
+//! request`), and a refused head never reaches hyper or the upstream: the answer has a body in
+//! the client's format and the connection closes after it (with a lingering close). HTTP/2
+//! requests get the same limits after decoding; h2's own `SETTINGS_MAX_HEADER_LIST_SIZE`,
+//! concurrent-stream, reset-stream and CONTINUATION limits stop the rest with `GOAWAY`. The
+//! first request head of a connection must be complete within `--client-header-timeout`, as
+//! every later one (hyper's timer).
+//!
 //! # Generated responses
 //! Errors and protocol answers (module `respond`) follow the client's `Accept` (JSON, HTML,
 //! XML, plain text; gRPC requests get `grpc-status`), carry `Server: gatehouse/<version>` and
@@ -269,6 +281,25 @@ struct Connection {
     requests: AtomicU64,
     /// The request the head guard refused, if any.
     refusals: Arc<Refusals>,
+    /// Requests started and in flight, to close idle connections.
+    activity: Arc<Activity>,
+}
+
+/// Requests of one connection: how many started, how many are in flight (until their
+/// response body is done or dropped).
+#[derive(Debug, Default)]
+struct Activity {
+    started: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+/// One request in flight; dropping it counts it done.
+struct Active(Arc<Activity>);
+
+/// A response body that keeps its request counted in flight.
+struct InFlight {
+    body: ProxyBody,
+    _active: Active,
 }
 
 /// Counts the connections (and upgraded tunnels) still open, so that a shutdown can wait
@@ -427,6 +458,7 @@ async fn serve_connection(
         local_port: HeaderValue::from(local.port()),
         requests: AtomicU64::new(0),
         refusals: Arc::default(),
+        activity: Arc::default(),
     };
     match tls {
         None => serve_http(tcp, Arc::new(conn), proxy, stop).await,
@@ -462,22 +494,92 @@ async fn serve_http<IO>(
             .first_head_within(proxy.timeouts.header),
     );
     let server = proxy.server.clone();
+    let idle_limit = proxy.timeouts.header;
+    let activity = conn.activity.clone();
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(&conn, req).await) }
+        async move {
+            let active = Active::start(&conn.activity);
+            let response = proxy.handle(&conn, req).await;
+            Ok::<_, Infallible>(response.map(|body| InFlight {
+                body,
+                _active: active,
+            }))
+        }
     });
     let connection = server.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = crate::stopped(&mut stop) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    // A connection with nothing in flight and no new request for a whole period of
+    // `--client-header-timeout` is closed (HTTP/2 `GOAWAY`; hyper's own timer already ends
+    // idle HTTP/1 connections): after one to two periods, or three for an HTTP/2 client that
+    // ignores the `GOAWAY`.
+    let mut idle_check =
+        tokio::time::interval_at(tokio::time::Instant::now() + idle_limit, idle_limit);
+    let mut seen = activity.started.load(Ordering::Relaxed);
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            () = crate::stopped(&mut stop) => {
+                connection.as_mut().graceful_shutdown();
+                break connection.await;
+            }
+            _ = idle_check.tick() => {
+                let started = activity.started.load(Ordering::Relaxed);
+                if started == seen && activity.in_flight.load(Ordering::Relaxed) == 0 {
+                    tracing::debug!(%peer, "idle proxy connection closed");
+                    connection.as_mut().graceful_shutdown();
+                    // An HTTP/2 client that never answers the shutdown's PING would hold
+                    // the connection open: it gets one more period, then is dropped.
+                    match tokio::time::timeout(idle_limit, connection.as_mut()).await {
+                        Ok(result) => break result,
+                        Err(_) => break Ok(()),
+                    }
+                }
+                seen = started;
+            }
         }
     };
     if let Err(error) = result {
         tracing::debug!(%error, %peer, "proxy connection ended with an error");
+    }
+}
+
+// === impl Active ===
+
+impl Active {
+    fn start(activity: &Arc<Activity>) -> Self {
+        activity.started.fetch_add(1, Ordering::Relaxed);
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+// === impl InFlight ===
+
+impl Body for InFlight {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -1163,7 +1265,8 @@ fn refused(
     request_id: &str,
     format: Format,
 ) -> Response<ProxyBody> {
-    tracing::info!(%peer, reason = refusal.reason(), "request refused");
+    // Debug, as failed handshakes: an abusive client must not be able to flood the log.
+    tracing::debug!(%peer, reason = refusal.reason(), "request refused");
     let (status, text) = refusal.status_and_message();
     let mut response = respond::message(status, text, request_id, format);
     if version != Version::HTTP_2 {

@@ -544,6 +544,13 @@ fn client_head_limits() {
         "--client-max-headers-size",
         "8g",
     ]);
+    let mut too_long = REQUIRED.to_vec();
+    too_long.extend(["--client-max-request-line", "65537"]);
+    let err = parse(&too_long).unwrap_err().to_string();
+    assert!(
+        err.contains("--client-max-request-line: 65537 bytes is more than 64k"),
+        "{err}"
+    );
     let err = parse(&args).unwrap_err().to_string();
     for expected in [
         "--client-max-request-line: 'big' is not a size",

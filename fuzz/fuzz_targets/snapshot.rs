@@ -40,6 +40,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(config) = snapshot::decode(&message) {
         // What decodes encodes again, and that decodes to the same config.
         let again = snapshot::encode(&config, 1);
-        assert_eq!(snapshot::decode(&again.message).ok().as_ref(), Some(&config));
+        assert_eq!(
+            snapshot::decode(&again.message).ok().as_ref(),
+            Some(&config)
+        );
     }
 });

@@ -10,8 +10,16 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(facts) = x509::cert_facts(&CertificateDer::from(data)) {
         assert_eq!(facts.fingerprint_sha256, x509::sha256_hex(data));
         // Escaped DN text never holds a raw control character (it goes into headers and logs).
-        assert!(!facts.subject.chars().any(char::is_control), "{:?}", facts.subject);
-        assert!(!facts.issuer.chars().any(char::is_control), "{:?}", facts.issuer);
+        assert!(
+            !facts.subject.chars().any(char::is_control),
+            "{:?}",
+            facts.subject
+        );
+        assert!(
+            !facts.issuer.chars().any(char::is_control),
+            "{:?}",
+            facts.issuer
+        );
     }
     let text = String::from_utf8_lossy(data);
     if let Ok(certs) = x509::parse_certificates(&text) {

@@ -116,14 +116,19 @@ pub struct CaFacts {
 ///
 /// Other PEM blocks (keys, ...) and text outside blocks are ignored. Fails with
 /// `"no certificate found"` when there is no certificate block, and with the reason when a
-/// block is malformed PEM/base64 or not a parsable X.509 certificate.
+/// block is malformed PEM/base64 or not a parsable X.509 certificate, extensions
+/// [`cert_facts`] reads included: every certificate returned has facts.
 pub fn parse_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let mut certs = Vec::new();
     for item in CertificateDer::pem_slice_iter(pem.as_bytes()) {
         let der = item.map_err(|e| pem_error_reason(&e))?;
-        parse_x509(&der).map_err(|reason| {
-            format!("unable to parse certificate {}: {reason}", certs.len() + 1)
-        })?;
+        // The facts too: a certificate whose subjectAltName or basicConstraints cannot be read
+        // would pass here and fail wherever its facts are needed (found by fuzzing).
+        parse_x509(&der)
+            .and_then(|cert| facts_of(&cert, &der))
+            .map_err(|reason| {
+                format!("unable to parse certificate {}: {reason}", certs.len() + 1)
+            })?;
         certs.push(der);
     }
     if certs.is_empty() {
@@ -478,6 +483,28 @@ mod tests {
         let mut params = params(cn, &[], not_before, not_after);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
+    }
+
+    #[test]
+    fn a_certificate_with_a_malformed_subject_alt_name_does_not_parse() {
+        // Found by the `x509` fuzz target: the SAN extension is read lazily, so a certificate
+        // whose GeneralNames are malformed parsed, and failed later wherever facts were read.
+        let key = KeyPair::generate().unwrap();
+        let (_, der) = leaf(&key);
+        let mut der = der.to_vec();
+        // The IPv4 SAN 192.0.2.10: [0x87, 4, 192, 0, 2, 10]; claim 5 bytes instead of 4.
+        let ip = der
+            .windows(6)
+            .position(|w| w == [0x87, 4, 192, 0, 2, 10])
+            .unwrap();
+        der[ip + 1] = 5;
+        let e = cert_facts(&CertificateDer::from(der.as_slice())).unwrap_err();
+        assert!(e.starts_with("bad subjectAltName extension"), "{e}");
+        let e = parse_certificates(&to_pem("CERTIFICATE", &der)).unwrap_err();
+        assert!(
+            e.starts_with("unable to parse certificate 1: bad subjectAltName extension"),
+            "{e}"
+        );
     }
 
     /// A self-signed leaf for `example.com` (+ IP, e-mail and URI SANs) and its key PEM.

@@ -289,11 +289,17 @@ pub(crate) fn router(state: State) -> Router {
                     let body = match body {
                         Ok(body) => body,
                         Err(rejection) => {
-                            return ApiError::PayloadTooLarge(format!(
+                            let mut response = ApiError::PayloadTooLarge(format!(
                                 "request body rejected: {}",
                                 rejection.body_text()
                             ))
                             .into_response();
+                            // The rest of the body was not read: the connection cannot carry
+                            // another request. Say so, or a client may reuse it as it closes.
+                            response
+                                .headers_mut()
+                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                            return response;
                         }
                     };
                     match dispatch(&state, op, request, body).await {

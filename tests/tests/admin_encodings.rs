@@ -912,6 +912,15 @@ async fn body_over_admin_max_body_is_413() -> Result<()> {
     let big = json!({"name": "svc", "host": "a.test", "tags": ["x".repeat(2000)]});
     let refused = admin.post_json("/services", &big).await?;
     expect(&refused, 413);
+    // The unread rest of the body leaves the connection unusable: the client is told.
+    assert_eq!(
+        refused
+            .headers
+            .get("connection")
+            .and_then(|v| v.to_str().ok()),
+        Some("close"),
+        "{refused:?}"
+    );
     let form_body = format!("name=svc&host=a.test&tags={}", "y".repeat(1100));
     let refused = form(admin, Method::POST, "/services", &form_body).await?;
     expect(&refused, 413);

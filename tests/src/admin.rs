@@ -7,6 +7,22 @@ use reqwest::header::HeaderMap;
 use reqwest::{Method, RequestBuilder};
 use serde_json::Value;
 
+/// The Admin API path of every collection (`/{path}`), in dependency order: an entity only
+/// references collections listed before it.
+pub const COLLECTION_PATHS: &[&str] = &[
+    "ca_certificates",
+    "certificates",
+    "snis",
+    "services",
+    "routes",
+    "upstreams",
+    "targets",
+    "consumers",
+    "acls",
+    "mtls-auths",
+    "plugins",
+];
+
 /// An HTTP client bound to one Admin API base URL. Paths are appended to the base
 /// (`admin.get("/services/example")`). Requests time out after 30 s and bypass any
 /// `HTTP_PROXY`.

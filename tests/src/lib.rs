@@ -66,7 +66,7 @@ mod target_dir;
 mod temp_dir;
 mod wait;
 
-pub use admin::{Admin, Response};
+pub use admin::{Admin, COLLECTION_PATHS, Response};
 pub use cluster::{
     Handshake, cert_der, clustering_status, config_version, data_plane, data_planes, log_field,
     tls_client_config, tls_handshake, wait_for_cp_snapshot, wait_for_data_plane,

@@ -16,20 +16,8 @@ use serde_json::{Map, Value, json};
 use gatehouse_tests::certs::{Algorithm, Ca, Pem, self_signed};
 use gatehouse_tests::{Admin, ControlPlane, Response, config_version, test_db};
 
-/// The URL segment of every collection, for the dump.
-const COLLECTIONS: &[&str] = &[
-    "ca_certificates",
-    "certificates",
-    "snis",
-    "services",
-    "routes",
-    "upstreams",
-    "targets",
-    "consumers",
-    "acls",
-    "mtls-auths",
-    "plugins",
-];
+/// The URL segment of every collection.
+const COLLECTIONS: &[&str] = gatehouse_tests::COLLECTION_PATHS;
 
 /// Ids that name nothing.
 const NO_SUCH_ID: &str = "00000000-0000-4000-8000-000000000001";

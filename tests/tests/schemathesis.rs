@@ -152,16 +152,4 @@ async fn schemathesis_finds_no_failure() -> Result<()> {
 }
 
 /// The URL segment of every collection.
-const COLLECTIONS: &[&str] = &[
-    "ca_certificates",
-    "certificates",
-    "snis",
-    "services",
-    "routes",
-    "upstreams",
-    "targets",
-    "consumers",
-    "acls",
-    "mtls-auths",
-    "plugins",
-];
+const COLLECTIONS: &[&str] = gatehouse_tests::COLLECTION_PATHS;

@@ -185,11 +185,14 @@ proptest! {
         };
         prop_assert_eq!(facts.key_type, key_type);
         prop_assert_eq!(&facts.fingerprint_sha256, &x509::sha256_hex(cert.der()));
-        let expected_subject = match &org {
-            Some(org) => format!("O={}, CN={}", rfc4514(org), rfc4514(&cn)),
-            None => format!("CN={}", rfc4514(&cn)),
-        };
-        prop_assert_eq!(&facts.subject, &expected_subject);
+        // Read back with the RFC 4514 grammar (an unescaped `, ` separates attributes), the
+        // text gives exactly the attributes the certificate was made with.
+        let mut expected = Vec::new();
+        if let Some(org) = &org {
+            expected.push(("O".to_owned(), org.clone()));
+        }
+        expected.push(("CN".to_owned(), cn.clone()));
+        prop_assert_eq!(read_rfc4514(&facts.subject), Some(expected), "{}", facts.subject);
         prop_assert_eq!(&facts.issuer, &facts.subject);
 
         // The same through PEM, and with the key: the pair matches.
@@ -258,25 +261,42 @@ proptest! {
     }
 }
 
-/// An attribute value escaped as RFC 4514 §2.4 says: `,+"\<>;` anywhere and a leading `#` or
-/// space or a trailing space behind a backslash; control characters as `\XX` per byte.
-fn rfc4514(value: &str) -> String {
-    let mut out = String::new();
-    let last = value.chars().count().saturating_sub(1);
-    for (i, c) in value.chars().enumerate() {
-        if c.is_control() {
-            for b in c.to_string().bytes() {
-                out.push_str(&format!("\\{b:02X}"));
+/// Reads RFC 4514 text as `type=value` attributes separated by `, `: a backslash escapes the
+/// next character, or two hex digits give one byte of the UTF-8 value. `None` when the text does
+/// not follow that grammar (a raw special character, a dangling backslash, bad UTF-8).
+fn read_rfc4514(text: &str) -> Option<Vec<(String, String)>> {
+    let mut attributes = Vec::new();
+    let mut rest = text;
+    loop {
+        let (kind, after) = rest.split_once('=')?;
+        let mut value = Vec::new();
+        let mut chars = after.char_indices();
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    let (_, next) = chars.next()?;
+                    if next.is_ascii_hexdigit() {
+                        let (_, low) = chars.next()?;
+                        let byte = u8::from_str_radix(&format!("{next}{low}"), 16).ok()?;
+                        value.push(byte);
+                    } else {
+                        value.extend_from_slice(next.encode_utf8(&mut [0; 4]).as_bytes());
+                    }
+                }
+                ',' => {
+                    end = Some(i);
+                    break;
+                }
+                '+' | '"' | '<' | '>' | ';' => return None,
+                c if c.is_control() => return None,
+                c => value.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
             }
-            continue;
         }
-        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
-            || (i == 0 && matches!(c, '#' | ' '))
-            || (i == last && c == ' ');
-        if special {
-            out.push('\\');
+        attributes.push((kind.to_owned(), String::from_utf8(value).ok()?));
+        match end {
+            Some(i) => rest = after[i + 1..].strip_prefix(' ')?,
+            None => return Some(attributes),
         }
-        out.push(c);
     }
-    out
 }

@@ -123,7 +123,7 @@ use crate::metrics::METRICS;
 use crate::plugins::{self, Plugins, VerifiedCertificates};
 use crate::router::{Match, Protocol, RequestParts, Verdict, split_host_port};
 use crate::runtime::{Part, Runtime, SharedRuntime};
-use crate::tls::{PairFlags, TlsInfo, TlsTerminator};
+use crate::tls::{PairFlags, TlsError, TlsInfo, TlsTerminator};
 use crate::upstream::{TlsClient, UpstreamTls, UpstreamTlsError, UpstreamTlsSettings};
 
 mod balancer;
@@ -469,6 +469,11 @@ async fn serve_connection(
                 Ok(Ok(stream)) => {
                     conn.tls = Some(stream.info().clone());
                     serve_http(stream, Arc::new(conn), proxy, stop).await;
+                }
+                // Our own configuration refusing the connection is the operator's problem, not
+                // the client's: said loudly. Clients' failures stay at debug (no log flood).
+                Ok(Err(error @ TlsError::Config(_))) => {
+                    tracing::error!(%error, %peer, "TLS connection refused");
                 }
                 Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -51,6 +51,39 @@ pub struct Config {
     pub mtls_auth_credentials: Vec<MtlsAuthCredential>,
     /// Plugin instances.
     pub plugins: Vec<Plugin>,
+    /// Pending ACME challenges every data plane answers (not an Admin API entity: the control
+    /// plane's ACME client publishes them while it validates an order).
+    pub acme_challenges: Vec<AcmeChallenge>,
+    /// Set when the `acme` plugin allows on-demand issuance: which server names a data plane
+    /// may ask a certificate for.
+    pub acme_on_demand: Option<AcmeOnDemand>,
+}
+
+/// One pending ACME challenge (RFC 8555 section 8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcmeChallenge {
+    /// Unique id.
+    pub id: Uuid,
+    /// `http-01` or `tls-alpn-01`.
+    pub kind: String,
+    /// The name being validated: lowercase, no trailing dot, never a wildcard.
+    pub domain: String,
+    /// The challenge token (base64url).
+    pub token: String,
+    /// The key authorization: `token "." thumbprint`.
+    pub key_authorization: String,
+    /// When the control plane stops needing it, Unix seconds.
+    pub expires_at: i64,
+}
+
+/// Which server names a data plane may ask the control plane a certificate for on demand.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AcmeOnDemand {
+    /// Any name.
+    pub allow_any_domain: bool,
+    /// Otherwise names matching one of these: exact names or `*.suffix`.
+    pub domains: Vec<String>,
 }
 
 /// A reference to another entity, written `{"id": "<uuid>"}`.
@@ -782,6 +815,7 @@ impl Config {
         self.acls.sort_by_key(|e| e.id);
         self.mtls_auth_credentials.sort_by_key(|e| e.id);
         self.plugins.sort_by_key(|e| e.id);
+        self.acme_challenges.sort_by_key(|e| e.id);
     }
 }
 

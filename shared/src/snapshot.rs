@@ -226,6 +226,8 @@ impl From<&model::Config> for pb::Config {
             acls,
             mtls_auth_credentials,
             plugins,
+            acme_challenges,
+            acme_on_demand,
         } = config;
         Self {
             services: sorted(services, |e| e.id, service),
@@ -239,6 +241,11 @@ impl From<&model::Config> for pb::Config {
             acls: sorted(acls, |e| e.id, acl),
             plugins: sorted(plugins, |e| e.id, plugin),
             mtls_auth_credentials: sorted(mtls_auth_credentials, |e| e.id, mtls_auth_credential),
+            acme_challenges: sorted(acme_challenges, |e| e.id, acme_challenge),
+            acme_on_demand: acme_on_demand.as_ref().map(|on_demand| pb::AcmeOnDemand {
+                allow_any_domain: on_demand.allow_any_domain,
+                domains: on_demand.domains.clone(),
+            }),
         }
     }
 }
@@ -669,6 +676,25 @@ fn mtls_auth_credential(credential: &model::MtlsAuthCredential) -> pb::MtlsAuthC
     }
 }
 
+fn acme_challenge(challenge: &model::AcmeChallenge) -> pb::AcmeChallenge {
+    let model::AcmeChallenge {
+        id: challenge_id,
+        kind,
+        domain,
+        token,
+        key_authorization,
+        expires_at,
+    } = challenge;
+    pb::AcmeChallenge {
+        id: id(challenge_id),
+        kind: kind.clone(),
+        domain: domain.clone(),
+        token: token.clone(),
+        key_authorization: key_authorization.clone(),
+        expires_at: *expires_at,
+    }
+}
+
 fn plugin(plugin: &model::Plugin) -> pb::Plugin {
     let model::Plugin {
         id: plugin_id,
@@ -774,6 +800,8 @@ impl TryFrom<pb::Config> for model::Config {
             acls,
             plugins,
             mtls_auth_credentials,
+            acme_challenges,
+            acme_on_demand,
         } = config;
         Ok(Self {
             services: convert_all("services", services, |e| &e.id, service_from_pb)?,
@@ -802,6 +830,16 @@ impl TryFrom<pb::Config> for model::Config {
                 mtls_auth_credential_from_pb,
             )?,
             plugins: convert_all("plugins", plugins, |e| &e.id, plugin_from_pb)?,
+            acme_challenges: convert_all(
+                "acme_challenges",
+                acme_challenges,
+                |e| &e.id,
+                acme_challenge_from_pb,
+            )?,
+            acme_on_demand: acme_on_demand.map(|on_demand| model::AcmeOnDemand {
+                allow_any_domain: on_demand.allow_any_domain,
+                domains: on_demand.domains,
+            }),
         })
     }
 }
@@ -1350,6 +1388,28 @@ fn mtls_auth_credential_from_pb(
         subject_name,
         ca_certificate: e.optional_foreign_key("ca_certificate_id", ca_certificate_id)?,
         tags: strings(tags),
+    })
+}
+
+fn acme_challenge_from_pb(
+    e: &Entity,
+    challenge: pb::AcmeChallenge,
+) -> Result<model::AcmeChallenge, InvalidSnapshot> {
+    let pb::AcmeChallenge {
+        id,
+        kind,
+        domain,
+        token,
+        key_authorization,
+        expires_at,
+    } = challenge;
+    Ok(model::AcmeChallenge {
+        id: e.uuid("id", &id)?,
+        kind,
+        domain,
+        token,
+        key_authorization,
+        expires_at,
     })
 }
 

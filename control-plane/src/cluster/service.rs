@@ -434,6 +434,13 @@ impl Receiver {
                     data_plane_message::Kind::Hello(_) => {
                         tracing::debug!(id = %self.row.id, "ignoring a second Hello");
                     }
+                    data_plane_message::Kind::CertificateWanted(wanted) => {
+                        tracing::debug!(
+                            id = %self.row.id,
+                            server_name = %wanted.server_name,
+                            "certificate wanted, but on-demand issuance is not built"
+                        );
+                    }
                 },
                 Ok(Some(DataPlaneMessage { kind: None })) => {}
                 Ok(None) => break "stream closed by the data plane".to_owned(),

@@ -272,6 +272,28 @@ fn full_config() -> Config {
                 }),
             ),
         ],
+        acme_challenges: vec![
+            AcmeChallenge {
+                id: uuid(120),
+                kind: "http-01".into(),
+                domain: "www.example.com".into(),
+                token: "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0".into(),
+                key_authorization: "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0.thumb".into(),
+                expires_at: 1_900_000_000,
+            },
+            AcmeChallenge {
+                id: uuid(121),
+                kind: "tls-alpn-01".into(),
+                domain: "api.example.com".into(),
+                token: "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA".into(),
+                key_authorization: "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA.thumb".into(),
+                expires_at: 1_900_000_001,
+            },
+        ],
+        acme_on_demand: Some(AcmeOnDemand {
+            allow_any_domain: false,
+            domains: strings(&["*.example.com", "example.org"]),
+        }),
     }
 }
 
@@ -293,6 +315,7 @@ fn shuffled(mut config: Config) -> Config {
     mix(&mut config.acls);
     mix(&mut config.mtls_auth_credentials);
     mix(&mut config.plugins);
+    mix(&mut config.acme_challenges);
     config
 }
 

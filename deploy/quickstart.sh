@@ -436,6 +436,12 @@ Try it:
   curl -s $ADMIN_URL/clustering/data-planes     # both data planes, their config version and hash
   curl -s http://${DATA_PLANES[0]#* }/status              # the data plane follows every write
 
+The Admin API listens on loopback without authentication. To expose it, create a token and
+restart the control plane with authentication (and TLS) on:
+  $BIN_DIR/gatehouse-cp admin-token create --database-url $DATABASE_URL --name me --role read-write
+  gatehouse-cp serve ... --admin-listen 0.0.0.0:8001 --admin-auth on --admin-ssl-cert CERT --admin-ssl-cert-key KEY
+  curl -H "Authorization: Bearer <token>" https://HOST:8001/status     (README: "Admin API access")
+
 Stop everything: deploy/quickstart.sh down
 EOT
 }

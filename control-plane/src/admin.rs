@@ -3,8 +3,11 @@
 //! Every route is declared once in [`endpoints`]; the axum router and the OpenAPI document
 //! are both built from that table, so the document cannot miss a mounted route.
 
+mod auth;
+pub(crate) use auth::token_hash;
 pub(crate) mod body;
 mod openapi;
+pub(crate) mod tls;
 
 use std::sync::Arc;
 
@@ -24,7 +27,7 @@ use gatehouse_shared::schema::Type;
 use crate::cluster::{self, Counters, Current, Node};
 use crate::config::Settings;
 use crate::error::ApiError;
-use crate::store::{ListQuery, Parent, Selector, Store, TagFilter, unix_now};
+use crate::store::{AuditFilter, ListQuery, Parent, Selector, Store, TagFilter, unix_now};
 
 /// Default page size of list endpoints.
 const DEFAULT_PAGE_SIZE: i64 = 100;
@@ -52,6 +55,8 @@ pub(crate) enum Op {
     DataPlane,
     /// `GET /clustering/status`: the current config version and who lags.
     ClusterStatus,
+    /// `GET /audit`: the audit trail of writes.
+    Audit,
     /// A collection: list and create.
     Collection(Scope),
     /// One entity: read, patch, replace, delete.
@@ -165,6 +170,11 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             path: "/clustering/status".into(),
             methods: &[Method::GET],
             op: Op::ClusterStatus,
+        },
+        Endpoint {
+            path: "/audit".into(),
+            methods: &[Method::GET],
+            op: Op::Audit,
         },
     ];
     for collection in COLLECTIONS {
@@ -319,6 +329,11 @@ pub(crate) fn router(state: State) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
+        // Outermost: nobody unauthenticated makes the API read a body.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .with_state(state)
 }
 
@@ -379,7 +394,29 @@ async fn dispatch(
         Op::DataPlanes => data_planes(state).await,
         Op::DataPlane => delete_data_plane(state, &request).await,
         Op::ClusterStatus => cluster_status(state).await,
+        Op::Audit => audit(state, &request).await,
     }
+}
+
+/// `GET /audit`: the trail of committed writes, oldest first, paginated like every list;
+/// `?actor=`, `?entity=` (a collection) and `?entity_id=` filter it.
+async fn audit(state: &State, request: &Request) -> Result<Response, ApiError> {
+    let query = list_query(&request.query)?;
+    let mut filter = AuditFilter::default();
+    for (key, value) in url::form_urlencoded::parse(request.query.as_bytes()) {
+        match key.as_ref() {
+            "actor" => filter.actor = Some(value.into_owned()),
+            "entity" => filter.entity = Some(value.into_owned()),
+            "entity_id" => {
+                let id = Uuid::parse_str(&value)
+                    .map_err(|_| ApiError::BadRequest("entity_id must be a UUID".into()))?;
+                filter.entity_id = Some(id);
+            }
+            _ => {}
+        }
+    }
+    let page = state.store.audit(&filter, &query).await?;
+    Ok(ok(StatusCode::OK, page_json(request, &query, page)))
 }
 
 fn selector(segment: &str) -> Selector {

@@ -42,6 +42,12 @@ pub enum Command {
     /// Write the cluster PKI: a CA and the CP, shared-mode and DP certificates.
     #[command(subcommand)]
     Pki(crate::pki::PkiCommand),
+    /// Create, list and revoke the bearer tokens of the Admin API.
+    #[command(subcommand)]
+    AdminToken(crate::credentials::TokenCommand),
+    /// Register, list and revoke the client certificates of the Admin API.
+    #[command(subcommand)]
+    AdminCert(crate::credentials::CertCommand),
 }
 
 /// Flags shared by every subcommand (each is also a `GATEHOUSE_*` variable and a TOML key).
@@ -70,6 +76,32 @@ pub struct Flags {
     /// Largest accepted Admin API request body, in bytes [default: 8388608].
     #[arg(long, env = "GATEHOUSE_ADMIN_MAX_BODY")]
     pub admin_max_body: Option<usize>,
+
+    /// PEM certificate (chain) of the Admin API: with --admin-ssl-cert-key, the Admin API
+    /// is served over TLS only (HTTP/1.1 and HTTP/2). Re-read when it changes on disk.
+    #[arg(long, env = "GATEHOUSE_ADMIN_SSL_CERT")]
+    pub admin_ssl_cert: Option<PathBuf>,
+
+    /// PEM private key of --admin-ssl-cert. Re-read when it changes on disk.
+    #[arg(long, env = "GATEHOUSE_ADMIN_SSL_CERT_KEY")]
+    pub admin_ssl_cert_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s) whose client certificates may authenticate to the Admin API
+    /// (registered with `gatehouse-cp admin-cert add`). Needs --admin-ssl-cert and
+    /// --admin-auth on. Re-read when it changes on disk.
+    #[arg(long, env = "GATEHOUSE_ADMIN_CLIENT_CA_CERT")]
+    pub admin_client_ca_cert: Option<PathBuf>,
+
+    /// `on`: every Admin API request needs a credential (a bearer token, or a client
+    /// certificate); `off`: none is asked [default: off].
+    #[arg(long, env = "GATEHOUSE_ADMIN_AUTH")]
+    pub admin_auth: Option<String>,
+
+    /// Serve the Admin API without authentication on an address that is not loopback.
+    /// Insecure: whoever reaches the address owns every certificate, key and route of the
+    /// fleet. Without it, such a setup refuses to start.
+    #[arg(long, env = "GATEHOUSE_ADMIN_INSECURE_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub admin_insecure_no_auth: Option<bool>,
 
     /// Plugins that may be configured: `bundled` (every plugin the data plane knows:
     /// acl, mtls-auth), `off`, or a comma-separated list [default: bundled].
@@ -143,6 +175,13 @@ pub struct Settings {
     pub admin_listen: SocketAddr,
     /// Largest Admin API body in bytes.
     pub admin_max_body: usize,
+    /// Admin API TLS: certificate, key and (as `ca`) the client-certificate CA; `None`:
+    /// plain HTTP.
+    pub admin_tls: Option<ClusterTlsFiles>,
+    /// Every Admin API request needs a credential.
+    pub admin_auth: bool,
+    /// The operator accepts an unauthenticated Admin API on a non-loopback address.
+    pub admin_insecure_no_auth: bool,
     /// Plugins that may be configured.
     pub plugins: Vec<String>,
     /// Logging.
@@ -187,6 +226,8 @@ impl Cli {
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         let flags = match &self.command {
             Command::Serve(flags) | Command::Migrate(flags) => flags,
+            Command::AdminToken(command) => command.flags(),
+            Command::AdminCert(command) => command.flags(),
             // `pki` reads no settings: it gets the defaults.
             Command::Pki(_) => return Flags::default().resolve(),
         };
@@ -217,6 +258,11 @@ impl Flags {
                 .or(other.database_max_connections),
             admin_listen: self.admin_listen.or(other.admin_listen),
             admin_max_body: self.admin_max_body.or(other.admin_max_body),
+            admin_ssl_cert: self.admin_ssl_cert.or(other.admin_ssl_cert),
+            admin_ssl_cert_key: self.admin_ssl_cert_key.or(other.admin_ssl_cert_key),
+            admin_client_ca_cert: self.admin_client_ca_cert.or(other.admin_client_ca_cert),
+            admin_auth: self.admin_auth.or(other.admin_auth),
+            admin_insecure_no_auth: self.admin_insecure_no_auth.or(other.admin_insecure_no_auth),
             plugins: self.plugins.or(other.plugins),
             log_level: self.log_level.or(other.log_level),
             log_format: self.log_format.or(other.log_format),
@@ -289,6 +335,7 @@ impl Flags {
             problems.push("--database-max-connections: must be at least 1".into());
         }
         let cluster = self.cluster(&mut problems);
+        let (admin_tls, admin_auth) = self.admin_access(&mut problems);
         let status_listen = match self.status_listen.as_deref().map(str::trim) {
             Some("off") => Some(None),
             other => other
@@ -307,6 +354,9 @@ impl Flags {
                     database_max_connections,
                     admin_listen,
                     admin_max_body: self.admin_max_body.unwrap_or(DEFAULT_ADMIN_MAX_BODY),
+                    admin_tls,
+                    admin_auth,
+                    admin_insecure_no_auth: self.admin_insecure_no_auth.unwrap_or(false),
                     plugins,
                     log: LogSettings {
                         level: self.log_level,
@@ -318,6 +368,53 @@ impl Flags {
             }
             _ => Err(ConfigError(problems.join("; "))),
         }
+    }
+
+    /// Parses the Admin API's TLS and authentication settings, adding what is wrong to
+    /// `problems`.
+    fn admin_access(&self, problems: &mut Vec<String>) -> (Option<ClusterTlsFiles>, bool) {
+        let auth = match self.admin_auth.as_deref().map(str::trim) {
+            None | Some("off") => false,
+            Some("on") => true,
+            Some(other) => {
+                problems.push(format!("--admin-auth: '{other}' is not one of on, off"));
+                false
+            }
+        };
+        let tls = match (&self.admin_ssl_cert, &self.admin_ssl_cert_key) {
+            (Some(cert), Some(key)) => Some(ClusterTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: self.admin_client_ca_cert.clone(),
+                allowed_common_names: Vec::new(),
+            }),
+            (None, None) => None,
+            _ => {
+                problems
+                    .push("--admin-ssl-cert and --admin-ssl-cert-key: set both or neither".into());
+                None
+            }
+        };
+        if self.admin_client_ca_cert.is_some() {
+            if self.admin_ssl_cert.is_none() {
+                problems.push(
+                    "--admin-client-ca-cert: client certificates need TLS; set --admin-ssl-cert \
+                     and --admin-ssl-cert-key"
+                        .into(),
+                );
+            }
+            if !auth {
+                problems.push(
+                    "--admin-client-ca-cert: client certificates authenticate only with \
+                     --admin-auth on"
+                        .into(),
+                );
+            }
+        }
+        if auth && self.admin_insecure_no_auth == Some(true) {
+            problems.push("--admin-insecure-no-auth contradicts --admin-auth on".into());
+        }
+        (tls, auth)
     }
 
     /// Parses the `--cluster-*` settings, adding what is wrong to `problems`. The files are

@@ -17,6 +17,7 @@
 //! `admin API listening addr=IP:PORT` last, when everything accepts connections.
 
 pub mod config;
+pub mod credentials;
 pub mod logging;
 pub mod pki;
 
@@ -39,6 +40,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::cluster::Node;
+use gatehouse_shared::cluster::{DEFAULT_RELOAD_INTERVAL, ReloadingConfig};
+
 use crate::config::{ConfigError, Settings};
 use crate::store::{Store, unix_now};
 
@@ -92,6 +95,14 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
     let applied = store.migrate().await?;
     tracing::info!(applied, "migrations are up to date");
 
+    check_admin_exposure(&settings)?;
+    // Bad Admin API certificate files are a configuration error too.
+    let admin_tls = settings
+        .admin_tls
+        .clone()
+        .map(|files| ReloadingConfig::https(files).map(Arc::new))
+        .transpose()
+        .map_err(|e| Error::Config(ConfigError::new(format!("Admin API TLS: {e}"))))?;
     let admin_listener = bind("--admin-listen", settings.admin_listen).await?;
     let cluster_listener = match &tls {
         Some(_) => Some(bind("--cluster-listen", settings.cluster.listen).await?),
@@ -151,10 +162,23 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
     }
     let addr = admin_listener.local_addr()?;
     let app = admin::router(admin::State::new(store.clone(), node.clone(), &settings));
-    tracing::info!(%addr, "admin API listening");
-    let served = axum::serve(admin_listener, app)
-        .with_graceful_shutdown(stopped(shutdown.clone()))
-        .await;
+    let served = match admin_tls {
+        Some(tls) => {
+            tokio::spawn(tls.clone().watch(DEFAULT_RELOAD_INTERVAL));
+            tracing::info!(%addr, tls = true, auth = settings.admin_auth, "admin API listening");
+            admin::tls::serve(admin_listener, tls, app, shutdown.clone()).await;
+            Ok(())
+        }
+        None => {
+            tracing::info!(%addr, tls = false, auth = settings.admin_auth, "admin API listening");
+            axum::serve(
+                admin_listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stopped(shutdown.clone()))
+            .await
+        }
+    };
     tracing::info!("admin API stopped");
     // Also when the Admin API failed without a signal: stop the other listeners.
     let _ = stop.send(true);
@@ -175,6 +199,38 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
         }
     }
     served?;
+    Ok(())
+}
+
+/// Refuses an Admin API without authentication on an address other hosts can reach, unless
+/// the operator said `--admin-insecure-no-auth`; warns about tokens sent in clear.
+fn check_admin_exposure(settings: &Settings) -> Result<(), Error> {
+    let addr = settings.admin_listen;
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if !settings.admin_auth {
+        if !settings.admin_insecure_no_auth {
+            return Err(Error::Config(ConfigError::new(format!(
+                "--admin-listen {addr} is not a loopback address, and the Admin API has no \
+                 authentication: anyone who reaches it could change every certificate, key and \
+                 route of the fleet. Create a token (gatehouse-cp admin-token create --name NAME \
+                 --role read-write) and set --admin-auth on, or pass --admin-insecure-no-auth \
+                 to accept the risk"
+            ))));
+        }
+        tracing::warn!(
+            %addr,
+            "the Admin API serves a non-loopback address WITHOUT authentication \
+             (--admin-insecure-no-auth)"
+        );
+    } else if settings.admin_tls.is_none() {
+        tracing::warn!(
+            %addr,
+            "the Admin API serves a non-loopback address over plain HTTP: bearer tokens \
+             travel in clear; set --admin-ssl-cert and --admin-ssl-cert-key"
+        );
+    }
     Ok(())
 }
 

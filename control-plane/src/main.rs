@@ -46,9 +46,17 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        match cli.command {
+        match &cli.command {
             Command::Serve(_) => gatehouse_cp::serve(settings).await,
             Command::Migrate(_) => gatehouse_cp::migrate(&settings).await,
+            Command::AdminToken(command) => {
+                gatehouse_cp::credentials::run_token(command, &settings, &mut std::io::stdout())
+                    .await
+            }
+            Command::AdminCert(command) => {
+                gatehouse_cp::credentials::run_cert(command, &settings, &mut std::io::stdout())
+                    .await
+            }
             // Handled above, before logging and the runtime.
             Command::Pki(_) => Ok(()),
         }

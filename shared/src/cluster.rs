@@ -28,5 +28,5 @@ mod tls;
 pub use reload::{DEFAULT_RELOAD_INTERVAL, ReloadingConfig};
 pub use tls::{
     ClusterMtls, ClusterTlsError, ClusterTlsFiles, PeerIdentity, SHARED_SERVER_NAME, client_config,
-    peer_identity, server_config,
+    https_server_config, peer_identity, server_config,
 };

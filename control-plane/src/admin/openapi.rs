@@ -31,6 +31,7 @@ use gatehouse_shared::schema::{Access, Check, Field, Schema, Type};
 
 use crate::error::CODES as ERROR_CODES;
 
+use super::auth;
 use super::{
     DEFAULT_PAGE_SIZE, Endpoint, MAX_PAGE_SIZE, MAX_TAGS, NESTED, Op, Scope, endpoints,
     parent_field, segment, singular,
@@ -107,7 +108,9 @@ pub(crate) fn document() -> Value {
         "servers": [{"url": SERVER, "description": "The default `--admin-listen` address"}],
         "tags": tags(),
         "paths": paths,
-        "components": {"schemas": schemas()},
+        "components": {"schemas": schemas(), "securitySchemes": security_schemes()},
+        // With `--admin-auth on` a token or a client certificate is required; off, nothing.
+        "security": [{}, {"bearerToken": []}, {"kongAdminToken": []}],
     })
 }
 
@@ -208,6 +211,7 @@ fn tags() -> Value {
         json!({"name": "tags", "description": "Tagged entities across every collection."}),
         json!({"name": "clustering", "description": "The data planes of the cluster and \
                whether they run the current configuration (`/clustering`)."}),
+        json!({"name": "audit", "description": "Who changed what (`/audit`)."}),
     ];
     for collection in COLLECTIONS {
         let (_, many) = label(collection);
@@ -256,10 +260,12 @@ fn operation(endpoint: &Endpoint, method: &Method) -> Value {
             information(endpoint.op, method)
         }
         Op::DataPlanes | Op::DataPlane | Op::ClusterStatus => clustering(endpoint.op, method),
+        Op::Audit => audit_operation(method),
         Op::Collection(scope) => collection_operation(scope, method),
         Op::Entity(scope) => entity_operation(scope, method),
     };
-    let op = op.unwrap_or_else(|| fallback(endpoint, method));
+    let mut op = op.unwrap_or_else(|| fallback(endpoint, method));
+    auth_errors(&mut op.responses);
     let names = path_params(&endpoint.path);
     let mut parameters: Vec<Value> = names
         .iter()
@@ -550,7 +556,12 @@ fn information(op: Op, method: &Method) -> Option<Operation> {
                 )
             }
         }
-        Op::Collection(_) | Op::Entity(_) | Op::DataPlanes | Op::DataPlane | Op::ClusterStatus => {
+        Op::Collection(_)
+        | Op::Entity(_)
+        | Op::DataPlanes
+        | Op::DataPlane
+        | Op::ClusterStatus
+        | Op::Audit => {
             return None;
         }
     };
@@ -562,6 +573,110 @@ fn information(op: Op, method: &Method) -> Option<Operation> {
         query,
         body: None,
         responses,
+    })
+}
+
+/// How a client authenticates when `--admin-auth on` (client certificates are a TLS matter,
+/// which OpenAPI 3.0 cannot describe; see the README).
+fn security_schemes() -> Value {
+    json!({
+        "bearerToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A token from `gatehouse-cp admin-token create`.",
+        },
+        "kongAdminToken": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Kong-Admin-Token",
+            "description": "The same token in Kong RBAC's header.",
+        },
+    })
+}
+
+/// The refusals of the authentication layer, which any operation may answer.
+fn auth_errors(responses: &mut Map<String, Value>) {
+    responses.insert(
+        "401".into(),
+        message_response(
+            "`--admin-auth on` and no credential, or one that is unknown, expired or revoked.",
+            auth::NO_CREDENTIALS,
+        ),
+    );
+    responses.insert(
+        "403".into(),
+        message_response(
+            "The credential's role does not allow this method (a read-only token writing).",
+            "ci, you do not have permissions to create this resource",
+        ),
+    );
+}
+
+fn audit_operation(method: &Method) -> Option<Operation> {
+    if method != Method::GET {
+        return None;
+    }
+    let mut responses = Map::new();
+    responses.insert(
+        "200".into(),
+        json_response("One page of the audit trail.", schema_ref("AuditList")),
+    );
+    responses.insert(
+        "400".into(),
+        bad_request("Invalid `size`, `offset` or `entity_id`."),
+    );
+    internal_error(&mut responses);
+    let mut query = paging_parameters();
+    query.push(query_parameter(
+        "actor",
+        "Only writes by this actor (a credential's name, `anonymous`, `gatehouse`).",
+        json!({"type": "string"}),
+    ));
+    query.push(query_parameter(
+        "entity",
+        "Only writes to this collection (`certificates`, ...).",
+        json!({"type": "string"}),
+    ));
+    query.push(query_parameter(
+        "entity_id",
+        "Only writes to this entity.",
+        json!({"type": "string", "format": "uuid"}),
+    ));
+    Some(Operation {
+        id: "listAudit".into(),
+        summary: "List the audit trail".into(),
+        description: Some(
+            "Every committed write, oldest first: who (credential name, how authenticated, \
+             from which address), the request's method and path, the action, the entity and \
+             the config version it produced. Never a request body."
+                .into(),
+        ),
+        tag: "audit".into(),
+        query,
+        body: None,
+        responses,
+    })
+}
+
+fn audit_row_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "One committed write.",
+        "required": ["id", "created_at", "actor", "auth", "method", "path", "action", "entity"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "created_at": {"type": "number", "description": "Unix seconds."},
+            "actor": {"type": "string"},
+            "credential_id": {"type": "string", "format": "uuid", "nullable": true},
+            "auth": {"type": "string", "enum": ["token", "certificate", "none", "internal"]},
+            "remote_addr": {"type": "string", "nullable": true},
+            "method": {"type": "string"},
+            "path": {"type": "string"},
+            "action": {"type": "string", "enum": ["create", "update", "replace", "delete"]},
+            "entity": {"type": "string"},
+            "entity_id": {"type": "string", "format": "uuid", "nullable": true},
+            "config_version": {"type": "integer", "nullable": true},
+        },
     })
 }
 
@@ -954,6 +1069,8 @@ fn schemas() -> Map<String, Value> {
         }),
     );
     all.insert("ClusterStatus".into(), cluster_status_schema());
+    all.insert("AuditRow".into(), audit_row_schema());
+    all.insert("AuditList".into(), page_schema("AuditRow", "audit rows"));
     for name in KNOWN_PLUGINS {
         let Some(fields) = plugin_config_fields(name) else {
             continue;

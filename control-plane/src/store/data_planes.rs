@@ -6,6 +6,7 @@ use serde_json::Value;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use super::audit::{self, Action};
 use super::{Store, db_error};
 use crate::error::ApiError;
 
@@ -263,11 +264,20 @@ impl Store {
     /// Forgets a data plane. Deleting an unknown id is not an error. A data plane still
     /// connected reappears at its next report.
     pub(crate) async fn delete_data_plane(&self, id: Uuid) -> Result<bool, ApiError> {
-        let client = self.pool.get().await?;
-        let deleted = client
+        let mut client = self.pool.get().await?;
+        let tx = Self::begin(&mut client).await?;
+        let deleted = tx
             .execute("DELETE FROM data_planes WHERE id = $1", &[&id])
             .await
             .map_err(db_error)?;
+        let recorded = match deleted {
+            0 => None,
+            _ => Some(audit::record(&tx, Action::Delete, "data_planes", Some(id), None).await?),
+        };
+        tx.commit().await.map_err(db_error)?;
+        if let Some(recorded) = recorded {
+            recorded.log();
+        }
         Ok(deleted > 0)
     }
 }

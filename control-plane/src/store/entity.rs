@@ -8,6 +8,7 @@ use gatehouse_shared::checks;
 use gatehouse_shared::entities::{self, KNOWN_PLUGINS};
 use gatehouse_shared::schema::{Access, FieldErrors, Schema, Type};
 
+use super::audit::{self, Action};
 use super::{Store, Transaction, bump_version, db_error, now};
 use crate::error::ApiError;
 
@@ -376,11 +377,18 @@ impl Store {
         if let Some(snis) = transient_snis {
             sync_snis(&tx, id, &snis, mode).await?;
         }
-        bump_version(&tx).await?;
+        let version = bump_version(&tx).await?;
+        let action = match (mode, existing_obj) {
+            (Write::Patch, _) => Action::Update,
+            (Write::Replace, Some(_)) => Action::Replace,
+            _ => Action::Create,
+        };
+        let recorded = audit::record(&tx, action, collection, Some(id), Some(version)).await?;
         let stored = read(&tx, collection, &Selector::Id(id), None, false)
             .await?
             .ok_or_else(|| ApiError::Internal("written row vanished".into()))?;
         tx.commit().await.map_err(db_error)?;
+        recorded.log();
         Ok(stored)
     }
 
@@ -414,8 +422,11 @@ impl Store {
         tx.execute(&sql, &[&id])
             .await
             .map_err(|e| delete_error(e, collection))?;
-        bump_version(&tx).await?;
+        let version = bump_version(&tx).await?;
+        let recorded =
+            audit::record(&tx, Action::Delete, collection, Some(id), Some(version)).await?;
         tx.commit().await.map_err(db_error)?;
+        recorded.log();
         Ok(())
     }
 

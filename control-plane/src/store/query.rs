@@ -46,7 +46,7 @@ pub(crate) struct Page {
     pub(crate) offset: Option<String>,
 }
 
-fn decode_offset(offset: &str) -> Result<Vec<String>, ApiError> {
+pub(super) fn decode_offset(offset: &str) -> Result<Vec<String>, ApiError> {
     let invalid = |reason: &str| {
         ApiError::InvalidOffset(format!("'{offset}' is not a valid offset: {reason}"))
     };
@@ -62,7 +62,19 @@ fn decode_offset(offset: &str) -> Result<Vec<String>, ApiError> {
     Ok(parts)
 }
 
-fn encode_offset(parts: &[String]) -> String {
+/// The id an id-keyed page offset (`encode_offset(&[id])`) holds.
+pub(super) fn decode_id_offset(offset: &str) -> Result<Uuid, ApiError> {
+    decode_offset(offset)?
+        .first()
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or_else(|| {
+            ApiError::InvalidOffset(format!(
+                "'{offset}' is not a valid offset: bad offset contents"
+            ))
+        })
+}
+
+pub(super) fn encode_offset(parts: &[String]) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(parts).unwrap_or_default())
 }
 
@@ -84,15 +96,7 @@ impl Store {
             format!("${}", params.len())
         };
         if let Some(offset) = &query.offset {
-            let parts = decode_offset(offset)?;
-            let after = parts
-                .first()
-                .and_then(|s| Uuid::parse_str(s).ok())
-                .ok_or_else(|| {
-                    ApiError::InvalidOffset(format!(
-                        "'{offset}' is not a valid offset: bad offset contents"
-                    ))
-                })?;
+            let after = decode_id_offset(offset)?;
             clauses.push(format!("t.id > {}", bind(Box::new(after))));
         }
         if let Some(parent) = parent {

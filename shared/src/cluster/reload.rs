@@ -12,7 +12,10 @@ use rustls::{ClientConfig, ServerConfig};
 use sha2::{Digest, Sha256};
 use tokio::time::MissedTickBehavior;
 
-use super::tls::{ClusterMtls, ClusterTlsError, ClusterTlsFiles, client_config, server_config};
+use super::tls::{
+    ClusterMtls, ClusterTlsError, ClusterTlsFiles, client_config, https_server_config,
+    server_config,
+};
 
 /// How often the CP and the DPs look at their cluster certificate files by default.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
@@ -35,6 +38,8 @@ pub struct ReloadingConfig<T> {
     current: ArcSwap<T>,
     paths: Vec<PathBuf>,
     build: Build<T>,
+    /// What the files are, for logs (`cluster certificate`).
+    label: &'static str,
     /// Content of the watched files when the last build started, successful or not.
     seen: Mutex<Fingerprint>,
 }
@@ -60,6 +65,7 @@ impl<T> ReloadingConfig<T> {
             current: ArcSwap::new(first),
             paths,
             build: Box::new(build),
+            label: "cluster certificate",
             seen: Mutex::new(seen),
         })
     }
@@ -108,13 +114,14 @@ impl<T> ReloadingConfig<T> {
             ticks.tick().await;
             match self.reload_if_changed() {
                 Ok(true) => {
-                    tracing::info!(files = %self.describe(), "cluster certificate reloaded");
+                    tracing::info!(files = %self.describe(), "{} reloaded", self.label);
                 }
                 Ok(false) => {}
                 Err(error) => tracing::warn!(
                     files = %self.describe(),
                     %error,
-                    "cluster certificate files changed but cannot be used; keeping the current certificate"
+                    "{} files changed but cannot be used; keeping the current certificate",
+                    self.label
                 ),
             }
         }
@@ -135,6 +142,14 @@ impl ReloadingConfig<ServerConfig> {
     /// `files.cert`, `files.key` or `files.ca` change.
     pub fn server(mode: ClusterMtls, files: ClusterTlsFiles) -> Result<Self, ClusterTlsError> {
         Self::new(files.paths(), move || server_config(mode, &files))
+    }
+
+    /// An HTTPS listener's configuration ([`https_server_config`]; the Admin API's), reloaded
+    /// when `files.cert`, `files.key` or `files.ca` change.
+    pub fn https(files: ClusterTlsFiles) -> Result<Self, ClusterTlsError> {
+        let mut config = Self::new(files.paths(), move || https_server_config(&files))?;
+        config.label = "Admin API certificate";
+        Ok(config)
     }
 }
 

@@ -298,6 +298,36 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// Builds an HTTPS listener's configuration (the CP's Admin API): presents
+/// `files.cert`/`files.key`, offers HTTP/2 and HTTP/1.1, and, when `files.ca` is set, asks for
+/// a client certificate issued by that CA. A client without one may still connect (it can
+/// authenticate otherwise); a client presenting a certificate the CA did not issue, or an
+/// expired one, is refused in the handshake.
+pub fn https_server_config(files: &ClusterTlsFiles) -> Result<Arc<ServerConfig>, ClusterTlsError> {
+    let provider = provider();
+    let identity = load_identity(files, &provider)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(build_error)?;
+    let builder = match files.ca {
+        Some(_) => {
+            let (ca, roots) = load_roots(files)?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| ClusterTlsError::Ca {
+                    path: ca.to_owned(),
+                    reason: e.to_string(),
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(identity)));
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The identity of a peer from its certificate chain (end-entity first, as rustls'
 /// `peer_certificates()` and tonic's `peer_certs()` return it); `None` without a parsable
 /// certificate.

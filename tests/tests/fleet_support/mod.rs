@@ -204,6 +204,9 @@ impl Fleet {
         let args = [
             "--admin-listen".to_owned(),
             format!("{addr}:{ADMIN_PORT}"),
+            // A namespace address, reachable only from the test's own namespaces (no route
+            // out): the suite drives the Admin API without credentials.
+            "--admin-insecure-no-auth".to_owned(),
             "--cluster-listen".to_owned(),
             format!("{addr}:{CLUSTER_PORT}"),
             "--status-listen".to_owned(),

@@ -87,7 +87,7 @@ mod client_auth;
 mod default_cert;
 mod resolver;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use default_cert::DefaultCertificate;
 pub(crate) use default_cert::load_certified_key;

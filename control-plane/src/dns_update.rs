@@ -30,7 +30,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_lc_rs::hmac;
 use base64::Engine as _;
@@ -512,7 +512,7 @@ impl DnsUpdater {
         let rdata = txt_rdata(value).map_err(|e| error(DnsUpdateErrorKind::Invalid(e)))?;
         let id = random_id();
         let mut message = self.update_message(id, &name, &rdata, change);
-        let mac = self.sign(&mut message, unix_now());
+        let mac = self.sign(&mut message, now());
         let answer = tokio::time::timeout(self.timeout, self.exchange(&message))
             .await
             .map_err(|_| error(DnsUpdateErrorKind::Timeout(self.timeout)))?
@@ -904,8 +904,7 @@ fn random_id() -> u16 {
     u16::from_be_bytes([bytes[0], bytes[1]])
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// Now, Unix seconds (TSIG's "time signed").
+fn now() -> u64 {
+    u64::try_from(crate::store::unix_now()).unwrap_or(0)
 }

@@ -31,7 +31,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::digest;
 use rcgen::{CertificateParams, CustomExtension, DistinguishedName, KeyPair};
@@ -51,6 +50,8 @@ mod on_demand;
 #[cfg(test)]
 pub(crate) mod tests;
 
+/// Now, Unix seconds (challenge expiry).
+pub(crate) use crate::revocation::unix_now;
 pub(crate) use on_demand::{OnDemand, OnDemandLimits, OnDemandRules};
 
 /// Where HTTP-01 answers live.
@@ -396,11 +397,4 @@ impl ResolvesServerCert for ChallengeCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.0.clone())
     }
-}
-
-/// Now, Unix seconds.
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -174,7 +174,7 @@ fn signed_answers_are_verified_and_others_refused() {
             .to_be_bytes()
             .to_vec();
         prefix.extend_from_slice(&request_mac);
-        signer.sign_after(&prefix, &mut message, unix_now());
+        signer.sign_after(&prefix, &mut message, now());
         message
     };
     assert_eq!(

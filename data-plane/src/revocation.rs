@@ -368,7 +368,7 @@ fn reason_name(code: u8) -> String {
 }
 
 /// Now, in Unix seconds.
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

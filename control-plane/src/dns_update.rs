@@ -789,8 +789,12 @@ fn parse_answer(bytes: &[u8]) -> Result<Answer, String> {
         if index + 1 != additional {
             return Err("the TSIG record is not the last one".to_owned());
         }
-        reader.skip(6)?;
-        let _length = reader.u16()?;
+        // RFC 8945 §4.2: class ANY, TTL 0 (the MAC covers those values, not the wire's).
+        if reader.u16()? != CLASS_ANY || reader.u16()? != 0 || reader.u16()? != 0 {
+            return Err("the TSIG record is malformed".to_owned());
+        }
+        let length = usize::from(reader.u16()?);
+        let rdata_start = reader.at;
         let algorithm = reader.name()?;
         let high = u64::from(reader.u16()?);
         let low = u64::from(reader.u16()?) << 16 | u64::from(reader.u16()?);
@@ -802,6 +806,9 @@ fn parse_answer(bytes: &[u8]) -> Result<Answer, String> {
         let error = reader.u16()?;
         let other_length = reader.u16()?;
         let other = reader.take(usize::from(other_length))?.to_vec();
+        if reader.at != rdata_start + length || reader.at != bytes.len() {
+            return Err("the TSIG record is malformed".to_owned());
+        }
         tsig = Some(Tsig {
             start,
             name,

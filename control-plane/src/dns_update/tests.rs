@@ -161,22 +161,7 @@ fn signed_answers_are_verified_and_others_refused() {
     let mut request = updater.update_message(7, &name, b"\x01v", Change::Delete);
     let request_mac = updater.sign(&mut request, 1_700_000_000);
 
-    // The server's answer: the request's header as a response, signed over the request MAC.
-    let answer = |rcode: u16, secret: &[u8]| {
-        let signer =
-            DnsUpdater::new(settings("127.0.0.1:53".parse().unwrap(), "k", secret)).unwrap();
-        let mut message = Vec::new();
-        message.extend_from_slice(&7u16.to_be_bytes());
-        message.extend_from_slice(&(FLAG_RESPONSE | OPCODE_UPDATE | rcode).to_be_bytes());
-        message.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
-        let mut prefix = u16::try_from(request_mac.len())
-            .unwrap()
-            .to_be_bytes()
-            .to_vec();
-        prefix.extend_from_slice(&request_mac);
-        signer.sign_after(&prefix, &mut message, now());
-        message
-    };
+    let answer = |rcode: u16, secret: &[u8]| signed_answer(&request_mac, rcode, secret);
     assert_eq!(
         updater.check(7, &request_mac, &answer(0, b"s3cret")),
         Ok(())
@@ -208,6 +193,50 @@ fn signed_answers_are_verified_and_others_refused() {
         updater.check(7, &request_mac, &[0, 7]),
         Err(DnsUpdateErrorKind::Untrusted(_))
     ));
+}
+
+/// The server's answer to request 7 signed with `request_mac`: the header as a response with
+/// `rcode`, signed with key `k` of `secret` over the request MAC.
+fn signed_answer(request_mac: &[u8], rcode: u16, secret: &[u8]) -> Vec<u8> {
+    let signer = DnsUpdater::new(settings("127.0.0.1:53".parse().unwrap(), "k", secret)).unwrap();
+    let mut message = Vec::new();
+    message.extend_from_slice(&7u16.to_be_bytes());
+    message.extend_from_slice(&(FLAG_RESPONSE | OPCODE_UPDATE | rcode).to_be_bytes());
+    message.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+    let mut prefix = u16::try_from(request_mac.len())
+        .unwrap()
+        .to_be_bytes()
+        .to_vec();
+    prefix.extend_from_slice(request_mac);
+    signer.sign_after(&prefix, &mut message, now());
+    message
+}
+
+proptest::proptest! {
+    /// Whatever a server (or someone on the path) sends back: no panic, and no success
+    /// unless it is the signed answer itself (up to the case of the names in it, which DNS
+    /// ignores and the MAC covers in canonical form).
+    #[test]
+    fn answers_are_refused_unless_signed(
+        garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+        at in proptest::prelude::any::<proptest::sample::Index>(),
+        byte in proptest::prelude::any::<u8>(),
+    ) {
+        let updater = DnsUpdater::new(settings("127.0.0.1:53".parse().unwrap(), "k", b"s3cret")).unwrap();
+        let request_mac = [9u8; 32];
+        proptest::prop_assert!(updater.check(7, &request_mac, &garbage).is_err());
+        let signed = signed_answer(&request_mac, 0, b"s3cret");
+        let mut mutated = signed.clone();
+        let at = at.index(mutated.len());
+        mutated[at] = byte;
+        if updater.check(7, &request_mac, &mutated).is_ok() {
+            proptest::prop_assert_eq!(
+                mutated.to_ascii_lowercase(),
+                signed.to_ascii_lowercase(),
+                "a changed answer was accepted (byte {} set to {})", at, byte
+            );
+        }
+    }
 }
 
 #[tokio::test]

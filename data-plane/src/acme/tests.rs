@@ -419,3 +419,29 @@ async fn tls_alpn01_is_answered_on_the_stream_listener_whatever_the_routes() {
         task.await.unwrap();
     }
 }
+
+proptest::proptest! {
+    /// Whatever a snapshot holds: no panic, and what is accepted answers only a base64url
+    /// token, on a non-wildcard name, with the key authorization `<token>.<thumbprint>`.
+    #[test]
+    fn any_challenge_is_refused_or_safe(
+        kind in "(http-01|tls-alpn-01|dns-01|)",
+        domain in "[a-zA-Z0-9.*_ -]{0,30}",
+        token in "[a-zA-Z0-9_=/+ -]{0,20}",
+        thumbprint in "[a-zA-Z0-9_=. -]{0,12}",
+    ) {
+        let challenge = model::AcmeChallenge {
+            key_authorization: format!("{token}.{thumbprint}"),
+            ..challenge(&kind, &domain, &token)
+        };
+        let now = unix_now();
+        if let Ok(built) = Challenges::build(&with_challenges(vec![challenge]), None, now) {
+            proptest::prop_assert!(is_base64url(&token) && is_base64url(&thumbprint));
+            proptest::prop_assert!(!domain.contains('*') && kind != "dns-01");
+            let host = domain.to_ascii_lowercase();
+            let answered = built.http01(&token, &host, now).is_some();
+            proptest::prop_assert_eq!(answered, kind == "http-01");
+            proptest::prop_assert_eq!(built.has_tls_alpn01(&host, now), kind == "tls-alpn-01");
+        }
+    }
+}

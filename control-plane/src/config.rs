@@ -19,6 +19,8 @@ pub const DEFAULT_DATABASE_MAX_CONNECTIONS: usize = 16;
 pub const DEFAULT_ADMIN_MAX_BODY: usize = 8 * 1024 * 1024;
 /// Default address of the cluster (config sync) listener (Kong's `cluster_listen`).
 pub const DEFAULT_CLUSTER_LISTEN: &str = "0.0.0.0:8005";
+/// Default time between two looks for ACME certificates due for renewal, in seconds.
+pub const DEFAULT_ACME_RENEW_INTERVAL: u64 = 3600;
 /// Default address of the status listener (Kong's `status_listen`).
 pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:8100";
 
@@ -121,6 +123,16 @@ pub struct Flags {
     /// (port 0 picks a free port; the address is logged) [default: 127.0.0.1:8100].
     #[arg(long, env = "GATEHOUSE_STATUS_LISTEN")]
     pub status_listen: Option<String>,
+
+    /// PEM file of the CA certificate(s) to trust for the ACME server (the `acme` plugin's
+    /// `api_uri`), instead of the system's roots: a private or test CA.
+    #[arg(long, env = "GATEHOUSE_ACME_CA_BUNDLE")]
+    pub acme_ca_bundle: Option<PathBuf>,
+
+    /// Seconds between two looks for ACME certificates due for renewal or names due for a
+    /// retry [default: 3600].
+    #[arg(long, env = "GATEHOUSE_ACME_RENEW_INTERVAL")]
+    pub acme_renew_interval: Option<u64>,
 }
 
 /// Logging settings.
@@ -151,6 +163,18 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     /// Status listener address; `None` when `off`.
     pub status_listen: Option<SocketAddr>,
+    /// The ACME client.
+    pub acme: AcmeSettings,
+}
+
+/// Settings of the control plane's ACME client.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AcmeSettings {
+    /// CA certificates trusted for the ACME server; `None`: the system's roots.
+    pub ca_bundle: Option<PathBuf>,
+    /// Time between two renewal passes.
+    pub renew_interval: std::time::Duration,
 }
 
 /// Settings of the cluster (config sync) listener.
@@ -229,6 +253,8 @@ impl Flags {
                 .cluster_allowed_common_names
                 .or(other.cluster_allowed_common_names),
             status_listen: self.status_listen.or(other.status_listen),
+            acme_ca_bundle: self.acme_ca_bundle.or(other.acme_ca_bundle),
+            acme_renew_interval: self.acme_renew_interval.or(other.acme_renew_interval),
         }
     }
 
@@ -300,6 +326,16 @@ impl Flags {
                 .ok()
                 .map(Some),
         };
+        let renew_interval = self
+            .acme_renew_interval
+            .unwrap_or(DEFAULT_ACME_RENEW_INTERVAL);
+        if renew_interval == 0 {
+            problems.push("--acme-renew-interval: must be at least 1".into());
+        }
+        let acme = AcmeSettings {
+            ca_bundle: self.acme_ca_bundle,
+            renew_interval: std::time::Duration::from_secs(renew_interval),
+        };
         match (admin_listen, cluster, status_listen) {
             (Some(admin_listen), Some(cluster), Some(status_listen)) if problems.is_empty() => {
                 Ok(Settings {
@@ -314,6 +350,7 @@ impl Flags {
                     },
                     cluster,
                     status_listen,
+                    acme,
                 })
             }
             _ => Err(ConfigError(problems.join("; "))),

@@ -24,6 +24,7 @@ pub mod pki;
 #[doc(hidden)]
 pub mod fuzzing;
 
+mod acme;
 mod admin;
 mod cluster;
 mod error;
@@ -113,6 +114,9 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
         .map(|_| snapshot::spawn(store.clone(), database_url.clone(), stats.clone()));
     let node = Arc::new(Node::new(stats, latest, cluster_addr));
     tracing::info!(node_id = %node.id, hostname = %node.hostname, "control plane node");
+    let acme = acme::Acme::new(store.clone(), node.id, settings.acme.clone());
+    acme.spawn();
+    let _ = node.acme.set(acme);
 
     let (stop, shutdown) = watch::channel(false);
     let signal = shutdown_signal();

@@ -10,6 +10,7 @@
 //! the config-version row lock last, so concurrent writers serialise only for the short tail of
 //! their transaction and versions are gap-free in commit order.
 
+mod acme;
 mod data_planes;
 mod entity;
 mod export;
@@ -20,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
 use tokio_postgres::NoTls;
 
+pub(crate) use self::acme::{AcmeName, NewChallenge, Outcome};
 pub(crate) use self::data_planes::{Claim, DataPlane, SyncStatus};
 pub(crate) use self::entity::{Parent, Selector, coerce_form};
 pub(crate) use self::export::Export;

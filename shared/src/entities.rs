@@ -9,8 +9,19 @@ use crate::checks;
 use crate::schema::{Access, Check, Field, FieldErrors, Schema, Type};
 use crate::x509::{self, KeyPairError};
 
-/// Names of the plugins this build of the data plane runs.
-pub const KNOWN_PLUGINS: &[&str] = &["acl", "mtls-auth"];
+/// Names of the plugins this build knows: the data plane runs all of them but those in
+/// [`CONTROL_PLANE_PLUGINS`].
+pub const KNOWN_PLUGINS: &[&str] = &["acl", "acme", "mtls-auth"];
+
+/// Plugins the control plane runs itself: they never travel to data planes as plugins (their
+/// configuration holds account keys), the snapshot carries what data planes need of them.
+pub const CONTROL_PLANE_PLUGINS: &[&str] = &["acme"];
+
+/// Directory URLs of Let's Encrypt, whose terms of service must be accepted (Kong's check).
+const LETS_ENCRYPT_DIRECTORIES: &[&str] = &[
+    "https://acme-v02.api.letsencrypt.org",
+    "https://acme-staging-v02.api.letsencrypt.org",
+];
 
 /// Every protocol a service or route may name.
 pub const PROTOCOLS: &[&str] = &[
@@ -89,6 +100,7 @@ static SCHEMAS: LazyLock<Vec<Schema>> = LazyLock::new(|| {
 static PLUGIN_SCHEMAS: LazyLock<Vec<(&'static str, Schema)>> = LazyLock::new(|| {
     vec![
         ("acl", plugins(acl_config())),
+        ("acme", plugins(acme_config())),
         ("mtls-auth", plugins(mtls_auth_config())),
     ]
 });
@@ -585,6 +597,74 @@ fn acl_config() -> Vec<Field> {
     ]
 }
 
+/// Kong's `kong/plugins/acme/schema.lua`. `storage` and `storage_config` are accepted with
+/// Kong's values and ignored: the control plane keeps everything in its own database.
+fn acme_config() -> Vec<Field> {
+    // Kong's sub-records of `storage_config` are kept as string maps, so that a Kong
+    // configuration loads; none is used.
+    let storage_record = |name| Field::map(name, Field::elem(Type::String));
+    vec![
+        Field::string("account_email").required().custom(|v| {
+            // Kong's "very loose" Lua pattern `%w*%p*@+%w*%.?%w*`, unanchored: an `@`.
+            match v.as_str() {
+                Some(s) if !s.contains('@') => Err(format!("invalid value: {s}")),
+                _ => Ok(()),
+            }
+        }),
+        Field::record(
+            "account_key",
+            vec![Field::string("key_id").required(), Field::string("key_set")],
+        ),
+        Field::string("api_uri")
+            .default(json!("https://acme-v02.api.letsencrypt.org/directory"))
+            .custom(str_rule!(acme_url)),
+        Field::boolean("tos_accepted").default(json!(false)),
+        Field::string("eab_kid"),
+        Field::string("eab_hmac_key"),
+        Field::string("cert_type")
+            .default(json!("rsa"))
+            .check(Check::OneOf(&["rsa", "ecc"])),
+        Field::number("rsa_key_size")
+            .default(json!(4096))
+            .check(Check::IntOneOf(&[2048, 3072, 4096])),
+        Field::number("renew_threshold_days").default(json!(14)),
+        Field::array(
+            "domains",
+            Field::elem(Type::String).custom(str_rule!(checks::wildcard_host)),
+        ),
+        Field::boolean("allow_any_domain").default(json!(false)),
+        Field::number("fail_backoff_minutes").default(json!(5)),
+        Field::string("storage")
+            .default(json!("shm"))
+            .check(Check::OneOf(&["kong", "shm", "redis", "consul", "vault"])),
+        Field::record(
+            "storage_config",
+            ["shm", "kong", "redis", "consul", "vault"]
+                .into_iter()
+                .map(storage_record)
+                .collect(),
+        ),
+        Field::string("preferred_chain"),
+        Field::boolean("enable_ipv4_common_name").default(json!(true)),
+    ]
+}
+
+/// Kong's `typedefs.url`: a scheme and a host.
+fn acme_url(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err("missing scheme in url".to_owned());
+    };
+    if scheme.is_empty() {
+        return Err("missing scheme in url".to_owned());
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() || host.starts_with(':') {
+        return Err("missing host in url".to_owned());
+    }
+    Ok(())
+}
+
 fn mtls_auth_config() -> Vec<Field> {
     let port = |name| Field::integer(name).check(Check::Between(0, 65535));
     vec![
@@ -940,9 +1020,37 @@ fn check_plugin(obj: &mut Map<String, Value>, errors: &mut FieldErrors) {
         return;
     };
     let is_set = |field: &str| !obj.get(field).is_none_or(Value::is_null);
-    // Protocols are checked by the plugin's schema; neither plugin applies per consumer.
-    if matches!(name.as_str(), "acl" | "mtls-auth") && is_set("consumer") {
+    // Protocols are checked by the plugin's schema; no plugin applies per consumer, and
+    // acme is global only.
+    if matches!(name.as_str(), "acl" | "acme" | "mtls-auth") && is_set("consumer") {
         errors.field("consumer", "value must be null");
+    }
+    if name == "acme" {
+        for field in ["service", "route"] {
+            if is_set(field) {
+                errors.field(field, "value must be null");
+            }
+        }
+        let config = obj.get("config").and_then(Value::as_object);
+        let api_uri = config
+            .and_then(|c| c.get("api_uri"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let tos = config
+            .and_then(|c| c.get("tos_accepted"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if !tos
+            && LETS_ENCRYPT_DIRECTORIES
+                .iter()
+                .any(|le| api_uri.starts_with(le))
+        {
+            errors.nested_field(
+                "config",
+                "tos_accepted",
+                "terms of service must be accepted, see https://letsencrypt.org/repository/",
+            );
+        }
     }
     if name == "acl" {
         let config = obj.get("config").and_then(Value::as_object);

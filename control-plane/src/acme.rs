@@ -337,6 +337,7 @@ impl Acme {
                 .challenge(kind.clone())
                 .ok_or("the CA offers neither an http-01 nor a tls-alpn-01 challenge")?;
             let published = NewChallenge {
+                id: Uuid::now_v7(),
                 kind: if kind == ChallengeType::Http01 {
                     "http-01"
                 } else {
@@ -367,8 +368,13 @@ impl Acme {
             return Err(self.why_invalid(&mut order, status).await);
         }
         let key = certificate_key(config)?;
-        let params = rcgen::CertificateParams::new(vec![host.to_owned()])
+        let mut params = rcgen::CertificateParams::new(vec![host.to_owned()])
             .map_err(|e| format!("certificate request: {e}"))?;
+        // The name as common name too (Kong's API shows the CN as `host`).
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, host.to_owned());
         let csr = params
             .serialize_request(&key)
             .map_err(|e| format!("certificate request: {e}"))?;
@@ -401,6 +407,62 @@ impl Acme {
         } else {
             format!("validation failed: {}", reasons.join("; "))
         }
+    }
+
+    /// `test_http_challenge_flow`: publishes an HTTP-01 answer for `host` that no CA asked
+    /// for, waits until the data planes run it, and fetches it as a CA would
+    /// (`http://<host>:<--acme-http-port>/.well-known/acme-challenge/<token>`). Orders nothing.
+    pub(crate) async fn check_http_challenge_flow(&self, host: &str) -> Result<(), String> {
+        let random =
+            || base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Uuid::new_v4().as_bytes());
+        let token = random();
+        let key_authorization = format!("{token}.{}", random());
+        let challenge = NewChallenge {
+            id: Uuid::now_v7(),
+            kind: "http-01",
+            domain: host.to_owned(),
+            token: token.clone(),
+            key_authorization: key_authorization.clone(),
+            expires_at: unix_now() + CHALLENGE_TTL,
+        };
+        let version = self
+            .store
+            .acme_publish(host, std::slice::from_ref(&challenge))
+            .await
+            .map_err(|e| e.detail())?;
+        self.await_propagation(version).await;
+        let url = format!(
+            "http://{host}:{}/.well-known/acme-challenge/{token}",
+            self.settings.http_port
+        );
+        let fetched = async {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| format!("HTTP client: {e}"))?;
+            let response = client
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| format!("cannot reach {url}: {e}"))?;
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            if status == http::StatusCode::OK && body.trim_end() == key_authorization {
+                return Ok(());
+            }
+            let shown: String = body.chars().take(200).collect();
+            Err(format!(
+                "{url} is not answered by a data plane's challenge responder: status {}, \
+                 body \"{shown}\"",
+                status.as_u16()
+            ))
+        }
+        .await;
+        if let Err(error) = self.store.acme_unpublish(&[challenge.id]).await {
+            tracing::warn!(error = %error.detail(), "acme: cannot remove the test challenge");
+        }
+        fetched
     }
 
     /// Waits until every connected data plane has applied `version`, at most

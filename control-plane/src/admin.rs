@@ -3,6 +3,7 @@
 //! Every route is declared once in [`endpoints`]; the axum router and the OpenAPI document
 //! are both built from that table, so the document cannot miss a mounted route.
 
+mod acme;
 pub(crate) mod body;
 mod openapi;
 
@@ -52,6 +53,10 @@ pub(crate) enum Op {
     DataPlane,
     /// `GET /clustering/status`: the current config version and who lags.
     ClusterStatus,
+    /// `POST /acme` (order now), `PATCH /acme` (renew everything).
+    Acme,
+    /// `GET /acme/certificates` and `GET /acme/certificates/{host}`.
+    AcmeCertificates,
     /// A collection: list and create.
     Collection(Scope),
     /// One entity: read, patch, replace, delete.
@@ -165,6 +170,21 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             path: "/clustering/status".into(),
             methods: &[Method::GET],
             op: Op::ClusterStatus,
+        },
+        Endpoint {
+            path: "/acme".into(),
+            methods: &[Method::POST, Method::PATCH],
+            op: Op::Acme,
+        },
+        Endpoint {
+            path: "/acme/certificates".into(),
+            methods: &[Method::GET],
+            op: Op::AcmeCertificates,
+        },
+        Endpoint {
+            path: "/acme/certificates/{host}".into(),
+            methods: &[Method::GET],
+            op: Op::AcmeCertificates,
         },
     ];
     for collection in COLLECTIONS {
@@ -379,6 +399,8 @@ async fn dispatch(
         Op::DataPlanes => data_planes(state).await,
         Op::DataPlane => delete_data_plane(state, &request).await,
         Op::ClusterStatus => cluster_status(state).await,
+        Op::Acme => acme::acme(state, request, body).await,
+        Op::AcmeCertificates => acme::certificates(state, request).await,
     }
 }
 

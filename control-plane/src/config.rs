@@ -74,7 +74,7 @@ pub struct Flags {
     pub admin_max_body: Option<usize>,
 
     /// Plugins that may be configured: `bundled` (every plugin the data plane knows:
-    /// acl, mtls-auth), `off`, or a comma-separated list [default: bundled].
+    /// acl, acme, mtls-auth), `off`, or a comma-separated list [default: bundled].
     #[arg(long, env = "GATEHOUSE_PLUGINS")]
     pub plugins: Option<String>,
 
@@ -133,6 +133,11 @@ pub struct Flags {
     /// retry [default: 3600].
     #[arg(long, env = "GATEHOUSE_ACME_RENEW_INTERVAL")]
     pub acme_renew_interval: Option<u64>,
+
+    /// Port of the data planes' plain HTTP listeners behind the names, used by
+    /// `POST /acme` with `test_http_challenge_flow` (a CA always uses 80) [default: 80].
+    #[arg(long, env = "GATEHOUSE_ACME_HTTP_PORT")]
+    pub acme_http_port: Option<u16>,
 }
 
 /// Logging settings.
@@ -175,6 +180,8 @@ pub struct AcmeSettings {
     pub ca_bundle: Option<PathBuf>,
     /// Time between two renewal passes.
     pub renew_interval: std::time::Duration,
+    /// Port fetched by the `test_http_challenge_flow` check.
+    pub http_port: u16,
 }
 
 /// Settings of the cluster (config sync) listener.
@@ -255,6 +262,7 @@ impl Flags {
             status_listen: self.status_listen.or(other.status_listen),
             acme_ca_bundle: self.acme_ca_bundle.or(other.acme_ca_bundle),
             acme_renew_interval: self.acme_renew_interval.or(other.acme_renew_interval),
+            acme_http_port: self.acme_http_port.or(other.acme_http_port),
         }
     }
 
@@ -335,6 +343,7 @@ impl Flags {
         let acme = AcmeSettings {
             ca_bundle: self.acme_ca_bundle,
             renew_interval: std::time::Duration::from_secs(renew_interval),
+            http_port: self.acme_http_port.unwrap_or(80),
         };
         match (admin_listen, cluster, status_listen) {
             (Some(admin_listen), Some(cluster), Some(status_listen)) if problems.is_empty() => {
@@ -474,9 +483,15 @@ mod tests {
     fn defaults() {
         let settings = parse(&[]).unwrap();
         assert_eq!(settings.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
-        assert_eq!(settings.plugins, vec!["acl", "mtls-auth"]);
+        assert_eq!(settings.plugins, vec!["acl", "acme", "mtls-auth"]);
         assert!(settings.database_url.is_none());
         assert!(settings.require_database_url().is_err());
+        assert_eq!(settings.acme.http_port, 80);
+        assert_eq!(
+            settings.acme.renew_interval.as_secs(),
+            DEFAULT_ACME_RENEW_INTERVAL
+        );
+        assert!(settings.acme.ca_bundle.is_none());
         assert_eq!(settings.cluster.listen.to_string(), DEFAULT_CLUSTER_LISTEN);
         assert_eq!(settings.cluster.mtls, ClusterMtls::Shared);
         assert!(settings.cluster.files.is_none(), "listener disabled");

@@ -44,6 +44,8 @@ pub(crate) struct AcmeName {
 /// A challenge to publish.
 #[derive(Debug, Clone)]
 pub(crate) struct NewChallenge {
+    /// Its id.
+    pub(crate) id: Uuid,
     /// `http-01` or `tls-alpn-01`.
     pub(crate) kind: &'static str,
     /// The name validated.
@@ -330,7 +332,7 @@ impl Store {
                  (id, host, kind, domain, token, key_authorization, expires_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 &[
-                    &Uuid::now_v7(),
+                    &challenge.id,
                     &host,
                     &challenge.kind,
                     &challenge.domain,
@@ -347,6 +349,20 @@ impl Store {
         Ok(version)
     }
 
+    /// Removes published challenges by id (bumping the config version if any was there).
+    pub(crate) async fn acme_unpublish(&self, ids: &[Uuid]) -> Result<(), ApiError> {
+        let mut client = self.pool.get().await?;
+        let tx = Self::begin(&mut client).await?;
+        let removed = tx
+            .execute("DELETE FROM acme_challenges WHERE id = ANY($1)", &[&ids])
+            .await
+            .map_err(db_error)?;
+        if removed > 0 {
+            bump_version(&tx).await?;
+        }
+        tx.commit().await.map_err(db_error)
+    }
+
     /// Drops challenges past their expiry whose lease is gone (a replica died mid-order);
     /// bumps the config version when it removed any.
     pub(crate) async fn acme_sweep(&self, now: i64) -> Result<u64, ApiError> {
@@ -354,8 +370,9 @@ impl Store {
         let tx = Self::begin(&mut client).await?;
         let removed = tx
             .execute(
-                "DELETE FROM acme_challenges ch USING acme_names n WHERE n.host = ch.host \
-                 AND ch.expires_at < $1 AND (n.lease_owner IS NULL OR n.lease_expires_at < $1)",
+                "DELETE FROM acme_challenges ch WHERE ch.expires_at < $1 AND NOT EXISTS \
+                 (SELECT 1 FROM acme_names n WHERE n.host = ch.host \
+                 AND n.lease_owner IS NOT NULL AND n.lease_expires_at >= $1)",
                 &[&now],
             )
             .await

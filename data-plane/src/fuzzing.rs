@@ -8,7 +8,7 @@ use std::io;
 /// lower-cased, if it sent one), an error for bytes that are no ClientHello.
 pub fn client_hello_sni(bytes: &[u8]) -> io::Result<Option<Option<String>>> {
     Ok(crate::stream::parse_hello(bytes)?.map(|hello| match hello {
-        crate::stream::Hello::Tls { sni } => sni,
+        crate::stream::Hello::Tls { sni, .. } => sni,
         crate::stream::Hello::Plain => None,
     }))
 }

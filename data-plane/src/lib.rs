@@ -48,6 +48,7 @@ pub mod tls;
 #[doc(hidden)]
 pub mod fuzzing;
 
+mod acme;
 mod cache;
 mod metrics;
 mod plugins;
@@ -193,11 +194,18 @@ impl DataPlane {
             cluster.control_plane.clone(),
             runtime.clone(),
         ));
+        // ACME first: a snapshot with a malformed challenge is refused before anything else
+        // is built for it.
+        let (on_demand, wanted) = acme::OnDemand::channel(acme::OnDemandLimits::default());
+        let acme = Arc::new(acme::Acme::new(on_demand));
+        let acme_part: Arc<dyn runtime::Part> = acme.clone();
+        runtime.register(Arc::downgrade(&acme_part));
         let proxy = proxy::Listeners::bind(
             &settings.proxy_listen,
             &settings.proxy_ssl_listen,
             &settings.proxy,
             runtime.clone(),
+            acme.clone(),
         )
         .await?;
         let proxy_addrs = proxy.addrs();
@@ -207,6 +215,7 @@ impl DataPlane {
             &settings.proxy,
             runtime.clone(),
             drain.clone(),
+            acme,
         )
         .await?;
         let stream_addrs = stream.addrs();
@@ -235,7 +244,8 @@ impl DataPlane {
             cache,
             settings.labels.clone(),
             timing,
-        );
+        )
+        .with_certificate_requests(wanted);
         let sync = tokio::spawn(client.run(stopped));
         tasks.extend([status, sync]);
         Ok(Self {

@@ -7,6 +7,8 @@
 //! | `gatehouse_upstream_requests_total` | | requests sent to upstreams (attempts) |
 //! | `gatehouse_upstream_connections_total` | `tls` = `false`, `true` | new upstream connections |
 //! | `gatehouse_mtls_auth_failures_total` | `reason` (below) | refused client certificates |
+//! | `gatehouse_acme_challenges_answered_total` | `kind` = `http-01`, `tls-alpn-01` | ACME validations answered |
+//! | `gatehouse_acme_certificate_requests_total` | `outcome` = `sent`, `duplicate`, `rate_limited`, `queue_full` | on-demand certificate requests (handshakes for an allowed name without a certificate) |
 //!
 //! Upstream connection reuse is `1 - connections / requests`. The mtls-auth reasons are
 //! `no_certificate`, `unknown_ca`, `expired`, `not_yet_valid`, `revoked`, `revocation_unknown`
@@ -48,6 +50,25 @@ const MTLS_REASONS: [&str; 10] = [
     "unbuilt",
 ];
 
+/// What became of an on-demand certificate request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub(crate) enum OnDemandOutcome {
+    /// Queued towards the control plane.
+    Sent,
+    /// Asked for recently.
+    Duplicate,
+    /// Over the per-minute cap.
+    RateLimited,
+    /// The queue towards the control plane is full (it is away).
+    QueueFull,
+}
+
+const ON_DEMAND_OUTCOMES: [&str; 4] = ["sent", "duplicate", "rate_limited", "queue_full"];
+
+/// The ACME challenge kinds answered.
+const ACME_KINDS: [&str; 2] = ["http-01", "tls-alpn-01"];
+
 /// The counters.
 pub(crate) struct Metrics {
     handshakes: [AtomicU64; 2],
@@ -55,6 +76,8 @@ pub(crate) struct Metrics {
     upstream_requests: AtomicU64,
     upstream_connections: [AtomicU64; 2],
     mtls_failures: [AtomicU64; 10],
+    acme_answers: [AtomicU64; 2],
+    on_demand: [AtomicU64; 4],
 }
 
 /// The process's counters.
@@ -68,6 +91,8 @@ impl Metrics {
             upstream_requests: AtomicU64::new(0),
             upstream_connections: [const { AtomicU64::new(0) }; 2],
             mtls_failures: [const { AtomicU64::new(0) }; 10],
+            acme_answers: [const { AtomicU64::new(0) }; 2],
+            on_demand: [const { AtomicU64::new(0) }; 4],
         }
     }
 
@@ -90,6 +115,15 @@ impl Metrics {
 
     pub(crate) fn mtls_failure(&self, reason: MtlsFailure) {
         self.mtls_failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An ACME validation answered: HTTP-01 (`tls` false) or TLS-ALPN-01.
+    pub(crate) fn acme_answer(&self, tls: bool) {
+        self.acme_answers[usize::from(tls)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn on_demand(&self, outcome: OnDemandOutcome) {
+        self.on_demand[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -157,6 +191,30 @@ impl Metrics {
                 get(counter)
             );
         }
+        family(
+            &mut out,
+            "gatehouse_acme_challenges_answered_total",
+            "ACME validations answered, by challenge kind.",
+        );
+        for (kind, counter) in ACME_KINDS.iter().zip(&self.acme_answers) {
+            let _ = writeln!(
+                out,
+                "gatehouse_acme_challenges_answered_total{{kind=\"{kind}\"}} {}",
+                get(counter)
+            );
+        }
+        family(
+            &mut out,
+            "gatehouse_acme_certificate_requests_total",
+            "On-demand certificate requests to the control plane, by outcome.",
+        );
+        for (outcome, counter) in ON_DEMAND_OUTCOMES.iter().zip(&self.on_demand) {
+            let _ = writeln!(
+                out,
+                "gatehouse_acme_certificate_requests_total{{outcome=\"{outcome}\"}} {}",
+                get(counter)
+            );
+        }
         out
     }
 }
@@ -180,6 +238,8 @@ mod tests {
         metrics.upstream_request();
         metrics.upstream_connection(true);
         metrics.mtls_failure(MtlsFailure::Expired);
+        metrics.acme_answer(true);
+        metrics.on_demand(OnDemandOutcome::RateLimited);
         let text = metrics.render();
         for line in [
             "gatehouse_tls_handshakes_total{kind=\"full\"} 1",
@@ -191,6 +251,9 @@ mod tests {
             "gatehouse_upstream_connections_total{tls=\"false\"} 0",
             "gatehouse_mtls_auth_failures_total{reason=\"expired\"} 1",
             "# TYPE gatehouse_mtls_auth_failures_total counter",
+            "gatehouse_acme_challenges_answered_total{kind=\"tls-alpn-01\"} 1",
+            "gatehouse_acme_challenges_answered_total{kind=\"http-01\"} 0",
+            "gatehouse_acme_certificate_requests_total{outcome=\"rate_limited\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

@@ -116,6 +116,7 @@ use uuid::Uuid;
 
 use gatehouse_shared::model;
 
+use crate::acme::{self, Acme};
 use crate::config::{
     ClientLimits, ClientTimeouts, ProxySettings, TrustedIps, UpstreamKeepalive, UpstreamTlsFiles,
 };
@@ -123,7 +124,7 @@ use crate::metrics::METRICS;
 use crate::plugins::{self, Plugins, VerifiedCertificates};
 use crate::router::{Match, Protocol, RequestParts, Verdict, split_host_port};
 use crate::runtime::{Part, Runtime, SharedRuntime};
-use crate::tls::{PairFlags, TlsError, TlsInfo, TlsTerminator};
+use crate::tls::{Accepted, PairFlags, TlsError, TlsInfo, TlsTerminator};
 use crate::upstream::{TlsClient, UpstreamTls, UpstreamTlsError, UpstreamTlsSettings};
 
 mod balancer;
@@ -256,6 +257,8 @@ struct Proxy {
     upstream_tls: UpstreamTls,
     /// The plugins of each runtime (shared with the TLS terminator).
     plugins: Arc<Plugins>,
+    /// The ACME challenges of each runtime (HTTP-01 answers).
+    acme: Arc<Acme>,
 }
 
 /// The client a request goes upstream with.
@@ -317,12 +320,14 @@ pub(crate) struct Open(Arc<Drain>);
 
 impl Listeners {
     /// Binds every address of `plain` and `tls` (TLS ones with a terminator made from
-    /// `settings.tls`), logging each bound address.
+    /// `settings.tls`), logging each bound address. `acme` answers ACME validations (it is
+    /// registered as a part by the caller).
     pub(crate) async fn bind(
         plain: &[SocketAddr],
         tls: &[SocketAddr],
         settings: &ProxySettings,
         runtime: Arc<SharedRuntime>,
+        acme: Arc<Acme>,
     ) -> Result<Self, ProxyError> {
         let plugins = Arc::new(Plugins::default());
         let terminator = if tls.is_empty() {
@@ -330,7 +335,8 @@ impl Listeners {
         } else {
             Some(Arc::new(
                 TlsTerminator::from_settings(&settings.tls, runtime.clone())?
-                    .with_plugins(plugins.clone()),
+                    .with_plugins(plugins.clone())
+                    .with_acme(acme.clone()),
             ))
         };
         let mut bound = Vec::new();
@@ -358,6 +364,7 @@ impl Listeners {
             settings,
             upstream_tls,
             plugins.clone(),
+            acme,
         ));
         // In dependency order: the TLS configs use the plugin plan.
         let plugins: Arc<dyn Part> = plugins;
@@ -466,9 +473,12 @@ async fn serve_connection(
             // A client that never finishes its handshake gets the header timeout.
             let limit = proxy.timeouts.header;
             match tokio::time::timeout(limit, terminator.accept(tcp)).await {
-                Ok(Ok(stream)) => {
+                Ok(Ok(Accepted::Connection(stream))) => {
                     conn.tls = Some(stream.info().clone());
                     serve_http(stream, Arc::new(conn), proxy, stop).await;
+                }
+                Ok(Ok(Accepted::AcmeValidation { server_name })) => {
+                    tracing::info!(%server_name, %peer, "answered an ACME tls-alpn-01 validation");
                 }
                 // Our own configuration refusing the connection is the operator's problem, not
                 // the client's: said loudly. Clients' failures stay at debug (no log flood).
@@ -643,6 +653,7 @@ impl Proxy {
         settings: &ProxySettings,
         upstream_tls: UpstreamTls,
         plugins: Arc<Plugins>,
+        acme: Arc<Acme>,
     ) -> Self {
         let mut http = HttpConnector::new();
         // The connector below applies each service's connect timeout.
@@ -694,6 +705,7 @@ impl Proxy {
             drain: Arc::default(),
             upstream_tls,
             plugins,
+            acme,
         }
     }
 
@@ -716,6 +728,7 @@ impl Proxy {
                 request_id,
                 format,
             )),
+            None if let Some(answer) = self.acme_http01(&runtime, conn, &req) => Ok(answer),
             None => {
                 self.route(&runtime, conn, req, request_id, &id_value, format, started)
                     .await
@@ -747,6 +760,29 @@ impl Proxy {
             req.version(),
             req.headers(),
         )
+    }
+
+    /// The answer to an ACME HTTP-01 validation, before routing: on a plain listener, `GET`
+    /// or `HEAD` of a pending challenge's path on its domain. Anything else (another token
+    /// or host) is routed as usual.
+    fn acme_http01<B>(
+        &self,
+        runtime: &Runtime,
+        conn: &Connection,
+        req: &Request<B>,
+    ) -> Option<Response<ProxyBody>> {
+        if conn.tls.is_some() || !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+            return None;
+        }
+        let token = req.uri().path().strip_prefix(acme::HTTP01_PATH)?;
+        let (host, _) = split_host_port(request_authority(req)?);
+        let challenges = self.acme.for_runtime(runtime);
+        let body = challenges
+            .http01(token, &host.to_ascii_lowercase(), acme::unix_now())?
+            .clone();
+        METRICS.acme_answer(false);
+        tracing::info!(%host, peer = %conn.peer, "answered an ACME http-01 validation");
+        Some(respond::acme_http01(body))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -41,11 +41,12 @@ use uuid::Uuid;
 
 use gatehouse_shared::model;
 
+use crate::acme::{self, Acme};
 use crate::config::{ProxySettings, TrustedIps};
 use crate::plugins::NamePattern;
 use crate::proxy::{Balancers, Drain, HashInput, Outcome, Peer, ProxyError, upstream_tls};
 use crate::runtime::{Part, PerRuntime, Runtime, SharedRuntime};
-use crate::tls::{Alpn, DefaultCertificate, TlsOptions, TlsTerminator};
+use crate::tls::{Accepted, Alpn, DefaultCertificate, TlsOptions, TlsTerminator};
 use crate::upstream::UpstreamTls;
 
 /// Largest ClientHello looked at (one TLS record plus its header).
@@ -99,8 +100,9 @@ struct Endpoint {
 /// What the first bytes of a connection say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Hello {
-    /// A TLS ClientHello, with its server name.
-    Tls { sni: Option<String> },
+    /// A TLS ClientHello, with its server name, and whether its ALPN list is exactly
+    /// `acme-tls/1` (an ACME TLS-ALPN-01 validation).
+    Tls { sni: Option<String>, acme: bool },
     /// Anything else.
     Plain,
 }
@@ -116,19 +118,21 @@ enum Mode {
 // === impl Listeners ===
 
 impl Listeners {
-    /// Binds every stream address (none: nothing is served).
+    /// Binds every stream address (none: nothing is served). `acme` answers TLS-ALPN-01
+    /// validations and on-demand requests (registered as a part by the caller).
     pub(crate) async fn bind(
         addrs: &[SocketAddr],
         settings: &ProxySettings,
         runtime: Arc<SharedRuntime>,
         drain: Arc<Drain>,
+        acme: Arc<Acme>,
     ) -> Result<Self, ProxyError> {
         let default = Arc::new(DefaultCertificate::from_settings(&settings.tls)?);
         let options = TlsOptions::default()
             .with_alpn(Alpn::None)
             .with_session_tickets(settings.tls.session_tickets)
             .with_session_cache(settings.tls.session_cache);
-        let terminator = TlsTerminator::new(runtime.clone(), default, options)?;
+        let terminator = TlsTerminator::new(runtime.clone(), default, options)?.with_acme(acme);
         let mut bound = Vec::new();
         for addr in addrs {
             let listen_error = |source| ProxyError::Listen {
@@ -224,9 +228,28 @@ impl Stream {
             }
         };
         let runtime = self.runtime.load_full();
+        if let Hello::Tls {
+            sni: Some(name),
+            acme: true,
+        } = &hello
+            && self
+                .terminator
+                .acme()
+                .for_runtime(&runtime)
+                .has_tls_alpn01(name, acme::unix_now())
+        {
+            // An ACME validation, not a client of a route: answered here, whatever the routes.
+            match self.terminator.accept(tcp).await {
+                Ok(_) => {
+                    tracing::info!(server_name = %name, %peer, "answered an ACME tls-alpn-01 validation")
+                }
+                Err(error) => tracing::debug!(%error, %peer, "ACME tls-alpn-01 validation failed"),
+            }
+            return;
+        }
         let router = self.router(&runtime);
         let sni = match &hello {
-            Hello::Tls { sni } => sni.as_deref(),
+            Hello::Tls { sni, .. } => sni.as_deref(),
             Hello::Plain => None,
         };
         let tls = matches!(hello, Hello::Tls { .. });
@@ -261,11 +284,14 @@ impl Stream {
         let (sent, received) = match mode {
             Mode::Passthrough | Mode::Plain => splice(tcp, upstream, idle).await?,
             Mode::Terminate => {
-                let client = self
+                let accepted = self
                     .terminator
                     .accept(tcp)
                     .await
                     .map_err(|e| io::Error::other(format!("TLS handshake with client: {e}")))?;
+                let Accepted::Connection(client) = accepted else {
+                    return Ok(());
+                };
                 splice(client, upstream, idle).await?
             }
         };
@@ -456,12 +482,13 @@ pub(crate) fn parse_hello(bytes: &[u8]) -> io::Result<Option<Hello>> {
         }
     }
     match acceptor.accept() {
-        Ok(Some(accepted)) => Ok(Some(Hello::Tls {
-            sni: accepted
-                .client_hello()
-                .server_name()
-                .map(str::to_ascii_lowercase),
-        })),
+        Ok(Some(accepted)) => {
+            let hello = accepted.client_hello();
+            Ok(Some(Hello::Tls {
+                sni: hello.server_name().map(str::to_ascii_lowercase),
+                acme: acme::is_acme_alpn(hello.alpn()),
+            }))
+        }
         Ok(None) => Ok(None),
         Err((error, _)) => Err(io::Error::new(io::ErrorKind::InvalidData, error)),
     }

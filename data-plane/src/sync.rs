@@ -118,6 +118,9 @@ pub(crate) struct SyncClient {
     hostname: String,
     labels: BTreeMap<String, String>,
     timing: Timing,
+    /// Server names the TLS listeners want a certificate for (on-demand ACME), sent as
+    /// `CertificateWanted` while connected.
+    wanted: tokio::sync::Mutex<Option<mpsc::Receiver<String>>>,
 }
 
 /// How a sync stream ended.
@@ -267,6 +270,15 @@ impl SyncClient {
             hostname: hostname(),
             labels,
             timing,
+            wanted: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Sends the server names `wanted` receives to the control plane (`CertificateWanted`).
+    pub(crate) fn with_certificate_requests(self, wanted: mpsc::Receiver<String>) -> Self {
+        Self {
+            wanted: tokio::sync::Mutex::new(Some(wanted)),
+            ..self
         }
     }
 
@@ -385,6 +397,8 @@ impl SyncClient {
             error,
             stable: opened.elapsed() >= self.timing.stable_after,
         };
+        // One session at a time: the lock is never contended.
+        let mut wanted = self.wanted.lock().await;
         let start = tokio::time::Instant::now() + self.timing.heartbeat;
         let mut heartbeat = tokio::time::interval_at(start, self.timing.heartbeat);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -406,6 +420,9 @@ impl SyncClient {
                     Ok(None) => return lost("the control plane closed the stream".to_owned()),
                     Err(status) => return lost(describe_status(&status)),
                 },
+                Some(server_name) = next_wanted(&mut wanted) => {
+                    data_plane_message::Kind::CertificateWanted(pb::CertificateWanted { server_name })
+                }
                 _ = heartbeat.tick() => {
                     let running = self.runtime().load();
                     data_plane_message::Kind::Heartbeat(pb::Heartbeat {
@@ -573,6 +590,15 @@ impl SyncClient {
             Err(join) => tracing::warn!(%join, "cannot write the snapshot cache"),
         }
         reply
+    }
+}
+
+/// The next server name wanted; pending forever without a queue (its sender lives as long
+/// as the listeners).
+async fn next_wanted(wanted: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
+    match wanted {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
     }
 }
 

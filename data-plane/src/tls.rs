@@ -77,6 +77,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 use uuid::Uuid;
 
+use crate::acme::{self, Acme};
 use crate::config::SslSettings;
 use crate::plugins::{ClientAuth, Plugins};
 use crate::runtime::{Part, PerRuntime, Runtime, SharedRuntime};
@@ -119,6 +120,25 @@ pub struct TlsTerminator {
     /// Resumption state of the configs that request client certificates (never shared with
     /// the anonymous ones; see the module docs).
     client_auth_resumption: Resumption,
+    /// ACME: TLS-ALPN-01 answers and on-demand requests.
+    acme: Arc<Acme>,
+}
+
+/// What [`TlsTerminator::accept`] did with a connection.
+#[derive(Debug)]
+#[non_exhaustive]
+// Made once per connection and matched at once: boxing the connection would cost an
+// allocation per connection for nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Accepted<IO = TcpStream> {
+    /// The handshake completed: serve the connection.
+    Connection(TlsConnection<IO>),
+    /// The connection was an ACME TLS-ALPN-01 validation (RFC 8737): the challenge
+    /// certificate was served and the connection closed. Nothing more to do.
+    AcmeValidation {
+        /// The name validated.
+        server_name: String,
+    },
 }
 
 /// Options of a [`TlsTerminator`]; [`Default`]: ALPN `h2` and `http/1.1`, session tickets
@@ -356,6 +376,7 @@ impl TlsTerminator {
             configs: PerRuntime::default(),
             plugins: Arc::default(),
             client_auth_resumption,
+            acme: Arc::default(),
         })
     }
 
@@ -363,7 +384,12 @@ impl TlsTerminator {
     /// runtime once, picks the configuration and certificate for that ClientHello, and
     /// completes the handshake, all within the handshake timeout. Dropping the future (or an
     /// error) closes the connection.
-    pub async fn accept<IO>(&self, io: IO) -> Result<TlsConnection<IO>, TlsError>
+    ///
+    /// A ClientHello offering exactly the ALPN `acme-tls/1` for the name of a pending
+    /// TLS-ALPN-01 challenge gets the challenge certificate, and the connection is closed
+    /// after the handshake ([`Accepted::AcmeValidation`]). A server name served the default
+    /// certificate may ask the control plane for one (on-demand issuance; see `acme`).
+    pub async fn accept<IO>(&self, io: IO) -> Result<Accepted<IO>, TlsError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
@@ -376,12 +402,25 @@ impl TlsTerminator {
                 .map_err(TlsError::ClientHello)?;
 
         let tls = self.current().map_err(TlsError::Config)?;
-        let (server_name, config) = {
+        let (server_name, config, acme_config) = {
             let hello = start.client_hello();
+            let acme_config = self
+                .acme
+                .for_runtime(&tls.runtime)
+                .tls_alpn01(&hello, acme::unix_now());
             let config = tls.config_for(&hello);
-            (hello.server_name().map(str::to_owned), config)
+            (hello.server_name().map(str::to_owned), config, acme_config)
         };
+        if let Some(acme_config) = acme_config {
+            let server_name = server_name.unwrap_or_default();
+            return answer_tls_alpn01(start, acme_config, server_name, deadline, timeout).await;
+        }
         let certificate = served(&tls.runtime, server_name.as_deref());
+        if certificate == ServedCertificate::Default
+            && let Some(name) = &server_name
+        {
+            self.acme.certificate_missing(&tls.runtime, name);
+        }
 
         let stream = match tokio::time::timeout_at(deadline, start.into_stream(config)).await {
             Ok(Ok(stream)) => stream,
@@ -425,16 +464,27 @@ impl TlsTerminator {
             certificate,
             runtime_version: tls.runtime.version(),
         };
-        Ok(TlsConnection {
+        Ok(Accepted::Connection(TlsConnection {
             stream,
             info: Arc::new(info),
-        })
+        }))
     }
 
     /// Shares `plugins` (the proxy's plans) instead of building its own.
     pub(crate) fn with_plugins(mut self, plugins: Arc<Plugins>) -> Self {
         self.plugins = plugins;
         self
+    }
+
+    /// Shares `acme` (the challenges of each runtime, the on-demand requests).
+    pub(crate) fn with_acme(mut self, acme: Arc<Acme>) -> Self {
+        self.acme = acme;
+        self
+    }
+
+    /// The ACME part it answers TLS-ALPN-01 validations with.
+    pub(crate) fn acme(&self) -> &Arc<Acme> {
+        &self.acme
     }
 
     /// The certificate served when no SNI selects one.
@@ -523,6 +573,40 @@ impl fmt::Debug for TlsTerminator {
             )
             .finish()
     }
+}
+
+/// Completes a TLS-ALPN-01 validation's handshake with the challenge's configuration, then
+/// closes the connection (`close_notify`), all before `deadline`.
+async fn answer_tls_alpn01<IO>(
+    start: tokio_rustls::StartHandshake<IO>,
+    config: Arc<ServerConfig>,
+    server_name: String,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<Accepted<IO>, TlsError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut stream = match tokio::time::timeout_at(deadline, start.into_stream(config)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(source)) => {
+            return Err(TlsError::Handshake {
+                server_name: Some(server_name),
+                source,
+            });
+        }
+        Err(_) => {
+            return Err(TlsError::HandshakeTimeout {
+                server_name: Some(server_name),
+                timeout,
+            });
+        }
+    };
+    crate::metrics::METRICS.acme_answer(true);
+    // The validation is over once the handshake is: the peer's hang-up is not our concern.
+    let _ =
+        tokio::time::timeout_at(deadline, tokio::io::AsyncWriteExt::shutdown(&mut stream)).await;
+    Ok(Accepted::AcmeValidation { server_name })
 }
 
 /// Which certificate `server_name` selects in `runtime` (what the resolver serves).

@@ -212,6 +212,19 @@ pub(super) fn require_https(
     response
 }
 
+/// The answer to an ACME HTTP-01 validation: 200, `text/plain`, the key authorization.
+pub(super) fn acme_http01(key_authorization: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(key_authorization)
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    headers.insert(header::SERVER, SERVER);
+    response
+}
+
 pub(super) fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed()
 }

@@ -179,7 +179,8 @@ fn client_hellos_give_their_server_name() {
     assert_eq!(
         parse_hello(&hello).unwrap(),
         Some(Hello::Tls {
-            sni: Some("db.example.com".into())
+            sni: Some("db.example.com".into()),
+            acme: false,
         })
     );
     // Cut short: not yet.
@@ -207,7 +208,8 @@ async fn peeking_leaves_the_bytes_in_the_socket() {
     assert_eq!(
         peeked,
         Some(Hello::Tls {
-            sni: Some("db.example.com".into())
+            sni: Some("db.example.com".into()),
+            acme: false,
         })
     );
     let mut read = vec![0u8; hello.len()];

@@ -14,6 +14,8 @@ use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use super::*;
+use crate::acme::{Acme, OnDemand, OnDemandLimits};
+use crate::runtime::Part;
 use crate::test_support::{CERTIFICATE, TempDir, certificate, valid_config};
 
 /// How long a test waits for something that should happen at once.
@@ -242,6 +244,18 @@ impl Dp {
         ca_dir: &Path,
         timing: Timing,
     ) -> Self {
+        Self::start_with(cp_addrs, pki, dp_name, ca_dir, timing, None)
+    }
+
+    /// A sync client sending the on-demand certificate requests of `wanted`, if given.
+    fn start_with(
+        cp_addrs: &[&str],
+        pki: &Path,
+        dp_name: &str,
+        ca_dir: &Path,
+        timing: Timing,
+        wanted: Option<mpsc::Receiver<String>>,
+    ) -> Self {
         let files = ClusterTlsFiles {
             cert: pki.join(format!("{dp_name}.crt")),
             key: pki.join(format!("{dp_name}.key")),
@@ -265,13 +279,16 @@ impl Dp {
                 tls: tls.clone(),
             })
             .collect();
-        let client = SyncClient::new(
+        let mut client = SyncClient::new(
             targets,
             state.clone(),
             cache.clone(),
             BTreeMap::from([("region".to_owned(), "test".to_owned())]),
             timing,
         );
+        if let Some(wanted) = wanted {
+            client = client.with_certificate_requests(wanted);
+        }
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(client.run(stopped));
         Self {
@@ -600,5 +617,78 @@ async fn a_lost_stream_fails_over_to_the_other_replica_without_backing_off() {
     })
     .await;
     assert!(dp.state.sync_state().connected);
+    dp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_certificate_requests_reach_the_control_plane_once_each() {
+    let tmp = TempDir::new();
+    let pki = pki(tmp.path());
+    let mut cp = Cp::start(pki).await;
+    let (on_demand, wanted) = OnDemand::channel(OnDemandLimits {
+        reask_after: Duration::from_secs(3600),
+        per_minute: 3,
+    });
+    let acme = Arc::new(Acme::new(on_demand));
+    let dp = Dp::start_with(&[&cp.addr], pki, "dp1", pki, fast_timing(), Some(wanted));
+    let part: Arc<dyn Part> = acme.clone();
+    dp.state.runtime.register(Arc::downgrade(&part));
+    let stream = cp.next_stream().await;
+    assert!(matches!(
+        cp.next_message().await,
+        data_plane_message::Kind::Hello(_)
+    ));
+    let mut config = valid_config();
+    config.acme_on_demand = Some(model::AcmeOnDemand {
+        allow_any_domain: false,
+        domains: vec!["*.shop.example".to_owned()],
+    });
+    send(
+        &stream,
+        gatehouse_shared::snapshot::encode(&config, 1).message,
+    );
+    assert_eq!(cp.next_ack().await.status(), ack::Status::Applied);
+
+    /// The next CertificateWanted, skipping heartbeats and hellos.
+    async fn next_wanted(cp: &mut Cp) -> String {
+        loop {
+            match cp.next_message().await {
+                data_plane_message::Kind::CertificateWanted(wanted) => {
+                    return wanted.server_name;
+                }
+                data_plane_message::Kind::Heartbeat(_) | data_plane_message::Kind::Hello(_) => {}
+                other => panic!("expected a certificate request, got {other:?}"),
+            }
+        }
+    }
+
+    // Handshakes without a certificate: once per allowed name.
+    let running = dp.running();
+    for name in [
+        "A.shop.example.",
+        "a.shop.example",
+        "other.example",
+        "b.shop.example",
+    ] {
+        acme.certificate_missing(&running, name);
+    }
+    assert_eq!(next_wanted(&mut cp).await, "a.shop.example");
+    assert_eq!(next_wanted(&mut cp).await, "b.shop.example");
+
+    // Asked while the control plane is away: sent once it is back.
+    drop(stream);
+    eventually("disconnected", || !dp.state.sync_state().connected).await;
+    acme.certificate_missing(&running, "c.shop.example");
+    let _stream = cp.next_stream().await;
+    assert_eq!(next_wanted(&mut cp).await, "c.shop.example");
+
+    // Over the cap (3 a minute): dropped, not queued, not remembered.
+    acme.certificate_missing(&running, "d.shop.example");
+    let mut remembered = acme.on_demand().remembered();
+    remembered.sort();
+    assert_eq!(
+        remembered,
+        ["a.shop.example", "b.shop.example", "c.shop.example"]
+    );
     dp.stop().await;
 }

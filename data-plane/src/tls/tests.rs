@@ -27,6 +27,7 @@ use gatehouse_shared::model::{self, ForeignKey};
 use gatehouse_shared::x509::{self, KeyType};
 
 use super::*;
+use crate::acme::{OnDemand, OnDemandLimits};
 use crate::config::CertKeyFiles;
 use crate::test_support::{self, TempDir};
 
@@ -180,7 +181,8 @@ impl Server {
                 let (terminator, report) = (terminator.clone(), report.clone());
                 tokio::spawn(async move {
                     match terminator.accept(tcp).await {
-                        Ok(mut conn) => {
+                        Ok(Accepted::AcmeValidation { .. }) => {}
+                        Ok(Accepted::Connection(mut conn)) => {
                             let _ = report.send(Ok(conn.info().clone()));
                             let mut buf = [0; 1024];
                             while let Ok(n @ 1..) = conn.read(&mut buf).await {
@@ -284,6 +286,7 @@ impl Client {
             .with_custom_certificate_verifier(Arc::new(AnyServerCert {
                 schemes,
                 algorithms,
+                signatures: true,
             }))
             .with_no_client_auth();
         config.alpn_protocols = self.alpn.iter().map(|p| p.to_vec()).collect();
@@ -292,11 +295,13 @@ impl Client {
     }
 }
 
-/// Accepts any certificate; checks handshake signatures with the offered schemes only.
+/// Accepts any certificate; checks handshake signatures with the offered schemes only
+/// (unless `signatures` is off: webpki cannot read a TLS-ALPN-01 certificate).
 #[derive(Debug)]
 struct AnyServerCert {
     schemes: Vec<SignatureScheme>,
     algorithms: WebPkiSupportedAlgorithms,
+    signatures: bool,
 }
 
 impl ServerCertVerifier for AnyServerCert {
@@ -317,6 +322,9 @@ impl ServerCertVerifier for AnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if !self.signatures {
+            return Ok(HandshakeSignatureValid::assertion());
+        }
         verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
@@ -326,6 +334,9 @@ impl ServerCertVerifier for AnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if !self.signatures {
+            return Ok(HandshakeSignatureValid::assertion());
+        }
         verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
@@ -1071,4 +1082,185 @@ async fn stalled_clients_time_out() {
 
     // Meanwhile and after, prompt clients are served.
     exchange(&mut server, &client, "stall.test").await;
+}
+
+// --- ACME TLS-ALPN-01 and on-demand issuance ---
+
+const ACME_ONLY: &[&[u8]] = &[b"acme-tls/1"];
+const ACME_AND_H2: &[&[u8]] = &[b"acme-tls/1", b"h2"];
+
+/// A terminator answering the ACME state of `config` and sending on-demand requests to
+/// `on_demand`.
+fn acme_terminator(config: model::Config, on_demand: OnDemand) -> Arc<TlsTerminator> {
+    let runtime = shared(1, config);
+    let acme = Arc::new(Acme::new(on_demand));
+    Arc::new(
+        TlsTerminator::new(runtime, self_signed(), TlsOptions::default())
+            .unwrap()
+            .with_acme(acme),
+    )
+}
+
+/// The content of the leaf's id-pe-acmeIdentifier extension, if it has one, and whether it
+/// is critical; and the leaf's DNS names.
+fn acme_identifier(leaf: &CertificateDer<'_>) -> (Option<(Vec<u8>, bool)>, Vec<String>) {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).unwrap();
+    let extension = cert
+        .extensions()
+        .iter()
+        .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+        .map(|e| (e.value.to_vec(), e.critical));
+    let names = cert
+        .subject_alternative_name()
+        .unwrap()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(name) => Some((*name).to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (extension, names)
+}
+
+/// A client as an ACME server's validation: ALPN `acme-tls/1` only, and the certificate is
+/// looked at, not verified (webpki, rightly, refuses the unknown critical extension, so the
+/// handshake signature is not checked either).
+fn validation_client(versions: &'static [&'static SupportedProtocolVersion]) -> Arc<ClientConfig> {
+    let provider = Arc::new(aws_lc_rs::default_provider());
+    let algorithms = provider.signature_verification_algorithms;
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCert {
+            schemes: algorithms.supported_schemes(),
+            algorithms,
+            signatures: false,
+        }))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    Arc::new(config)
+}
+
+#[tokio::test]
+async fn tls_alpn01_validation_gets_the_challenge_certificate_then_the_connection_closes() {
+    let pending = crate::acme::tests::challenge("tls-alpn-01", "acme.example.com", "tok_1");
+    let mut expired = crate::acme::tests::challenge("tls-alpn-01", "old.example.com", "tok_2");
+    expired.expires_at = crate::acme::unix_now() - 1;
+    let http01 = crate::acme::tests::challenge("http-01", "web.example.com", "tok_3");
+    let config = model::Config {
+        acme_challenges: vec![pending.clone(), expired, http01],
+        ..model::Config::default()
+    };
+    let terminator = acme_terminator(config, OnDemand::default());
+    let default = default_leaf(&terminator);
+    let mut server = Server::start(terminator).await;
+    // RFC 8737 §3: the extension holds the SHA-256 of the key authorization, DER OCTET STRING.
+    let digest = ::aws_lc_rs::digest::digest(
+        &::aws_lc_rs::digest::SHA256,
+        pending.key_authorization.as_bytes(),
+    );
+    let mut expected = vec![0x04, 0x20];
+    expected.extend_from_slice(digest.as_ref());
+
+    for versions in [TLS12_ONLY, TLS13_ONLY] {
+        let config = validation_client(versions);
+        let mut stream = connect(server.addr, &config, "ACME.example.com")
+            .await
+            .unwrap();
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"acme-tls/1"[..]));
+        let leaf = leaf_of(&stream);
+        assert_ne!(leaf, default);
+        let (extension, names) = acme_identifier(&leaf);
+        assert_eq!(extension, Some((expected.clone(), true)));
+        assert_eq!(names, ["acme.example.com"]);
+        // No HTTP: the server closes after the handshake.
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(PATIENCE, stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read, 0, "closed by the server");
+    }
+
+    // Never without exactly that ALPN list: another protocol beside it is an ordinary
+    // handshake (default certificate, h2)...
+    let (stream, info) = exchange(
+        &mut server,
+        &Client::default().alpn(ACME_AND_H2).config(),
+        "acme.example.com",
+    )
+    .await;
+    assert_eq!(leaf_of(&stream), default);
+    assert_eq!(acme_identifier(&leaf_of(&stream)).0, None);
+    assert_eq!(info.alpn(), Some(&b"h2"[..]));
+    // ... and so is a client without ALPN.
+    let (stream, _) = exchange(&mut server, &Client::default().config(), "acme.example.com").await;
+    assert_eq!(leaf_of(&stream), default);
+
+    // `acme-tls/1` for a name without a pending challenge (another one, an expired one, an
+    // http-01 one): an ordinary handshake, which refuses that protocol.
+    for name in ["other.example.com", "old.example.com", "web.example.com"] {
+        let refused = connect(
+            server.addr,
+            &Client::default().alpn(ACME_ONLY).config(),
+            name,
+        )
+        .await;
+        assert!(refused.is_err(), "{name}");
+        let error = server.next().await.unwrap_err();
+        assert!(
+            matches!(
+                error.tls_error(),
+                Some(rustls::Error::NoApplicationProtocol)
+            ),
+            "{name}: {error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_name_without_certificate_asks_for_one_when_on_demand_allows_it() {
+    let has = Pem::ecdsa("has.example.net");
+    let cert = entity(&has, None);
+    let mut config = config(&[(&cert, &["has.example.net"])]);
+    config.acme_on_demand = Some(model::AcmeOnDemand {
+        allow_any_domain: false,
+        domains: vec!["*.example.net".to_owned(), "exact.example.org".to_owned()],
+    });
+    let (on_demand, mut wanted) = OnDemand::channel(OnDemandLimits::default());
+    let terminator = acme_terminator(config, on_demand);
+    let default = default_leaf(&terminator);
+    let mut server = Server::start(terminator).await;
+    let next_wanted = async |wanted: &mut mpsc::Receiver<String>| {
+        tokio::time::timeout(PATIENCE, wanted.recv())
+            .await
+            .unwrap()
+            .unwrap()
+    };
+
+    let (stream, _) = exchange(&mut server, &Client::default().config(), "New.example.net").await;
+    assert_eq!(
+        leaf_of(&stream),
+        default,
+        "the default certificate meanwhile"
+    );
+    assert_eq!(next_wanted(&mut wanted).await, "new.example.net");
+    // Has a certificate; not allowed; asked for already: nothing is sent for them, so the
+    // next request is the one for the allowed name after them.
+    for name in [
+        "has.example.net",
+        "other.example.com",
+        "new.example.net",
+        "exact.example.org",
+    ] {
+        exchange(&mut server, &Client::default().config(), name).await;
+    }
+    assert_eq!(next_wanted(&mut wanted).await, "exact.example.org");
+    assert!(wanted.try_recv().is_err());
 }

@@ -62,13 +62,13 @@ proptest! {
         bytes.extend_from_slice(&u16::try_from(body.len()).unwrap().to_be_bytes());
         bytes.extend_from_slice(&body);
         let result = parse_hello(&bytes);
-        prop_assert!(!matches!(result, Ok(Some(Hello::Tls { sni: Some(_) }))), "{:?}", result);
+        prop_assert!(!matches!(result, Ok(Some(Hello::Tls { sni: Some(_), .. }))), "{:?}", result);
     }
 
     #[test]
     fn a_real_client_hello_gives_its_server_name(name in dns_name()) {
         let hello = client_hello(&name);
-        let expected = Hello::Tls { sni: Some(name.to_ascii_lowercase()) };
+        let expected = Hello::Tls { sni: Some(name.to_ascii_lowercase()), acme: false };
         prop_assert_eq!(parse_hello(&hello).unwrap(), Some(expected.clone()));
         // Bytes the client sends after its ClientHello do not change the answer.
         let mut more = hello.clone();
@@ -91,7 +91,7 @@ proptest! {
         sizes in prop::collection::vec(1usize..300, 1..8),
     ) {
         let hello = refragment(&client_hello(&name), &sizes);
-        let expected = Hello::Tls { sni: Some(name.to_ascii_lowercase()) };
+        let expected = Hello::Tls { sni: Some(name.to_ascii_lowercase()), acme: false };
         prop_assert_eq!(parse_hello(&hello).unwrap(), Some(expected));
     }
 
@@ -105,7 +105,7 @@ proptest! {
         let mut hello = client_hello(&name);
         let at = at.index(hello.len());
         hello[at] = byte;
-        if let Ok(Some(Hello::Tls { sni: Some(sni) })) = parse_hello(&hello) {
+        if let Ok(Some(Hello::Tls { sni: Some(sni), .. })) = parse_hello(&hello) {
             prop_assert!(rustls::pki_types::DnsName::try_from(sni.as_str()).is_ok(), "{:?}", sni);
             prop_assert_eq!(&sni, &sni.to_ascii_lowercase());
         }

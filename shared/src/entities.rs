@@ -604,20 +604,24 @@ fn acme_config() -> Vec<Field> {
     // configuration loads; none is used.
     let storage_record = |name| Field::map(name, Field::elem(Type::String));
     vec![
-        Field::string("account_email").required().custom(|v| {
-            // Kong's "very loose" Lua pattern `%w*%p*@+%w*%.?%w*`, unanchored: an `@`.
-            match v.as_str() {
-                Some(s) if !s.contains('@') => Err(format!("invalid value: {s}")),
-                _ => Ok(()),
-            }
-        }),
+        Field::string("account_email")
+            .required()
+            .custom(|v| {
+                // Kong's "very loose" Lua pattern `%w*%p*@+%w*%.?%w*`, unanchored: an `@`.
+                match v.as_str() {
+                    Some(s) if !s.contains('@') => Err(format!("invalid value: {s}")),
+                    _ => Ok(()),
+                }
+            })
+            .pattern("@"),
         Field::record(
             "account_key",
             vec![Field::string("key_id").required(), Field::string("key_set")],
         ),
         Field::string("api_uri")
             .default(json!("https://acme-v02.api.letsencrypt.org/directory"))
-            .custom(str_rule!(acme_url)),
+            .custom(str_rule!(acme_url))
+            .pattern(URL_PATTERN),
         Field::boolean("tos_accepted").default(json!(false)),
         Field::string("eab_kid"),
         Field::string("eab_hmac_key"),
@@ -649,17 +653,22 @@ fn acme_config() -> Vec<Field> {
     ]
 }
 
+/// What [`acme_url`] accepts (Kong's `typedefs.url`): a scheme, `://`, optional user
+/// information, and a host.
+pub const URL_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9+.\-]*://([^/?#@]*@)?[^/?#@:]";
+
 /// Kong's `typedefs.url`: a scheme and a host.
 fn acme_url(url: &str) -> Result<(), String> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Err("missing scheme in url".to_owned());
-    };
-    if scheme.is_empty() {
+    static SCHEME: LazyLock<Option<regex::Regex>> =
+        LazyLock::new(|| regex::Regex::new(r"^[A-Za-z][A-Za-z0-9+.\-]*://").ok());
+    static FULL: LazyLock<Option<regex::Regex>> =
+        LazyLock::new(|| regex::Regex::new(URL_PATTERN).ok());
+    let matches =
+        |re: &LazyLock<Option<regex::Regex>>| re.as_ref().is_some_and(|re| re.is_match(url));
+    if !matches(&SCHEME) {
         return Err("missing scheme in url".to_owned());
     }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if host.is_empty() || host.starts_with(':') {
+    if !matches(&FULL) {
         return Err("missing host in url".to_owned());
     }
     Ok(())
@@ -1136,6 +1145,51 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn acme_plugin_follows_kong() {
+        let schema = plugin_schema("acme").unwrap();
+        let mut obj = json!({"name": "acme",
+                             "config": {"account_email": "a@b.test", "tos_accepted": true}})
+        .as_object()
+        .cloned()
+        .unwrap();
+        schema.validate(&mut obj).unwrap();
+        let config = &obj["config"];
+        assert_eq!(
+            config["api_uri"],
+            json!("https://acme-v02.api.letsencrypt.org/directory")
+        );
+        assert_eq!(config["cert_type"], json!("rsa"));
+        assert_eq!(config["rsa_key_size"], json!(4096));
+        assert_eq!(config["renew_threshold_days"], json!(14));
+        assert_eq!(config["fail_backoff_minutes"], json!(5));
+        assert_eq!(config["storage"], json!("shm"));
+        assert_eq!(config["enable_ipv4_common_name"], json!(true));
+
+        assert_eq!(acme_url("nothing"), Err("missing scheme in url".into()));
+        assert_eq!(acme_url("https://"), Err("missing host in url".into()));
+        assert_eq!(
+            acme_url("https://:443/"),
+            Err("missing host in url".into())
+        );
+        assert_eq!(acme_url("https://127.0.0.1:14000/dir"), Ok(()));
+
+        // Global only, and Let's Encrypt's terms must be accepted.
+        let id = json!({"id": "5fd1d3a4-6f29-4a4c-a0f1-a52f4b7d5f6e"});
+        let mut obj = json!({"name": "acme", "service": id, "route": id,
+                             "config": {"account_email": "a@b.test"}})
+        .as_object()
+        .cloned()
+        .unwrap();
+        let err = schema.validate(&mut obj).unwrap_err().to_json();
+        assert_eq!(err["service"], json!("value must be null"));
+        assert_eq!(err["route"], json!("value must be null"));
+        assert_eq!(
+            err["config"]["tos_accepted"],
+            json!("terms of service must be accepted, see https://letsencrypt.org/repository/")
+        );
     }
 
     #[test]

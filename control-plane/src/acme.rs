@@ -324,14 +324,15 @@ impl Acme {
             if authz.wildcard {
                 return Err("wildcard names need DNS-01, which is not available".into());
             }
-            let kind = if authz
-                .challenges
-                .iter()
-                .any(|c| c.r#type == ChallengeType::Http01)
-            {
-                ChallengeType::Http01
+            let (preferred, other) = if self.settings.prefer_tls_alpn {
+                (ChallengeType::TlsAlpn01, ChallengeType::Http01)
             } else {
-                ChallengeType::TlsAlpn01
+                (ChallengeType::Http01, ChallengeType::TlsAlpn01)
+            };
+            let kind = if authz.challenges.iter().any(|c| c.r#type == preferred) {
+                preferred
+            } else {
+                other
             };
             let mut challenge = authz
                 .challenge(kind.clone())

@@ -138,6 +138,11 @@ pub struct Flags {
     /// `POST /acme` with `test_http_challenge_flow` (a CA always uses 80) [default: 80].
     #[arg(long, env = "GATEHOUSE_ACME_HTTP_PORT")]
     pub acme_http_port: Option<u16>,
+
+    /// The ACME challenge answered by the data planes: `http-01` (port 80) or `tls-alpn-01`
+    /// (port 443); the other one is used when the CA does not offer it [default: http-01].
+    #[arg(long, env = "GATEHOUSE_ACME_CHALLENGE")]
+    pub acme_challenge: Option<String>,
 }
 
 /// Logging settings.
@@ -182,6 +187,8 @@ pub struct AcmeSettings {
     pub renew_interval: std::time::Duration,
     /// Port fetched by the `test_http_challenge_flow` check.
     pub http_port: u16,
+    /// Whether TLS-ALPN-01 is preferred over HTTP-01.
+    pub prefer_tls_alpn: bool,
 }
 
 /// Settings of the cluster (config sync) listener.
@@ -263,6 +270,7 @@ impl Flags {
             acme_ca_bundle: self.acme_ca_bundle.or(other.acme_ca_bundle),
             acme_renew_interval: self.acme_renew_interval.or(other.acme_renew_interval),
             acme_http_port: self.acme_http_port.or(other.acme_http_port),
+            acme_challenge: self.acme_challenge.or(other.acme_challenge),
         }
     }
 
@@ -340,7 +348,18 @@ impl Flags {
         if renew_interval == 0 {
             problems.push("--acme-renew-interval: must be at least 1".into());
         }
+        let prefer_tls_alpn = match self.acme_challenge.as_deref().map(str::trim) {
+            None | Some("http-01") => false,
+            Some("tls-alpn-01") => true,
+            Some(other) => {
+                problems.push(format!(
+                    "--acme-challenge: '{other}' is not one of http-01, tls-alpn-01"
+                ));
+                false
+            }
+        };
         let acme = AcmeSettings {
+            prefer_tls_alpn,
             ca_bundle: self.acme_ca_bundle,
             renew_interval: std::time::Duration::from_secs(renew_interval),
             http_port: self.acme_http_port.unwrap_or(80),

@@ -1170,10 +1170,7 @@ mod tests {
 
         assert_eq!(acme_url("nothing"), Err("missing scheme in url".into()));
         assert_eq!(acme_url("https://"), Err("missing host in url".into()));
-        assert_eq!(
-            acme_url("https://:443/"),
-            Err("missing host in url".into())
-        );
+        assert_eq!(acme_url("https://:443/"), Err("missing host in url".into()));
         assert_eq!(acme_url("https://127.0.0.1:14000/dir"), Ok(()));
 
         // Global only, and Let's Encrypt's terms must be accepted.

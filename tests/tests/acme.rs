@@ -580,3 +580,67 @@ async fn a_failing_validation_backs_off_is_visible_and_keeps_the_old_certificate
     assert!(!cluster.cp.logs().contains("PRIVATE KEY"));
     Ok(())
 }
+
+#[tokio::test]
+async fn tls_alpn01_and_on_demand_issuance_from_a_handshake() -> Result<()> {
+    // pebble validates TLS-ALPN-01 on the data plane's HTTPS port; nothing listens on its
+    // HTTP-01 port, so only TLS-ALPN-01 can succeed.
+    let tls_port = free_tcp_port()?;
+    let pebble = Pebble::start(free_tcp_port()?, tls_port).await?;
+    let cluster = Cluster::start(
+        &["dp1"],
+        &[
+            "--acme-ca-bundle",
+            pebble.ca_bundle.to_str().context("path")?,
+            "--acme-challenge",
+            "tls-alpn-01",
+        ],
+    )
+    .await?;
+    let admin = cluster.admin();
+    let dp = DataPlane::start(
+        cluster
+            .dp_options("dp1")
+            .proxy_ssl_listen(&format!("127.0.0.1:{tls_port}")),
+    )
+    .await?;
+    dp.wait_until_connected(patience()).await?;
+    acme_plugin(admin, &pebble, json!({"domains": ["*.acme.test"]})).await?;
+    let root = pebble.root().await?;
+
+    let created = admin
+        .post_json("/acme", &json!({"host": "alpn.acme.test"}))
+        .await?;
+    assert_eq!(created.status, 201, "{created:#?}\n{}", cluster.cp.logs());
+    wait_until("alpn.acme.test served", patience(), || async {
+        Ok(served(&dp, "alpn.acme.test", &root).await.ok())
+    })
+    .await?;
+
+    // On demand: a handshake for a name without a certificate gets the default one, and the
+    // data plane asks the control plane, which orders it. A name outside `domains` is not.
+    let config = tls_client_config(None, None)?;
+    for host in ["elsewhere.example", "od.acme.test"] {
+        let first = tls_handshake(dp.proxy_ssl_addr()?, host, config.clone()).await?;
+        assert!(
+            matches!(first, Handshake::Accept { .. }),
+            "{host}: {first:?}"
+        );
+    }
+    wait_until("od.acme.test issued on demand", ORDER_PATIENCE, || async {
+        Ok(served(&dp, "od.acme.test", &root).await.ok())
+    })
+    .await
+    .with_context(|| cluster.cp.logs())?;
+    let entry = acme_entry(admin, "od.acme.test").await?;
+    assert_eq!(entry["valid"], json!(true), "{entry}");
+    let listed = admin.get("/acme/certificates").await?;
+    let hosts: Vec<&str> = listed.body["data"]
+        .as_array()
+        .context("data")?
+        .iter()
+        .filter_map(|e| e["host"].as_str())
+        .collect();
+    assert_eq!(hosts, ["alpn.acme.test", "od.acme.test"], "{listed:#?}");
+    Ok(())
+}

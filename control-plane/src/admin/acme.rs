@@ -205,7 +205,8 @@ fn entry(name: &AcmeName, now: i64) -> Value {
     out["issuer_cn"] = json!(issuer_cn);
     out["not_before"] = json!(date(not_before));
     out["not_after"] = json!(date(not_after));
-    out["valid"] = json!(not_before < now && not_after > now);
+    // Validity is inclusive at both ends (RFC 5280 4.1.2.5).
+    out["valid"] = json!(not_before <= now && now <= not_after);
     out["serial_number"] = json!(colon_hex(cert.raw_serial()));
     out["pubkey_type"] = json!(pubkey_type);
     out

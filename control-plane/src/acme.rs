@@ -35,11 +35,6 @@ use crate::config::AcmeSettings;
 use crate::error::ApiError;
 use crate::store::{AcmeName, NewChallenge, Outcome, Selector, Store, unix_now};
 
-/// How long one attempt may take, from the order to the stored certificate.
-const ORDER_TIMEOUT: Duration = Duration::from_secs(90);
-/// How long a replica holds a name's lease: longer than an attempt, so that only a replica
-/// that died loses it.
-const LEASE_SECONDS: i64 = 120;
 /// Longest wait for the data planes to apply a version carrying challenges.
 const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a published challenge is kept at most.
@@ -256,19 +251,23 @@ impl Acme {
     /// One attempt for `host` under its lease; records the outcome.
     async fn order(&self, host: &str, config: &AcmeConfig) -> Result<Uuid, AcmeError> {
         let now = unix_now();
+        // The lease outlives the attempt (bounded by the order timeout): only a replica that
+        // died loses it.
+        let timeout = self.settings.order_timeout;
+        let lease = i64::try_from(timeout.as_secs().saturating_mul(2)).unwrap_or(i64::MAX);
         if !self
             .store
-            .acme_lease(host, self.owner, now, now + LEASE_SECONDS)
+            .acme_lease(host, self.owner, now, now.saturating_add(lease))
             .await?
         {
             return Err(AcmeError::Busy);
         }
         tracing::info!(%host, "acme: ordering a certificate");
-        let result = match tokio::time::timeout(ORDER_TIMEOUT, self.attempt(host, config)).await {
+        let result = match tokio::time::timeout(timeout, self.attempt(host, config)).await {
             Ok(result) => result,
             Err(_) => Err(format!(
                 "the order did not complete within {} s",
-                ORDER_TIMEOUT.as_secs()
+                timeout.as_secs()
             )),
         };
         let now = unix_now();

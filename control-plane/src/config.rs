@@ -21,6 +21,8 @@ pub const DEFAULT_ADMIN_MAX_BODY: usize = 8 * 1024 * 1024;
 pub const DEFAULT_CLUSTER_LISTEN: &str = "0.0.0.0:8005";
 /// Default time between two looks for ACME certificates due for renewal, in seconds.
 pub const DEFAULT_ACME_RENEW_INTERVAL: u64 = 3600;
+/// Default longest time of one ACME order, in seconds.
+pub const DEFAULT_ACME_ORDER_TIMEOUT: u64 = 90;
 /// Default address of the status listener (Kong's `status_listen`).
 pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:8100";
 
@@ -143,6 +145,11 @@ pub struct Flags {
     /// (port 443); the other one is used when the CA does not offer it [default: http-01].
     #[arg(long, env = "GATEHOUSE_ACME_CHALLENGE")]
     pub acme_challenge: Option<String>,
+
+    /// Longest time one ACME order may take, in seconds; a replica that dies mid-order holds
+    /// the name for twice this at most [default: 90].
+    #[arg(long, env = "GATEHOUSE_ACME_ORDER_TIMEOUT")]
+    pub acme_order_timeout: Option<u64>,
 }
 
 /// Logging settings.
@@ -189,6 +196,8 @@ pub struct AcmeSettings {
     pub http_port: u16,
     /// Whether TLS-ALPN-01 is preferred over HTTP-01.
     pub prefer_tls_alpn: bool,
+    /// Longest time of one order.
+    pub order_timeout: std::time::Duration,
 }
 
 /// Settings of the cluster (config sync) listener.
@@ -271,6 +280,7 @@ impl Flags {
             acme_renew_interval: self.acme_renew_interval.or(other.acme_renew_interval),
             acme_http_port: self.acme_http_port.or(other.acme_http_port),
             acme_challenge: self.acme_challenge.or(other.acme_challenge),
+            acme_order_timeout: self.acme_order_timeout.or(other.acme_order_timeout),
         }
     }
 
@@ -358,8 +368,15 @@ impl Flags {
                 false
             }
         };
+        let order_timeout = self
+            .acme_order_timeout
+            .unwrap_or(DEFAULT_ACME_ORDER_TIMEOUT);
+        if order_timeout == 0 {
+            problems.push("--acme-order-timeout: must be at least 1".into());
+        }
         let acme = AcmeSettings {
             prefer_tls_alpn,
+            order_timeout: std::time::Duration::from_secs(order_timeout),
             ca_bundle: self.acme_ca_bundle,
             renew_interval: std::time::Duration::from_secs(renew_interval),
             http_port: self.acme_http_port.unwrap_or(80),

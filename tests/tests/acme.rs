@@ -138,8 +138,18 @@ impl Pebble {
             .join("\n")
     }
 
-    /// Makes `host` resolve to `ip` (pebble-challtestsrv's `/add-a`).
+    /// Makes `host` resolve to `ip` only (pebble-challtestsrv's `/clear-a`, `/add-a`).
     async fn resolve(&self, host: &str, ip: &str) -> Result<()> {
+        let cleared = reqwest::Client::new()
+            .post(format!("http://{}/clear-a", self.dns_management))
+            .json(&json!({"host": format!("{host}.")}))
+            .send()
+            .await?;
+        ensure!(
+            cleared.status().is_success(),
+            "clear-a: {}",
+            cleared.status()
+        );
         let response = reqwest::Client::new()
             .post(format!("http://{}/add-a", self.dns_management))
             .json(&json!({"host": format!("{host}."), "addresses": [ip]}))
@@ -642,5 +652,96 @@ async fn tls_alpn01_and_on_demand_issuance_from_a_handshake() -> Result<()> {
         .filter_map(|e| e["host"].as_str())
         .collect();
     assert_eq!(hosts, ["alpn.acme.test", "od.acme.test"], "{listed:#?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_control_plane_dying_mid_order_hands_the_name_to_another() -> Result<()> {
+    let http_port = free_tcp_port()?;
+    let pebble = Pebble::start(http_port, free_tcp_port()?).await?;
+    let ca_bundle = pebble.ca_bundle.to_str().context("path")?.to_owned();
+    let acme_args = [
+        "--acme-ca-bundle",
+        ca_bundle.as_str(),
+        "--acme-order-timeout",
+        "5",
+        "--acme-renew-interval",
+        "1",
+    ];
+    // cp2 serves the data plane; cp1, on the same database, only takes Admin API requests.
+    let mut cluster = Cluster::start(&["dp1"], &acme_args).await?;
+    let cp1 = start_plain_cp(
+        &cluster.db,
+        &acme_args
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    let dp = DataPlane::start(
+        cluster
+            .dp_options("dp1")
+            .proxy_listen(&format!("127.0.0.1:{http_port}")),
+    )
+    .await?;
+    dp.wait_until_connected(patience()).await?;
+    acme_plugin(cluster.admin(), &pebble, json!({})).await?;
+
+    // Validation of f.acme.test hangs: it resolves to a listener that never answers.
+    let black_hole = tokio::net::TcpListener::bind(("127.0.0.3", http_port)).await?;
+    let (reached_tx, reached) = tokio::sync::oneshot::channel();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        let mut reached_tx = Some(reached_tx);
+        while let Ok((socket, _)) = black_hole.accept().await {
+            open.push(socket);
+            if let Some(tx) = reached_tx.take() {
+                let _ = tx.send(());
+            }
+        }
+    });
+    pebble.resolve("f.acme.test", "127.0.0.3").await?;
+    let url = cp1.admin_url();
+    let ordering = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{url}/acme"))
+            .json(&json!({"host": "f.acme.test"}))
+            .send()
+            .await
+    });
+    // Killed while pebble validates: the order and its challenge exist, the lease is cp1's.
+    tokio::time::timeout(patience(), reached)
+        .await
+        .context("pebble never tried to validate f.acme.test")??;
+    kill_process(cp1.pid()).await?;
+    let _ = ordering.await;
+    drop(cp1);
+
+    // The name is leased to the dead replica: the other refuses to order it meanwhile...
+    pebble.resolve("f.acme.test", "127.0.0.1").await?;
+    let busy = cluster
+        .admin()
+        .post_json("/acme", &json!({"host": "f.acme.test"}))
+        .await?;
+    assert_eq!(busy.status, 409, "{busy:#?}");
+    assert_eq!(
+        busy.body,
+        json!({"message": "an order for host f.acme.test is already running"})
+    );
+    // ...and orders it once the lease expired (its renewal loop finds the name due).
+    let root = pebble.root().await?;
+    wait_until("f.acme.test issued by cp2", ORDER_PATIENCE, || async {
+        Ok(served(&dp, "f.acme.test", &root).await.ok())
+    })
+    .await
+    .with_context(|| cluster.cp.logs())?;
+    let entry = acme_entry(cluster.admin(), "f.acme.test").await?;
+    assert_eq!(entry["valid"], json!(true), "{entry}");
+    held.abort();
+    cluster
+        .cp
+        .wait_for_log("acme: certificate issued", patience())
+        .await?;
+    let _ = &mut cluster;
     Ok(())
 }

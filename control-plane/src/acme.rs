@@ -348,12 +348,7 @@ impl Acme {
                 key_authorization: challenge.key_authorization().as_str().to_owned(),
                 expires_at: unix_now() + CHALLENGE_TTL,
             };
-            let version = self
-                .store
-                .acme_publish(host, std::slice::from_ref(&published))
-                .await
-                .map_err(|e| e.detail())?;
-            self.await_propagation(version).await;
+            self.publish(host, &published).await?;
             challenge
                 .set_ready()
                 .await
@@ -425,12 +420,7 @@ impl Acme {
             key_authorization: key_authorization.clone(),
             expires_at: unix_now() + CHALLENGE_TTL,
         };
-        let version = self
-            .store
-            .acme_publish(host, std::slice::from_ref(&challenge))
-            .await
-            .map_err(|e| e.detail())?;
-        self.await_propagation(version).await;
+        self.publish(host, &challenge).await?;
         let url = format!(
             "http://{host}:{}/.well-known/acme-challenge/{token}",
             self.settings.http_port
@@ -463,6 +453,17 @@ impl Acme {
             tracing::warn!(error = %error.detail(), "acme: cannot remove the test challenge");
         }
         fetched
+    }
+
+    /// Publishes `challenge` in the configuration and waits until the data planes run it.
+    async fn publish(&self, host: &str, challenge: &NewChallenge) -> Result<(), String> {
+        let version = self
+            .store
+            .acme_publish(host, std::slice::from_ref(challenge))
+            .await
+            .map_err(|e| e.detail())?;
+        self.await_propagation(version).await;
+        Ok(())
     }
 
     /// Waits until every connected data plane has applied `version`, at most

@@ -24,7 +24,8 @@ use tokio::process::{Child, Command};
 use cluster_support::*;
 use gatehouse_tests::certs::{Algorithm, Ca};
 use gatehouse_tests::{
-    Admin, DataPlane, Handshake, TempDir, patience, tls_client_config, tls_handshake, wait_until,
+    Admin, DataPlane, DataPlaneOptions, Handshake, TempDir, patience, tls_client_config,
+    tls_handshake, wait_until,
 };
 
 /// How long an ACME order may take here (pebble answers at once with `PEBBLE_VA_NOSLEEP`).
@@ -226,6 +227,24 @@ fn fingerprint(der: &[u8]) -> String {
         .collect()
 }
 
+/// A cluster (control plane in `pki` mode trusting pebble's HTTPS, certificates for `dps`)
+/// with `extra` control-plane arguments.
+async fn acme_cluster(pebble: &Pebble, dps: &[&str], extra: &[&str]) -> Result<Cluster> {
+    let mut args = vec![
+        "--acme-ca-bundle",
+        pebble.ca_bundle.to_str().context("path")?,
+    ];
+    args.extend(extra);
+    Cluster::start(dps, &args).await
+}
+
+/// Starts a data plane and waits until it is connected.
+async fn connected(options: DataPlaneOptions) -> Result<DataPlane> {
+    let dp = DataPlane::start(options).await?;
+    dp.wait_until_connected(patience()).await?;
+    Ok(dp)
+}
+
 /// Creates the global `acme` plugin for pebble; returns its id.
 async fn acme_plugin(admin: &Admin, pebble: &Pebble, extra: Value) -> Result<String> {
     let mut config = json!({
@@ -276,16 +295,7 @@ async fn http01_through_two_data_planes_then_renewal_in_place_by_patch_and_thres
 {
     let http_port = free_port_on_both()?;
     let pebble = Pebble::start(http_port, free_tcp_port()?).await?;
-    let cluster = Cluster::start(
-        &["dp1", "dp2"],
-        &[
-            "--acme-ca-bundle",
-            pebble.ca_bundle.to_str().context("path")?,
-            "--acme-renew-interval",
-            "1",
-        ],
-    )
-    .await?;
+    let cluster = acme_cluster(&pebble, &["dp1", "dp2"], &["--acme-renew-interval", "1"]).await?;
     let admin = cluster.admin();
     let dp1 = DataPlane::start(
         cluster
@@ -419,22 +429,14 @@ async fn http01_through_two_data_planes_then_renewal_in_place_by_patch_and_thres
 async fn a_failing_validation_backs_off_is_visible_and_keeps_the_old_certificate() -> Result<()> {
     let http_port = free_tcp_port()?;
     let pebble = Pebble::start(http_port, free_tcp_port()?).await?;
-    let cluster = Cluster::start(
-        &["dp1"],
-        &[
-            "--acme-ca-bundle",
-            pebble.ca_bundle.to_str().context("path")?,
-        ],
-    )
-    .await?;
+    let cluster = acme_cluster(&pebble, &["dp1"], &[]).await?;
     let admin = cluster.admin();
-    let dp = DataPlane::start(
+    let dp = connected(
         cluster
             .dp_options("dp1")
             .proxy_listen(&format!("127.0.0.1:{http_port}")),
     )
     .await?;
-    dp.wait_until_connected(patience()).await?;
 
     // Kong's answers without the plugin, and its refusals of scoping and bad input.
     let none = admin
@@ -597,24 +599,14 @@ async fn tls_alpn01_and_on_demand_issuance_from_a_handshake() -> Result<()> {
     // HTTP-01 port, so only TLS-ALPN-01 can succeed.
     let tls_port = free_tcp_port()?;
     let pebble = Pebble::start(free_tcp_port()?, tls_port).await?;
-    let cluster = Cluster::start(
-        &["dp1"],
-        &[
-            "--acme-ca-bundle",
-            pebble.ca_bundle.to_str().context("path")?,
-            "--acme-challenge",
-            "tls-alpn-01",
-        ],
-    )
-    .await?;
+    let cluster = acme_cluster(&pebble, &["dp1"], &["--acme-challenge", "tls-alpn-01"]).await?;
     let admin = cluster.admin();
-    let dp = DataPlane::start(
+    let dp = connected(
         cluster
             .dp_options("dp1")
             .proxy_ssl_listen(&format!("127.0.0.1:{tls_port}")),
     )
     .await?;
-    dp.wait_until_connected(patience()).await?;
     acme_plugin(admin, &pebble, json!({"domains": ["*.acme.test"]})).await?;
     let root = pebble.root().await?;
 
@@ -678,13 +670,12 @@ async fn a_control_plane_dying_mid_order_hands_the_name_to_another() -> Result<(
             .collect::<Vec<_>>(),
     )
     .await?;
-    let dp = DataPlane::start(
+    let dp = connected(
         cluster
             .dp_options("dp1")
             .proxy_listen(&format!("127.0.0.1:{http_port}")),
     )
     .await?;
-    dp.wait_until_connected(patience()).await?;
     acme_plugin(cluster.admin(), &pebble, json!({})).await?;
 
     // Validation of f.acme.test hangs: it resolves to a listener that never answers.

@@ -429,7 +429,8 @@ async fn http01_through_two_data_planes_then_renewal_in_place_by_patch_and_thres
 async fn a_failing_validation_backs_off_is_visible_and_keeps_the_old_certificate() -> Result<()> {
     let http_port = free_tcp_port()?;
     let pebble = Pebble::start(http_port, free_tcp_port()?).await?;
-    let cluster = acme_cluster(&pebble, &["dp1"], &[]).await?;
+    let port = http_port.to_string();
+    let cluster = acme_cluster(&pebble, &["dp1"], &["--acme-http-port", &port]).await?;
     let admin = cluster.admin();
     let dp = connected(
         cluster
@@ -491,11 +492,42 @@ async fn a_failing_validation_backs_off_is_visible_and_keeps_the_old_certificate
 
     // The plugin holds account settings: it never reaches data planes, which keep applying.
     let version_before = gatehouse_tests::config_version(admin).await?;
-    acme_plugin(admin, &pebble, json!({"fail_backoff_minutes": 10})).await?;
+    acme_plugin(
+        admin,
+        &pebble,
+        json!({"fail_backoff_minutes": 10, "domains": ["*.acme.test", "localhost"]}),
+    )
+    .await?;
     dp.wait_for_applied_log(version_before + 1, patience())
         .await
         .with_context(|| dp.logs())?;
     assert!(!dp.logs().contains("ops@acme.test"));
+
+    // Kong's sanity check, through the data plane (localhost is where the CP finds it):
+    // a probe challenge is published and fetched; nothing is ordered.
+    let sane = admin
+        .post_json(
+            "/acme",
+            &json!({"host": "localhost", "test_http_challenge_flow": true}),
+        )
+        .await?;
+    assert_eq!(sane.status, 200, "{sane:#?}\n{}", dp.logs());
+    assert_eq!(
+        sane.body,
+        json!({"message": "sanity test for host localhost passed"})
+    );
+    let outside = admin
+        .post_form(
+            "/acme",
+            &[("host", "other.test"), ("test_http_challenge_flow", "true")],
+        )
+        .await?;
+    assert_eq!(outside.status, 400, "{outside:#?}");
+    assert_eq!(
+        outside.body,
+        json!({"message": "problem found running sanity check for other.test: \
+                           host is not included in plugin config.domains"})
+    );
 
     for (body, message) in [
         (

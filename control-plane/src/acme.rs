@@ -65,13 +65,17 @@ pub(crate) struct AcmeConfig {
     fail_backoff_minutes: f64,
 }
 
-/// Counters of this replica's ACME client, for `/metrics`-style status.
+/// Counters of this replica's ACME client (the status listener's `/status`).
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     /// Certificates issued (new or renewed).
     pub(crate) issued: AtomicU64,
     /// Attempts that failed.
     pub(crate) failed: AtomicU64,
+    /// At the last pass: names whose last attempt failed.
+    pub(crate) names_failing: AtomicU64,
+    /// At the last pass: certificates expired and not renewed.
+    pub(crate) expired: AtomicU64,
 }
 
 /// The control plane's ACME client.
@@ -172,6 +176,14 @@ impl Acme {
         });
     }
 
+    /// `(names failing, certificates expired)` as the last pass saw them.
+    pub(crate) fn names_summary(&self) -> (u64, u64) {
+        (
+            self.stats.names_failing.load(Ordering::Relaxed),
+            self.stats.expired.load(Ordering::Relaxed),
+        )
+    }
+
     /// Wakes the renewal loop (something became due).
     pub(crate) fn wake(&self) {
         self.wake.notify_one();
@@ -184,7 +196,21 @@ impl Acme {
         let Some(config) = AcmeConfig::load(&self.store).await? else {
             return Ok(());
         };
-        for name in self.store.acme_names().await? {
+        let names = self.store.acme_names().await?;
+        let failing = names.iter().filter(|n| n.failures > 0).count();
+        let expired = names
+            .iter()
+            .filter(|n| n.not_after.is_some_and(|t| t <= now))
+            .count();
+        self.stats.names_failing.store(
+            u64::try_from(failing).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.stats.expired.store(
+            u64::try_from(expired).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        for name in names {
             if name.not_after.is_some_and(|t| t <= now) {
                 tracing::error!(
                     host = %name.host,

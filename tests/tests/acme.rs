@@ -615,6 +615,17 @@ async fn a_failing_validation_backs_off_is_visible_and_keeps_the_old_certificate
         ["d.acme.test"],
         "c.acme.test keeps a valid one: {invalid:#?}"
     );
+    let status: Value = reqwest::get(format!(
+        "{}/status",
+        cluster.cp.status_url().context("status listener")?
+    ))
+    .await?
+    .json()
+    .await?;
+    assert!(
+        status["acme"]["orders_failed"].as_u64() >= Some(2),
+        "d.acme.test and the renewal of c.acme.test failed: {status}"
+    );
     assert!(
         cluster.cp.logs().contains("acme: order failed"),
         "{}",

@@ -380,7 +380,12 @@ impl Acme {
                 .await
                 .map_err(|e| format!("challenge: {}", acme_error(&e)))?;
         }
-        let retries = RetryPolicy::new().timeout(Duration::from_secs(60));
+        // A CA answers in well under a second once validation reached a data plane: poll
+        // soon, then back off (the order timeout bounds the whole).
+        let retries = RetryPolicy::new()
+            .initial_delay(Duration::from_millis(100))
+            .backoff(1.5)
+            .timeout(self.settings.order_timeout);
         let status = order
             .poll_ready(&retries)
             .await

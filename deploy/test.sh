@@ -102,6 +102,22 @@ if ! command -v pebble >/dev/null 2>&1 || ! command -v pebble-challtestsrv >/dev
     fi
 fi
 
+# The RFC 2136 client (control-plane/src/dns_update.rs) is tested against a real BIND: `named`
+# from Debian's bind9 and `dig` from bind9-dnsutils. As root on Debian, install them; the test
+# is then told to fail rather than skip when they are missing.
+if ! { command -v named || [ -x /usr/sbin/named ]; } >/dev/null 2>&1 || ! command -v dig >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        section "bind9 (named, dig) for the DNS update tests"
+        apt-get update
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends bind9 bind9-dnsutils
+        export GATEHOUSE_REQUIRE_BIND9=1
+    else
+        echo "note: bind9 (named, dig) missing and not root: the BIND test will be skipped"
+    fi
+else
+    export GATEHOUSE_REQUIRE_BIND9=1
+fi
+
 section "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -150,6 +150,20 @@ pub struct Flags {
     /// the name for twice this at most [default: 90].
     #[arg(long, env = "GATEHOUSE_ACME_ORDER_TIMEOUT")]
     pub acme_order_timeout: Option<u64>,
+    /// ACME DNS-01: the primary DNS server that accepts RFC 2136 updates (TSIG-signed) for
+    /// --acme-dns-zone, `IP` or `IP:PORT` [default port: 53]. With --acme-dns-zone and
+    /// --acme-dns-tsig-key-file, or none of them.
+    #[arg(long, env = "GATEHOUSE_ACME_DNS_SERVER")]
+    pub acme_dns_server: Option<String>,
+
+    /// ACME DNS-01: the zone the `_acme-challenge` TXT records are written in.
+    #[arg(long, env = "GATEHOUSE_ACME_DNS_ZONE")]
+    pub acme_dns_zone: Option<String>,
+
+    /// ACME DNS-01: the TSIG key signing the updates, a BIND key file as `tsig-keygen` writes
+    /// it (`key "name" { algorithm hmac-sha256; secret "..."; };`).
+    #[arg(long, env = "GATEHOUSE_ACME_DNS_TSIG_KEY_FILE")]
+    pub acme_dns_tsig_key_file: Option<PathBuf>,
 }
 
 /// Logging settings.
@@ -182,6 +196,8 @@ pub struct Settings {
     pub status_listen: Option<SocketAddr>,
     /// The ACME client.
     pub acme: AcmeSettings,
+    /// Where ACME DNS-01 records are written; `None` when not configured.
+    pub acme_dns: Option<crate::dns_update::AcmeDnsSettings>,
 }
 
 /// Settings of the control plane's ACME client.
@@ -281,6 +297,9 @@ impl Flags {
             acme_http_port: self.acme_http_port.or(other.acme_http_port),
             acme_challenge: self.acme_challenge.or(other.acme_challenge),
             acme_order_timeout: self.acme_order_timeout.or(other.acme_order_timeout),
+            acme_dns_server: self.acme_dns_server.or(other.acme_dns_server),
+            acme_dns_zone: self.acme_dns_zone.or(other.acme_dns_zone),
+            acme_dns_tsig_key_file: self.acme_dns_tsig_key_file.or(other.acme_dns_tsig_key_file),
         }
     }
 
@@ -381,6 +400,14 @@ impl Flags {
             renew_interval: std::time::Duration::from_secs(renew_interval),
             http_port: self.acme_http_port.unwrap_or(80),
         };
+        let acme_dns = crate::dns_update::AcmeDnsSettings::from_flags(
+            self.acme_dns_server.as_deref(),
+            self.acme_dns_zone.as_deref(),
+            self.acme_dns_tsig_key_file.as_deref(),
+        )
+        .map_err(|e| problems.push(e.to_string()))
+        .ok()
+        .flatten();
         match (admin_listen, cluster, status_listen) {
             (Some(admin_listen), Some(cluster), Some(status_listen)) if problems.is_empty() => {
                 Ok(Settings {
@@ -396,6 +423,7 @@ impl Flags {
                     cluster,
                     status_listen,
                     acme,
+                    acme_dns,
                 })
             }
             _ => Err(ConfigError(problems.join("; "))),
@@ -568,6 +596,26 @@ mod tests {
             })
         );
         assert_eq!(settings.status_listen, None);
+    }
+
+    #[test]
+    fn acme_dns_settings_go_together() {
+        assert_eq!(parse(&[]).unwrap().acme_dns, None);
+        let settings = parse(&[
+            "--acme-dns-server",
+            "127.0.0.1",
+            "--acme-dns-zone",
+            "example.com",
+            "--acme-dns-tsig-key-file",
+            "/keys/acme.key",
+        ])
+        .unwrap();
+        let dns = settings.acme_dns.unwrap();
+        assert_eq!(dns.server.to_string(), "127.0.0.1:53");
+        assert_eq!(dns.zone, "example.com");
+        assert_eq!(dns.tsig_key_file, std::path::Path::new("/keys/acme.key"));
+        let err = parse(&["--acme-dns-zone", "example.com"]).unwrap_err();
+        assert!(err.to_string().contains("set all three or none"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! - `snapshot`: LISTENs for config changes and builds each version's snapshot once;
 //! - `cluster`: the config-sync listener (gRPC over mutual TLS) serving data planes;
 //! - `status`: the status listener (`/status`, `/status/ready`);
-//! - [`pki`]: the `pki` subcommand, which writes the cluster CA and node certificates.
+//! - [`pki`]: the `pki` subcommand, which writes the cluster CA and node certificates;
+//! - [`dns_update`]: RFC 2136 dynamic DNS updates signed with TSIG (ACME DNS-01 records).
 //!
 //! Every write to the store runs in one transaction that also bumps the config version and
 //! sends `NOTIFY gatehouse_config, '<version>'`; a failed write changes nothing.
@@ -17,6 +18,7 @@
 //! `admin API listening addr=IP:PORT` last, when everything accepts connections.
 
 pub mod config;
+pub mod dns_update;
 pub mod logging;
 pub mod pki;
 

@@ -478,7 +478,8 @@ async fn serve_connection(
                     serve_http(stream, Arc::new(conn), proxy, stop).await;
                 }
                 Ok(Ok(Accepted::AcmeValidation { server_name })) => {
-                    tracing::info!(%server_name, %peer, "answered an ACME tls-alpn-01 validation");
+                    // debug: anyone may repeat a validation; the metric counts them.
+                    tracing::debug!(%server_name, %peer, "answered an ACME tls-alpn-01 validation");
                 }
                 // Our own configuration refusing the connection is the operator's problem, not
                 // the client's: said loudly. Clients' failures stay at debug (no log flood).
@@ -781,7 +782,8 @@ impl Proxy {
             .http01(token, &host.to_ascii_lowercase(), acme::unix_now())?
             .clone();
         METRICS.acme_answer(false);
-        tracing::info!(%host, peer = %conn.peer, "answered an ACME http-01 validation");
+        // debug: anyone may repeat a validation; the metric counts them.
+        tracing::debug!(%host, peer = %conn.peer, "answered an ACME http-01 validation");
         Some(respond::acme_http01(body))
     }
 

@@ -241,7 +241,7 @@ impl Stream {
             // An ACME validation, not a client of a route: answered here, whatever the routes.
             match self.terminator.accept(tcp).await {
                 Ok(_) => {
-                    tracing::info!(server_name = %name, %peer, "answered an ACME tls-alpn-01 validation")
+                    tracing::debug!(server_name = %name, %peer, "answered an ACME tls-alpn-01 validation")
                 }
                 Err(error) => tracing::debug!(%error, %peer, "ACME tls-alpn-01 validation failed"),
             }

@@ -8,6 +8,9 @@
 //! 3. the `ServerConfig` is chosen for that ClientHello. Today every ClientHello gets the
 //!    same one; client-certificate requests (`mtls-auth`), ALPN or TLS versions per SNI will
 //!    choose here, which is why the choice comes after the ClientHello;
+//!    An ACME TLS-ALPN-01 validation (ALPN exactly `acme-tls/1`, the SNI of a pending
+//!    challenge: see `acme`) gets the challenge's own config instead, and the connection ends
+//!    after the handshake ([`Accepted::AcmeValidation`]);
 //! 4. the handshake completes, and the facts the proxy needs later (SNI, ALPN, version,
 //!    cipher suite, resumption, client certificates, which certificate was served) are taken
 //!    from the connection into a [`TlsInfo`] before the stream is handed to hyper.
@@ -21,7 +24,9 @@
 //! `first.*`, the `*` SNI, then the [`DefaultCertificate`] (`--ssl-cert`, or a self-signed
 //! certificate for `localhost` generated at start). A client that sends no SNI gets the
 //! default certificate. When a certificate has a `cert_alt`/`key_alt` pair of the other key
-//! type, the client gets the pair it can verify, ECDSA when it can verify both.
+//! type, the client gets the pair it can verify, ECDSA when it can verify both. A server name
+//! served the default certificate may ask the control plane for one (ACME on-demand
+//! issuance, see `acme`).
 //!
 //! # Configurations per runtime
 //!
@@ -87,7 +92,7 @@ mod client_auth;
 mod default_cert;
 mod resolver;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use default_cert::DefaultCertificate;
 pub(crate) use default_cert::load_certified_key;

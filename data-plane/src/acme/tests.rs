@@ -366,3 +366,56 @@ async fn http01_is_answered_before_routing_and_other_requests_are_routed() {
         task.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn tls_alpn01_is_answered_on_the_stream_listener_whatever_the_routes() {
+    use crate::tls::tests::{TLS13_ONLY, acme_identifier, validation_client};
+    let (shared, acme) = shared_with_acme();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let listeners = crate::stream::Listeners::bind(
+        &[any],
+        &ProxySettings::default(),
+        shared.clone(),
+        Arc::default(),
+        acme,
+    )
+    .await
+    .unwrap();
+    let addr = listeners.addrs()[0];
+    let (stop, stopped) = watch::channel(false);
+    let tasks = listeners.serve(stopped);
+    shared
+        .apply(runtime(
+            1,
+            with_challenges(vec![challenge("tls-alpn-01", "t.example.com", "tok")]),
+        ))
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(validation_client(TLS13_ONLY));
+    let connect = async |name: &'static str| {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from(name).unwrap();
+        tokio::time::timeout(PATIENCE, connector.connect(name, tcp))
+            .await
+            .unwrap()
+    };
+
+    // No stream route at all, yet the validation is answered.
+    let mut stream = connect("t.example.com").await.unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(ACME_TLS_ALPN));
+    let leaf = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (extension, names) = acme_identifier(&leaf);
+    assert!(extension.is_some_and(|(_, critical)| critical));
+    assert_eq!(names, ["t.example.com"]);
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(PATIENCE, stream.read(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(read.unwrap(), 0, "closed after the handshake");
+    // Another name: routed as usual; no route takes it, so it is closed without a handshake.
+    assert!(connect("u.example.com").await.is_err());
+
+    stop.send(true).unwrap();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}

@@ -44,7 +44,7 @@ const ECDSA_SCHEMES: &[SignatureScheme] = &[
     SignatureScheme::ECDSA_NISTP384_SHA384,
 ];
 const TLS12_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12];
-const TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+pub(crate) const TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
 const H2_AND_HTTP1: &[&[u8]] = &[b"h2", b"http/1.1"];
 const HTTP1: &[&[u8]] = &[b"http/1.1"];
 /// How long a test waits for the server's side of a handshake.
@@ -1103,7 +1103,7 @@ fn acme_terminator(config: model::Config, on_demand: OnDemand) -> Arc<TlsTermina
 
 /// The content of the leaf's id-pe-acmeIdentifier extension, if it has one, and whether it
 /// is critical; and the leaf's DNS names.
-fn acme_identifier(leaf: &CertificateDer<'_>) -> (Option<(Vec<u8>, bool)>, Vec<String>) {
+pub(crate) fn acme_identifier(leaf: &CertificateDer<'_>) -> (Option<(Vec<u8>, bool)>, Vec<String>) {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf).unwrap();
     let extension = cert
         .extensions()
@@ -1130,7 +1130,9 @@ fn acme_identifier(leaf: &CertificateDer<'_>) -> (Option<(Vec<u8>, bool)>, Vec<S
 /// A client as an ACME server's validation: ALPN `acme-tls/1` only, and the certificate is
 /// looked at, not verified (webpki, rightly, refuses the unknown critical extension, so the
 /// handshake signature is not checked either).
-fn validation_client(versions: &'static [&'static SupportedProtocolVersion]) -> Arc<ClientConfig> {
+pub(crate) fn validation_client(
+    versions: &'static [&'static SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
     let provider = Arc::new(aws_lc_rs::default_provider());
     let algorithms = provider.signature_verification_algorithms;
     let mut config = ClientConfig::builder_with_provider(provider)

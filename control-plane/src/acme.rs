@@ -32,6 +32,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::config::AcmeSettings;
+use crate::dns_update::DnsUpdater;
 use crate::error::ApiError;
 use crate::store::{AcmeName, NewChallenge, Outcome, Selector, Store, unix_now};
 
@@ -43,6 +44,8 @@ const CHALLENGE_TTL: i64 = 300;
 const ON_DEMAND_PER_MINUTE: i64 = 20;
 /// Registry rows younger than this count as connected data planes (the cluster's lease).
 const DP_LEASE: i64 = crate::cluster::LEASE;
+/// TTL of DNS-01 records, in seconds (short: they live for one validation).
+const DNS_TTL: u32 = 60;
 /// Tag of every certificate this client manages (Kong's).
 pub(crate) const MANAGED_TAG: &str = "managed-by-acme";
 
@@ -84,6 +87,8 @@ pub(crate) struct Acme {
     store: Arc<Store>,
     owner: Uuid,
     settings: AcmeSettings,
+    /// Writes DNS-01 records (`--acme-dns-*`); `None`: wildcard names cannot be ordered.
+    dns: Option<DnsUpdater>,
     wake: Notify,
     /// What this replica did.
     pub(crate) stats: Stats,
@@ -150,11 +155,17 @@ impl AcmeConfig {
 
 impl Acme {
     /// A client for this replica (`owner` is the node id, the lease holder).
-    pub(crate) fn new(store: Arc<Store>, owner: Uuid, settings: AcmeSettings) -> Arc<Self> {
+    pub(crate) fn new(
+        store: Arc<Store>,
+        owner: Uuid,
+        settings: AcmeSettings,
+        dns: Option<DnsUpdater>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             owner,
             settings,
+            dns,
             wake: Notify::new(),
             stats: Stats::default(),
         })
@@ -326,8 +337,28 @@ impl Acme {
         }
     }
 
-    /// The order itself: account, order, challenge, validation, finalization, storage.
+    /// The order itself, then the removal of the DNS-01 records it wrote (whatever happened).
     async fn attempt(&self, host: &str, config: &AcmeConfig) -> Result<Uuid, String> {
+        let mut records = Vec::new();
+        let result = self.order_once(host, config, &mut records).await;
+        if let Some(dns) = &self.dns {
+            for (fqdn, value) in &records {
+                if let Err(error) = dns.remove_txt(fqdn, value).await {
+                    tracing::warn!(%fqdn, %error, "acme: cannot remove a DNS-01 record");
+                }
+            }
+        }
+        result
+    }
+
+    /// Account, order, challenge, validation, finalization, storage. DNS-01 records written
+    /// are added to `records` (name, value).
+    async fn order_once(
+        &self,
+        host: &str,
+        config: &AcmeConfig,
+        records: &mut Vec<(String, String)>,
+    ) -> Result<Uuid, String> {
         let account = self.account(config).await?;
         let identifiers = [Identifier::Dns(host.to_owned())];
         let mut order = account
@@ -347,7 +378,25 @@ impl Acme {
                 other => return Err(format!("authorization is {other:?}")),
             }
             if authz.wildcard {
-                return Err("wildcard names need DNS-01, which is not available".into());
+                let dns = self.dns.as_ref().ok_or(
+                    "wildcard names need DNS-01: set --acme-dns-server, --acme-dns-zone and \
+                     --acme-dns-tsig-key-file",
+                )?;
+                let mut challenge = authz
+                    .challenge(ChallengeType::Dns01)
+                    .ok_or("the CA offers no dns-01 challenge for a wildcard name")?;
+                let base = host.trim_start_matches("*.");
+                let fqdn = format!("_acme-challenge.{base}");
+                let value = challenge.key_authorization().dns_value();
+                dns.add_txt(&fqdn, &value, DNS_TTL)
+                    .await
+                    .map_err(|e| format!("DNS-01 record: {e}"))?;
+                records.push((fqdn, value));
+                challenge
+                    .set_ready()
+                    .await
+                    .map_err(|e| format!("challenge: {}", acme_error(&e)))?;
+                continue;
             }
             let (preferred, other) = if self.settings.prefer_tls_alpn {
                 (ChallengeType::TlsAlpn01, ChallengeType::Http01)

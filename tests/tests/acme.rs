@@ -17,6 +17,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use base64::Engine;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::process::{Child, Command};
@@ -50,6 +51,15 @@ impl Pebble {
     /// Starts pebble-challtestsrv (answering every A query with 127.0.0.1) and pebble,
     /// validating HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`.
     async fn start(http_port: u16, tls_port: u16) -> Result<Pebble> {
+        Self::start_with_dns(http_port, tls_port, None).await
+    }
+
+    /// Like [`Pebble::start`], resolving names with `dns` instead of pebble-challtestsrv.
+    async fn start_with_dns(
+        http_port: u16,
+        tls_port: u16,
+        resolver: Option<SocketAddr>,
+    ) -> Result<Pebble> {
         for tool in ["pebble", "pebble-challtestsrv"] {
             ensure!(
                 which(tool),
@@ -102,7 +112,10 @@ impl Pebble {
             Command::new("pebble")
                 .arg("-config")
                 .arg(dir.join("pebble.json"))
-                .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+                .args([
+                    "-dnsserver",
+                    &resolver.map_or(format!("127.0.0.1:{dns_port}"), |dns| dns.to_string()),
+                ])
                 .env("PEBBLE_VA_NOSLEEP", "1")
                 // Every order validates anew (pebble reuses valid authorizations at random).
                 .env("PEBBLE_AUTHZREUSE", "0")
@@ -779,5 +792,140 @@ async fn a_control_plane_dying_mid_order_hands_the_name_to_another() -> Result<(
         .wait_for_log("acme: certificate issued", patience())
         .await?;
     let _ = &mut cluster;
+    Ok(())
+}
+
+/// BIND's `named` serving the zone `wild.test`, TXT updates granted to the TSIG key `acme-key`
+/// (`--acme-dns-*`), killed when dropped.
+struct Named {
+    _child: Child,
+    dir: TempDir,
+    addr: SocketAddr,
+}
+
+impl Named {
+    const ZONE: &str = "wild.test";
+
+    async fn start() -> Result<Named> {
+        let named = ["/usr/sbin/named", "/usr/bin/named"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .context("named is not installed (apt-get install bind9; deploy/test.sh does)")?;
+        let dir = TempDir::new("named")?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
+        let secret: Vec<u8> = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()]
+            .iter()
+            .flat_map(|u| u.as_bytes().to_vec())
+            .collect();
+        let key = format!(
+            "key \"acme-key\" {{\n\talgorithm hmac-sha256;\n\tsecret \"{}\";\n}};\n",
+            base64::engine::general_purpose::STANDARD.encode(&secret)
+        );
+        std::fs::write(dir.join("acme.key"), &key)?;
+        let d = dir.path().display();
+        let zone = Self::ZONE;
+        let conf = format!(
+            "options {{\n  directory \"{d}\";\n  pid-file \"{d}/named.pid\";\n  \
+             session-keyfile \"{d}/session.key\";\n  listen-on port {port} {{ 127.0.0.1; }};\n  \
+             listen-on-v6 {{ none; }};\n  recursion no;\n  dnssec-validation no;\n}};\n\
+             controls {{ }};\n{key}\
+             zone \"{zone}\" {{\n  type primary;\n  file \"{d}/{zone}.db\";\n  \
+             update-policy {{ grant acme-key subdomain {zone}. TXT; }};\n}};\n",
+            port = addr.port(),
+        );
+        std::fs::write(dir.join("named.conf"), conf)?;
+        std::fs::write(
+            dir.join(&format!("{zone}.db")),
+            format!(
+                "$TTL 60\n@ IN SOA ns.{zone}. admin.{zone}. 1 60 60 600 60\n\
+                 @ IN NS ns.{zone}.\nns IN A 127.0.0.1\n"
+            ),
+        )?;
+        let child = spawn_logged(
+            Command::new(named)
+                .args(["-g", "-4", "-c"])
+                .arg(dir.join("named.conf")),
+            &dir,
+            "named",
+        )?;
+        let named = Named {
+            _child: child,
+            dir,
+            addr,
+        };
+        wait_until("named answering", patience(), || async {
+            Ok((!named.txt_or_soa(zone, "SOA").await?.is_empty()).then_some(()))
+        })
+        .await
+        .with_context(|| {
+            std::fs::read_to_string(named.dir.join("named.log")).unwrap_or_default()
+        })?;
+        Ok(named)
+    }
+
+    /// The answers to `name kind` (`dig +tcp +short`).
+    async fn txt_or_soa(&self, name: &str, kind: &str) -> Result<Vec<String>> {
+        let output = Command::new("dig")
+            .args(["+tcp", "+short", "-p", &self.addr.port().to_string()])
+            .arg(format!("@{}", self.addr.ip()))
+            .args([name, kind])
+            .output()
+            .await?;
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+}
+
+#[tokio::test]
+async fn a_wildcard_name_by_dns01_through_a_real_bind() -> Result<()> {
+    let named = Named::start().await?;
+    let pebble =
+        Pebble::start_with_dns(free_tcp_port()?, free_tcp_port()?, Some(named.addr)).await?;
+    let key_file = named.dir.join("acme.key");
+    let server = named.addr.to_string();
+    let cluster = acme_cluster(
+        &pebble,
+        &["dp1"],
+        &[
+            "--acme-dns-server",
+            &server,
+            "--acme-dns-zone",
+            Named::ZONE,
+            "--acme-dns-tsig-key-file",
+            key_file.to_str().context("path")?,
+        ],
+    )
+    .await?;
+    let admin = cluster.admin();
+    let dp = connected(cluster.dp_options("dp1")).await?;
+    acme_plugin(admin, &pebble, json!({})).await?;
+
+    let created = admin
+        .post_json("/acme", &json!({"host": "*.wild.test"}))
+        .await?;
+    assert_eq!(created.status, 201, "{created:#?}\n{}", cluster.cp.logs());
+    let root = pebble.root().await?;
+    for host in ["one.wild.test", "two.wild.test"] {
+        wait_until(&format!("{host} served"), patience(), || async {
+            Ok(served(&dp, host, &root).await.ok())
+        })
+        .await?;
+    }
+    // The challenge record is gone once the order is done.
+    assert_eq!(
+        named.txt_or_soa("_acme-challenge.wild.test", "TXT").await?,
+        Vec::<String>::new()
+    );
+    let logs = cluster.cp.logs();
+    let secret_line = std::fs::read_to_string(&key_file)?;
+    let secret = secret_line
+        .split('"')
+        .nth(3)
+        .context("secret in the key file")?;
+    assert!(!logs.contains(secret), "the TSIG secret is never logged");
     Ok(())
 }

@@ -221,6 +221,7 @@ impl Acme {
             u64::try_from(expired).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+        let ari = self.renewal_windows_open(&config, &names, now).await;
         for name in names {
             if name.not_after.is_some_and(|t| t <= now) {
                 tracing::error!(
@@ -230,7 +231,8 @@ impl Acme {
                     "acme: certificate expired and not renewed"
                 );
             }
-            if !is_due(&name, &config, now) {
+            let ari_due = name.next_attempt_at <= now && ari.contains(&name.host);
+            if !is_due(&name, &config, now) && !ari_due {
                 continue;
             }
             match self.order(&name.host, &config).await {
@@ -241,6 +243,51 @@ impl Acme {
             }
         }
         Ok(())
+    }
+
+    /// ACME Renewal Information (RFC 9773): the names whose certificate's suggested renewal
+    /// window has started, per the CA. Empty when the CA does not offer ARI or cannot be asked.
+    async fn renewal_windows_open(
+        &self,
+        config: &AcmeConfig,
+        names: &[AcmeName],
+        now: i64,
+    ) -> std::collections::HashSet<String> {
+        let mut open = std::collections::HashSet::new();
+        let certified: Vec<(&str, &str)> = names
+            .iter()
+            .filter(|n| !is_due(n, config, now))
+            .filter_map(|n| Some((n.host.as_str(), n.cert.as_deref()?)))
+            .collect();
+        if certified.is_empty() {
+            return open;
+        }
+        let account = match self.account(config).await {
+            Ok(account) => account,
+            Err(error) => {
+                tracing::debug!(%error, "acme: renewal information not asked");
+                return open;
+            }
+        };
+        for (host, pem) in certified {
+            let Some(id) = certificate_identifier(pem) else {
+                continue;
+            };
+            match account.renewal_info(&id).await {
+                Ok((info, _)) => {
+                    if info.suggested_window.start.unix_timestamp() <= now {
+                        tracing::info!(%host, "acme: the CA suggests renewing now (ARI)");
+                        open.insert(host.to_owned());
+                    }
+                }
+                // The CA offers no ARI: the threshold alone decides.
+                Err(instant_acme::Error::Unsupported(_)) => break,
+                Err(error) => {
+                    tracing::debug!(%host, error = %acme_error(&error), "acme: renewal information");
+                }
+            }
+        }
+        open
     }
 
     /// A data plane saw a handshake for `server_name` without a certificate: record the name
@@ -690,6 +737,32 @@ fn is_due(name: &AcmeName, config: &AcmeConfig, now: i64) -> bool {
     }
 }
 
+/// The RFC 9773 identifier of the first certificate of `pem`: its authority key identifier
+/// and serial number; `None` without an AKI.
+fn certificate_identifier(pem: &str) -> Option<instant_acme::CertificateIdentifier<'static>> {
+    use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
+    let der = gatehouse_shared::x509::parse_certificates(pem)
+        .ok()?
+        .into_iter()
+        .next()?;
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+    let aki = cert
+        .iter_extensions()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|k| k.0)
+            }
+            _ => None,
+        })?;
+    Some(
+        instant_acme::CertificateIdentifier::new(
+            rustls::pki_types::Der::from_slice(aki),
+            rustls::pki_types::Der::from_slice(cert.raw_serial()),
+        )
+        .into_owned(),
+    )
+}
+
 /// A fresh private key for a certificate, per `cert_type` and `rsa_key_size`.
 fn certificate_key(config: &AcmeConfig) -> Result<rcgen::KeyPair, String> {
     let key = if config.cert_type == "ecc" {
@@ -741,6 +814,27 @@ mod tests {
             "fail_backoff_minutes": 5,
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn renewal_information_identifies_a_certificate_by_aki_and_serial() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(vec![0xab; 20]);
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let mut leaf = rcgen::CertificateParams::new(vec!["a.test".to_owned()]).unwrap();
+        leaf.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x01, 0x02, 0x03]));
+        leaf.use_authority_key_identifier_extension = true;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = leaf.signed_by(&key, &issuer).unwrap().pem();
+        let id = certificate_identifier(&pem).unwrap();
+        // base64url of 20 bytes 0xab, then of the serial 01 02 03.
+        assert_eq!(
+            id.to_string(),
+            format!("{}.AQID", "q6urq6urq6urq6urq6urq6urq6s")
+        );
+        assert!(certificate_identifier("not a certificate").is_none());
     }
 
     #[test]

@@ -88,6 +88,20 @@ if ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; then
     fi
 fi
 
+# The ACME tests (tests/tests/acme.rs) run Debian's `pebble` ACME test server and its
+# `pebble-challtestsrv` DNS server as real processes; they fail (not skip) when these are
+# missing, so install them as root on Debian.
+if ! command -v pebble >/dev/null 2>&1 || ! command -v pebble-challtestsrv >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        section "pebble (ACME test server) for the ACME tests"
+        apt-get update
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pebble
+    else
+        echo "pebble and pebble-challtestsrv are needed for the ACME tests (apt-get install pebble)" >&2
+        exit 1
+    fi
+fi
+
 # The RFC 2136 client (control-plane/src/dns_update.rs) is tested against a real BIND: `named`
 # from Debian's bind9 and `dig` from bind9-dnsutils. As root on Debian, install them; the test
 # is then told to fail rather than skip when they are missing.

@@ -5,6 +5,7 @@
 
 mod auth;
 pub(crate) use auth::token_hash;
+mod acme;
 pub(crate) mod body;
 mod openapi;
 pub(crate) mod tls;
@@ -57,6 +58,10 @@ pub(crate) enum Op {
     ClusterStatus,
     /// `GET /audit`: the audit trail of writes.
     Audit,
+    /// `POST /acme` (order now), `PATCH /acme` (renew everything).
+    Acme,
+    /// `GET /acme/certificates` and `GET /acme/certificates/{host}`.
+    AcmeCertificates,
     /// A collection: list and create.
     Collection(Scope),
     /// One entity: read, patch, replace, delete.
@@ -175,6 +180,21 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             path: "/audit".into(),
             methods: &[Method::GET],
             op: Op::Audit,
+        },
+        Endpoint {
+            path: "/acme".into(),
+            methods: &[Method::POST, Method::PATCH],
+            op: Op::Acme,
+        },
+        Endpoint {
+            path: "/acme/certificates".into(),
+            methods: &[Method::GET],
+            op: Op::AcmeCertificates,
+        },
+        Endpoint {
+            path: "/acme/certificates/{host}".into(),
+            methods: &[Method::GET],
+            op: Op::AcmeCertificates,
         },
     ];
     for collection in COLLECTIONS {
@@ -395,6 +415,8 @@ async fn dispatch(
         Op::DataPlane => delete_data_plane(state, &request).await,
         Op::ClusterStatus => cluster_status(state).await,
         Op::Audit => audit(state, &request).await,
+        Op::Acme => acme::acme(state, request, body).await,
+        Op::AcmeCertificates => acme::certificates(state, request).await,
     }
 }
 

@@ -65,6 +65,8 @@ pub(crate) struct Node {
     pub(crate) cluster_addr: Option<SocketAddr>,
     /// Open sync streams: session id → DP id.
     sessions: Mutex<HashMap<Uuid, Uuid>>,
+    /// The ACME client, set once at start.
+    pub(crate) acme: std::sync::OnceLock<Arc<crate::acme::Acme>>,
 }
 
 /// Removes a session from [`Node`]'s open streams when dropped.
@@ -141,6 +143,7 @@ impl Node {
             latest,
             cluster_addr,
             sessions: Mutex::new(HashMap::new()),
+            acme: std::sync::OnceLock::new(),
         }
     }
 

@@ -19,6 +19,10 @@ pub const DEFAULT_DATABASE_MAX_CONNECTIONS: usize = 16;
 pub const DEFAULT_ADMIN_MAX_BODY: usize = 8 * 1024 * 1024;
 /// Default address of the cluster (config sync) listener (Kong's `cluster_listen`).
 pub const DEFAULT_CLUSTER_LISTEN: &str = "0.0.0.0:8005";
+/// Default time between two looks for ACME certificates due for renewal, in seconds.
+pub const DEFAULT_ACME_RENEW_INTERVAL: u64 = 3600;
+/// Default longest time of one ACME order, in seconds.
+pub const DEFAULT_ACME_ORDER_TIMEOUT: u64 = 90;
 /// Default address of the status listener (Kong's `status_listen`).
 pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:8100";
 
@@ -104,7 +108,7 @@ pub struct Flags {
     pub admin_insecure_no_auth: Option<bool>,
 
     /// Plugins that may be configured: `bundled` (every plugin the data plane knows:
-    /// acl, mtls-auth), `off`, or a comma-separated list [default: bundled].
+    /// acl, acme, mtls-auth), `off`, or a comma-separated list [default: bundled].
     #[arg(long, env = "GATEHOUSE_PLUGINS")]
     pub plugins: Option<String>,
 
@@ -154,6 +158,30 @@ pub struct Flags {
     #[arg(long, env = "GATEHOUSE_STATUS_LISTEN")]
     pub status_listen: Option<String>,
 
+    /// PEM file of the CA certificate(s) to trust for the ACME server (the `acme` plugin's
+    /// `api_uri`), instead of the system's roots: a private or test CA.
+    #[arg(long, env = "GATEHOUSE_ACME_CA_BUNDLE")]
+    pub acme_ca_bundle: Option<PathBuf>,
+
+    /// Seconds between two looks for ACME certificates due for renewal or names due for a
+    /// retry [default: 3600].
+    #[arg(long, env = "GATEHOUSE_ACME_RENEW_INTERVAL")]
+    pub acme_renew_interval: Option<u64>,
+
+    /// Port of the data planes' plain HTTP listeners behind the names, used by
+    /// `POST /acme` with `test_http_challenge_flow` (a CA always uses 80) [default: 80].
+    #[arg(long, env = "GATEHOUSE_ACME_HTTP_PORT")]
+    pub acme_http_port: Option<u16>,
+
+    /// The ACME challenge answered by the data planes: `http-01` (port 80) or `tls-alpn-01`
+    /// (port 443); the other one is used when the CA does not offer it [default: http-01].
+    #[arg(long, env = "GATEHOUSE_ACME_CHALLENGE")]
+    pub acme_challenge: Option<String>,
+
+    /// Longest time one ACME order may take, in seconds; a replica that dies mid-order holds
+    /// the name for twice this at most [default: 90].
+    #[arg(long, env = "GATEHOUSE_ACME_ORDER_TIMEOUT")]
+    pub acme_order_timeout: Option<u64>,
     /// ACME DNS-01: the primary DNS server that accepts RFC 2136 updates (TSIG-signed) for
     /// --acme-dns-zone, `IP` or `IP:PORT` [default port: 53]. With --acme-dns-zone and
     /// --acme-dns-tsig-key-file, or none of them.
@@ -205,8 +233,26 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     /// Status listener address; `None` when `off`.
     pub status_listen: Option<SocketAddr>,
+    /// The ACME client.
+    pub acme: AcmeSettings,
     /// Where ACME DNS-01 records are written; `None` when not configured.
     pub acme_dns: Option<crate::dns_update::AcmeDnsSettings>,
+}
+
+/// Settings of the control plane's ACME client.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AcmeSettings {
+    /// CA certificates trusted for the ACME server; `None`: the system's roots.
+    pub ca_bundle: Option<PathBuf>,
+    /// Time between two renewal passes.
+    pub renew_interval: std::time::Duration,
+    /// Port fetched by the `test_http_challenge_flow` check.
+    pub http_port: u16,
+    /// Whether TLS-ALPN-01 is preferred over HTTP-01.
+    pub prefer_tls_alpn: bool,
+    /// Longest time of one order.
+    pub order_timeout: std::time::Duration,
 }
 
 /// Settings of the cluster (config sync) listener.
@@ -292,6 +338,11 @@ impl Flags {
                 .cluster_allowed_common_names
                 .or(other.cluster_allowed_common_names),
             status_listen: self.status_listen.or(other.status_listen),
+            acme_ca_bundle: self.acme_ca_bundle.or(other.acme_ca_bundle),
+            acme_renew_interval: self.acme_renew_interval.or(other.acme_renew_interval),
+            acme_http_port: self.acme_http_port.or(other.acme_http_port),
+            acme_challenge: self.acme_challenge.or(other.acme_challenge),
+            acme_order_timeout: self.acme_order_timeout.or(other.acme_order_timeout),
             acme_dns_server: self.acme_dns_server.or(other.acme_dns_server),
             acme_dns_zone: self.acme_dns_zone.or(other.acme_dns_zone),
             acme_dns_tsig_key_file: self.acme_dns_tsig_key_file.or(other.acme_dns_tsig_key_file),
@@ -367,6 +418,35 @@ impl Flags {
                 .ok()
                 .map(Some),
         };
+        let renew_interval = self
+            .acme_renew_interval
+            .unwrap_or(DEFAULT_ACME_RENEW_INTERVAL);
+        if renew_interval == 0 {
+            problems.push("--acme-renew-interval: must be at least 1".into());
+        }
+        let prefer_tls_alpn = match self.acme_challenge.as_deref().map(str::trim) {
+            None | Some("http-01") => false,
+            Some("tls-alpn-01") => true,
+            Some(other) => {
+                problems.push(format!(
+                    "--acme-challenge: '{other}' is not one of http-01, tls-alpn-01"
+                ));
+                false
+            }
+        };
+        let order_timeout = self
+            .acme_order_timeout
+            .unwrap_or(DEFAULT_ACME_ORDER_TIMEOUT);
+        if order_timeout == 0 {
+            problems.push("--acme-order-timeout: must be at least 1".into());
+        }
+        let acme = AcmeSettings {
+            prefer_tls_alpn,
+            order_timeout: std::time::Duration::from_secs(order_timeout),
+            ca_bundle: self.acme_ca_bundle,
+            renew_interval: std::time::Duration::from_secs(renew_interval),
+            http_port: self.acme_http_port.unwrap_or(80),
+        };
         let acme_dns = crate::dns_update::AcmeDnsSettings::from_flags(
             self.acme_dns_server.as_deref(),
             self.acme_dns_zone.as_deref(),
@@ -392,6 +472,7 @@ impl Flags {
                     },
                     cluster,
                     status_listen,
+                    acme,
                     acme_dns,
                 })
             }
@@ -563,9 +644,15 @@ mod tests {
     fn defaults() {
         let settings = parse(&[]).unwrap();
         assert_eq!(settings.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
-        assert_eq!(settings.plugins, vec!["acl", "mtls-auth"]);
+        assert_eq!(settings.plugins, vec!["acl", "acme", "mtls-auth"]);
         assert!(settings.database_url.is_none());
         assert!(settings.require_database_url().is_err());
+        assert_eq!(settings.acme.http_port, 80);
+        assert_eq!(
+            settings.acme.renew_interval.as_secs(),
+            DEFAULT_ACME_RENEW_INTERVAL
+        );
+        assert!(settings.acme.ca_bundle.is_none());
         assert_eq!(settings.cluster.listen.to_string(), DEFAULT_CLUSTER_LISTEN);
         assert_eq!(settings.cluster.mtls, ClusterMtls::Shared);
         assert!(settings.cluster.files.is_none(), "listener disabled");

@@ -67,6 +67,10 @@ pub(crate) enum ApiError {
     /// Body larger than allowed (413).
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A plugin API's answer: `{"message": ...}` with its own status (Kong's
+    /// `kong.response.exit(status, {message = ...})`).
+    #[error("{1}")]
+    Message(StatusCode, String),
     /// A failure of ours or of the database (500). The cause is logged, not returned.
     #[error("An unexpected error occurred")]
     Internal(String),
@@ -139,6 +143,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Message(status, _) => *status,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -165,6 +170,7 @@ impl ApiError {
             | Self::BadRequest(_)
             | Self::UnsupportedMediaType(_)
             | Self::PayloadTooLarge(_)
+            | Self::Message(..)
             | Self::Internal(_)
             | Self::Unavailable(_) => json!({"message": self.to_string()}),
         }

@@ -27,6 +27,7 @@ pub mod pki;
 #[doc(hidden)]
 pub mod fuzzing;
 
+mod acme;
 mod admin;
 mod cluster;
 mod error;
@@ -126,6 +127,15 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
         .map(|_| snapshot::spawn(store.clone(), database_url.clone(), stats.clone()));
     let node = Arc::new(Node::new(stats, latest, cluster_addr));
     tracing::info!(node_id = %node.id, hostname = %node.hostname, "control plane node");
+    let dns = settings
+        .acme_dns
+        .as_ref()
+        .map(|dns| dns.updater())
+        .transpose()
+        .map_err(|e| ConfigError::new(e.to_string()))?;
+    let acme = acme::Acme::new(store.clone(), node.id, settings.acme.clone(), dns);
+    acme.spawn();
+    let _ = node.acme.set(acme);
 
     let (stop, shutdown) = watch::channel(false);
     let signal = shutdown_signal();

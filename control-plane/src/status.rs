@@ -8,6 +8,7 @@
 //!   cluster listener, a snapshot is built; else 503 with `{"ready": false, "reason"}`.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
@@ -52,6 +53,15 @@ async fn status(State(state): State<Status>) -> Response {
         .and_then(|latest| latest.borrow().clone())
         .map(|s| json!({"version": s.version, "hash": s.hash}));
     let (built, sent) = state.node.stats.get();
+    let acme = state.node.acme.get().map(|acme| {
+        let names = acme.names_summary();
+        json!({
+            "certificates_issued": acme.stats.issued.load(Ordering::Relaxed),
+            "orders_failed": acme.stats.failed.load(Ordering::Relaxed),
+            "names_failing": names.0,
+            "certificates_expired": names.1,
+        })
+    });
     axum::Json(json!({
         "database": {"reachable": version.is_ok()},
         "config_version": version.ok(),
@@ -60,6 +70,7 @@ async fn status(State(state): State<Status>) -> Response {
         "cluster_listener": state.node.cluster_addr.map(|a| a.to_string()),
         "snapshots_built": built,
         "snapshots_sent": sent,
+        "acme": acme,
     }))
     .into_response()
 }

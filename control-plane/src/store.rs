@@ -10,6 +10,7 @@
 //! the config-version row lock last, so concurrent writers serialise only for the short tail of
 //! their transaction and versions are gap-free in commit order.
 
+mod acme;
 mod audit;
 mod credentials;
 mod data_planes;
@@ -22,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
 use tokio_postgres::NoTls;
 
+pub(crate) use self::acme::{AcmeName, NewChallenge, Outcome};
 pub(crate) use self::audit::{Actor, AuditFilter};
 pub(crate) use self::credentials::{Credential, NewCredential, NewSecret, Role};
 pub(crate) use self::data_planes::{Claim, DataPlane, SyncStatus};

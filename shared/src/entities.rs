@@ -9,8 +9,19 @@ use crate::checks;
 use crate::schema::{Access, Check, Field, FieldErrors, Schema, Type};
 use crate::x509::{self, KeyPairError};
 
-/// Names of the plugins this build of the data plane runs.
-pub const KNOWN_PLUGINS: &[&str] = &["acl", "mtls-auth"];
+/// Names of the plugins this build knows: the data plane runs all of them but those in
+/// [`CONTROL_PLANE_PLUGINS`].
+pub const KNOWN_PLUGINS: &[&str] = &["acl", "acme", "mtls-auth"];
+
+/// Plugins the control plane runs itself: they never travel to data planes as plugins (their
+/// configuration holds account keys), the snapshot carries what data planes need of them.
+pub const CONTROL_PLANE_PLUGINS: &[&str] = &["acme"];
+
+/// Directory URLs of Let's Encrypt, whose terms of service must be accepted (Kong's check).
+const LETS_ENCRYPT_DIRECTORIES: &[&str] = &[
+    "https://acme-v02.api.letsencrypt.org",
+    "https://acme-staging-v02.api.letsencrypt.org",
+];
 
 /// Every protocol a service or route may name.
 pub const PROTOCOLS: &[&str] = &[
@@ -89,6 +100,7 @@ static SCHEMAS: LazyLock<Vec<Schema>> = LazyLock::new(|| {
 static PLUGIN_SCHEMAS: LazyLock<Vec<(&'static str, Schema)>> = LazyLock::new(|| {
     vec![
         ("acl", plugins(acl_config())),
+        ("acme", plugins(acme_config())),
         ("mtls-auth", plugins(mtls_auth_config())),
     ]
 });
@@ -585,6 +597,83 @@ fn acl_config() -> Vec<Field> {
     ]
 }
 
+/// Kong's `kong/plugins/acme/schema.lua`. `storage` and `storage_config` are accepted with
+/// Kong's values and ignored: the control plane keeps everything in its own database.
+fn acme_config() -> Vec<Field> {
+    // Kong's sub-records of `storage_config` are kept as string maps, so that a Kong
+    // configuration loads; none is used.
+    let storage_record = |name| Field::map(name, Field::elem(Type::String));
+    vec![
+        Field::string("account_email")
+            .required()
+            .custom(|v| {
+                // Kong's "very loose" Lua pattern `%w*%p*@+%w*%.?%w*`, unanchored: an `@`.
+                match v.as_str() {
+                    Some(s) if !s.contains('@') => Err(format!("invalid value: {s}")),
+                    _ => Ok(()),
+                }
+            })
+            .pattern("@"),
+        Field::record(
+            "account_key",
+            vec![Field::string("key_id").required(), Field::string("key_set")],
+        ),
+        Field::string("api_uri")
+            .default(json!("https://acme-v02.api.letsencrypt.org/directory"))
+            .custom(str_rule!(acme_url))
+            .pattern(URL_PATTERN),
+        Field::boolean("tos_accepted").default(json!(false)),
+        Field::string("eab_kid"),
+        Field::string("eab_hmac_key"),
+        Field::string("cert_type")
+            .default(json!("rsa"))
+            .check(Check::OneOf(&["rsa", "ecc"])),
+        Field::number("rsa_key_size")
+            .default(json!(4096))
+            .check(Check::IntOneOf(&[2048, 3072, 4096])),
+        Field::number("renew_threshold_days").default(json!(14)),
+        Field::array(
+            "domains",
+            Field::elem(Type::String).custom(str_rule!(checks::wildcard_host)),
+        ),
+        Field::boolean("allow_any_domain").default(json!(false)),
+        Field::number("fail_backoff_minutes").default(json!(5)),
+        Field::string("storage")
+            .default(json!("shm"))
+            .check(Check::OneOf(&["kong", "shm", "redis", "consul", "vault"])),
+        Field::record(
+            "storage_config",
+            ["shm", "kong", "redis", "consul", "vault"]
+                .into_iter()
+                .map(storage_record)
+                .collect(),
+        ),
+        Field::string("preferred_chain"),
+        Field::boolean("enable_ipv4_common_name").default(json!(true)),
+    ]
+}
+
+/// What [`acme_url`] accepts (Kong's `typedefs.url`): a scheme, `://`, optional user
+/// information, and a host.
+pub const URL_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9+.\-]*://([^/?#@]*@)?[^/?#@:]";
+
+/// Kong's `typedefs.url`: a scheme and a host.
+fn acme_url(url: &str) -> Result<(), String> {
+    static SCHEME: LazyLock<Option<regex::Regex>> =
+        LazyLock::new(|| regex::Regex::new(r"^[A-Za-z][A-Za-z0-9+.\-]*://").ok());
+    static FULL: LazyLock<Option<regex::Regex>> =
+        LazyLock::new(|| regex::Regex::new(URL_PATTERN).ok());
+    let matches =
+        |re: &LazyLock<Option<regex::Regex>>| re.as_ref().is_some_and(|re| re.is_match(url));
+    if !matches(&SCHEME) {
+        return Err("missing scheme in url".to_owned());
+    }
+    if !matches(&FULL) {
+        return Err("missing host in url".to_owned());
+    }
+    Ok(())
+}
+
 fn mtls_auth_config() -> Vec<Field> {
     let port = |name| Field::integer(name).check(Check::Between(0, 65535));
     vec![
@@ -940,9 +1029,37 @@ fn check_plugin(obj: &mut Map<String, Value>, errors: &mut FieldErrors) {
         return;
     };
     let is_set = |field: &str| !obj.get(field).is_none_or(Value::is_null);
-    // Protocols are checked by the plugin's schema; neither plugin applies per consumer.
-    if matches!(name.as_str(), "acl" | "mtls-auth") && is_set("consumer") {
+    // Protocols are checked by the plugin's schema; no plugin applies per consumer, and
+    // acme is global only.
+    if matches!(name.as_str(), "acl" | "acme" | "mtls-auth") && is_set("consumer") {
         errors.field("consumer", "value must be null");
+    }
+    if name == "acme" {
+        for field in ["service", "route"] {
+            if is_set(field) {
+                errors.field(field, "value must be null");
+            }
+        }
+        let config = obj.get("config").and_then(Value::as_object);
+        let api_uri = config
+            .and_then(|c| c.get("api_uri"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let tos = config
+            .and_then(|c| c.get("tos_accepted"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if !tos
+            && LETS_ENCRYPT_DIRECTORIES
+                .iter()
+                .any(|le| api_uri.starts_with(le))
+        {
+            errors.nested_field(
+                "config",
+                "tos_accepted",
+                "terms of service must be accepted, see https://letsencrypt.org/repository/",
+            );
+        }
     }
     if name == "acl" {
         let config = obj.get("config").and_then(Value::as_object);
@@ -1028,6 +1145,48 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn acme_plugin_follows_kong() {
+        let schema = plugin_schema("acme").unwrap();
+        let mut obj = json!({"name": "acme",
+                             "config": {"account_email": "a@b.test", "tos_accepted": true}})
+        .as_object()
+        .cloned()
+        .unwrap();
+        schema.validate(&mut obj).unwrap();
+        let config = &obj["config"];
+        assert_eq!(
+            config["api_uri"],
+            json!("https://acme-v02.api.letsencrypt.org/directory")
+        );
+        assert_eq!(config["cert_type"], json!("rsa"));
+        assert_eq!(config["rsa_key_size"], json!(4096));
+        assert_eq!(config["renew_threshold_days"], json!(14));
+        assert_eq!(config["fail_backoff_minutes"], json!(5));
+        assert_eq!(config["storage"], json!("shm"));
+        assert_eq!(config["enable_ipv4_common_name"], json!(true));
+
+        assert_eq!(acme_url("nothing"), Err("missing scheme in url".into()));
+        assert_eq!(acme_url("https://"), Err("missing host in url".into()));
+        assert_eq!(acme_url("https://:443/"), Err("missing host in url".into()));
+        assert_eq!(acme_url("https://127.0.0.1:14000/dir"), Ok(()));
+
+        // Global only, and Let's Encrypt's terms must be accepted.
+        let id = json!({"id": "5fd1d3a4-6f29-4a4c-a0f1-a52f4b7d5f6e"});
+        let mut obj = json!({"name": "acme", "service": id, "route": id,
+                             "config": {"account_email": "a@b.test"}})
+        .as_object()
+        .cloned()
+        .unwrap();
+        let err = schema.validate(&mut obj).unwrap_err().to_json();
+        assert_eq!(err["service"], json!("value must be null"));
+        assert_eq!(err["route"], json!("value must be null"));
+        assert_eq!(
+            err["config"]["tos_accepted"],
+            json!("terms of service must be accepted, see https://letsencrypt.org/repository/")
+        );
     }
 
     #[test]

@@ -272,7 +272,10 @@ async fn settings_come_from_flags_environment_and_a_toml_file() -> Result<()> {
     )
     .await?;
     let root = cp.admin().get("/").await?;
-    assert_eq!(root.body["plugins"]["enabled"], json!(["acl", "mtls-auth"]));
+    assert_eq!(
+        root.body["plugins"]["enabled"],
+        json!(["acl", "acme", "mtls-auth"])
+    );
 
     // Bad settings are refused with EX_USAGE and every problem named.
     let output = tokio::process::Command::new(cp_bin()?)

@@ -99,6 +99,8 @@ struct Receiver {
     row: DataPlane,
     store: Arc<Store>,
     last_write: Instant,
+    /// The ACME client, which orders what data planes ask for on demand.
+    acme: Option<Arc<crate::acme::Acme>>,
 }
 
 // === impl SyncService ===
@@ -212,6 +214,7 @@ impl ConfigSync for SyncService {
             row,
             store: self.store.clone(),
             last_write: Instant::now(),
+            acme: self.node.acme.get().cloned(),
         };
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
@@ -403,6 +406,17 @@ impl Sender {
 // === impl Receiver ===
 
 impl Receiver {
+    /// A data plane saw a handshake for a name without a certificate: the ACME client
+    /// records it for an order when the `acme` plugin allows it (deduplicated fleet-wide).
+    async fn certificate_wanted(&self, server_name: &str) {
+        let Some(acme) = &self.acme else {
+            return;
+        };
+        if let Err(error) = acme.wanted(server_name).await {
+            tracing::debug!(id = %self.row.id, server_name, %error, "certificate wanted: not ordered");
+        }
+    }
+
     /// Reads the DP's messages until the stream ends, then marks it disconnected.
     async fn run(
         mut self,
@@ -435,11 +449,7 @@ impl Receiver {
                         tracing::debug!(id = %self.row.id, "ignoring a second Hello");
                     }
                     data_plane_message::Kind::CertificateWanted(wanted) => {
-                        tracing::debug!(
-                            id = %self.row.id,
-                            server_name = %wanted.server_name,
-                            "certificate wanted, but on-demand issuance is not built"
-                        );
+                        self.certificate_wanted(&wanted.server_name).await;
                     }
                 },
                 Ok(Some(DataPlaneMessage { kind: None })) => {}

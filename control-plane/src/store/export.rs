@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use gatehouse_shared::entities::COLLECTIONS;
+use gatehouse_shared::entities::{COLLECTIONS, CONTROL_PLANE_PLUGINS};
 
 use super::entity::{base_schema, from_row, select_expr};
 use super::{Store, db_error};
@@ -49,16 +49,59 @@ impl Store {
                 select_expr(collection)
             );
             let rows = tx.query(&sql, &[]).await.map_err(db_error)?;
-            let items = rows
+            let mut items: Vec<Value> = rows
                 .iter()
                 .map(|row| from_row(schema, row.get(0)))
                 .collect();
+            if *collection == "plugins" {
+                // Plugins the control plane runs never travel to data planes (an older data
+                // plane would refuse the unknown name; the config holds account keys): the
+                // snapshot carries what data planes need of them instead.
+                items.retain(|plugin| {
+                    let name = plugin.get("name").and_then(Value::as_str);
+                    if name == Some("acme") {
+                        collections.insert("acme_on_demand".into(), acme_on_demand(plugin));
+                    }
+                    name.is_none_or(|name| !CONTROL_PLANE_PLUGINS.contains(&name))
+                });
+            }
             collections.insert((*collection).to_owned(), Value::Array(items));
         }
+        let rows = tx
+            .query(
+                "SELECT jsonb_build_object('id', id, 'kind', kind, 'domain', domain, \
+                 'token', token, 'key_authorization', key_authorization, \
+                 'expires_at', expires_at) FROM acme_challenges ORDER BY id",
+                &[],
+            )
+            .await
+            .map_err(db_error)?;
+        let challenges = rows.iter().map(|row| row.get::<_, Value>(0)).collect();
+        collections.insert("acme_challenges".into(), Value::Array(challenges));
         tx.commit().await.map_err(db_error)?;
         Ok(Some(Export {
             version,
             collections,
         }))
     }
+}
+
+/// What data planes need of the `acme` plugin: which names they may ask a certificate for on
+/// demand (`null` when the plugin is disabled or allows no name).
+fn acme_on_demand(plugin: &Value) -> Value {
+    let enabled = plugin.get("enabled").and_then(Value::as_bool) == Some(true);
+    let config = plugin.get("config");
+    let allow_any_domain = config
+        .and_then(|c| c.get("allow_any_domain"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let domains: Vec<Value> = config
+        .and_then(|c| c.get("domains"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if !enabled || (!allow_any_domain && domains.is_empty()) {
+        return Value::Null;
+    }
+    serde_json::json!({ "allow_any_domain": allow_any_domain, "domains": domains })
 }

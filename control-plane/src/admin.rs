@@ -52,6 +52,12 @@ pub(crate) enum Op {
     DataPlane,
     /// `GET /clustering/status`: the current config version and who lags.
     ClusterStatus,
+    /// `GET, POST /clustering/tokens`: bootstrap tokens.
+    Tokens,
+    /// `GET, DELETE /clustering/tokens/{id}`: one bootstrap token (DELETE revokes it).
+    Token,
+    /// `POST /clustering/data-planes/{id}/revoke`: revoke a data plane's certificates.
+    RevokeDataPlane,
     /// A collection: list and create.
     Collection(Scope),
     /// One entity: read, patch, replace, delete.
@@ -165,6 +171,21 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             path: "/clustering/status".into(),
             methods: &[Method::GET],
             op: Op::ClusterStatus,
+        },
+        Endpoint {
+            path: "/clustering/tokens".into(),
+            methods: &[Method::GET, Method::POST],
+            op: Op::Tokens,
+        },
+        Endpoint {
+            path: "/clustering/tokens/{id}".into(),
+            methods: &[Method::GET, Method::DELETE],
+            op: Op::Token,
+        },
+        Endpoint {
+            path: "/clustering/data-planes/{id}/revoke".into(),
+            methods: &[Method::POST],
+            op: Op::RevokeDataPlane,
         },
     ];
     for collection in COLLECTIONS {
@@ -379,6 +400,9 @@ async fn dispatch(
         Op::DataPlanes => data_planes(state).await,
         Op::DataPlane => delete_data_plane(state, &request).await,
         Op::ClusterStatus => cluster_status(state).await,
+        Op::Tokens => tokens(state, request, body).await,
+        Op::Token => token(state, &request).await,
+        Op::RevokeDataPlane => revoke_data_plane(state, &request).await,
     }
 }
 
@@ -698,18 +722,95 @@ async fn data_planes(state: &State) -> Result<Response, ApiError> {
     Ok(ok(StatusCode::OK, json!({"data": data, "next": null})))
 }
 
-/// `DELETE /clustering/data-planes/{id}`: 204 whether or not it was known; 404 for an id that
-/// is not a UUID (it cannot name a data plane).
+/// `DELETE /clustering/data-planes/{id}`: revokes its certificates (its stream ends on every
+/// replica, and it cannot connect again with them), then forgets it. 204 whether or not it was
+/// known; 404 for an id that is not a UUID (it cannot name a data plane).
 async fn delete_data_plane(state: &State, request: &Request) -> Result<Response, ApiError> {
-    let id = request
-        .params
-        .first()
-        .and_then(|id| Uuid::parse_str(id).ok())
-        .ok_or(ApiError::NotFound("Not found"))?;
+    let id = uuid_param(request)?;
+    revoke(state, id).await?;
     if state.store.delete_data_plane(id).await? {
         tracing::info!(%id, "data plane forgotten");
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /clustering/data-planes/{id}/revoke`: revokes its certificates and ends its stream on
+/// every replica; the registry keeps it (disconnected). 204.
+async fn revoke_data_plane(state: &State, request: &Request) -> Result<Response, ApiError> {
+    let id = uuid_param(request)?;
+    revoke(state, id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Revokes every certificate of data plane `id` and ends its streams on this replica at once
+/// (the others see the revocation within their poll interval).
+async fn revoke(state: &State, id: Uuid) -> Result<(), ApiError> {
+    let revoked = state.store.revoke_node_certificates(id, unix_now()).await?;
+    let ended = state.node.end_streams_of(id, "the data plane's certificate was revoked");
+    tracing::warn!(%id, certificates = revoked, streams_ended = ended, "data plane revoked");
+    Ok(())
+}
+
+/// The `{id}` of a path, a UUID (404 otherwise).
+fn uuid_param(request: &Request) -> Result<Uuid, ApiError> {
+    request
+        .params
+        .first()
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .ok_or(ApiError::NotFound("Not found"))
+}
+
+/// `GET /clustering/tokens` (every token, never a secret) and `POST /clustering/tokens`
+/// (201 with the secret in `token`, shown this once).
+async fn tokens(state: &State, request: Request, body: Bytes) -> Result<Response, ApiError> {
+    let now = unix_now();
+    if request.method == Method::POST {
+        // Form values stay strings: the parser takes numbers as text too.
+        let decoded = body::decode(&request.headers, body).await.map_err(|e| {
+            if e.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+                ApiError::UnsupportedMediaType(e.message())
+            } else {
+                ApiError::BadRequest(e.message())
+            }
+        })?;
+        let Value::Object(body) = decoded.value else {
+            return Err(ApiError::BadRequest("Cannot parse JSON body".into()));
+        };
+        let new = crate::tokens::parse_new(&body)?;
+        let (token, secret) = crate::tokens::create(&state.store, new).await?;
+        let mut shown = crate::tokens::token_json(&token, now);
+        shown["token"] = json!(secret);
+        return Ok(ok(StatusCode::CREATED, shown));
+    }
+    let data: Vec<Value> = state
+        .store
+        .tokens()
+        .await?
+        .iter()
+        .map(|t| crate::tokens::token_json(t, now))
+        .collect();
+    Ok(ok(StatusCode::OK, json!({"data": data, "next": null})))
+}
+
+/// `GET /clustering/tokens/{id}` and `DELETE` (revokes; 204, 404 when unknown).
+async fn token(state: &State, request: &Request) -> Result<Response, ApiError> {
+    let id = uuid_param(request)?;
+    if request.method == Method::DELETE {
+        if !state.store.revoke_token(id, unix_now()).await? {
+            return Err(ApiError::NotFound("Not found"));
+        }
+        tracing::info!(%id, "bootstrap token revoked");
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let token = state
+        .store
+        .token(id)
+        .await?
+        .ok_or(ApiError::NotFound("Not found"))?;
+    Ok(ok(
+        StatusCode::OK,
+        crate::tokens::token_json(&token, unix_now()),
+    ))
 }
 
 /// `GET /clustering/status`: the snapshot this node serves, how many data planes run it, and

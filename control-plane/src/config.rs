@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Deserializer};
 
-use gatehouse_shared::cluster::{ClusterMtls, ClusterTlsFiles};
+use gatehouse_shared::cluster::{ClusterMtls, ClusterTlsFiles, enrol};
 use gatehouse_shared::entities::KNOWN_PLUGINS;
 
 /// Default Admin API address (Kong's `admin_listen`).
@@ -19,6 +19,10 @@ pub const DEFAULT_DATABASE_MAX_CONNECTIONS: usize = 16;
 pub const DEFAULT_ADMIN_MAX_BODY: usize = 8 * 1024 * 1024;
 /// Default address of the cluster (config sync) listener (Kong's `cluster_listen`).
 pub const DEFAULT_CLUSTER_LISTEN: &str = "0.0.0.0:8005";
+/// Default lifetime of an enrolled data plane's certificate, in seconds (24 h).
+pub const DEFAULT_DP_CERT_LIFETIME: u64 = 24 * 3600;
+/// Longest lifetime of an enrolled data plane's certificate, in seconds (90 days).
+pub const MAX_DP_CERT_LIFETIME: u64 = 90 * 24 * 3600;
 /// Default address of the status listener (Kong's `status_listen`).
 pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:8100";
 
@@ -42,6 +46,9 @@ pub enum Command {
     /// Write the cluster PKI: a CA and the CP, shared-mode and DP certificates.
     #[command(subcommand)]
     Pki(crate::pki::PkiCommand),
+    /// Manage the bootstrap tokens data planes enrol with.
+    #[command(subcommand, name = "cluster-token")]
+    ClusterToken(crate::tokens::TokenCommand),
 }
 
 /// Flags shared by every subcommand (each is also a `GATEHOUSE_*` variable and a TOML key).
@@ -117,6 +124,22 @@ pub struct Flags {
     #[serde(default, deserialize_with = "string_or_list")]
     pub cluster_allowed_common_names: Option<String>,
 
+    /// `pki` mode: PEM private key of the cluster CA (the first certificate of
+    /// --cluster-ca-cert). Enables enrolment: data planes with a bootstrap token get their
+    /// certificate from this control plane.
+    #[arg(long, env = "GATEHOUSE_CLUSTER_CA_KEY")]
+    pub cluster_ca_key: Option<PathBuf>,
+
+    /// Name of the cluster, the trust domain of enrolled data planes' SPIFFE IDs
+    /// (`spiffe://NAME/dp/NODE-ID`) [default: gatehouse].
+    #[arg(long, env = "GATEHOUSE_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+
+    /// Lifetime of the certificates issued to enrolled data planes, in seconds (at least 30);
+    /// they renew two thirds into it [default: 86400].
+    #[arg(long, env = "GATEHOUSE_CLUSTER_DP_CERT_LIFETIME")]
+    pub cluster_dp_cert_lifetime: Option<u64>,
+
     /// Address of the status listener (`GET /status`, `GET /status/ready`), or `off`
     /// (port 0 picks a free port; the address is logged) [default: 127.0.0.1:8100].
     #[arg(long, env = "GATEHOUSE_STATUS_LISTEN")]
@@ -164,6 +187,22 @@ pub struct ClusterSettings {
     /// Certificate files; `None` (neither --cluster-cert nor --cluster-cert-key set) disables
     /// the listener.
     pub files: Option<ClusterTlsFiles>,
+    /// Enrolment of data planes; `None` without --cluster-ca-key.
+    pub enrolment: Option<EnrolSettings>,
+}
+
+/// How this control plane issues data-plane certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EnrolSettings {
+    /// The CA certificate (--cluster-ca-cert).
+    pub ca_cert: PathBuf,
+    /// Its key (--cluster-ca-key).
+    pub ca_key: PathBuf,
+    /// The SPIFFE trust domain.
+    pub cluster_name: String,
+    /// Lifetime of an issued certificate.
+    pub lifetime: std::time::Duration,
 }
 
 /// A setting that does not parse; the message names the setting.
@@ -185,22 +224,27 @@ impl ConfigError {
 impl Cli {
     /// The flags of the chosen subcommand, merged with the `--config` file and defaults.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
-        let flags = match &self.command {
-            Command::Serve(flags) | Command::Migrate(flags) => flags,
+        match &self.command {
+            Command::Serve(flags) | Command::Migrate(flags) => flags.settings(),
+            Command::ClusterToken(command) => command.flags().settings(),
             // `pki` reads no settings: it gets the defaults.
-            Command::Pki(_) => return Flags::default().resolve(),
-        };
-        let file = match &flags.config {
-            Some(path) => Flags::from_file(path)?,
-            None => Flags::default(),
-        };
-        flags.clone().or(file).resolve()
+            Command::Pki(_) => Flags::default().resolve(),
+        }
     }
 }
 
 // === impl Flags ===
 
 impl Flags {
+    /// These flags merged with the `--config` file and defaults.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let file = match &self.config {
+            Some(path) => Flags::from_file(path)?,
+            None => Flags::default(),
+        };
+        self.clone().or(file).resolve()
+    }
+
     fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
@@ -228,6 +272,11 @@ impl Flags {
             cluster_allowed_common_names: self
                 .cluster_allowed_common_names
                 .or(other.cluster_allowed_common_names),
+            cluster_ca_key: self.cluster_ca_key.or(other.cluster_ca_key),
+            cluster_name: self.cluster_name.or(other.cluster_name),
+            cluster_dp_cert_lifetime: self
+                .cluster_dp_cert_lifetime
+                .or(other.cluster_dp_cert_lifetime),
             status_listen: self.status_listen.or(other.status_listen),
         }
     }
@@ -384,10 +433,43 @@ impl Flags {
                 );
             }
         }
+        let cluster_name = self
+            .cluster_name
+            .clone()
+            .unwrap_or_else(|| enrol::DEFAULT_CLUSTER_NAME.to_owned());
+        if let Err(reason) = enrol::check_cluster_name(&cluster_name) {
+            problems.push(format!("--cluster-name: {reason}"));
+        }
+        let lifetime = self.cluster_dp_cert_lifetime.unwrap_or(DEFAULT_DP_CERT_LIFETIME);
+        if lifetime < enrol::MIN_LIFETIME.as_secs() || lifetime > MAX_DP_CERT_LIFETIME {
+            problems.push(format!(
+                "--cluster-dp-cert-lifetime: {lifetime} is not from {} to {MAX_DP_CERT_LIFETIME} \
+                 seconds",
+                enrol::MIN_LIFETIME.as_secs()
+            ));
+        }
+        let enrolment = match (&self.cluster_ca_key, &self.cluster_ca_cert) {
+            (None, _) => None,
+            (Some(_), _) if files.is_some() && mtls != Some(ClusterMtls::Pki) => {
+                problems.push("--cluster-ca-key needs --cluster-mtls pki".into());
+                None
+            }
+            (Some(_), None) => {
+                problems.push("--cluster-ca-key needs --cluster-ca-cert".into());
+                None
+            }
+            (Some(key), Some(cert)) => Some(EnrolSettings {
+                ca_cert: cert.clone(),
+                ca_key: key.clone(),
+                cluster_name,
+                lifetime: std::time::Duration::from_secs(lifetime),
+            }),
+        };
         Some(ClusterSettings {
             listen: listen?,
             mtls: mtls?,
             files,
+            enrolment,
         })
     }
 }

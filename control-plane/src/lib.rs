@@ -19,6 +19,7 @@
 pub mod config;
 pub mod logging;
 pub mod pki;
+pub mod tokens;
 
 // The fuzz targets' entry points (fuzz/, outside the workspace); not an API.
 #[doc(hidden)]
@@ -68,6 +69,9 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// A command (`cluster-token ...`) failed.
+    #[error("{0}")]
+    Command(String),
 }
 
 /// Applies the database migrations and returns.
@@ -122,15 +126,17 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
         let _ = on_signal.send(true);
     });
     let mut tasks = tokio::task::JoinSet::new();
-    if let (Some(listener), Some(tls)) = (cluster_listener, tls) {
+    if let (Some(listener), Some((tls, ca))) = (cluster_listener, tls) {
         tracing::info!(
             addr = %listener.local_addr()?,
             mtls = %settings.cluster.mtls,
+            enrolment = ca.is_some(),
             "cluster listener listening"
         );
         tasks.spawn(cluster::serve(
             listener,
             tls,
+            ca,
             node.clone(),
             store.clone(),
             shutdown.clone(),

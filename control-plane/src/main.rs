@@ -49,6 +49,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(_) => gatehouse_cp::serve(settings).await,
             Command::Migrate(_) => gatehouse_cp::migrate(&settings).await,
+            Command::ClusterToken(command) => {
+                gatehouse_cp::tokens::run(&command, &mut std::io::stdout().lock()).await
+            }
             // Handled above, before logging and the runtime.
             Command::Pki(_) => Ok(()),
         }

@@ -11,6 +11,7 @@
 //! their transaction and versions are gap-free in commit order.
 
 mod data_planes;
+mod enrolment;
 mod entity;
 mod export;
 mod query;
@@ -21,6 +22,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 use tokio_postgres::NoTls;
 
 pub(crate) use self::data_planes::{Claim, DataPlane, SyncStatus};
+pub(crate) use self::enrolment::{IssuedCert, Token};
 pub(crate) use self::entity::{Parent, Selector, coerce_form};
 pub(crate) use self::export::Export;
 pub(crate) use self::query::{ListQuery, Page, TagFilter};

@@ -255,7 +255,12 @@ fn operation(endpoint: &Endpoint, method: &Method) -> Value {
         Op::Root | Op::Status | Op::OpenApi | Op::Tags | Op::Tag => {
             information(endpoint.op, method)
         }
-        Op::DataPlanes | Op::DataPlane | Op::ClusterStatus => clustering(endpoint.op, method),
+        Op::DataPlanes
+        | Op::DataPlane
+        | Op::ClusterStatus
+        | Op::Tokens
+        | Op::Token
+        | Op::RevokeDataPlane => clustering(endpoint.op, method),
         Op::Collection(scope) => collection_operation(scope, method),
         Op::Entity(scope) => entity_operation(scope, method),
     };
@@ -308,8 +313,10 @@ fn fallback(endpoint: &Endpoint, method: &Method) -> Operation {
 fn path_parameter(endpoint: &Endpoint, method: &Method, name: &str, last: bool) -> Value {
     let description = if matches!(endpoint.op, Op::Tag) && name == "tag" {
         "A tag".to_owned()
-    } else if matches!(endpoint.op, Op::DataPlane) && name == "id" {
+    } else if matches!(endpoint.op, Op::DataPlane | Op::RevokeDataPlane) && name == "id" {
         "id of the data plane (its node id, a UUID)".to_owned()
+    } else if matches!(endpoint.op, Op::Token) && name == "id" {
+        "id of the bootstrap token (a UUID)".to_owned()
     } else {
         match COLLECTIONS.iter().find(|c| singular(c) == name) {
             Some(collection) => {
@@ -550,7 +557,14 @@ fn information(op: Op, method: &Method) -> Option<Operation> {
                 )
             }
         }
-        Op::Collection(_) | Op::Entity(_) | Op::DataPlanes | Op::DataPlane | Op::ClusterStatus => {
+        Op::Collection(_)
+        | Op::Entity(_)
+        | Op::DataPlanes
+        | Op::DataPlane
+        | Op::ClusterStatus
+        | Op::Tokens
+        | Op::Token
+        | Op::RevokeDataPlane => {
             return None;
         }
     };
@@ -589,9 +603,70 @@ fn clustering(op: Op, method: &Method) -> Option<Operation> {
             responses.insert("404".into(), not_found("The id is not a UUID."));
             (
                 "deleteClusteringDataPlane",
-                "Forget a data plane",
-                "Removes a data plane from the registry, e.g. after it was scaled away. A data \
-                 plane that is still connected reappears at its next report.",
+                "Revoke and forget a data plane",
+                "Revokes the data plane's cluster certificates (its stream ends on every \
+                 control plane and it cannot connect with them again), then removes it from \
+                 the registry, e.g. after it was scaled away.",
+            )
+        }
+        (Op::RevokeDataPlane, &Method::POST) => {
+            responses.insert("204".into(), json!({"description": "Revoked."}));
+            responses.insert("404".into(), not_found("The id is not a UUID."));
+            (
+                "revokeClusteringDataPlane",
+                "Revoke a data plane",
+                "Revokes the data plane's cluster certificates: its stream ends on every \
+                 control plane within a second and it cannot connect with them again. It stays \
+                 in the registry, disconnected.",
+            )
+        }
+        (Op::Tokens, &Method::GET) => {
+            responses.insert(
+                "200".into(),
+                json_response("Every bootstrap token.", json!({"type": "object"})),
+            );
+            (
+                "listClusteringTokens",
+                "List bootstrap tokens",
+                "Every bootstrap token with its uses, expiry, labels and status; never the \
+                 secret.",
+            )
+        }
+        (Op::Tokens, &Method::POST) => {
+            responses.insert(
+                "201".into(),
+                json_response(
+                    "The token; `token` is the secret, shown this once.",
+                    json!({"type": "object"}),
+                ),
+            );
+            responses.insert("400".into(), bad_request("Invalid `max_uses`, `ttl` or `labels`."));
+            (
+                "createClusteringToken",
+                "Create a bootstrap token",
+                "A token data planes enrol with (`--cluster-bootstrap-token`): `max_uses` \
+                 (default 1), `ttl` in seconds (default 3600), `labels` (a map of strings).",
+            )
+        }
+        (Op::Token, &Method::GET) => {
+            responses.insert(
+                "200".into(),
+                json_response("The token.", json!({"type": "object"})),
+            );
+            responses.insert("404".into(), not_found("No such token."));
+            (
+                "getClusteringToken",
+                "Read a bootstrap token",
+                "One bootstrap token; never the secret.",
+            )
+        }
+        (Op::Token, &Method::DELETE) => {
+            responses.insert("204".into(), json!({"description": "Revoked."}));
+            responses.insert("404".into(), not_found("No such token."));
+            (
+                "deleteClusteringToken",
+                "Revoke a bootstrap token",
+                "The token can no longer be used; it stays listed as revoked.",
             )
         }
         (Op::ClusterStatus, &Method::GET) => {
@@ -609,13 +684,27 @@ fn clustering(op: Op, method: &Method) -> Option<Operation> {
         _ => return None,
     };
     internal_error(&mut responses);
+    let body = (op == Op::Tokens && method == Method::POST).then(|| {
+        json!({
+            "required": false,
+            "content": {"application/json": {"schema": {
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "max_uses": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+                    "ttl": {"type": "integer", "minimum": 1, "maximum": 31_536_000},
+                    "labels": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 256}},
+                },
+            }}},
+        })
+    });
     Some(Operation {
         id: id.into(),
         summary: summary.into(),
         description: Some(description.into()),
         tag: "clustering".into(),
         query: Vec::new(),
-        body: None,
+        body,
         responses,
     })
 }

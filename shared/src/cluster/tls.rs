@@ -215,6 +215,18 @@ pub fn server_config(
     mode: ClusterMtls,
     files: &ClusterTlsFiles,
 ) -> Result<Arc<ServerConfig>, ClusterTlsError> {
+    server_config_with(mode, files, false)
+}
+
+/// [`server_config`], and with `optional_client_auth` in `pki` mode a client that presents no
+/// certificate completes the handshake as well (one that presents a certificate must still
+/// present a valid one). The listener then serves such a connection only the enrolment
+/// service. Ignored in `shared` mode.
+pub fn server_config_with(
+    mode: ClusterMtls,
+    files: &ClusterTlsFiles,
+    optional_client_auth: bool,
+) -> Result<Arc<ServerConfig>, ClusterTlsError> {
     let provider = provider();
     let identity = load_identity(files, &provider)?;
     let verifier: Arc<dyn ClientCertVerifier> = match mode {
@@ -224,12 +236,14 @@ pub fn server_config(
         }),
         ClusterMtls::Pki => {
             let (ca, roots) = load_roots(files)?;
-            let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-                .build()
-                .map_err(|e| ClusterTlsError::Ca {
-                    path: ca.to_owned(),
-                    reason: e.to_string(),
-                })?;
+            let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+            if optional_client_auth {
+                builder = builder.allow_unauthenticated();
+            }
+            let inner = builder.build().map_err(|e| ClusterTlsError::Ca {
+                path: ca.to_owned(),
+                reason: e.to_string(),
+            })?;
             if files.allowed_common_names.is_empty() {
                 inner
             } else {

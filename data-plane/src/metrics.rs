@@ -7,6 +7,8 @@
 //! | `gatehouse_upstream_requests_total` | | requests sent to upstreams (attempts) |
 //! | `gatehouse_upstream_connections_total` | `tls` = `false`, `true` | new upstream connections |
 //! | `gatehouse_mtls_auth_failures_total` | `reason` (below) | refused client certificates |
+//! | `gatehouse_cluster_certificate_renewals_total` | `result` = `ok`, `failed` | renewals of the enrolled cluster certificate |
+//! | `gatehouse_cluster_certificate_expiry_days` (gauge) | | days until the cluster certificate expires (only when enrolled) |
 //!
 //! Upstream connection reuse is `1 - connections / requests`. The mtls-auth reasons are
 //! `no_certificate`, `unknown_ca`, `expired`, `not_yet_valid`, `revoked`, `revocation_unknown`
@@ -16,7 +18,7 @@
 //! Counters are relaxed atomics: one increment per event, no lock, no allocation.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Why mtls-auth refused a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +57,9 @@ pub(crate) struct Metrics {
     upstream_requests: AtomicU64,
     upstream_connections: [AtomicU64; 2],
     mtls_failures: [AtomicU64; 10],
+    renewals: [AtomicU64; 2],
+    /// notAfter of the enrolled cluster certificate, Unix seconds; 0 when not enrolled.
+    cluster_cert_not_after: AtomicI64,
 }
 
 /// The process's counters.
@@ -68,7 +73,19 @@ impl Metrics {
             upstream_requests: AtomicU64::new(0),
             upstream_connections: [const { AtomicU64::new(0) }; 2],
             mtls_failures: [const { AtomicU64::new(0) }; 10],
+            renewals: [const { AtomicU64::new(0) }; 2],
+            cluster_cert_not_after: AtomicI64::new(0),
         }
+    }
+
+    /// A renewal of the cluster certificate succeeded or failed.
+    pub(crate) fn renewal(&self, ok: bool) {
+        self.renewals[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The enrolled cluster certificate now expires at `not_after` (Unix seconds).
+    pub(crate) fn cluster_cert(&self, not_after: i64) {
+        self.cluster_cert_not_after.store(not_after, Ordering::Relaxed);
     }
 
     pub(crate) fn handshake(&self, resumed: bool) {
@@ -155,6 +172,29 @@ impl Metrics {
                 out,
                 "gatehouse_mtls_auth_failures_total{{reason=\"{reason}\"}} {}",
                 get(counter)
+            );
+        }
+        family(
+            &mut out,
+            "gatehouse_cluster_certificate_renewals_total",
+            "Renewals of the enrolled cluster certificate, by result.",
+        );
+        for (result, counter) in ["ok", "failed"].iter().zip(&self.renewals) {
+            let _ = writeln!(
+                out,
+                "gatehouse_cluster_certificate_renewals_total{{result=\"{result}\"}} {}",
+                get(counter)
+            );
+        }
+        let not_after = self.cluster_cert_not_after.load(Ordering::Relaxed);
+        if not_after > 0 {
+            let now = crate::status::unix_now();
+            let _ = writeln!(
+                out,
+                "# HELP gatehouse_cluster_certificate_expiry_days Days until the enrolled cluster certificate expires.\n\
+                 # TYPE gatehouse_cluster_certificate_expiry_days gauge\n\
+                 gatehouse_cluster_certificate_expiry_days {:.6}",
+                (not_after as f64 - now) / 86400.0
             );
         }
         out

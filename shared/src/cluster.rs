@@ -29,5 +29,6 @@ mod tls;
 pub use reload::{DEFAULT_RELOAD_INTERVAL, ReloadingConfig};
 pub use tls::{
     ClusterMtls, ClusterTlsError, ClusterTlsFiles, PeerIdentity, SHARED_SERVER_NAME, client_config,
+    enrol_client_config,
     peer_identity, server_config, server_config_with,
 };

@@ -145,6 +145,12 @@ pub fn new_key_and_csr(node: Uuid) -> Result<(String, Vec<u8>), rcgen::Error> {
     Ok((key.serialize_pem(), csr.der().to_vec()))
 }
 
+/// Writes a private file (a key) atomically with mode 0600: a temporary file beside it,
+/// renamed over it.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+    pki::replace_file(path, contents, 0o600)
+}
+
 // === impl ClusterCa ===
 
 impl ClusterCa {

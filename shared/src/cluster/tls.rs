@@ -312,6 +312,39 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// The DP's configuration for enrolment: verifies the CP like [`client_config`] in `pki` mode
+/// (against `ca`, for `server_name`) and presents no certificate (it has none yet).
+pub fn enrol_client_config(
+    ca: &Path,
+    server_name: &str,
+) -> Result<Arc<ClientConfig>, ClusterTlsError> {
+    let name = ServerName::try_from(server_name)
+        .map(|name| name.to_owned())
+        .map_err(|_| ClusterTlsError::ServerName {
+            name: server_name.to_owned(),
+        })?;
+    let provider = provider();
+    let files = ClusterTlsFiles {
+        ca: Some(ca.to_owned()),
+        ..ClusterTlsFiles::default()
+    };
+    let (ca, roots) = load_roots(&files)?;
+    let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| ClusterTlsError::Ca {
+            path: ca.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(build_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(FixedNameVerifier { inner, name }))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The identity of a peer from its certificate chain (end-entity first, as rustls'
 /// `peer_certificates()` and tonic's `peer_certs()` return it); `None` without a parsable
 /// certificate.

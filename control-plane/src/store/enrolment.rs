@@ -241,8 +241,8 @@ impl Store {
         tx.execute(
             "INSERT INTO cluster_certificates (serial, node_id, spiffe_id, issuer, not_after, \
              created_at, revoked_at) \
-             SELECT cert_serial, id, spiffe_id, cert_issuer, COALESCE(cert_expiry, $2 + 315360000), \
-             $2, $2 FROM data_planes WHERE id = $1 AND cert_serial IS NOT NULL \
+             SELECT cert_serial, id, spiffe_id, cert_issuer, \
+             COALESCE(cert_expiry, $2::bigint + 315360000), $2::bigint, $2::bigint FROM data_planes WHERE id = $1 AND cert_serial IS NOT NULL \
              ON CONFLICT (serial) DO NOTHING",
             &[&node, &now],
         )

@@ -56,7 +56,7 @@ pub(crate) enum Op {
     Tokens,
     /// `GET, DELETE /clustering/tokens/{id}`: one bootstrap token (DELETE revokes it).
     Token,
-    /// `POST /clustering/data-planes/{id}/revoke`: revoke a data plane's certificates.
+    /// `DELETE /clustering/data-planes/{id}/certificates`: revoke a data plane's certificates.
     RevokeDataPlane,
     /// A collection: list and create.
     Collection(Scope),
@@ -183,8 +183,8 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             op: Op::Token,
         },
         Endpoint {
-            path: "/clustering/data-planes/{id}/revoke".into(),
-            methods: &[Method::POST],
+            path: "/clustering/data-planes/{id}/certificates".into(),
+            methods: &[Method::DELETE],
             op: Op::RevokeDataPlane,
         },
     ];
@@ -734,8 +734,8 @@ async fn delete_data_plane(state: &State, request: &Request) -> Result<Response,
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `POST /clustering/data-planes/{id}/revoke`: revokes its certificates and ends its stream on
-/// every replica; the registry keeps it (disconnected). 204.
+/// `DELETE /clustering/data-planes/{id}/certificates`: revokes its certificates and ends its
+/// stream on every replica; the registry keeps it (disconnected). 204.
 async fn revoke_data_plane(state: &State, request: &Request) -> Result<Response, ApiError> {
     let id = uuid_param(request)?;
     revoke(state, id).await?;
@@ -746,7 +746,9 @@ async fn revoke_data_plane(state: &State, request: &Request) -> Result<Response,
 /// (the others see the revocation within their poll interval).
 async fn revoke(state: &State, id: Uuid) -> Result<(), ApiError> {
     let revoked = state.store.revoke_node_certificates(id, unix_now()).await?;
-    let ended = state.node.end_streams_of(id, "the data plane's certificate was revoked");
+    let ended = state
+        .node
+        .end_streams_of(id, "the data plane's certificate was revoked");
     tracing::warn!(%id, certificates = revoked, streams_ended = ended, "data plane revoked");
     Ok(())
 }

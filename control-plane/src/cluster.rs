@@ -145,7 +145,8 @@ pub(crate) async fn serve(
     let reload = tokio::spawn(tls.clone().watch(RELOAD_INTERVAL));
     let leases = tokio::spawn(refresh_leases(node.clone(), store.clone()));
     let revocations = tokio::spawn(enrol::watch_revocations(node.clone(), store.clone()));
-    let service = service::SyncService::new(node.clone(), store.clone(), ca.clone(), shutdown.clone());
+    let service =
+        service::SyncService::new(node.clone(), store.clone(), ca.clone(), shutdown.clone());
     let enrolment = ca.map(|ca| enrol::EnrolService::new(node, store, ca));
     listener::serve(listener, tls, service, enrolment, shutdown).await;
     reload.abort();

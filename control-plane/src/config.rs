@@ -440,7 +440,9 @@ impl Flags {
         if let Err(reason) = enrol::check_cluster_name(&cluster_name) {
             problems.push(format!("--cluster-name: {reason}"));
         }
-        let lifetime = self.cluster_dp_cert_lifetime.unwrap_or(DEFAULT_DP_CERT_LIFETIME);
+        let lifetime = self
+            .cluster_dp_cert_lifetime
+            .unwrap_or(DEFAULT_DP_CERT_LIFETIME);
         if lifetime < enrol::MIN_LIFETIME.as_secs() || lifetime > MAX_DP_CERT_LIFETIME {
             problems.push(format!(
                 "--cluster-dp-cert-lifetime: {lifetime} is not from {} to {MAX_DP_CERT_LIFETIME} \

@@ -106,8 +106,8 @@ pub(crate) fn hash(secret: &str) -> String {
 /// 3600), `labels` (object of strings). Unknown fields are refused.
 pub(crate) fn parse_new(body: &Map<String, Value>) -> Result<NewToken, ApiError> {
     let mut errors = FieldErrors::default();
-    let integer = |name: &str, default: i64, max: i64, errors: &mut FieldErrors| {
-        match body.get(name) {
+    let integer =
+        |name: &str, default: i64, max: i64, errors: &mut FieldErrors| match body.get(name) {
             None | Some(Value::Null) => default,
             Some(value) => {
                 let parsed = value
@@ -121,8 +121,7 @@ pub(crate) fn parse_new(body: &Map<String, Value>) -> Result<NewToken, ApiError>
                     }
                 }
             }
-        }
-    };
+        };
     let max_uses = integer("max_uses", 1, MAX_USES, &mut errors);
     let ttl = integer("ttl", DEFAULT_TTL, MAX_TTL, &mut errors);
     let labels = match body.get("labels") {
@@ -256,7 +255,10 @@ mod tests {
         let a = new_secret().unwrap();
         let b = new_secret().unwrap();
         assert_ne!(a, b);
-        assert!(a.starts_with(TOKEN_PREFIX) && a.len() == TOKEN_PREFIX.len() + 43, "{a}");
+        assert!(
+            a.starts_with(TOKEN_PREFIX) && a.len() == TOKEN_PREFIX.len() + 43,
+            "{a}"
+        );
         assert_eq!(hash(&a).len(), 64);
         assert_ne!(hash(&a), hash(&b));
     }

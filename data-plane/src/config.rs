@@ -143,7 +143,11 @@ pub struct Flags {
     /// --cluster-ca-cert), keeps both in the cache directory and renews it over the sync
     /// stream. Implies `--cluster-mtls pki`; replaces --cluster-cert and --cluster-cert-key.
     /// Used only when the cache holds no usable certificate.
-    #[arg(long, env = "GATEHOUSE_CLUSTER_BOOTSTRAP_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "GATEHOUSE_CLUSTER_BOOTSTRAP_TOKEN",
+        hide_env_values = true
+    )]
     pub cluster_bootstrap_token: Option<String>,
 
     /// Directory of the node id and the cached snapshot; created (mode 0700) if missing

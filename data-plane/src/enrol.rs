@@ -172,11 +172,10 @@ async fn enrol(
     node_id: Uuid,
     token: &str,
 ) -> Result<(i64, i64), EnrolError> {
-    let ca = cluster
-        .files
-        .ca
-        .as_deref()
-        .ok_or_else(|| EnrolError::Local("--cluster-ca-cert is required to enrol".to_owned()))?;
+    let ca =
+        cluster.files.ca.as_deref().ok_or_else(|| {
+            EnrolError::Local("--cluster-ca-cert is required to enrol".to_owned())
+        })?;
     let (key_pem, csr) = shared::new_key_and_csr(node_id)
         .map_err(|e| EnrolError::Local(format!("cannot make a key: {e}")))?;
     let hostname = crate::sync::hostname();
@@ -204,7 +203,8 @@ async fn enrol(
                 };
                 match attempt(socket, server_name.clone(), config.clone(), request).await {
                     Ok(cert_pem) => {
-                        let validity = store(path, &key_pem, &cert_pem).map_err(EnrolError::Local)?;
+                        let validity =
+                            store(path, &key_pem, &cert_pem).map_err(EnrolError::Local)?;
                         tracing::info!(addr = %socket, %node_id, not_after = validity.1, path = %path.display(), "enrolled with the control plane");
                         return Ok(validity);
                     }

@@ -201,7 +201,6 @@ impl DataPlane {
             });
         }
 
-
         let runtime = Arc::new(SharedRuntime::default());
         let state = Arc::new(NodeState::new(
             node_id,

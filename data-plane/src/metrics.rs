@@ -85,7 +85,8 @@ impl Metrics {
 
     /// The enrolled cluster certificate now expires at `not_after` (Unix seconds).
     pub(crate) fn cluster_cert(&self, not_after: i64) {
-        self.cluster_cert_not_after.store(not_after, Ordering::Relaxed);
+        self.cluster_cert_not_after
+            .store(not_after, Ordering::Relaxed);
     }
 
     pub(crate) fn handshake(&self, resumed: bool) {

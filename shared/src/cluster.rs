@@ -29,6 +29,5 @@ mod tls;
 pub use reload::{DEFAULT_RELOAD_INTERVAL, ReloadingConfig};
 pub use tls::{
     ClusterMtls, ClusterTlsError, ClusterTlsFiles, PeerIdentity, SHARED_SERVER_NAME, client_config,
-    enrol_client_config,
-    peer_identity, server_config, server_config_with,
+    enrol_client_config, peer_identity, server_config, server_config_with,
 };

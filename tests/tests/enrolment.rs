@@ -56,7 +56,10 @@ fn enrolling(addr: SocketAddr, cluster: &Cluster, name: &str, token: &str) -> Da
 /// Creates a token through the Admin API; returns (id, secret).
 async fn create_token(admin: &Admin, body: Value) -> Result<(String, String)> {
     let created = admin.post_json("/clustering/tokens", &body).await?;
-    ensure!(created.status == 201, "POST /clustering/tokens: {created:?}");
+    ensure!(
+        created.status == 201,
+        "POST /clustering/tokens: {created:?}"
+    );
     let id = created.body["id"].as_str().context("id")?.to_owned();
     let token = created.body["token"].as_str().context("token")?.to_owned();
     Ok((id, token))
@@ -65,18 +68,25 @@ async fn create_token(admin: &Admin, body: Value) -> Result<(String, String)> {
 async fn token_json(admin: &Admin, id: &str) -> Result<Value> {
     let got = admin.get(&format!("/clustering/tokens/{id}")).await?;
     ensure!(got.status == 200, "GET token: {got:?}");
-    ensure!(got.body.get("token").is_none(), "the secret is never shown again: {got:?}");
+    ensure!(
+        got.body.get("token").is_none(),
+        "the secret is never shown again: {got:?}"
+    );
     Ok(got.body)
 }
 
 /// The registry entry of `dp` once it is connected.
 async fn registered(admin: &Admin, dp: &DataPlane) -> Result<Value> {
     let id = dp.node_id()?;
-    wait_until("the data plane registered and connected", patience(), || async {
-        Ok(data_plane(admin, &id)
-            .await?
-            .filter(|e| e["connected"] == json!(true)))
-    })
+    wait_until(
+        "the data plane registered and connected",
+        patience(),
+        || async {
+            Ok(data_plane(admin, &id)
+                .await?
+                .filter(|e| e["connected"] == json!(true)))
+        },
+    )
     .await
 }
 
@@ -117,8 +127,8 @@ async fn data_planes_enrol_with_a_token_each_and_used_expired_or_revoked_tokens_
 
     let mut dps = Vec::new();
     for (n, token) in [&token1, &token2, &token3].into_iter().enumerate() {
-        let dp = DataPlane::start(enrolling(cluster.addr, &cluster, &format!("dp{n}"), token))
-            .await?;
+        let dp =
+            DataPlane::start(enrolling(cluster.addr, &cluster, &format!("dp{n}"), token)).await?;
         dp.wait_until_connected(patience()).await?;
         dps.push(dp);
     }
@@ -139,7 +149,9 @@ async fn data_planes_enrol_with_a_token_each_and_used_expired_or_revoked_tokens_
             "{entry}"
         );
         assert_eq!(entry["cert_details"]["issuer"], json!(issuer), "{entry}");
-        let days = entry["cert_details"]["days_to_expiry"].as_f64().context("days")?;
+        let days = entry["cert_details"]["days_to_expiry"]
+            .as_f64()
+            .context("days")?;
         assert!(days > 0.9 && days <= 1.0, "24 h by default: {entry}");
         // The key stays on the node, readable by it alone.
         let file = dp.cache_dir().join(IDENTITY_FILE);
@@ -148,7 +160,11 @@ async fn data_planes_enrol_with_a_token_each_and_used_expired_or_revoked_tokens_
         assert!(std::fs::read_to_string(&file)?.contains("PRIVATE KEY"));
     }
     let token = token_json(admin, &id1).await?;
-    assert_eq!((token["uses"].clone(), token["status"].clone()), (json!(1), json!("used up")), "{token}");
+    assert_eq!(
+        (token["uses"].clone(), token["status"].clone()),
+        (json!(1), json!("used up")),
+        "{token}"
+    );
     assert_eq!(token["labels"], json!({"zone": "a"}), "{token}");
 
     // A used single-use token is refused (on any replica: the use is counted in PostgreSQL).
@@ -158,7 +174,11 @@ async fn data_planes_enrol_with_a_token_each_and_used_expired_or_revoked_tokens_
     )
     .await?;
     assert!(!reused.status.success(), "{reused:?}");
-    assert!(reused.output.contains("bootstrap token refused"), "{}", reused.output);
+    assert!(
+        reused.output.contains("bootstrap token refused"),
+        "{}",
+        reused.output
+    );
 
     // An expired token is refused.
     let (expiring, short) = create_token(admin, json!({"ttl": 1})).await?;
@@ -166,27 +186,45 @@ async fn data_planes_enrol_with_a_token_each_and_used_expired_or_revoked_tokens_
         Ok((token_json(admin, &expiring).await?["status"] == "expired").then_some(()))
     })
     .await?;
-    let expired =
-        DataPlane::run_to_exit(enrolling(cluster.addr, &cluster, "expired", &short), patience())
-            .await?;
-    assert!(expired.output.contains("bootstrap token refused"), "{}", expired.output);
+    let expired = DataPlane::run_to_exit(
+        enrolling(cluster.addr, &cluster, "expired", &short),
+        patience(),
+    )
+    .await?;
+    assert!(
+        expired.output.contains("bootstrap token refused"),
+        "{}",
+        expired.output
+    );
 
     // A revoked token is refused, and stays listed as revoked.
     let (revoked_id, revoked) = create_token(admin, json!({"max_uses": 5})).await?;
-    let deleted = admin.delete(&format!("/clustering/tokens/{revoked_id}")).await?;
+    let deleted = admin
+        .delete(&format!("/clustering/tokens/{revoked_id}"))
+        .await?;
     assert_eq!(deleted.status, 204, "{deleted:?}");
     assert_eq!(token_json(admin, &revoked_id).await?["status"], "revoked");
-    let refused =
-        DataPlane::run_to_exit(enrolling(cluster.addr, &cluster, "revoked", &revoked), patience())
-            .await?;
-    assert!(refused.output.contains("bootstrap token refused"), "{}", refused.output);
+    let refused = DataPlane::run_to_exit(
+        enrolling(cluster.addr, &cluster, "revoked", &revoked),
+        patience(),
+    )
+    .await?;
+    assert!(
+        refused.output.contains("bootstrap token refused"),
+        "{}",
+        refused.output
+    );
     let unknown = admin
         .delete(&format!("/clustering/tokens/{}", uuid::Uuid::new_v4()))
         .await?;
     assert_eq!(unknown.status, 404, "{unknown:?}");
 
     let logs = cluster.cp.logs();
-    for why in ["bootstrap token used up", "bootstrap token expired", "bootstrap token revoked"] {
+    for why in [
+        "bootstrap token used up",
+        "bootstrap token expired",
+        "bootstrap token revoked",
+    ] {
         assert!(logs.contains(why), "CP log names why: {why}");
     }
 
@@ -200,7 +238,10 @@ async fn data_planes_enrol_with_a_token_each_and_used_expired_or_revoked_tokens_
 
     // No secret in any log line.
     for token in [&token1, &token2, &token3, &short, &revoked] {
-        assert!(!cluster.cp.logs().contains(token.as_str()), "token in the CP log");
+        assert!(
+            !cluster.cp.logs().contains(token.as_str()),
+            "token in the CP log"
+        );
         for dp in &dps {
             assert!(!dp.all_logs().contains(token.as_str()), "token in a DP log");
         }
@@ -227,14 +268,16 @@ async fn anonymous_channel(cluster: &Cluster) -> Result<tonic::transport::Channe
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
         }
     });
-    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_with_connector(connector)
-        .await?)
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_with_connector(connector)
+            .await?,
+    )
 }
 
 #[tokio::test]
-async fn forged_csrs_are_refused_and_an_anonymous_connection_reaches_only_enrolment()
--> Result<()> {
+async fn forged_csrs_are_refused_and_an_anonymous_connection_reaches_only_enrolment() -> Result<()>
+{
     let cluster = enrolling_cluster(&[]).await?;
     let admin = cluster.admin();
     let (id, token) = create_token(admin, json!({"max_uses": 3})).await?;
@@ -250,16 +293,25 @@ async fn forged_csrs_are_refused_and_an_anonymous_connection_reaches_only_enrolm
 
     // A CSR for another node's name.
     let (_, other) = new_key_and_csr(uuid::Uuid::new_v4())?;
-    let refused = client.enrol(request(other, node)).await.unwrap_err();
+    let refused = client
+        .enrol(request(other, node))
+        .await
+        .expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
-    assert!(refused.message().contains("requested name not allowed"), "{refused:?}");
+    assert!(
+        refused.message().contains("requested name not allowed"),
+        "{refused:?}"
+    );
 
     // A CSR asking for a DNS name (the policy allows none).
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(vec!["cp.example".to_owned()])?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     let named = params.serialize_request(&key)?.der().to_vec();
-    let refused = client.enrol(request(named, node)).await.unwrap_err();
+    let refused = client
+        .enrol(request(named, node))
+        .await
+        .expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("DNS:cp.example"), "{refused:?}");
 
@@ -267,7 +319,10 @@ async fn forged_csrs_are_refused_and_an_anonymous_connection_reaches_only_enrolm
     let (_, mine) = new_key_and_csr(node)?;
     let (_, theirs) = new_key_and_csr(node)?;
     let forged = swap_public_key(&mine, &theirs).context("swap the key")?;
-    let refused = client.enrol(request(forged, node)).await.unwrap_err();
+    let refused = client
+        .enrol(request(forged, node))
+        .await
+        .expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("signature"), "{refused:?}");
 
@@ -277,7 +332,10 @@ async fn forged_csrs_are_refused_and_an_anonymous_connection_reaches_only_enrolm
         .serialize_request(&key)?
         .der()
         .to_vec();
-    let refused = client.enrol(request(p384, node)).await.unwrap_err();
+    let refused = client
+        .enrol(request(p384, node))
+        .await
+        .expect_err("refused");
     assert!(refused.message().contains("key type"), "{refused:?}");
 
     // None of them used the token.
@@ -296,7 +354,7 @@ async fn forged_csrs_are_refused_and_an_anonymous_connection_reaches_only_enrolm
         .sync(tokio_stream_once(hello))
         .await
         .map(|_| ())
-        .unwrap_err();
+        .expect_err("no sync stream without a client certificate");
     assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
 
     // A good CSR with the token works, once per use.
@@ -394,21 +452,39 @@ async fn a_sixty_second_certificate_renews_under_load_without_a_failed_request()
     let took = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     let (sent, failed) = loader.await?;
-    println!("renewals={renewals} in {took:?}; requests={sent} failed={}", failed.len());
+    println!(
+        "renewals={renewals} in {took:?}; requests={sent} failed={}",
+        failed.len()
+    );
     assert!(sent > 0);
-    assert!(failed.is_empty(), "failed requests: {:?}", &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "failed requests: {:?}",
+        &failed[..failed.len().min(5)]
+    );
     // One stream all along: renewal did not reconnect.
-    assert_eq!(dp.log_lines("connected to control plane").len(), 1, "{}", dp.logs());
+    assert_eq!(
+        dp.log_lines("connected to control plane").len(),
+        1,
+        "{}",
+        dp.logs()
+    );
     assert!(dp.log_lines("renewal failed").is_empty(), "{}", dp.logs());
     let now = registered(admin, &dp).await?;
     assert_ne!(now["cert_details"]["serial"], first_serial, "{now}");
-    let metrics = reqwest::get(format!("{}/metrics", dp.status_url())).await?.text().await?;
+    let metrics = reqwest::get(format!("{}/metrics", dp.status_url()))
+        .await?
+        .text()
+        .await?;
     assert!(
         metrics.contains("gatehouse_cluster_certificate_renewals_total{result=\"ok\"} 2")
             || metrics.contains("gatehouse_cluster_certificate_renewals_total{result=\"ok\"} 3"),
         "{metrics}"
     );
-    assert!(metrics.contains("gatehouse_cluster_certificate_expiry_days "), "{metrics}");
+    assert!(
+        metrics.contains("gatehouse_cluster_certificate_expiry_days "),
+        "{metrics}"
+    );
 
     // A restart uses the renewed certificate from the cache and connects with it.
     dp.restart().await?;
@@ -442,24 +518,38 @@ async fn revocation_ends_the_stream_on_every_replica() -> Result<()> {
         let id = dp.node_id()?;
         let started = Instant::now();
         let res = if how == "DELETE" {
-            admin.delete(&format!("/clustering/data-planes/{id}")).await?
+            admin
+                .delete(&format!("/clustering/data-planes/{id}"))
+                .await?
         } else {
             admin
                 .post_json(&format!("/clustering/data-planes/{id}/revoke"), &json!({}))
                 .await?
         };
         assert_eq!(res.status, 204, "{res:?}");
-        dp.wait_for_log("certificate was revoked", patience()).await?;
-        println!("{how}: stream ended {:?} after the revocation", started.elapsed());
+        dp.wait_for_log("certificate was revoked", patience())
+            .await?;
+        println!(
+            "{how}: stream ended {:?} after the revocation",
+            started.elapsed()
+        );
         let status = dp.status().await?;
-        assert_eq!(status["control_plane"]["connected"], json!(false), "{status}");
+        assert_eq!(
+            status["control_plane"]["connected"],
+            json!(false),
+            "{status}"
+        );
     }
     // It cannot come back with that certificate, on either replica.
     let mut dp1 = dp1;
     dp1.restart().await?;
-    dp1.wait_for_log("certificate is revoked", patience()).await?;
+    dp1.wait_for_log("certificate is revoked", patience())
+        .await?;
     let refused = "data plane refused: its certificate is revoked";
     assert!(cluster.cp.logs().contains(refused) || cp2.logs().contains(refused));
-    assert_eq!(dp1.status().await?["control_plane"]["connected"], json!(false));
+    assert_eq!(
+        dp1.status().await?["control_plane"]["connected"],
+        json!(false)
+    );
     Ok(())
 }

@@ -199,7 +199,7 @@ pub(crate) async fn watch_revocations(node: Arc<Node>, store: Arc<Store>) {
     loop {
         ticks.tick().await;
         tick = tick.wrapping_add(1);
-        if tick % EXPIRY_CHECK_EVERY == 0 {
+        if tick.is_multiple_of(EXPIRY_CHECK_EVERY) {
             node.warn_expiring(unix_now());
         }
         if node.connected() == 0 {

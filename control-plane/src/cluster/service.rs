@@ -663,8 +663,12 @@ impl Receiver {
     async fn renew(&mut self, renew: RenewCertificate) {
         let id = self.row.id;
         let answer = match (&self.ca, &self.row.spiffe_id) {
-            (None, _) => Err("this control plane does not issue certificates (no --cluster-ca-key)".to_owned()),
-            (Some(_), None) => Err("only an enrolled data plane (with a SPIFFE ID) renews its certificate".to_owned()),
+            (None, _) => Err(
+                "this control plane does not issue certificates (no --cluster-ca-key)".to_owned(),
+            ),
+            (Some(_), None) => Err(
+                "only an enrolled data plane (with a SPIFFE ID) renews its certificate".to_owned(),
+            ),
             (Some(ca), Some(_)) => ca.renew(&self.store, &renew.csr, id).await,
         };
         let reply = match answer {

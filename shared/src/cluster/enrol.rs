@@ -218,7 +218,8 @@ impl ClusterCa {
 
         let now = OffsetDateTime::now_utc();
         let lifetime = lifetime.max(MIN_LIFETIME);
-        let lifetime = time::Duration::try_from(lifetime).map_err(|e| CsrError::Sign(e.to_string()))?;
+        let lifetime =
+            time::Duration::try_from(lifetime).map_err(|e| CsrError::Sign(e.to_string()))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, node.to_string());
@@ -231,7 +232,8 @@ impl ClusterCa {
         )];
         params.not_before = now - time::Duration::seconds(BACKDATE_SECS);
         params.not_after = (now + lifetime).min(self.ca.not_after);
-        params.serial_number = Some(pki::random_serial().map_err(|e| CsrError::Sign(e.to_string()))?);
+        params.serial_number =
+            Some(pki::random_serial().map_err(|e| CsrError::Sign(e.to_string()))?);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -263,7 +265,8 @@ impl std::fmt::Debug for ClusterCa {
 
 /// The checks rcgen does not do: the key's curve and the subject.
 fn check_csr(csr: &[u8], node: Uuid, spiffe: &str) -> Result<(), CsrError> {
-    let (rest, request) = X509CertificationRequest::from_der(csr).map_err(|_| CsrError::Malformed)?;
+    let (rest, request) =
+        X509CertificationRequest::from_der(csr).map_err(|_| CsrError::Malformed)?;
     if !rest.is_empty() {
         return Err(CsrError::Malformed);
     }
@@ -335,7 +338,10 @@ mod tests {
 
         // Another node's name.
         let (_, csr) = new_key_and_csr(Uuid::new_v4()).unwrap();
-        assert!(matches!(ca.issue(&csr, node, lifetime), Err(CsrError::Name(_))));
+        assert!(matches!(
+            ca.issue(&csr, node, lifetime),
+            Err(CsrError::Name(_))
+        ));
 
         // A DNS name the policy does not allow.
         let key = KeyPair::generate().unwrap();

@@ -745,7 +745,14 @@ async fn revoke_data_plane(state: &State, request: &Request) -> Result<Response,
 /// Revokes every certificate of data plane `id` and ends its streams on this replica at once
 /// (the others see the revocation within their poll interval).
 async fn revoke(state: &State, id: Uuid) -> Result<(), ApiError> {
-    let revoked = state.store.revoke_node_certificates(id, unix_now()).await?;
+    // In `shared` mode every node holds the same certificate: revoking it would shut out the
+    // whole cluster, so only certificates the CA issued to this node are revoked.
+    let own_certificate =
+        state.settings.cluster.mtls == gatehouse_shared::cluster::ClusterMtls::Pki;
+    let revoked = state
+        .store
+        .revoke_node_certificates(id, own_certificate, unix_now())
+        .await?;
     let ended = state
         .node
         .end_streams_of(id, "the data plane's certificate was revoked");

@@ -229,25 +229,29 @@ impl Store {
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
-    /// Revokes every certificate of data plane `node`: those the CA issued to it, and the one
-    /// its registry row last showed (`pki init` certificates included). Returns how many.
+    /// Revokes every certificate of data plane `node`: those the CA issued to it, and with
+    /// `registry_cert` the one its registry row last showed (`pki init` certificates included).
+    /// Returns how many.
     pub(crate) async fn revoke_node_certificates(
         &self,
         node: Uuid,
+        registry_cert: bool,
         now: i64,
     ) -> Result<u64, ApiError> {
         let mut client = self.pool.get().await?;
         let tx = Store::begin(&mut client).await?;
-        tx.execute(
+        if registry_cert {
+            tx.execute(
             "INSERT INTO cluster_certificates (serial, node_id, spiffe_id, issuer, not_after, \
              created_at, revoked_at) \
              SELECT cert_serial, id, spiffe_id, cert_issuer, \
              COALESCE(cert_expiry, $2::bigint + 315360000), $2::bigint, $2::bigint FROM data_planes WHERE id = $1 AND cert_serial IS NOT NULL \
              ON CONFLICT (serial) DO NOTHING",
-            &[&node, &now],
-        )
-        .await
-        .map_err(db_error)?;
+                &[&node, &now],
+            )
+            .await
+            .map_err(db_error)?;
+        }
         let revoked = tx
             .execute(
                 "UPDATE cluster_certificates SET revoked_at = COALESCE(revoked_at, $2) \

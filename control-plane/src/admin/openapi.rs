@@ -1032,13 +1032,14 @@ fn schemas() -> Map<String, Value> {
         "ClusteringTokenCreate".into(),
         json!({
             "type": "object",
-            "description": "A new bootstrap token.",
+            "description": "A new bootstrap token; a null field takes its default.",
             "additionalProperties": false,
             "properties": {
-                "max_uses": {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 1},
-                "ttl": {"type": "integer", "minimum": 1, "maximum": 31_536_000, "default": 3600},
+                "max_uses": {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 1, "nullable": true},
+                "ttl": {"type": "integer", "minimum": 1, "maximum": 31_536_000, "default": 3600, "nullable": true},
                 "labels": {
                     "type": "object",
+                    "nullable": true,
                     "maxProperties": 64,
                     "additionalProperties": {"type": "string", "maxLength": 256},
                 },

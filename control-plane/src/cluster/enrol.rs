@@ -72,17 +72,8 @@ impl Issuer {
         node: Uuid,
         token: Option<Uuid>,
     ) -> Result<(), Status> {
-        let record = IssuedCert {
-            serial: &issued.serial,
-            node_id: node,
-            spiffe_id: &issued.spiffe_id,
-            issuer: &issued.issuer,
-            not_before: issued.not_before,
-            not_after: issued.not_after,
-            token_id: token,
-        };
         store
-            .record_certificate(&record, unix_now())
+            .record_certificate(&record_of(issued, node, token), unix_now())
             .await
             .map_err(|error| {
                 tracing::warn!(%node, error = %error.detail(), "cannot record an issued certificate");
@@ -90,18 +81,39 @@ impl Issuer {
             })
     }
 
-    /// A renewal for `node`, asked over its open stream.
+    /// A renewal for `node`, asked over its open stream authenticated by the certificate
+    /// `prior`; refused when `prior` is revoked (checked under the node's lock, see
+    /// [`Store::record_renewal`]).
     pub(crate) async fn renew(
         &self,
         store: &Store,
         csr: &[u8],
         node: Uuid,
+        prior: &str,
     ) -> Result<Issued, String> {
         let issued = self.sign(csr, node).map_err(|e| e.to_string())?;
-        Self::record(store, &issued, node, None)
-            .await
-            .map_err(|status| status.message().to_owned())?;
-        Ok(issued)
+        let record = record_of(&issued, node, None);
+        match store.record_renewal(&record, prior, unix_now()).await {
+            Ok(true) => Ok(issued),
+            Ok(false) => Err("this data plane's certificate is revoked".to_owned()),
+            Err(error) => {
+                tracing::warn!(%node, error = %error.detail(), "cannot record a renewed certificate");
+                Err("the control plane cannot record the certificate; retry".to_owned())
+            }
+        }
+    }
+}
+
+/// What the store keeps of an issued certificate.
+fn record_of(issued: &Issued, node: Uuid, token: Option<Uuid>) -> IssuedCert<'_> {
+    IssuedCert {
+        serial: &issued.serial,
+        node_id: node,
+        spiffe_id: &issued.spiffe_id,
+        issuer: &issued.issuer,
+        not_before: issued.not_before,
+        not_after: issued.not_after,
+        token_id: token,
     }
 }
 

@@ -662,14 +662,17 @@ impl Receiver {
     /// Issues a renewed certificate for the stream's node and sends it (or the refusal).
     async fn renew(&mut self, renew: RenewCertificate) {
         let id = self.row.id;
-        let answer = match (&self.ca, &self.row.spiffe_id) {
-            (None, _) => Err(
+        let answer = match (&self.ca, &self.row.spiffe_id, &self.row.cert_serial) {
+            (None, _, _) => Err(
                 "this control plane does not issue certificates (no --cluster-ca-key)".to_owned(),
             ),
-            (Some(_), None) => Err(
+            (Some(ca), Some(_), Some(serial)) => {
+                let serial = serial.clone();
+                ca.renew(&self.store, &renew.csr, id, &serial).await
+            }
+            (Some(_), _, _) => Err(
                 "only an enrolled data plane (with a SPIFFE ID) renews its certificate".to_owned(),
             ),
-            (Some(ca), Some(_)) => ca.renew(&self.store, &renew.csr, id).await,
         };
         let reply = match answer {
             Ok(issued) => {

@@ -181,25 +181,35 @@ impl Store {
         now: i64,
     ) -> Result<(), ApiError> {
         let client = self.pool.get().await?;
-        client
-            .execute(
-                "INSERT INTO cluster_certificates (serial, node_id, spiffe_id, issuer, \
-                 not_before, not_after, token_id, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    &cert.serial,
-                    &cert.node_id,
-                    &cert.spiffe_id,
-                    &cert.issuer,
-                    &cert.not_before,
-                    &cert.not_after,
-                    &cert.token_id,
-                    &now,
-                ],
+        insert_certificate(&**client, cert, now).await
+    }
+
+    /// Records a renewal of the certificate `prior`, unless `prior` is revoked by now: returns
+    /// whether it was recorded. A per-node advisory lock orders it with
+    /// [`Store::revoke_node_certificates`], so a renewal racing a revocation is either refused
+    /// or revoked with the rest.
+    pub(crate) async fn record_renewal(
+        &self,
+        cert: &IssuedCert<'_>,
+        prior: &str,
+        now: i64,
+    ) -> Result<bool, ApiError> {
+        let mut client = self.pool.get().await?;
+        let tx = Store::begin(&mut client).await?;
+        lock_node(&tx, cert.node_id).await?;
+        let revoked = tx
+            .query_opt(
+                "SELECT 1 FROM cluster_certificates WHERE serial = $1 AND revoked_at IS NOT NULL",
+                &[&prior],
             )
             .await
             .map_err(db_error)?;
-        Ok(())
+        if revoked.is_some() {
+            return Ok(false);
+        }
+        insert_certificate(&*tx, cert, now).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
     }
 
     /// Whether the certificate with this serial is revoked.
@@ -240,6 +250,7 @@ impl Store {
     ) -> Result<u64, ApiError> {
         let mut client = self.pool.get().await?;
         let tx = Store::begin(&mut client).await?;
+        lock_node(&tx, node).await?;
         if registry_cert {
             tx.execute(
             "INSERT INTO cluster_certificates (serial, node_id, spiffe_id, issuer, not_after, \
@@ -263,4 +274,41 @@ impl Store {
         tx.commit().await.map_err(db_error)?;
         Ok(revoked)
     }
+}
+
+/// Serialises the certificate writes of one node until the transaction ends.
+async fn lock_node(tx: &tokio_postgres::Transaction<'_>, node: Uuid) -> Result<(), ApiError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('gatehouse-dp-cert:' || $1::text))",
+        &[&node.to_string()],
+    )
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// Inserts an issued certificate.
+async fn insert_certificate(
+    client: &impl tokio_postgres::GenericClient,
+    cert: &IssuedCert<'_>,
+    now: i64,
+) -> Result<(), ApiError> {
+    client
+        .execute(
+            "INSERT INTO cluster_certificates (serial, node_id, spiffe_id, issuer, not_before, \
+             not_after, token_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &cert.serial,
+                &cert.node_id,
+                &cert.spiffe_id,
+                &cert.issuer,
+                &cert.not_before,
+                &cert.not_after,
+                &cert.token_id,
+                &now,
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+    Ok(())
 }

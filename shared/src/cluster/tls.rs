@@ -279,11 +279,7 @@ pub fn client_config(
     files: &ClusterTlsFiles,
     server_name: &str,
 ) -> Result<Arc<ClientConfig>, ClusterTlsError> {
-    let name = ServerName::try_from(server_name)
-        .map(|name| name.to_owned())
-        .map_err(|_| ClusterTlsError::ServerName {
-            name: server_name.to_owned(),
-        })?;
+    let name = parse_server_name(server_name)?;
     let provider = provider();
     let identity = load_identity(files, &provider)?;
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
@@ -291,16 +287,7 @@ pub fn client_config(
             pin: Pin::of(&identity, &files.cert)?,
             algorithms: provider.signature_verification_algorithms,
         }),
-        ClusterMtls::Pki => {
-            let (ca, roots) = load_roots(files)?;
-            let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-                .build()
-                .map_err(|e| ClusterTlsError::Ca {
-                    path: ca.to_owned(),
-                    reason: e.to_string(),
-                })?;
-            Arc::new(FixedNameVerifier { inner, name })
-        }
+        ClusterMtls::Pki => ca_verifier(files, &provider, name)?,
     };
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -318,31 +305,46 @@ pub fn enrol_client_config(
     ca: &Path,
     server_name: &str,
 ) -> Result<Arc<ClientConfig>, ClusterTlsError> {
-    let name = ServerName::try_from(server_name)
-        .map(|name| name.to_owned())
-        .map_err(|_| ClusterTlsError::ServerName {
-            name: server_name.to_owned(),
-        })?;
+    let name = parse_server_name(server_name)?;
     let provider = provider();
     let files = ClusterTlsFiles {
         ca: Some(ca.to_owned()),
         ..ClusterTlsFiles::default()
     };
-    let (ca, roots) = load_roots(&files)?;
+    let verifier = ca_verifier(&files, &provider, name)?;
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(build_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The CP name a DP checks, as rustls takes it.
+fn parse_server_name(server_name: &str) -> Result<ServerName<'static>, ClusterTlsError> {
+    ServerName::try_from(server_name)
+        .map(|name| name.to_owned())
+        .map_err(|_| ClusterTlsError::ServerName {
+            name: server_name.to_owned(),
+        })
+}
+
+/// DP, `pki` mode: the CP's certificate verified against the CA of `files` for `name`.
+fn ca_verifier(
+    files: &ClusterTlsFiles,
+    provider: &Arc<CryptoProvider>,
+    name: ServerName<'static>,
+) -> Result<Arc<dyn ServerCertVerifier>, ClusterTlsError> {
+    let (ca, roots) = load_roots(files)?;
     let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .build()
         .map_err(|e| ClusterTlsError::Ca {
             path: ca.to_owned(),
             reason: e.to_string(),
         })?;
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(build_error)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(FixedNameVerifier { inner, name }))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    Ok(Arc::new(config))
+    Ok(Arc::new(FixedNameVerifier { inner, name }))
 }
 
 /// The identity of a peer from its certificate chain (end-entity first, as rustls'

@@ -391,24 +391,55 @@ fn load(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, Vec
     })
 }
 
-/// A route `/load` on the DPs, proxied to the CP's own Admin API `/status`.
-async fn route_to_admin(cp: &ControlPlane) -> Result<i64> {
-    let admin = cp.admin();
+/// A route `/load` on the DPs, proxied to `url`; returns the config version it made.
+async fn route_load(admin: &Admin, url: &str) -> Result<i64> {
     let service = admin
-        .post_json(
-            "/services",
-            &json!({"name": "admin", "url": format!("http://{}/status", cp.admin_addr())}),
-        )
+        .post_json("/services", &json!({"name": "load", "url": url}))
         .await?;
     ensure!(service.status == 201, "{service:?}");
     let route = admin
         .post_json(
-            "/services/admin/routes",
+            "/services/load/routes",
             &json!({"paths": ["/load"], "strip_path": true}),
         )
         .await?;
     ensure!(route.status == 201, "{route:?}");
     gatehouse_tests::config_version(admin).await
+}
+
+/// A route `/load` on the DPs, proxied to the CP's own Admin API `/status`.
+async fn route_to_admin(cp: &ControlPlane) -> Result<i64> {
+    route_load(cp.admin(), &format!("http://{}/status", cp.admin_addr())).await
+}
+
+/// A minimal HTTP/1.1 upstream answering every request `200 ok` (keep-alive), independent of
+/// the control plane.
+async fn ok_upstream() -> Result<SocketAddr> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
 }
 
 #[tokio::test]
@@ -527,5 +558,50 @@ async fn revocation_ends_the_stream_on_every_replica() -> Result<()> {
         dp1.status().await?["control_plane"]["connected"],
         json!(false)
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_control_plane_outage_over_the_renewal_point_costs_no_request_and_renews_after()
+-> Result<()> {
+    let mut cluster = enrolling_cluster(&["--cluster-dp-cert-lifetime", "60"]).await?;
+    let upstream = ok_upstream().await?;
+    let version = route_load(cluster.admin(), &format!("http://{upstream}")).await?;
+    let (_, token) = create_token(cluster.admin(), json!({})).await?;
+    let dp = DataPlane::start(enrolling(cluster.addr, &cluster, "outage", &token)).await?;
+    dp.wait_for_version(version, patience()).await?;
+    let serial = registered(cluster.admin(), &dp).await?["cert_details"]["serial"].clone();
+
+    // Under load, the CP dies before the renewal point (40 s) and comes back after it, before
+    // expiry (60 s).
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(format!("{}/load", dp.proxy_url()?), stop.clone());
+    kill_process(cluster.cp.pid()).await?;
+    dp.wait_until_disconnected(patience()).await?;
+    let renew_at = {
+        let text = std::fs::read_to_string(dp.cache_dir().join(IDENTITY_FILE))?;
+        let facts = gatehouse_shared::x509::check_key_pair(&text, &text)?;
+        gatehouse_shared::cluster::enrol::renew_at(facts.not_before, facts.not_after)
+    };
+    wait_until(
+        "the renewal point passed with the CP down",
+        Duration::from_secs(60),
+        || async {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            Ok((now > renew_at + 2).then_some(()))
+        },
+    )
+    .await?;
+    cluster.restart_cp().await?;
+    dp.wait_until_connected(patience()).await?;
+    dp.wait_for_log("cluster certificate renewed", patience())
+        .await?;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed) = loader.await?;
+    println!("requests={sent} failed={} during the outage", failed.len());
+    assert!(sent > 0);
+    assert!(failed.is_empty(), "{:?}", &failed[..failed.len().min(5)]);
+    let now = registered(cluster.admin(), &dp).await?;
+    assert_ne!(now["cert_details"]["serial"], serial, "{now}");
     Ok(())
 }

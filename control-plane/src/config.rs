@@ -606,6 +606,57 @@ mod tests {
     }
 
     #[test]
+    fn the_ca_key_turns_enrolment_on() {
+        let pki = [
+            "--cluster-mtls",
+            "pki",
+            "--cluster-cert",
+            "/pki/cp.crt",
+            "--cluster-cert-key",
+            "/pki/cp.key",
+            "--cluster-ca-cert",
+            "/pki/ca.crt",
+        ];
+        assert_eq!(parse(&pki).unwrap().cluster.enrolment, None);
+        let settings = parse(&[&pki[..], &["--cluster-ca-key", "/pki/ca.key"]].concat()).unwrap();
+        assert_eq!(
+            settings.cluster.enrolment,
+            Some(EnrolSettings {
+                ca_cert: "/pki/ca.crt".into(),
+                ca_key: "/pki/ca.key".into(),
+                cluster_name: "gatehouse".into(),
+                lifetime: std::time::Duration::from_secs(DEFAULT_DP_CERT_LIFETIME),
+            })
+        );
+        let err = parse(
+            &[
+                &pki[..],
+                &[
+                    "--cluster-ca-key",
+                    "/k",
+                    "--cluster-name",
+                    "Bad/Name",
+                    "--cluster-dp-cert-lifetime",
+                    "5",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--cluster-name"), "{err}");
+        assert!(err.contains("--cluster-dp-cert-lifetime: 5"), "{err}");
+        let shared = ["--cluster-cert", "/c", "--cluster-cert-key", "/k"];
+        let err = parse(&[&shared[..], &["--cluster-ca-key", "/k"]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--cluster-ca-key needs --cluster-mtls pki"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn allowed_common_names_may_be_a_toml_list() {
         let dir = std::env::temp_dir().join(format!("gh-cfg3-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -181,3 +181,34 @@ async fn a_renewal_answer_goes_out_and_a_revocation_ends_the_stream_with_a_refus
     assert!(sender.next().await.is_none());
     drop(feed.closed);
 }
+
+#[test]
+fn a_certificate_past_its_renewal_is_warned_about_once_and_a_renewal_resets_it() {
+    let node = Arc::new(Node::new(Arc::default(), None, None));
+    let cert = CertOf {
+        serial: "01".into(),
+        not_before: 1000 - enrol::BACKDATE_SECS,
+        not_after: 1060,
+    };
+    // Renewal point 1040; warned from half-way to expiry, 1050.
+    let (_guard, _ended) = node.open_session(Uuid::new_v4(), Uuid::nil(), Some(&cert));
+    let warned = |node: &Node| node.lock_sessions().values().all(|s| s.warned);
+    node.warn_expiring(1049);
+    assert!(!warned(&node));
+    node.warn_expiring(1050);
+    assert!(warned(&node));
+    let session = *node.lock_sessions().keys().next().unwrap_or(&Uuid::nil());
+    node.set_cert(
+        session,
+        &CertOf {
+            serial: "02".into(),
+            not_before: 1040 - enrol::BACKDATE_SECS,
+            not_after: 1100,
+        },
+    );
+    assert!(!warned(&node));
+    // Revoking a serial ends exactly the streams that use it.
+    let serials = std::collections::HashSet::from(["02".to_owned()]);
+    assert_eq!(node.end_streams_with(&serials, "revoked"), 1);
+    assert_eq!(node.end_streams_with(&serials, "revoked"), 0, "once");
+}

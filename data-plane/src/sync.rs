@@ -401,7 +401,7 @@ impl SyncClient {
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // Renewal: the key of the request in flight, and when to ask next.
         let mut pending_key: Option<String> = None;
-        let mut renew_due = self.renewal_deadline(None);
+        let mut renew_due = self.renewal_deadline(false);
         loop {
             let outgoing = tokio::select! {
                 message = inbound.message() => match message {
@@ -437,7 +437,7 @@ impl SyncClient {
                         Err(error) => {
                             tracing::warn!(%error, "cannot renew the cluster certificate");
                             METRICS.renewal(false);
-                            renew_due = self.renewal_deadline(Some(()));
+                            renew_due = self.renewal_deadline(true);
                             continue;
                         }
                     }
@@ -460,13 +460,14 @@ impl SyncClient {
     }
 
     /// When to ask for a renewal: at the identity's renewal point, or after a retry delay
-    /// (`retry` set) when the last attempt failed; `None` without an enrolled identity.
-    fn renewal_deadline(&self, retry: Option<()>) -> Option<tokio::time::Instant> {
+    /// when the last attempt failed (`retry`); `None` without an enrolled identity.
+    fn renewal_deadline(&self, retry: bool) -> Option<tokio::time::Instant> {
         let identity = self.identity.as_ref()?;
         let now = unix_now();
-        let wait = match retry {
-            Some(()) => identity.retry_delay(now as i64),
-            None => Duration::from_secs_f64((identity.renew_at() as f64 - now).max(0.0)),
+        let wait = if retry {
+            identity.retry_delay(now as i64)
+        } else {
+            Duration::from_secs_f64((identity.renew_at() as f64 - now).max(0.0))
         };
         Some(tokio::time::Instant::now() + wait)
     }
@@ -487,12 +488,12 @@ impl SyncClient {
             Ok(not_after) => {
                 METRICS.renewal(true);
                 tracing::info!(not_after, "cluster certificate renewed");
-                self.renewal_deadline(None)
+                self.renewal_deadline(false)
             }
             Err(error) => {
                 METRICS.renewal(false);
                 tracing::warn!(%error, "cluster certificate renewal failed; the current certificate stays");
-                self.renewal_deadline(Some(()))
+                self.renewal_deadline(true)
             }
         }
     }

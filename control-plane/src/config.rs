@@ -533,24 +533,34 @@ mod tests {
         );
     }
 
+    /// A `pki` mode cluster listener.
+    const PKI: [&str; 8] = [
+        "--cluster-mtls",
+        "pki",
+        "--cluster-cert",
+        "/pki/cp.crt",
+        "--cluster-cert-key",
+        "/pki/cp.key",
+        "--cluster-ca-cert",
+        "/pki/ca.crt",
+    ];
+
     #[test]
     fn cluster_settings() {
-        let settings = parse(&[
-            "--cluster-listen",
-            "127.0.0.1:0",
-            "--cluster-mtls",
-            "pki",
-            "--cluster-cert",
-            "/pki/cp.crt",
-            "--cluster-cert-key",
-            "/pki/cp.key",
-            "--cluster-ca-cert",
-            "/pki/ca.crt",
-            "--cluster-allowed-common-names",
-            "dp1, dp2,",
-            "--status-listen",
-            "off",
-        ])
+        let settings = parse(
+            &[
+                &PKI[..],
+                &[
+                    "--cluster-listen",
+                    "127.0.0.1:0",
+                    "--cluster-allowed-common-names",
+                    "dp1, dp2,",
+                    "--status-listen",
+                    "off",
+                ],
+            ]
+            .concat(),
+        )
         .unwrap();
         assert_eq!(settings.cluster.listen.to_string(), "127.0.0.1:0");
         assert_eq!(settings.cluster.mtls, ClusterMtls::Pki);
@@ -607,16 +617,7 @@ mod tests {
 
     #[test]
     fn the_ca_key_turns_enrolment_on() {
-        let pki = [
-            "--cluster-mtls",
-            "pki",
-            "--cluster-cert",
-            "/pki/cp.crt",
-            "--cluster-cert-key",
-            "/pki/cp.key",
-            "--cluster-ca-cert",
-            "/pki/ca.crt",
-        ];
+        let pki = PKI;
         assert_eq!(parse(&pki).unwrap().cluster.enrolment, None);
         let settings = parse(&[&pki[..], &["--cluster-ca-key", "/pki/ca.key"]].concat()).unwrap();
         assert_eq!(

@@ -18,6 +18,10 @@
 #   GATEHOUSE_ADMIN_LISTEN   Admin API address (default 127.0.0.1:8001)
 #   GATEHOUSE_QUICKSTART_PG_ONLY=1   `up` starts only PostgreSQL and creates the database
 #   GATEHOUSE_QUICKSTART_NO_DP=1     `up` starts no data plane
+#   GATEHOUSE_QUICKSTART_ENROL=1     the control plane holds the CA key and each data plane enrols
+#                                    with a single-use bootstrap token instead of using a
+#                                    certificate from pki/ (set it when the control plane starts;
+#                                    a data plane whose cache holds a certificate reuses it)
 #
 # State lives in .gatehouse/ in the checkout: pg/ (PostgreSQL data directory, log in
 # pg/server.log), pki/ (cluster CA, CP and DP certificates, written once by
@@ -228,10 +232,14 @@ cp_up() {
     section "starting the control plane (Admin API on $ADMIN_LISTEN, cluster listener on $CLUSTER_LISTEN)"
     touch "$CP_LOG"
     log_offset=$(($(wc -c <"$CP_LOG") + 1))
+    local enrol=()
+    if [ "${GATEHOUSE_QUICKSTART_ENROL:-}" = 1 ]; then
+        enrol=(--cluster-ca-key "$PKI/ca.key")
+    fi
     nohup "$BIN_DIR/gatehouse-cp" serve --database-url "$DATABASE_URL" --admin-listen "$ADMIN_LISTEN" \
         --cluster-listen "$CLUSTER_LISTEN" --status-listen "$CP_STATUS_LISTEN" \
         --cluster-mtls pki --cluster-cert "$PKI/cp.crt" --cluster-cert-key "$PKI/cp.key" \
-        --cluster-ca-cert "$PKI/ca.crt" \
+        --cluster-ca-cert "$PKI/ca.crt" "${enrol[@]}" \
         >>"$CP_LOG" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >"$CP_PID"
@@ -298,9 +306,21 @@ dp_up() { # NAME STATUS_LISTEN
     section "starting data plane $name (proxy on ${DP_PROXY_LISTEN[$name]} and ${DP_PROXY_SSL_LISTEN[$name]}, status on $status)"
     touch "$STATE/$name.log"
     log_offset=$(($(wc -c <"$STATE/$name.log") + 1))
-    nohup "$BIN_DIR/gatehouse-dp" --cluster-control-plane "$(cat "$STATE/cp.cluster")" \
-        --cluster-server-name localhost --cluster-mtls pki \
-        --cluster-cert "$PKI/$name.crt" --cluster-cert-key "$PKI/$name.key" \
+    local identity=(--cluster-cert "$PKI/$name.crt" --cluster-cert-key "$PKI/$name.key") token=""
+    if [ "${GATEHOUSE_QUICKSTART_ENROL:-}" = 1 ]; then
+        identity=()
+        # A single-use token, valid ten minutes, passed in the environment; unused when the
+        # cache already holds a valid certificate.
+        token=$("$BIN_DIR/gatehouse-cp" cluster-token create --database-url "$DATABASE_URL" \
+            --uses 1 --ttl 600 --label "quickstart=$name" | grep -o '"token":"[^"]*"' | cut -d'"' -f4)
+        if [ -z "$token" ]; then
+            echo "error: cannot create a bootstrap token for $name" >&2
+            exit 1
+        fi
+    fi
+    GATEHOUSE_CLUSTER_BOOTSTRAP_TOKEN=$token nohup "$BIN_DIR/gatehouse-dp" \
+        --cluster-control-plane "$(cat "$STATE/cp.cluster")" \
+        --cluster-server-name localhost --cluster-mtls pki "${identity[@]}" \
         --cluster-ca-cert "$PKI/ca.crt" --cache-dir "$STATE/$name" --status-listen "$status" \
         --proxy-listen "${DP_PROXY_LISTEN[$name]}" --proxy-ssl-listen "${DP_PROXY_SSL_LISTEN[$name]}" \
         --label "quickstart=$name" \

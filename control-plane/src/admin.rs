@@ -62,6 +62,12 @@ pub(crate) enum Op {
     Acme,
     /// `GET /acme/certificates` and `GET /acme/certificates/{host}`.
     AcmeCertificates,
+    /// `GET, POST /clustering/tokens`: bootstrap tokens.
+    Tokens,
+    /// `GET, DELETE /clustering/tokens/{id}`: one bootstrap token (DELETE revokes it).
+    Token,
+    /// `DELETE /clustering/data-planes/{id}/certificates`: revoke a data plane's certificates.
+    RevokeDataPlane,
     /// A collection: list and create.
     Collection(Scope),
     /// One entity: read, patch, replace, delete.
@@ -195,6 +201,21 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             path: "/acme/certificates/{host}".into(),
             methods: &[Method::GET],
             op: Op::AcmeCertificates,
+        },
+        Endpoint {
+            path: "/clustering/tokens".into(),
+            methods: &[Method::GET, Method::POST],
+            op: Op::Tokens,
+        },
+        Endpoint {
+            path: "/clustering/tokens/{id}".into(),
+            methods: &[Method::GET, Method::DELETE],
+            op: Op::Token,
+        },
+        Endpoint {
+            path: "/clustering/data-planes/{id}/certificates".into(),
+            methods: &[Method::DELETE],
+            op: Op::RevokeDataPlane,
         },
     ];
     for collection in COLLECTIONS {
@@ -417,6 +438,9 @@ async fn dispatch(
         Op::Audit => audit(state, &request).await,
         Op::Acme => acme::acme(state, request, body).await,
         Op::AcmeCertificates => acme::certificates(state, request).await,
+        Op::Tokens => tokens(state, request, body).await,
+        Op::Token => token(state, &request).await,
+        Op::RevokeDataPlane => revoke_data_plane(state, &request).await,
     }
 }
 
@@ -757,18 +781,104 @@ async fn data_planes(state: &State) -> Result<Response, ApiError> {
     Ok(ok(StatusCode::OK, json!({"data": data, "next": null})))
 }
 
-/// `DELETE /clustering/data-planes/{id}`: 204 whether or not it was known; 404 for an id that
-/// is not a UUID (it cannot name a data plane).
+/// `DELETE /clustering/data-planes/{id}`: revokes its certificates (its stream ends on every
+/// replica, and it cannot connect again with them), then forgets it. 204 whether or not it was
+/// known; 404 for an id that is not a UUID (it cannot name a data plane).
 async fn delete_data_plane(state: &State, request: &Request) -> Result<Response, ApiError> {
-    let id = request
-        .params
-        .first()
-        .and_then(|id| Uuid::parse_str(id).ok())
-        .ok_or(ApiError::NotFound("Not found"))?;
+    let id = uuid_param(request)?;
+    revoke(state, id).await?;
     if state.store.delete_data_plane(id).await? {
         tracing::info!(%id, "data plane forgotten");
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /clustering/data-planes/{id}/certificates`: revokes its certificates and ends its
+/// stream on every replica; the registry keeps it (disconnected). 204.
+async fn revoke_data_plane(state: &State, request: &Request) -> Result<Response, ApiError> {
+    let id = uuid_param(request)?;
+    revoke(state, id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Revokes every certificate of data plane `id` and ends its streams on this replica at once
+/// (the others see the revocation within their poll interval).
+async fn revoke(state: &State, id: Uuid) -> Result<(), ApiError> {
+    // In `shared` mode every node holds the same certificate: revoking it would shut out the
+    // whole cluster, so only certificates the CA issued to this node are revoked.
+    let own_certificate =
+        state.settings.cluster.mtls == gatehouse_shared::cluster::ClusterMtls::Pki;
+    let revoked = state
+        .store
+        .revoke_node_certificates(id, own_certificate, unix_now())
+        .await?;
+    let ended = state
+        .node
+        .end_streams_of(id, "the data plane's certificate was revoked");
+    tracing::warn!(%id, certificates = revoked, streams_ended = ended, "data plane revoked");
+    Ok(())
+}
+
+/// The `{id}` of a path, a UUID (404 otherwise).
+fn uuid_param(request: &Request) -> Result<Uuid, ApiError> {
+    request
+        .params
+        .first()
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .ok_or(ApiError::NotFound("Not found"))
+}
+
+/// `GET /clustering/tokens` (every token, never a secret) and `POST /clustering/tokens`
+/// (201 with the secret in `token`, shown this once).
+async fn tokens(state: &State, request: Request, body: Bytes) -> Result<Response, ApiError> {
+    let now = unix_now();
+    if request.method == Method::POST {
+        // Form values stay strings: the parser takes numbers as text too.
+        let decoded = body::decode(&request.headers, body).await.map_err(|e| {
+            if e.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+                ApiError::UnsupportedMediaType(e.message())
+            } else {
+                ApiError::BadRequest(e.message())
+            }
+        })?;
+        let Value::Object(body) = decoded.value else {
+            return Err(ApiError::BadRequest("Cannot parse JSON body".into()));
+        };
+        let new = crate::tokens::parse_new(&body)?;
+        let (token, secret) = crate::tokens::create(&state.store, new).await?;
+        let mut shown = crate::tokens::token_json(&token, now);
+        shown["token"] = json!(secret);
+        return Ok(ok(StatusCode::CREATED, shown));
+    }
+    let data: Vec<Value> = state
+        .store
+        .tokens()
+        .await?
+        .iter()
+        .map(|t| crate::tokens::token_json(t, now))
+        .collect();
+    Ok(ok(StatusCode::OK, json!({"data": data, "next": null})))
+}
+
+/// `GET /clustering/tokens/{id}` and `DELETE` (revokes; 204, 404 when unknown).
+async fn token(state: &State, request: &Request) -> Result<Response, ApiError> {
+    let id = uuid_param(request)?;
+    if request.method == Method::DELETE {
+        if !state.store.revoke_token(id, unix_now()).await? {
+            return Err(ApiError::NotFound("Not found"));
+        }
+        tracing::info!(%id, "bootstrap token revoked");
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let token = state
+        .store
+        .token(id)
+        .await?
+        .ok_or(ApiError::NotFound("Not found"))?;
+    Ok(ok(
+        StatusCode::OK,
+        crate::tokens::token_json(&token, unix_now()),
+    ))
 }
 
 /// `GET /clustering/status`: the snapshot this node serves, how many data planes run it, and

@@ -18,6 +18,7 @@
 //! replica died without saying so).
 
 mod compat;
+mod enrol;
 mod fleet;
 mod listener;
 mod service;
@@ -63,10 +64,41 @@ pub(crate) struct Node {
     pub(crate) latest: Option<Latest>,
     /// Address of the cluster listener, when it runs.
     pub(crate) cluster_addr: Option<SocketAddr>,
-    /// Open sync streams: session id → DP id.
-    sessions: Mutex<HashMap<Uuid, Uuid>>,
+    /// Open sync streams by session id.
+    sessions: Mutex<HashMap<Uuid, Session>>,
     /// The ACME client, set once at start.
     pub(crate) acme: std::sync::OnceLock<Arc<crate::acme::Acme>>,
+}
+
+/// One open sync stream.
+#[derive(Debug)]
+struct Session {
+    /// The data plane's id.
+    dp: Uuid,
+    /// Serial number (lowercase hex) of its current certificate.
+    serial: Option<String>,
+    /// When that certificate should have been renewed by, Unix seconds: half-way between its
+    /// renewal point and its expiry.
+    renew_by: Option<i64>,
+    /// Whether the missed renewal was logged.
+    warned: bool,
+    /// Set to the reason to end the stream (its certificate was revoked).
+    end: watch::Sender<Option<String>>,
+}
+
+/// The certificate a stream is authenticated with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CertOf {
+    pub(crate) serial: String,
+    pub(crate) not_before: i64,
+    pub(crate) not_after: i64,
+}
+
+impl CertOf {
+    fn renew_by(&self) -> i64 {
+        let renew_at = gatehouse_shared::cluster::enrol::renew_at(self.not_before, self.not_after);
+        renew_at + (self.not_after - renew_at) / 2
+    }
 }
 
 /// Removes a session from [`Node`]'s open streams when dropped.
@@ -76,18 +108,29 @@ struct SessionGuard {
     session: Uuid,
 }
 
+/// The cluster CA and the policy this node issues data-plane certificates with.
+pub(crate) type Ca = Arc<enrol::Issuer>;
+
 /// Builds the cluster listener's TLS configuration from the `--cluster-*` files, or `None`
-/// (with a warning) when the listener is disabled. Bad files are a configuration error naming
-/// the file and the reason.
-pub(crate) fn load_tls(settings: &ClusterSettings) -> Result<Option<Tls>, ConfigError> {
+/// (with a warning) when the listener is disabled, and the cluster CA when enrolment is on.
+/// Bad files are a configuration error naming the file and the reason.
+pub(crate) fn load_tls(
+    settings: &ClusterSettings,
+) -> Result<Option<(Tls, Option<Ca>)>, ConfigError> {
     let Some(files) = settings.files.clone() else {
         tracing::warn!(
             "cluster listener disabled: --cluster-cert and --cluster-cert-key are not set"
         );
         return Ok(None);
     };
-    ReloadingConfig::server(settings.mtls, files)
-        .map(|tls| Some(Arc::new(tls)))
+    let ca = match &settings.enrolment {
+        Some(enrolment) => Some(Arc::new(enrol::Issuer::load(enrolment)?)),
+        None => None,
+    };
+    // With enrolment on, a connection without a client certificate is accepted, for the
+    // Enrolment service only (see `listener`).
+    ReloadingConfig::server_with(settings.mtls, files, ca.is_some())
+        .map(|tls| Some((Arc::new(tls), ca)))
         .map_err(|error| ConfigError::new(format!("cluster TLS: {error}")))
 }
 
@@ -96,16 +139,21 @@ pub(crate) fn load_tls(settings: &ClusterSettings) -> Result<Option<Tls>, Config
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Tls,
+    ca: Option<Ca>,
     node: Arc<Node>,
     store: Arc<Store>,
     shutdown: watch::Receiver<bool>,
 ) {
     let reload = tokio::spawn(tls.clone().watch(RELOAD_INTERVAL));
     let leases = tokio::spawn(refresh_leases(node.clone(), store.clone()));
-    let service = service::SyncService::new(node, store, shutdown.clone());
-    listener::serve(listener, tls, service, shutdown).await;
+    let revocations = tokio::spawn(enrol::watch_revocations(node.clone(), store.clone()));
+    let service =
+        service::SyncService::new(node.clone(), store.clone(), ca.clone(), shutdown.clone());
+    let enrolment = ca.map(|ca| enrol::EnrolService::new(node, store, ca));
+    listener::serve(listener, tls, service, enrolment, shutdown).await;
     reload.abort();
     leases.abort();
+    revocations.abort();
 }
 
 /// Keeps the leases of this node's streams alive.
@@ -157,16 +205,86 @@ impl Node {
         self.lock_sessions().keys().copied().collect()
     }
 
-    /// Records an open stream until the guard drops.
-    fn open_session(self: &Arc<Self>, session: Uuid, dp: Uuid) -> SessionGuard {
-        self.lock_sessions().insert(session, dp);
-        SessionGuard {
+    /// Records an open stream until the guard drops; the receiver turns `Some(reason)` when the
+    /// stream must end.
+    fn open_session(
+        self: &Arc<Self>,
+        session: Uuid,
+        dp: Uuid,
+        cert: Option<&CertOf>,
+    ) -> (SessionGuard, watch::Receiver<Option<String>>) {
+        let (end, ended) = watch::channel(None);
+        self.lock_sessions().insert(
+            session,
+            Session {
+                dp,
+                serial: cert.map(|c| c.serial.clone()),
+                renew_by: cert.map(CertOf::renew_by),
+                warned: false,
+                end,
+            },
+        );
+        let guard = SessionGuard {
             node: self.clone(),
             session,
+        };
+        (guard, ended)
+    }
+
+    /// Ends every open stream of data plane `dp`; returns how many.
+    pub(crate) fn end_streams_of(&self, dp: Uuid, reason: &str) -> usize {
+        self.end_where(|session| session.dp == dp, reason)
+    }
+
+    /// Ends every open stream whose certificate serial is in `serials`; returns how many.
+    fn end_streams_with(&self, serials: &std::collections::HashSet<String>, reason: &str) -> usize {
+        self.end_where(
+            |session| session.serial.as_ref().is_some_and(|s| serials.contains(s)),
+            reason,
+        )
+    }
+
+    fn end_where(&self, matches: impl Fn(&Session) -> bool, reason: &str) -> usize {
+        let sessions = self.lock_sessions();
+        let mut ended = 0;
+        for session in sessions.values().filter(|s| matches(s)) {
+            if session.end.borrow().is_none() {
+                session.end.send_replace(Some(reason.to_owned()));
+                ended += 1;
+            }
+        }
+        ended
+    }
+
+    /// Updates the certificate of a session (after a renewal).
+    fn set_cert(&self, session: Uuid, cert: &CertOf) {
+        if let Some(entry) = self.lock_sessions().get_mut(&session) {
+            entry.serial = Some(cert.serial.clone());
+            entry.renew_by = Some(cert.renew_by());
+            entry.warned = false;
         }
     }
 
-    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Uuid>> {
+    /// Logs, once per certificate, each stream whose certificate is past the point it should
+    /// have been renewed by (an enrolled data plane renews at two thirds of the lifetime).
+    fn warn_expiring(&self, now: i64) {
+        let mut sessions = self.lock_sessions();
+        for session in sessions.values_mut() {
+            if let Some(renew_by) = session.renew_by
+                && renew_by <= now
+                && !session.warned
+            {
+                session.warned = true;
+                tracing::warn!(
+                    id = %session.dp,
+                    serial = session.serial.as_deref().unwrap_or("-"),
+                    "data plane certificate is close to expiry and has not been renewed"
+                );
+            }
+        }
+    }
+
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Session>> {
         // A panic while holding this lock leaves a consistent map (single insert/remove).
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }

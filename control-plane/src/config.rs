@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Deserializer};
 
-use gatehouse_shared::cluster::{ClusterMtls, ClusterTlsFiles};
+use gatehouse_shared::cluster::{ClusterMtls, ClusterTlsFiles, enrol};
 use gatehouse_shared::entities::KNOWN_PLUGINS;
 
 /// Default Admin API address (Kong's `admin_listen`).
@@ -23,6 +23,10 @@ pub const DEFAULT_CLUSTER_LISTEN: &str = "0.0.0.0:8005";
 pub const DEFAULT_ACME_RENEW_INTERVAL: u64 = 3600;
 /// Default longest time of one ACME order, in seconds.
 pub const DEFAULT_ACME_ORDER_TIMEOUT: u64 = 90;
+/// Default lifetime of an enrolled data plane's certificate, in seconds (24 h).
+pub const DEFAULT_DP_CERT_LIFETIME: u64 = 24 * 3600;
+/// Longest lifetime of an enrolled data plane's certificate, in seconds (90 days).
+pub const MAX_DP_CERT_LIFETIME: u64 = 90 * 24 * 3600;
 /// Default address of the status listener (Kong's `status_listen`).
 pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:8100";
 
@@ -52,6 +56,9 @@ pub enum Command {
     /// Register, list and revoke the client certificates of the Admin API.
     #[command(subcommand)]
     AdminCert(crate::credentials::CertCommand),
+    /// Manage the bootstrap tokens data planes enrol with.
+    #[command(subcommand, name = "cluster-token")]
+    ClusterToken(crate::tokens::TokenCommand),
 }
 
 /// Flags shared by every subcommand (each is also a `GATEHOUSE_*` variable and a TOML key).
@@ -152,6 +159,22 @@ pub struct Flags {
     #[arg(long, env = "GATEHOUSE_CLUSTER_ALLOWED_COMMON_NAMES")]
     #[serde(default, deserialize_with = "string_or_list")]
     pub cluster_allowed_common_names: Option<String>,
+
+    /// `pki` mode: PEM private key of the cluster CA (the first certificate of
+    /// --cluster-ca-cert). Enables enrolment: data planes with a bootstrap token get their
+    /// certificate from this control plane.
+    #[arg(long, env = "GATEHOUSE_CLUSTER_CA_KEY")]
+    pub cluster_ca_key: Option<PathBuf>,
+
+    /// Name of the cluster, the trust domain of enrolled data planes' SPIFFE IDs
+    /// (`spiffe://NAME/dp/NODE-ID`) [default: gatehouse].
+    #[arg(long, env = "GATEHOUSE_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+
+    /// Lifetime of the certificates issued to enrolled data planes, in seconds (at least 30);
+    /// they renew two thirds into it [default: 86400].
+    #[arg(long, env = "GATEHOUSE_CLUSTER_DP_CERT_LIFETIME")]
+    pub cluster_dp_cert_lifetime: Option<u64>,
 
     /// Address of the status listener (`GET /status`, `GET /status/ready`), or `off`
     /// (port 0 picks a free port; the address is logged) [default: 127.0.0.1:8100].
@@ -266,6 +289,22 @@ pub struct ClusterSettings {
     /// Certificate files; `None` (neither --cluster-cert nor --cluster-cert-key set) disables
     /// the listener.
     pub files: Option<ClusterTlsFiles>,
+    /// Enrolment of data planes; `None` without --cluster-ca-key.
+    pub enrolment: Option<EnrolSettings>,
+}
+
+/// How this control plane issues data-plane certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EnrolSettings {
+    /// The CA certificate (--cluster-ca-cert).
+    pub ca_cert: PathBuf,
+    /// Its key (--cluster-ca-key).
+    pub ca_key: PathBuf,
+    /// The SPIFFE trust domain.
+    pub cluster_name: String,
+    /// Lifetime of an issued certificate.
+    pub lifetime: std::time::Duration,
 }
 
 /// A setting that does not parse; the message names the setting.
@@ -287,24 +326,29 @@ impl ConfigError {
 impl Cli {
     /// The flags of the chosen subcommand, merged with the `--config` file and defaults.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
-        let flags = match &self.command {
-            Command::Serve(flags) | Command::Migrate(flags) => flags,
-            Command::AdminToken(command) => command.flags(),
-            Command::AdminCert(command) => command.flags(),
+        match &self.command {
+            Command::Serve(flags) | Command::Migrate(flags) => flags.settings(),
+            Command::ClusterToken(command) => command.flags().settings(),
+            Command::AdminToken(command) => command.flags().settings(),
+            Command::AdminCert(command) => command.flags().settings(),
             // `pki` reads no settings: it gets the defaults.
-            Command::Pki(_) => return Flags::default().resolve(),
-        };
-        let file = match &flags.config {
-            Some(path) => Flags::from_file(path)?,
-            None => Flags::default(),
-        };
-        flags.clone().or(file).resolve()
+            Command::Pki(_) => Flags::default().resolve(),
+        }
     }
 }
 
 // === impl Flags ===
 
 impl Flags {
+    /// These flags merged with the `--config` file and defaults.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let file = match &self.config {
+            Some(path) => Flags::from_file(path)?,
+            None => Flags::default(),
+        };
+        self.clone().or(file).resolve()
+    }
+
     fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
@@ -337,6 +381,11 @@ impl Flags {
             cluster_allowed_common_names: self
                 .cluster_allowed_common_names
                 .or(other.cluster_allowed_common_names),
+            cluster_ca_key: self.cluster_ca_key.or(other.cluster_ca_key),
+            cluster_name: self.cluster_name.or(other.cluster_name),
+            cluster_dp_cert_lifetime: self
+                .cluster_dp_cert_lifetime
+                .or(other.cluster_dp_cert_lifetime),
             status_listen: self.status_listen.or(other.status_listen),
             acme_ca_bundle: self.acme_ca_bundle.or(other.acme_ca_bundle),
             acme_renew_interval: self.acme_renew_interval.or(other.acme_renew_interval),
@@ -591,10 +640,45 @@ impl Flags {
                 );
             }
         }
+        let cluster_name = self
+            .cluster_name
+            .clone()
+            .unwrap_or_else(|| enrol::DEFAULT_CLUSTER_NAME.to_owned());
+        if let Err(reason) = enrol::check_cluster_name(&cluster_name) {
+            problems.push(format!("--cluster-name: {reason}"));
+        }
+        let lifetime = self
+            .cluster_dp_cert_lifetime
+            .unwrap_or(DEFAULT_DP_CERT_LIFETIME);
+        if lifetime < enrol::MIN_LIFETIME.as_secs() || lifetime > MAX_DP_CERT_LIFETIME {
+            problems.push(format!(
+                "--cluster-dp-cert-lifetime: {lifetime} is not from {} to {MAX_DP_CERT_LIFETIME} \
+                 seconds",
+                enrol::MIN_LIFETIME.as_secs()
+            ));
+        }
+        let enrolment = match (&self.cluster_ca_key, &self.cluster_ca_cert) {
+            (None, _) => None,
+            (Some(_), _) if files.is_some() && mtls != Some(ClusterMtls::Pki) => {
+                problems.push("--cluster-ca-key needs --cluster-mtls pki".into());
+                None
+            }
+            (Some(_), None) => {
+                problems.push("--cluster-ca-key needs --cluster-ca-cert".into());
+                None
+            }
+            (Some(key), Some(cert)) => Some(EnrolSettings {
+                ca_cert: cert.clone(),
+                ca_key: key.clone(),
+                cluster_name,
+                lifetime: std::time::Duration::from_secs(lifetime),
+            }),
+        };
         Some(ClusterSettings {
             listen: listen?,
             mtls: mtls?,
             files,
+            enrolment,
         })
     }
 }
@@ -662,24 +746,34 @@ mod tests {
         );
     }
 
+    /// A `pki` mode cluster listener.
+    const PKI: [&str; 8] = [
+        "--cluster-mtls",
+        "pki",
+        "--cluster-cert",
+        "/pki/cp.crt",
+        "--cluster-cert-key",
+        "/pki/cp.key",
+        "--cluster-ca-cert",
+        "/pki/ca.crt",
+    ];
+
     #[test]
     fn cluster_settings() {
-        let settings = parse(&[
-            "--cluster-listen",
-            "127.0.0.1:0",
-            "--cluster-mtls",
-            "pki",
-            "--cluster-cert",
-            "/pki/cp.crt",
-            "--cluster-cert-key",
-            "/pki/cp.key",
-            "--cluster-ca-cert",
-            "/pki/ca.crt",
-            "--cluster-allowed-common-names",
-            "dp1, dp2,",
-            "--status-listen",
-            "off",
-        ])
+        let settings = parse(
+            &[
+                &PKI[..],
+                &[
+                    "--cluster-listen",
+                    "127.0.0.1:0",
+                    "--cluster-allowed-common-names",
+                    "dp1, dp2,",
+                    "--status-listen",
+                    "off",
+                ],
+            ]
+            .concat(),
+        )
         .unwrap();
         assert_eq!(settings.cluster.listen.to_string(), "127.0.0.1:0");
         assert_eq!(settings.cluster.mtls, ClusterMtls::Pki);
@@ -752,6 +846,48 @@ mod tests {
         );
         // Without certificates the listener is off, and the mode's needs do not matter.
         assert!(parse(&["--cluster-mtls", "pki"]).is_ok());
+    }
+
+    #[test]
+    fn the_ca_key_turns_enrolment_on() {
+        let pki = PKI;
+        assert_eq!(parse(&pki).unwrap().cluster.enrolment, None);
+        let settings = parse(&[&pki[..], &["--cluster-ca-key", "/pki/ca.key"]].concat()).unwrap();
+        assert_eq!(
+            settings.cluster.enrolment,
+            Some(EnrolSettings {
+                ca_cert: "/pki/ca.crt".into(),
+                ca_key: "/pki/ca.key".into(),
+                cluster_name: "gatehouse".into(),
+                lifetime: std::time::Duration::from_secs(DEFAULT_DP_CERT_LIFETIME),
+            })
+        );
+        let err = parse(
+            &[
+                &pki[..],
+                &[
+                    "--cluster-ca-key",
+                    "/k",
+                    "--cluster-name",
+                    "Bad/Name",
+                    "--cluster-dp-cert-lifetime",
+                    "5",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--cluster-name"), "{err}");
+        assert!(err.contains("--cluster-dp-cert-lifetime: 5"), "{err}");
+        let shared = ["--cluster-cert", "/c", "--cluster-cert-key", "/k"];
+        let err = parse(&[&shared[..], &["--cluster-ca-key", "/k"]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--cluster-ca-key needs --cluster-mtls pki"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod credentials;
 pub mod dns_update;
 pub mod logging;
 pub mod pki;
+pub mod tokens;
 
 // The fuzz targets' entry points (fuzz/, outside the workspace); not an API.
 #[doc(hidden)]
@@ -74,6 +75,9 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// A command (`cluster-token ...`) failed.
+    #[error("{0}")]
+    Command(String),
 }
 
 /// Applies the database migrations and returns.
@@ -145,15 +149,17 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
         let _ = on_signal.send(true);
     });
     let mut tasks = tokio::task::JoinSet::new();
-    if let (Some(listener), Some(tls)) = (cluster_listener, tls) {
+    if let (Some(listener), Some((tls, ca))) = (cluster_listener, tls) {
         tracing::info!(
             addr = %listener.local_addr()?,
             mtls = %settings.cluster.mtls,
+            enrolment = ca.is_some(),
             "cluster listener listening"
         );
         tasks.spawn(cluster::serve(
             listener,
             tls,
+            ca,
             node.clone(),
             store.clone(),
             shutdown.clone(),

@@ -57,6 +57,9 @@ fn main() -> ExitCode {
                 gatehouse_cp::credentials::run_cert(command, &settings, &mut std::io::stdout())
                     .await
             }
+            Command::ClusterToken(command) => {
+                gatehouse_cp::tokens::run(command, &mut std::io::stdout().lock()).await
+            }
             // Handled above, before logging and the runtime.
             Command::Pki(_) => Ok(()),
         }

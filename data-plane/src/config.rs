@@ -11,6 +11,7 @@
 //! | `--cluster-cert-key FILE` | `GATEHOUSE_CLUSTER_CERT_KEY` | `cluster_cert_key` | required |
 //! | `--cluster-ca-cert FILE` | `GATEHOUSE_CLUSTER_CA_CERT` | `cluster_ca_cert` | required in `pki` mode |
 //! | `--cluster-mtls shared\|pki` | `GATEHOUSE_CLUSTER_MTLS` | `cluster_mtls` | `shared` |
+//! | `--cluster-bootstrap-token TOKEN` | `GATEHOUSE_CLUSTER_BOOTSTRAP_TOKEN` | `cluster_bootstrap_token` | none (enrol: `pki` mode, the certificate and key are made and kept in the cache directory) |
 //! | `--cache-dir DIR` | `GATEHOUSE_CACHE_DIR` | `cache_dir` | `/var/lib/gatehouse-dp` |
 //! | `--status-listen IP:PORT` | `GATEHOUSE_STATUS_LISTEN` | `status_listen` | `127.0.0.1:8100` |
 //! | `--proxy-listen IP:PORT[,IP:PORT]\|off` | `GATEHOUSE_PROXY_LISTEN` | `proxy_listen` | `0.0.0.0:8000` (plain HTTP/1.1 and h2c) |
@@ -136,6 +137,18 @@ pub struct Flags {
     /// (verified against --cluster-ca-cert) [default: shared].
     #[arg(long, env = "GATEHOUSE_CLUSTER_MTLS")]
     pub cluster_mtls: Option<String>,
+
+    /// Bootstrap token to enrol with (`gatehouse-cp cluster-token create`): the node makes its
+    /// own key, gets a short-lived certificate from the control plane (verified against
+    /// --cluster-ca-cert), keeps both in the cache directory and renews it over the sync
+    /// stream. Implies `--cluster-mtls pki`; replaces --cluster-cert and --cluster-cert-key.
+    /// Used only when the cache holds no usable certificate.
+    #[arg(
+        long,
+        env = "GATEHOUSE_CLUSTER_BOOTSTRAP_TOKEN",
+        hide_env_values = true
+    )]
+    pub cluster_bootstrap_token: Option<String>,
 
     /// Directory of the node id and the cached snapshot; created (mode 0700) if missing
     /// [default: /var/lib/gatehouse-dp].
@@ -317,8 +330,21 @@ pub struct ClusterSettings {
     pub control_planes: Vec<ControlPlaneAddr>,
     /// Trust mode.
     pub mode: ClusterMtls,
-    /// Certificate, key and CA files (re-read when they change).
+    /// Certificate, key and CA files (re-read when they change). When enrolling, the
+    /// certificate and the key are the one file `<cache-dir>/cluster-identity.pem`.
     pub files: ClusterTlsFiles,
+    /// The bootstrap token, when this node enrols.
+    pub bootstrap_token: Option<BootstrapToken>,
+}
+
+/// A bootstrap token; `Debug` does not print it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BootstrapToken(pub String);
+
+impl std::fmt::Debug for BootstrapToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BootstrapToken(redacted)")
+    }
 }
 
 /// One control-plane address and the name its certificate is checked against.
@@ -546,6 +572,9 @@ impl Flags {
             cluster_cert_key: self.cluster_cert_key.or(other.cluster_cert_key),
             cluster_ca_cert: self.cluster_ca_cert.or(other.cluster_ca_cert),
             cluster_mtls: self.cluster_mtls.or(other.cluster_mtls),
+            cluster_bootstrap_token: self
+                .cluster_bootstrap_token
+                .or(other.cluster_bootstrap_token),
             cache_dir: self.cache_dir.or(other.cache_dir),
             status_listen: self.status_listen.or(other.status_listen),
             proxy_listen: self.proxy_listen.or(other.proxy_listen),
@@ -662,9 +691,43 @@ impl Flags {
                 PathBuf::new()
             })
         };
-        let cert = required(self.cluster_cert, "--cluster-cert", &mut problems);
-        let key = required(self.cluster_cert_key, "--cluster-cert-key", &mut problems);
-        if mode == ClusterMtls::Pki && self.cluster_ca_cert.is_none() {
+        let cache_dir = self
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR));
+        let bootstrap_token = self
+            .cluster_bootstrap_token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| BootstrapToken(t.to_owned()));
+        let (cert, key, mode) = if bootstrap_token.is_some() {
+            if self.cluster_cert.is_some() || self.cluster_cert_key.is_some() {
+                problems.push(
+                    "--cluster-bootstrap-token replaces --cluster-cert and --cluster-cert-key \
+                     (the enrolled certificate is kept in the cache directory); set one or the \
+                     other"
+                        .to_owned(),
+                );
+            }
+            if self.cluster_mtls.as_deref().map(str::trim) == Some("shared") {
+                problems.push("--cluster-bootstrap-token needs --cluster-mtls pki".to_owned());
+            }
+            if self.cluster_ca_cert.is_none() {
+                problems.push(
+                    "--cluster-bootstrap-token needs --cluster-ca-cert (the cluster CA the \
+                     control plane's certificate is verified against)"
+                        .to_owned(),
+                );
+            }
+            let identity = cache_dir.join(crate::enrol::IDENTITY_FILE);
+            (identity.clone(), identity, ClusterMtls::Pki)
+        } else {
+            let cert = required(self.cluster_cert, "--cluster-cert", &mut problems);
+            let key = required(self.cluster_cert_key, "--cluster-cert-key", &mut problems);
+            (cert, key, mode)
+        };
+        if mode == ClusterMtls::Pki && self.cluster_ca_cert.is_none() && bootstrap_token.is_none() {
             problems.push(
                 "--cluster-ca-cert (GATEHOUSE_CLUSTER_CA_CERT, or cluster_ca_cert in --config) \
                  is required with --cluster-mtls pki"
@@ -672,9 +735,6 @@ impl Flags {
             );
         }
 
-        let cache_dir = self
-            .cache_dir
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR));
         if cache_dir.as_os_str().is_empty() {
             problems.push("--cache-dir: must not be empty".to_owned());
         }
@@ -865,6 +925,7 @@ impl Flags {
                         ca: self.cluster_ca_cert,
                         allowed_common_names: Vec::new(),
                     },
+                    bootstrap_token,
                 },
                 cache_dir,
                 status_listen,

@@ -50,6 +50,7 @@ pub mod fuzzing;
 
 mod acme;
 mod cache;
+mod enrol;
 mod metrics;
 mod plugins;
 mod revocation;
@@ -73,6 +74,9 @@ use crate::sync::{SyncClient, Timing};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// Enrolment with `--cluster-bootstrap-token` failed.
+    #[error("enrolment: {0}")]
+    Enrol(#[from] enrol::EnrolError),
     /// The cluster certificate, key or CA cannot be used (a configuration problem).
     #[error("cluster TLS: {0}")]
     ClusterTls(#[from] ClusterTlsError),
@@ -114,6 +118,7 @@ impl Error {
         matches!(
             self,
             Self::ClusterTls(_)
+                | Self::Enrol(_)
                 | Self::Proxy(proxy::ProxyError::Tls(_) | proxy::ProxyError::TrustedCa { .. })
         )
     }
@@ -132,36 +137,6 @@ impl DataPlane {
 
     async fn start_with(settings: Settings, timing: Timing) -> Result<Self, Error> {
         let cluster = &settings.cluster;
-        // One TLS configuration per distinct server name (one in `shared` mode or with
-        // --cluster-server-name), each reloaded when the files change.
-        let mut configs: Vec<(String, Arc<ReloadingConfig<rustls::ClientConfig>>)> = Vec::new();
-        let mut targets = Vec::new();
-        for cp in &cluster.control_planes {
-            let name = cluster.tls_server_name_of(cp);
-            let server_name = ServerName::try_from(name)
-                .map(|name| name.to_owned())
-                .map_err(|_| ClusterTlsError::ServerName {
-                    name: name.to_owned(),
-                })?;
-            let tls = match configs.iter().find(|(n, _)| n == name) {
-                Some((_, tls)) => tls.clone(),
-                None => {
-                    let tls = Arc::new(ReloadingConfig::client(
-                        cluster.mode,
-                        cluster.files.clone(),
-                        name,
-                    )?);
-                    configs.push((name.to_owned(), tls.clone()));
-                    tls
-                }
-            };
-            targets.push(Target {
-                addr: cp.addr.clone(),
-                server_name,
-                tls,
-            });
-        }
-
         let cache = Cache::new(&settings.cache_dir);
         let node_id = match cache.open_and_node_id() {
             Ok((node_id, problem)) => {
@@ -186,6 +161,46 @@ impl DataPlane {
             }
         };
         tracing::info!(%node_id, cache_dir = %cache.dir().display(), "data plane starting");
+        // An enrolling node needs its certificate before any cluster connection.
+        let identity = match &cluster.bootstrap_token {
+            Some(token) => Some(Arc::new(
+                enrol::Identity::load_or_enrol(cluster, &cluster.files.cert, node_id, &token.0)
+                    .await?,
+            )),
+            None => None,
+        };
+        // One TLS configuration per distinct server name (one in `shared` mode or with
+        // --cluster-server-name), each reloaded when the files change.
+        let mut configs: Vec<(String, Arc<ReloadingConfig<rustls::ClientConfig>>)> = Vec::new();
+        let mut targets = Vec::new();
+        for cp in &cluster.control_planes {
+            let name = cluster.tls_server_name_of(cp);
+            let server_name = ServerName::try_from(name)
+                .map(|name| name.to_owned())
+                .map_err(|_| ClusterTlsError::ServerName {
+                    name: name.to_owned(),
+                })?;
+            let tls = match configs.iter().find(|(n, _)| n == name) {
+                Some((_, tls)) => tls.clone(),
+                None => {
+                    let tls = Arc::new(ReloadingConfig::client(
+                        cluster.mode,
+                        cluster.files.clone(),
+                        name,
+                    )?);
+                    configs.push((name.to_owned(), tls.clone()));
+                    if let Some(identity) = &identity {
+                        identity.watch(tls.clone());
+                    }
+                    tls
+                }
+            };
+            targets.push(Target {
+                addr: cp.addr.clone(),
+                server_name,
+                tls,
+            });
+        }
 
         let runtime = Arc::new(SharedRuntime::default());
         let state = Arc::new(NodeState::new(
@@ -245,7 +260,8 @@ impl DataPlane {
             settings.labels.clone(),
             timing,
         )
-        .with_certificate_requests(wanted);
+        .with_certificate_requests(wanted)
+        .with_identity(identity);
         let sync = tokio::spawn(client.run(stopped));
         tasks.extend([status, sync]);
         Ok(Self {

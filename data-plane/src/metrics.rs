@@ -9,6 +9,8 @@
 //! | `gatehouse_mtls_auth_failures_total` | `reason` (below) | refused client certificates |
 //! | `gatehouse_acme_challenges_answered_total` | `kind` = `http-01`, `tls-alpn-01` | ACME validations answered |
 //! | `gatehouse_acme_certificate_requests_total` | `outcome` = `sent`, `duplicate`, `rate_limited`, `queue_full` | on-demand certificate requests (handshakes for an allowed name without a certificate) |
+//! | `gatehouse_cluster_certificate_renewals_total` | `result` = `ok`, `failed` | renewals of the enrolled cluster certificate |
+//! | `gatehouse_cluster_certificate_expiry_days` (gauge) | | days until the cluster certificate expires (only when enrolled) |
 //!
 //! Upstream connection reuse is `1 - connections / requests`. The mtls-auth reasons are
 //! `no_certificate`, `unknown_ca`, `expired`, `not_yet_valid`, `revoked`, `revocation_unknown`
@@ -18,7 +20,7 @@
 //! Counters are relaxed atomics: one increment per event, no lock, no allocation.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Why mtls-auth refused a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +80,9 @@ pub(crate) struct Metrics {
     mtls_failures: [AtomicU64; 10],
     acme_answers: [AtomicU64; 2],
     on_demand: [AtomicU64; 4],
+    renewals: [AtomicU64; 2],
+    /// notAfter of the enrolled cluster certificate, Unix seconds; 0 when not enrolled.
+    cluster_cert_not_after: AtomicI64,
 }
 
 /// The process's counters.
@@ -93,7 +98,20 @@ impl Metrics {
             mtls_failures: [const { AtomicU64::new(0) }; 10],
             acme_answers: [const { AtomicU64::new(0) }; 2],
             on_demand: [const { AtomicU64::new(0) }; 4],
+            renewals: [const { AtomicU64::new(0) }; 2],
+            cluster_cert_not_after: AtomicI64::new(0),
         }
+    }
+
+    /// A renewal of the cluster certificate succeeded or failed.
+    pub(crate) fn renewal(&self, ok: bool) {
+        self.renewals[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The enrolled cluster certificate now expires at `not_after` (Unix seconds).
+    pub(crate) fn cluster_cert(&self, not_after: i64) {
+        self.cluster_cert_not_after
+            .store(not_after, Ordering::Relaxed);
     }
 
     pub(crate) fn handshake(&self, resumed: bool) {
@@ -213,6 +231,29 @@ impl Metrics {
                 out,
                 "gatehouse_acme_certificate_requests_total{{outcome=\"{outcome}\"}} {}",
                 get(counter)
+            );
+        }
+        family(
+            &mut out,
+            "gatehouse_cluster_certificate_renewals_total",
+            "Renewals of the enrolled cluster certificate, by result.",
+        );
+        for (result, counter) in ["ok", "failed"].iter().zip(&self.renewals) {
+            let _ = writeln!(
+                out,
+                "gatehouse_cluster_certificate_renewals_total{{result=\"{result}\"}} {}",
+                get(counter)
+            );
+        }
+        let not_after = self.cluster_cert_not_after.load(Ordering::Relaxed);
+        if not_after > 0 {
+            let now = crate::status::unix_now();
+            let _ = writeln!(
+                out,
+                "# HELP gatehouse_cluster_certificate_expiry_days Days until the enrolled cluster certificate expires.\n\
+                 # TYPE gatehouse_cluster_certificate_expiry_days gauge\n\
+                 gatehouse_cluster_certificate_expiry_days {:.6}",
+                (not_after as f64 - now) / 86400.0
             );
         }
         out

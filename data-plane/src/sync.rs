@@ -46,6 +46,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::cache::Cache;
+use crate::enrol::Identity;
+use crate::metrics::METRICS;
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::status::{ConfigSource, NodeState, unix_now};
 use crate::stopped;
@@ -121,6 +123,8 @@ pub(crate) struct SyncClient {
     /// Server names the TLS listeners want a certificate for (on-demand ACME), sent as
     /// `CertificateWanted` while connected.
     wanted: tokio::sync::Mutex<Option<mpsc::Receiver<String>>>,
+    /// The enrolled certificate, renewed over the stream; `None` with operator-made files.
+    identity: Option<Arc<Identity>>,
 }
 
 /// How a sync stream ended.
@@ -134,7 +138,7 @@ enum SessionEnd {
 
 /// Why a connection to the control plane could not be made.
 #[derive(Debug, thiserror::Error)]
-enum ConnectError {
+pub(crate) enum ConnectError {
     /// TCP connect (or name resolution) failed.
     #[error("cannot connect to {addr}: {source}")]
     Tcp {
@@ -271,6 +275,7 @@ impl SyncClient {
             labels,
             timing,
             wanted: tokio::sync::Mutex::new(None),
+            identity: None,
         }
     }
 
@@ -280,6 +285,12 @@ impl SyncClient {
             wanted: tokio::sync::Mutex::new(Some(wanted)),
             ..self
         }
+    }
+
+    /// Renews `identity` over the streams.
+    pub(crate) fn with_identity(mut self, identity: Option<Arc<Identity>>) -> Self {
+        self.identity = identity;
+        self
     }
 
     fn runtime(&self) -> &SharedRuntime {
@@ -402,6 +413,9 @@ impl SyncClient {
         let start = tokio::time::Instant::now() + self.timing.heartbeat;
         let mut heartbeat = tokio::time::interval_at(start, self.timing.heartbeat);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Renewal: the key of the request in flight, and when to ask next.
+        let mut pending_key: Option<String> = None;
+        let mut renew_due = self.renewal_deadline(false);
         loop {
             let outgoing = tokio::select! {
                 message = inbound.message() => match message {
@@ -411,6 +425,10 @@ impl SyncClient {
                         }
                         Some(control_plane_message::Kind::Refusal(refusal)) => {
                             return SessionEnd::Refused(refusal.reason);
+                        }
+                        Some(control_plane_message::Kind::CertificateRenewed(renewed)) => {
+                            renew_due = self.renewed(pending_key.take(), renewed);
+                            continue;
                         }
                         None => {
                             tracing::debug!("ignoring an empty or unknown message from the control plane");
@@ -422,6 +440,24 @@ impl SyncClient {
                 },
                 Some(server_name) = next_wanted(&mut wanted) => {
                     data_plane_message::Kind::CertificateWanted(pb::CertificateWanted { server_name })
+                }
+                () = sleep_until_opt(renew_due), if pending_key.is_none() => {
+                    let Some(identity) = &self.identity else { continue };
+                    match identity.new_request() {
+                        Ok((key, csr)) => {
+                            tracing::info!("renewing the cluster certificate");
+                            pending_key = Some(key);
+                            data_plane_message::Kind::RenewCertificate(pb::RenewCertificate {
+                                csr: csr.into(),
+                            })
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot renew the cluster certificate");
+                            METRICS.renewal(false);
+                            renew_due = self.renewal_deadline(true);
+                            continue;
+                        }
+                    }
                 }
                 _ = heartbeat.tick() => {
                     let running = self.runtime().load();
@@ -436,6 +472,45 @@ impl SyncClient {
             };
             if tx.send(message).await.is_err() {
                 return lost("the sync stream closed".to_owned());
+            }
+        }
+    }
+
+    /// When to ask for a renewal: at the identity's renewal point, or after a retry delay
+    /// when the last attempt failed (`retry`); `None` without an enrolled identity.
+    fn renewal_deadline(&self, retry: bool) -> Option<tokio::time::Instant> {
+        let identity = self.identity.as_ref()?;
+        let now = unix_now();
+        let wait = if retry {
+            identity.retry_delay(now as i64)
+        } else {
+            Duration::from_secs_f64((identity.renew_at() as f64 - now).max(0.0))
+        };
+        Some(tokio::time::Instant::now() + wait)
+    }
+
+    /// Installs a renewed certificate (or logs the refusal); returns the next renewal time.
+    fn renewed(
+        &self,
+        key: Option<String>,
+        renewed: pb::CertificateRenewed,
+    ) -> Option<tokio::time::Instant> {
+        let identity = self.identity.as_ref()?;
+        let outcome = match key {
+            None => Err("a renewed certificate arrived that was not asked for".to_owned()),
+            Some(_) if !renewed.error.is_empty() => Err(renewed.error),
+            Some(key) => identity.install(&key, &renewed.certificate),
+        };
+        match outcome {
+            Ok(not_after) => {
+                METRICS.renewal(true);
+                tracing::info!(not_after, "cluster certificate renewed");
+                self.renewal_deadline(false)
+            }
+            Err(error) => {
+                METRICS.renewal(false);
+                tracing::warn!(%error, "cluster certificate renewal failed; the current certificate stays");
+                self.renewal_deadline(true)
             }
         }
     }
@@ -603,7 +678,7 @@ async fn next_wanted(wanted: &mut Option<mpsc::Receiver<String>>) -> Option<Stri
 }
 
 /// TCP connect to `socket` (named `label` in errors), then the TLS handshake with `config`.
-async fn connect_tls(
+pub(crate) async fn connect_tls(
     socket: SocketAddr,
     label: &str,
     server_name: ServerName<'static>,
@@ -629,7 +704,7 @@ async fn connect_tls(
 
 /// An error and its sources, `: `-separated, without repeating a message a wrapper already
 /// printed.
-fn error_chain(error: &(dyn StdError + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn StdError + 'static)) -> String {
     let mut out = error.to_string();
     append_sources(&mut out, error.source());
     out
@@ -665,7 +740,7 @@ fn timed_out(error: &(dyn StdError + 'static)) -> bool {
 }
 
 /// A gRPC status as one line: its code and message, and the transport error behind it.
-fn describe_status(status: &tonic::Status) -> String {
+pub(crate) fn describe_status(status: &tonic::Status) -> String {
     let mut out = if status.message().is_empty() {
         format!("{:?}", status.code())
     } else {
@@ -675,6 +750,14 @@ fn describe_status(status: &tonic::Status) -> String {
     out
 }
 
+/// Completes at `deadline`, never without one.
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Whole milliseconds, as a number log formats print as one (a `u128` becomes a string in
 /// JSON logs).
 fn millis(duration: Duration) -> u64 {
@@ -682,7 +765,7 @@ fn millis(duration: Duration) -> u64 {
 }
 
 /// This machine's name, for the control plane's registry.
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|name| name.trim().to_owned())

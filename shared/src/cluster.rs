@@ -18,6 +18,7 @@
 //!
 //! Error messages name the file and the reason, never key material.
 
+pub mod enrol;
 pub mod pki;
 
 mod reload;
@@ -28,5 +29,5 @@ mod tls;
 pub use reload::{DEFAULT_RELOAD_INTERVAL, ReloadingConfig};
 pub use tls::{
     ClusterMtls, ClusterTlsError, ClusterTlsFiles, PeerIdentity, SHARED_SERVER_NAME, client_config,
-    https_server_config, peer_identity, server_config,
+    enrol_client_config, https_server_config, peer_identity, server_config, server_config_with,
 };

@@ -361,7 +361,8 @@ async fn a_data_plane_of_another_major_version_is_refused_with_a_reason() -> Res
 }
 
 #[tokio::test]
-async fn deleting_a_data_plane_forgets_it_until_it_connects_again() -> Result<()> {
+async fn deleting_a_data_plane_revokes_its_certificate_and_forgets_it_until_it_connects_with_a_new_one()
+-> Result<()> {
     let cluster = Cluster::start(&["dp1"], &[]).await?;
     let admin = cluster.admin();
     let mut dp = cluster.dp("dp1").await?;
@@ -380,7 +381,15 @@ async fn deleting_a_data_plane_forgets_it_until_it_connects_again() -> Result<()
     let summary = clustering_status(admin).await?;
     assert_eq!(summary["data_planes"]["total"], json!(0), "{summary}");
 
-    // The node keeps its id across restarts and registers again.
+    // Deleting revoked its certificate: the node is refused with it...
+    dp.start_again().await?;
+    dp.wait_for_log("certificate is revoked", patience())
+        .await?;
+    let listed = data_planes(admin).await?;
+    assert!(listed.iter().all(|e| e["id"] != json!(id)), "{listed:?}");
+    dp.stop().await?;
+    // ...and with a new certificate keeps its id and registers again.
+    cluster.pki.issue_dp("dp1")?;
     dp.start_again().await?;
     dp.wait_until_ready(patience()).await?;
     assert_eq!(dp.node_id()?, id);

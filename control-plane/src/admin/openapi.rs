@@ -259,7 +259,12 @@ fn operation(endpoint: &Endpoint, method: &Method) -> Value {
         Op::Root | Op::Status | Op::OpenApi | Op::Tags | Op::Tag => {
             information(endpoint.op, method)
         }
-        Op::DataPlanes | Op::DataPlane | Op::ClusterStatus => clustering(endpoint.op, method),
+        Op::DataPlanes
+        | Op::DataPlane
+        | Op::ClusterStatus
+        | Op::Tokens
+        | Op::Token
+        | Op::RevokeDataPlane => clustering(endpoint.op, method),
         Op::Audit => audit_operation(method),
         Op::Acme | Op::AcmeCertificates => acme_operation(endpoint, method),
         Op::Collection(scope) => collection_operation(scope, method),
@@ -315,8 +320,10 @@ fn fallback(endpoint: &Endpoint, method: &Method) -> Operation {
 fn path_parameter(endpoint: &Endpoint, method: &Method, name: &str, last: bool) -> Value {
     let description = if matches!(endpoint.op, Op::Tag) && name == "tag" {
         "A tag".to_owned()
-    } else if matches!(endpoint.op, Op::DataPlane) && name == "id" {
+    } else if matches!(endpoint.op, Op::DataPlane | Op::RevokeDataPlane) && name == "id" {
         "id of the data plane (its node id, a UUID)".to_owned()
+    } else if matches!(endpoint.op, Op::Token) && name == "id" {
+        "id of the bootstrap token (a UUID)".to_owned()
     } else {
         match COLLECTIONS.iter().find(|c| singular(c) == name) {
             Some(collection) => {
@@ -564,7 +571,10 @@ fn information(op: Op, method: &Method) -> Option<Operation> {
         | Op::ClusterStatus
         | Op::Audit
         | Op::Acme
-        | Op::AcmeCertificates => {
+        | Op::AcmeCertificates
+        | Op::Tokens
+        | Op::Token
+        | Op::RevokeDataPlane => {
             return None;
         }
     };
@@ -707,9 +717,80 @@ fn clustering(op: Op, method: &Method) -> Option<Operation> {
             responses.insert("404".into(), not_found("The id is not a UUID."));
             (
                 "deleteClusteringDataPlane",
-                "Forget a data plane",
-                "Removes a data plane from the registry, e.g. after it was scaled away. A data \
-                 plane that is still connected reappears at its next report.",
+                "Revoke and forget a data plane",
+                "Revokes the data plane's cluster certificates (its stream ends on every \
+                 control plane and it cannot connect with them again), then removes it from \
+                 the registry, e.g. after it was scaled away.",
+            )
+        }
+        (Op::RevokeDataPlane, &Method::DELETE) => {
+            responses.insert("204".into(), json!({"description": "Revoked."}));
+            responses.insert("404".into(), not_found("The id is not a UUID."));
+            (
+                "revokeClusteringDataPlane",
+                "Revoke a data plane",
+                "Revokes the data plane's cluster certificates: its stream ends on every \
+                 control plane within a second and it cannot connect with them again. It stays \
+                 in the registry, disconnected.",
+            )
+        }
+        (Op::Tokens, &Method::GET) => {
+            responses.insert(
+                "200".into(),
+                json_response("Every bootstrap token.", json!({"type": "object"})),
+            );
+            (
+                "getClusteringTokens",
+                "List bootstrap tokens",
+                "Every bootstrap token with its uses, expiry, labels and status; never the \
+                 secret.",
+            )
+        }
+        (Op::Tokens, &Method::POST) => {
+            responses.insert(
+                "201".into(),
+                json_response(
+                    "The token; `token` is the secret, shown this once.",
+                    json!({"type": "object"}),
+                ),
+            );
+            responses.insert(
+                "400".into(),
+                bad_request("Invalid `max_uses`, `ttl` or `labels` (code 2), or undecodable body."),
+            );
+            responses.insert(
+                "415".into(),
+                message_response(
+                    "The body is neither JSON, urlencoded form nor multipart form.",
+                    "Unsupported Content-Type",
+                ),
+            );
+            (
+                "createClusteringToken",
+                "Create a bootstrap token",
+                "A token data planes enrol with (`--cluster-bootstrap-token`): `max_uses` \
+                 (default 1), `ttl` in seconds (default 3600), `labels` (a map of strings).",
+            )
+        }
+        (Op::Token, &Method::GET) => {
+            responses.insert(
+                "200".into(),
+                json_response("The token.", json!({"type": "object"})),
+            );
+            responses.insert("404".into(), not_found("No such token."));
+            (
+                "getClusteringToken",
+                "Read a bootstrap token",
+                "One bootstrap token; never the secret.",
+            )
+        }
+        (Op::Token, &Method::DELETE) => {
+            responses.insert("204".into(), json!({"description": "Revoked."}));
+            responses.insert("404".into(), not_found("No such token."));
+            (
+                "deleteClusteringToken",
+                "Revoke a bootstrap token",
+                "The token can no longer be used; it stays listed as revoked.",
             )
         }
         (Op::ClusterStatus, &Method::GET) => {
@@ -727,13 +808,19 @@ fn clustering(op: Op, method: &Method) -> Option<Operation> {
         _ => return None,
     };
     internal_error(&mut responses);
+    let body = (op == Op::Tokens && method == Method::POST).then(|| {
+        json!({
+            "required": false,
+            "content": {"application/json": {"schema": schema_ref("ClusteringTokenCreate")}},
+        })
+    });
     Some(Operation {
         id: id.into(),
         summary: summary.into(),
         description: Some(description.into()),
         tag: "clustering".into(),
         query: Vec::new(),
-        body: None,
+        body,
         responses,
     })
 }
@@ -1234,6 +1321,24 @@ fn schemas() -> Map<String, Value> {
     all.insert("TagList".into(), page_schema("TagRow", "tag rows"));
     all.insert("DataPlane".into(), data_plane_schema());
     all.insert(
+        "ClusteringTokenCreate".into(),
+        json!({
+            "type": "object",
+            "description": "A new bootstrap token; a null field takes its default.",
+            "additionalProperties": false,
+            "properties": {
+                "max_uses": {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 1, "nullable": true},
+                "ttl": {"type": "integer", "minimum": 1, "maximum": 31_536_000, "default": 3600, "nullable": true},
+                "labels": {
+                    "type": "object",
+                    "nullable": true,
+                    "maxProperties": 64,
+                    "additionalProperties": {"type": "string", "maxLength": 256},
+                },
+            },
+        }),
+    );
+    all.insert(
         "DataPlaneList".into(),
         json!({
             "type": "object",
@@ -1514,8 +1619,15 @@ fn data_plane_schema() -> Value {
             "cert_expiry": nullable_seconds("End of validity of its cluster certificate, Unix seconds."),
             "cert_details": {
                 "type": "object",
-                "description": "Kong's shape of `cert_expiry`.",
-                "properties": {"expiry_timestamp": {"type": "integer", "nullable": true}},
+                "description": "Its cluster certificate: Kong's `expiry_timestamp`, and for \
+                                enrolled data planes the issuer, serial and SPIFFE ID.",
+                "properties": {
+                    "expiry_timestamp": {"type": "integer", "nullable": true},
+                    "days_to_expiry": {"type": "number", "nullable": true},
+                    "issuer": {"type": "string", "nullable": true},
+                    "serial": {"type": "string", "nullable": true},
+                    "spiffe_id": {"type": "string", "nullable": true},
+                },
             },
             "error": {
                 "type": "string",
@@ -2371,6 +2483,10 @@ mod tests {
                 // The form encodings are described in prose (see BODY_TYPES).
                 assert_eq!(types, ["application/json"], "{what}");
                 for code in ["400", "409", "415"] {
+                    // Nothing unique is written by the clustering endpoints.
+                    if code == "409" && op["tags"][0] == "clustering" {
+                        continue;
+                    }
                     assert!(responses.contains_key(code), "{what} {code}");
                 }
                 assert_eq!(

@@ -18,8 +18,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
 
 use gatehouse_proto::v1::config_sync_server::ConfigSyncServer;
+use gatehouse_proto::v1::enrolment_server::EnrolmentServer;
 
 use super::Tls;
+use super::enrol::EnrolService;
 use super::service::SyncService;
 
 /// Longest a TLS handshake may take.
@@ -40,15 +42,56 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait for the sync streams to close at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves `service` on `listener` until `shutdown` turns true.
+/// Largest enrolment request (token, node id, CSR, hostname).
+const MAX_ENROL_MESSAGE_SIZE: usize = 64 * 1024;
+
+/// Where a handshaken connection goes: connections that presented a (verified) client
+/// certificate to the config-sync server, the others to the enrolment server, which serves
+/// nothing else. A connection without a certificate exists only when enrolment is on (the
+/// TLS configuration then makes the client certificate optional).
+struct Routes {
+    mutual: mpsc::Sender<TlsStream<TcpStream>>,
+    enrol: Option<mpsc::Sender<TlsStream<TcpStream>>>,
+}
+
+/// Serves `service` (and `enrolment`, to connections without a client certificate) on
+/// `listener` until `shutdown` turns true.
 pub(super) async fn serve(
     listener: TcpListener,
     tls: Tls,
     service: SyncService,
+    enrolment: Option<EnrolService>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (tx, rx) = mpsc::channel::<TlsStream<TcpStream>>(PENDING_CONNECTIONS);
-    let accept = tokio::spawn(accept_loop(listener, tls, tx, shutdown.clone()));
+    let (enrol_tx, enrol_server) = match enrolment {
+        Some(enrolment) => {
+            let (enrol_tx, enrol_rx) = mpsc::channel::<TlsStream<TcpStream>>(PENDING_CONNECTIONS);
+            let incoming = ReceiverStream::new(enrol_rx).map(Ok::<_, io::Error>);
+            let mut signal = shutdown.clone();
+            let server = Server::builder()
+                .timeout(HANDSHAKE_TIMEOUT)
+                .add_service(
+                    EnrolmentServer::new(enrolment)
+                        .max_decoding_message_size(MAX_ENROL_MESSAGE_SIZE),
+                )
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = signal.wait_for(|stop| *stop).await;
+                });
+            let task = tokio::spawn(async move {
+                if let Err(error) = server.await {
+                    tracing::error!(%error, "enrolment server failed");
+                }
+            });
+            (Some(enrol_tx), Some(task))
+        }
+        None => (None, None),
+    };
+    let routes = Routes {
+        mutual: tx,
+        enrol: enrol_tx,
+    };
+    let accept = tokio::spawn(accept_loop(listener, tls, routes, shutdown.clone()));
     let incoming = ReceiverStream::new(rx).map(Ok::<_, io::Error>);
     let mut signal = shutdown.clone();
     let server = Server::builder()
@@ -78,12 +121,15 @@ pub(super) async fn serve(
         ),
     }
     accept.abort();
+    if let Some(task) = enrol_server {
+        task.abort();
+    }
 }
 
 async fn accept_loop(
     listener: TcpListener,
     tls: Tls,
-    handshaken: mpsc::Sender<TlsStream<TcpStream>>,
+    routes: Routes,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -103,11 +149,24 @@ async fn accept_loop(
             tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
         }
         let acceptor = TlsAcceptor::from(tls.current());
-        let handshaken = handshaken.clone();
+        let mutual = routes.mutual.clone();
+        let enrol = routes.enrol.clone();
         tokio::spawn(async move {
             if let Some(stream) = handshake(acceptor, tcp, peer).await {
+                let has_cert = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .is_some_and(|certs| !certs.is_empty());
                 // Fails only when the server has stopped.
-                let _ = handshaken.send(stream).await;
+                if has_cert {
+                    let _ = mutual.send(stream).await;
+                } else if let Some(enrol) = enrol {
+                    let _ = enrol.send(stream).await;
+                } else {
+                    // Cannot happen: without enrolment the handshake requires a certificate.
+                    tracing::warn!(%peer, "cluster connection without a client certificate dropped");
+                }
             }
         });
     }

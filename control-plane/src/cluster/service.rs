@@ -31,10 +31,13 @@ use gatehouse_proto::v1::{
     Ack, ControlPlaneMessage, DataPlaneMessage, Heartbeat, Hello, Refusal, ack,
     control_plane_message, data_plane_message,
 };
-use gatehouse_shared::cluster::peer_identity;
+use gatehouse_proto::v1::{CertificateRenewed, RenewCertificate};
+use gatehouse_shared::cluster::enrol;
 use gatehouse_shared::snapshot::EncodedSnapshot;
+use gatehouse_shared::x509;
+use tokio::sync::mpsc;
 
-use super::{Node, compat};
+use super::{Ca, CertOf, Node, compat};
 use crate::snapshot::Latest;
 use crate::store::{Claim, DataPlane, Store, SyncStatus, unix_now};
 
@@ -59,7 +62,18 @@ type Outbound = Pin<Box<dyn Stream<Item = Result<ControlPlaneMessage, Status>> +
 pub(super) struct SyncService {
     node: Arc<Node>,
     store: Arc<Store>,
+    ca: Option<Ca>,
     shutdown: watch::Receiver<bool>,
+}
+
+/// What the CP knows of the certificate a stream was opened with.
+#[derive(Debug, Clone, Default)]
+struct PeerCert {
+    serial: Option<String>,
+    issuer: Option<String>,
+    spiffe_id: Option<String>,
+    not_before: Option<i64>,
+    not_after: Option<i64>,
 }
 
 /// What decides whether a snapshot goes to a DP.
@@ -92,6 +106,12 @@ struct Sender {
     /// Turns true when the inbound half ended.
     closed: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
+    /// Turns `Some(reason)` when the stream must end (certificate revoked).
+    ended: watch::Receiver<Option<String>>,
+    /// Answers of the inbound half (renewals).
+    replies: mpsc::Receiver<ControlPlaneMessage>,
+    /// The refusal was sent: the next call ends the stream.
+    done: bool,
 }
 
 /// The inbound half of one stream, holding the DP's registry row.
@@ -101,16 +121,27 @@ struct Receiver {
     last_write: Instant,
     /// The ACME client, which orders what data planes ask for on demand.
     acme: Option<Arc<crate::acme::Acme>>,
+    ca: Option<Ca>,
+    node: Arc<Node>,
+    session: Uuid,
+    replies: mpsc::Sender<ControlPlaneMessage>,
+    ended: watch::Receiver<Option<String>>,
 }
 
 // === impl SyncService ===
 
 impl SyncService {
     /// The service of `node`, ending its streams when `shutdown` turns true.
-    pub(super) fn new(node: Arc<Node>, store: Arc<Store>, shutdown: watch::Receiver<bool>) -> Self {
+    pub(super) fn new(
+        node: Arc<Node>,
+        store: Arc<Store>,
+        ca: Option<Ca>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             node,
             store,
+            ca,
             shutdown,
         }
     }
@@ -144,10 +175,11 @@ impl ConfigSync for SyncService {
         request: Request<Streaming<DataPlaneMessage>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
         let peer = request.remote_addr();
-        let cert_expiry = request
+        let cert = request
             .peer_certs()
-            .and_then(|certs| peer_identity(&certs))
-            .map(|identity| identity.not_after);
+            .map(|certs| PeerCert::of(&certs))
+            .unwrap_or_default();
+        let cert_expiry = cert.not_after;
         let mut inbound = request.into_inner();
         let hello = first_hello(&mut inbound, peer).await?;
 
@@ -159,6 +191,32 @@ impl ConfigSync for SyncService {
             tracing::warn!(peer = %display_peer(peer), hostname = %truncate(hello.hostname, 256), %reason, "data plane refused");
             return Ok(Response::new(refusal(reason)));
         };
+        // An enrolled certificate names its node: it may only speak for that node.
+        if let Some(spiffe) = &cert.spiffe_id
+            && enrol::node_of_spiffe(spiffe) != Some(id)
+        {
+            let reason = format!("node_id {id} is not the node of the certificate ({spiffe})");
+            tracing::warn!(peer = %display_peer(peer), %reason, "data plane refused");
+            return Ok(Response::new(refusal(reason)));
+        }
+        // A revoked certificate is refused; one whose revocation cannot be checked too.
+        if let Some(serial) = &cert.serial {
+            match self.store.is_revoked(serial).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    tracing::warn!(peer = %display_peer(peer), %id, %serial, "data plane refused: its certificate is revoked");
+                    return Ok(Response::new(refusal(
+                        "this data plane's certificate is revoked".to_owned(),
+                    )));
+                }
+                Err(error) => {
+                    tracing::warn!(peer = %display_peer(peer), %id, error = %error.detail(), "cannot check the certificate's revocation; stream refused");
+                    return Err(Status::unavailable(
+                        "the control plane cannot check certificate revocation; retry",
+                    ));
+                }
+            }
+        }
         let now = unix_now();
         let session = Uuid::new_v4();
         let running = Running::from_hello(&hello);
@@ -188,6 +246,9 @@ impl ConfigSync for SyncService {
             created_at: now,
             updated_at: now,
             warnings: warnings_json(hello.warnings),
+            cert_serial: cert.serial.clone(),
+            cert_issuer: cert.issuer.clone(),
+            spiffe_id: cert.spiffe_id.clone(),
         };
         if let Err(reason) = compat::check(&row.version, CP_VERSION) {
             return Ok(Response::new(self.refuse(row, reason).await));
@@ -208,13 +269,19 @@ impl ConfigSync for SyncService {
             config_hash = running.hash.as_deref().unwrap_or("-"),
             "data plane connected"
         );
-        let guard = self.node.open_session(session, id);
+        let (guard, ended) = self.node.open_session(session, id, cert.cert_of().as_ref());
         let (closed_tx, closed) = watch::channel(false);
+        let (replies_tx, replies) = mpsc::channel(4);
         let receiver = Receiver {
             row,
             store: self.store.clone(),
             last_write: Instant::now(),
             acme: self.node.acme.get().cloned(),
+            ca: self.ca.clone(),
+            node: self.node.clone(),
+            session,
+            replies: replies_tx,
+            ended: ended.clone(),
         };
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
@@ -231,6 +298,9 @@ impl ConfigSync for SyncService {
             node: self.node.clone(),
             closed,
             shutdown: self.shutdown.clone(),
+            ended,
+            replies,
+            done: false,
         };
         let outbound = stream::unfold(sender, |mut sender| async move {
             let message = sender.next().await?;
@@ -274,10 +344,42 @@ async fn first_hello(
 
 /// A stream carrying one refusal.
 fn refusal(reason: String) -> Outbound {
-    let message = ControlPlaneMessage {
-        kind: Some(control_plane_message::Kind::Refusal(Refusal { reason })),
-    };
+    let message = refusal_message(reason);
     stream::once(async move { Ok(message) }).boxed()
+}
+
+fn refusal_message(reason: String) -> ControlPlaneMessage {
+    ControlPlaneMessage {
+        kind: Some(control_plane_message::Kind::Refusal(Refusal { reason })),
+    }
+}
+
+// === impl PeerCert ===
+
+impl PeerCert {
+    fn of(certs: &[rustls::pki_types::CertificateDer<'_>]) -> Self {
+        let Some(leaf) = certs.first() else {
+            return Self::default();
+        };
+        let facts = x509::cert_facts(leaf).ok();
+        Self {
+            serial: enrol::serial_hex(leaf),
+            issuer: facts.as_ref().map(|f| f.issuer.clone()),
+            spiffe_id: facts
+                .as_ref()
+                .and_then(|f| enrol::spiffe_of(f).map(str::to_owned)),
+            not_before: facts.as_ref().map(|f| f.not_before),
+            not_after: facts.as_ref().map(|f| f.not_after),
+        }
+    }
+
+    fn cert_of(&self) -> Option<CertOf> {
+        Some(CertOf {
+            serial: self.serial.clone()?,
+            not_before: self.not_before?,
+            not_after: self.not_after?,
+        })
+    }
 }
 
 fn display_peer(peer: Option<SocketAddr>) -> String {
@@ -344,12 +446,24 @@ impl Running {
 impl Sender {
     /// The next message for the DP; `None` ends the stream (DP gone or shutdown).
     async fn next(&mut self) -> Option<ControlPlaneMessage> {
+        if self.done {
+            return None;
+        }
         loop {
+            if let Some(reason) = self.ended.borrow().clone() {
+                self.done = true;
+                return Some(refusal_message(reason));
+            }
             if self.first {
                 self.first = false;
             } else {
                 tokio::select! {
                     changed = self.latest.changed() => changed.ok()?,
+                    reply = self.replies.recv() => match reply {
+                        Some(reply) => return Some(reply),
+                        None => continue,
+                    },
+                    _ = self.ended.changed() => continue,
                     _ = self.closed.wait_for(|closed| *closed) => return None,
                     _ = self.shutdown.wait_for(|stop| *stop) => return None,
                 }
@@ -434,10 +548,12 @@ impl Receiver {
             // write recreates the row.
             tracing::warn!(id = %self.row.id, error = %error.detail(), "cannot register the data plane");
         }
+        let mut revoked = self.ended.clone();
         let ended = loop {
             let message = tokio::select! {
                 message = inbound.message() => message,
                 _ = shutdown.wait_for(|stop| *stop) => break "control plane shutting down".to_owned(),
+                _ = revoked.wait_for(Option::is_some) => break "certificate revoked".to_owned(),
             };
             match message {
                 Ok(Some(DataPlaneMessage { kind: Some(kind) })) => match kind {
@@ -448,6 +564,7 @@ impl Receiver {
                     data_plane_message::Kind::Hello(_) => {
                         tracing::debug!(id = %self.row.id, "ignoring a second Hello");
                     }
+                    data_plane_message::Kind::RenewCertificate(renew) => self.renew(renew).await,
                     data_plane_message::Kind::CertificateWanted(wanted) => {
                         self.certificate_wanted(&wanted.server_name).await;
                     }
@@ -549,6 +666,57 @@ impl Receiver {
         }
         if changed || self.last_write.elapsed() >= HEARTBEAT_WRITE_INTERVAL {
             self.write().await;
+        }
+    }
+
+    /// Issues a renewed certificate for the stream's node and sends it (or the refusal).
+    async fn renew(&mut self, renew: RenewCertificate) {
+        let id = self.row.id;
+        let answer = match (&self.ca, &self.row.spiffe_id, &self.row.cert_serial) {
+            (None, _, _) => Err(
+                "this control plane does not issue certificates (no --cluster-ca-key)".to_owned(),
+            ),
+            (Some(ca), Some(_), Some(serial)) => {
+                let serial = serial.clone();
+                ca.renew(&self.store, &renew.csr, id, &serial).await
+            }
+            (Some(_), _, _) => Err(
+                "only an enrolled data plane (with a SPIFFE ID) renews its certificate".to_owned(),
+            ),
+        };
+        let reply = match answer {
+            Ok(issued) => {
+                tracing::info!(%id, serial = %issued.serial, not_after = issued.not_after, "data plane certificate renewed");
+                let cert = CertOf {
+                    serial: issued.serial.clone(),
+                    not_before: issued.not_before,
+                    not_after: issued.not_after,
+                };
+                self.node.set_cert(self.session, &cert);
+                self.row.cert_serial = Some(issued.serial);
+                self.row.cert_issuer = Some(issued.issuer);
+                self.row.spiffe_id = Some(issued.spiffe_id);
+                self.row.cert_expiry = Some(issued.not_after);
+                self.row.updated_at = unix_now();
+                self.write().await;
+                CertificateRenewed {
+                    certificate: issued.cert_pem,
+                    error: String::new(),
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%id, %error, "data plane certificate renewal refused");
+                CertificateRenewed {
+                    certificate: String::new(),
+                    error,
+                }
+            }
+        };
+        let message = ControlPlaneMessage {
+            kind: Some(control_plane_message::Kind::CertificateRenewed(reply)),
+        };
+        if self.replies.send(message).await.is_err() {
+            tracing::debug!(%id, "stream closed before the renewed certificate was sent");
         }
     }
 

@@ -13,7 +13,7 @@ use crate::error::ApiError;
 /// Columns of a row, in the order [`DataPlane::from_row`] reads them.
 const COLUMNS: &str = "id, hostname, ip, version, labels, config_version, config_hash, \
      sync_status, error, cert_expiry, connected, control_plane, session, last_seen, created_at, \
-     updated_at, warnings";
+     updated_at, warnings, cert_serial, cert_issuer, spiffe_id";
 
 /// One data plane as the registry holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +53,12 @@ pub(crate) struct DataPlane {
     /// Problems it found in the configuration it runs and made safe, as it acknowledged
     /// them: a JSON array of strings.
     pub(crate) warnings: Value,
+    /// Serial number (lowercase hex) of its cluster certificate.
+    pub(crate) cert_serial: Option<String>,
+    /// Issuer of its cluster certificate.
+    pub(crate) cert_issuer: Option<String>,
+    /// SPIFFE ID of its cluster certificate (enrolled data planes).
+    pub(crate) spiffe_id: Option<String>,
 }
 
 /// Kong's `sync_status`, with our values.
@@ -123,6 +129,9 @@ impl DataPlane {
             created_at: row.try_get(14)?,
             updated_at: row.try_get(15)?,
             warnings: row.try_get(16)?,
+            cert_serial: row.try_get(17)?,
+            cert_issuer: row.try_get(18)?,
+            spiffe_id: row.try_get(19)?,
         })
     }
 
@@ -149,7 +158,7 @@ impl Store {
         };
         let sql = format!(
             "INSERT INTO data_planes ({COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
              ON CONFLICT (id) DO UPDATE SET hostname = EXCLUDED.hostname, ip = EXCLUDED.ip, \
              version = EXCLUDED.version, labels = EXCLUDED.labels, \
              config_version = EXCLUDED.config_version, config_hash = EXCLUDED.config_hash, \
@@ -157,7 +166,8 @@ impl Store {
              cert_expiry = EXCLUDED.cert_expiry, connected = EXCLUDED.connected, \
              control_plane = EXCLUDED.control_plane, session = EXCLUDED.session, \
              last_seen = EXCLUDED.last_seen, updated_at = EXCLUDED.updated_at, \
-             warnings = EXCLUDED.warnings {condition}"
+             warnings = EXCLUDED.warnings, cert_serial = EXCLUDED.cert_serial, \
+             cert_issuer = EXCLUDED.cert_issuer, spiffe_id = EXCLUDED.spiffe_id {condition}"
         );
         let client = self.pool.get().await?;
         let written = client
@@ -181,6 +191,9 @@ impl Store {
                     &dp.created_at,
                     &dp.updated_at,
                     &dp.warnings,
+                    &dp.cert_serial,
+                    &dp.cert_issuer,
+                    &dp.spiffe_id,
                 ],
             )
             .await

@@ -650,3 +650,53 @@ fn upstream_keepalive_pools() {
         "{err}"
     );
 }
+
+#[test]
+fn a_bootstrap_token_enrols_in_pki_mode_with_the_identity_in_the_cache_dir() {
+    let settings = parse(&[
+        "--cluster-bootstrap-token",
+        " ghbt_secret ",
+        "--cluster-ca-cert",
+        "/etc/gh/ca.crt",
+        "--cache-dir",
+        "/var/lib/dp",
+    ])
+    .unwrap();
+    let cluster = &settings.cluster;
+    assert_eq!(cluster.mode, ClusterMtls::Pki);
+    let identity = PathBuf::from("/var/lib/dp/cluster-identity.pem");
+    assert_eq!(
+        (&cluster.files.cert, &cluster.files.key),
+        (&identity, &identity)
+    );
+    assert_eq!(
+        cluster.bootstrap_token,
+        Some(BootstrapToken("ghbt_secret".into()))
+    );
+    // Never printed.
+    assert!(!format!("{settings:?}").contains("ghbt_secret"));
+
+    // Without it, nothing changes.
+    assert_eq!(parse(&REQUIRED).unwrap().cluster.bootstrap_token, None);
+
+    let err = parse(&[&["--cluster-bootstrap-token", "t"][..], &REQUIRED[..]].concat())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("replaces --cluster-cert"), "{err}");
+    assert!(err.contains("needs --cluster-ca-cert"), "{err}");
+    let err = parse(&[
+        "--cluster-bootstrap-token",
+        "t",
+        "--cluster-mtls",
+        "shared",
+        "--cluster-ca-cert",
+        "/ca",
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("needs --cluster-mtls pki"), "{err}");
+    assert!(
+        !err.contains("--cluster-cert ("),
+        "no certificate required: {err}"
+    );
+}

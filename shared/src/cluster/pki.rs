@@ -128,9 +128,9 @@ pub enum PkiError {
 }
 
 /// A loaded CA that can sign certificates.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    not_after: OffsetDateTime,
+pub(crate) struct Ca {
+    pub(crate) issuer: Issuer<'static, KeyPair>,
+    pub(crate) not_after: OffsetDateTime,
 }
 
 /// A certificate and its key, PEM-encoded, ready to be written.
@@ -309,7 +309,7 @@ fn params(
 }
 
 /// A random positive 128-bit serial number.
-fn random_serial() -> Result<SerialNumber, PkiError> {
+pub(crate) fn random_serial() -> Result<SerialNumber, PkiError> {
     let mut bytes = [0u8; 16];
     aws_lc_rs::default_provider()
         .secure_random
@@ -369,8 +369,12 @@ fn new_ca(days: u32) -> Result<(Pair, Ca), PkiError> {
 
 /// Reads `ca.crt` and `ca.key` from `dir` and checks they form a usable CA.
 fn load_ca(dir: &Path) -> Result<Ca, PkiError> {
-    let cert_path = dir.join("ca.crt");
-    let key_path = dir.join("ca.key");
+    load_ca_files(&dir.join("ca.crt"), &dir.join("ca.key"))
+}
+
+/// Reads a CA certificate and its key and checks they form a usable CA.
+pub(crate) fn load_ca_files(cert_path: &Path, key_path: &Path) -> Result<Ca, PkiError> {
+    let (cert_path, key_path) = (cert_path.to_owned(), key_path.to_owned());
     let read = |path: &Path| {
         fs::read_to_string(path).map_err(|source| PkiError::Read {
             path: path.to_owned(),
@@ -567,7 +571,7 @@ fn create_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> 
 }
 
 /// Replaces `path` atomically: a new temporary file with `mode` beside it, renamed over it.
-fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+pub(crate) fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
     let write_error = |source| PkiError::Write {
         path: path.to_owned(),
         source,

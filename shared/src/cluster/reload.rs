@@ -14,7 +14,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::tls::{
     ClusterMtls, ClusterTlsError, ClusterTlsFiles, client_config, https_server_config,
-    server_config,
+    server_config_with,
 };
 
 /// How often the CP and the DPs look at their cluster certificate files by default.
@@ -141,7 +141,20 @@ impl ReloadingConfig<ServerConfig> {
     /// The CP's listener configuration ([`server_config`]), reloaded when
     /// `files.cert`, `files.key` or `files.ca` change.
     pub fn server(mode: ClusterMtls, files: ClusterTlsFiles) -> Result<Self, ClusterTlsError> {
-        Self::new(files.paths(), move || server_config(mode, &files))
+        Self::server_with(mode, files, false)
+    }
+
+    /// [`server`](Self::server), and with `optional_client_auth` (`pki` mode, enrolment on)
+    /// a client without a certificate completes the handshake too (see
+    /// [`server_config_with`]).
+    pub fn server_with(
+        mode: ClusterMtls,
+        files: ClusterTlsFiles,
+        optional_client_auth: bool,
+    ) -> Result<Self, ClusterTlsError> {
+        Self::new(files.paths(), move || {
+            server_config_with(mode, &files, optional_client_auth)
+        })
     }
 
     /// An HTTPS listener's configuration ([`https_server_config`]; the Admin API's), reloaded

@@ -215,6 +215,18 @@ pub fn server_config(
     mode: ClusterMtls,
     files: &ClusterTlsFiles,
 ) -> Result<Arc<ServerConfig>, ClusterTlsError> {
+    server_config_with(mode, files, false)
+}
+
+/// [`server_config`], and with `optional_client_auth` in `pki` mode a client that presents no
+/// certificate completes the handshake as well (one that presents a certificate must still
+/// present a valid one). The listener then serves such a connection only the enrolment
+/// service. Ignored in `shared` mode.
+pub fn server_config_with(
+    mode: ClusterMtls,
+    files: &ClusterTlsFiles,
+    optional_client_auth: bool,
+) -> Result<Arc<ServerConfig>, ClusterTlsError> {
     let provider = provider();
     let identity = load_identity(files, &provider)?;
     let verifier: Arc<dyn ClientCertVerifier> = match mode {
@@ -224,12 +236,14 @@ pub fn server_config(
         }),
         ClusterMtls::Pki => {
             let (ca, roots) = load_roots(files)?;
-            let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-                .build()
-                .map_err(|e| ClusterTlsError::Ca {
-                    path: ca.to_owned(),
-                    reason: e.to_string(),
-                })?;
+            let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+            if optional_client_auth {
+                builder = builder.allow_unauthenticated();
+            }
+            let inner = builder.build().map_err(|e| ClusterTlsError::Ca {
+                path: ca.to_owned(),
+                reason: e.to_string(),
+            })?;
             if files.allowed_common_names.is_empty() {
                 inner
             } else {
@@ -265,11 +279,7 @@ pub fn client_config(
     files: &ClusterTlsFiles,
     server_name: &str,
 ) -> Result<Arc<ClientConfig>, ClusterTlsError> {
-    let name = ServerName::try_from(server_name)
-        .map(|name| name.to_owned())
-        .map_err(|_| ClusterTlsError::ServerName {
-            name: server_name.to_owned(),
-        })?;
+    let name = parse_server_name(server_name)?;
     let provider = provider();
     let identity = load_identity(files, &provider)?;
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
@@ -277,16 +287,7 @@ pub fn client_config(
             pin: Pin::of(&identity, &files.cert)?,
             algorithms: provider.signature_verification_algorithms,
         }),
-        ClusterMtls::Pki => {
-            let (ca, roots) = load_roots(files)?;
-            let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-                .build()
-                .map_err(|e| ClusterTlsError::Ca {
-                    path: ca.to_owned(),
-                    reason: e.to_string(),
-                })?;
-            Arc::new(FixedNameVerifier { inner, name })
-        }
+        ClusterMtls::Pki => ca_verifier(files, &provider, name)?,
     };
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -326,6 +327,54 @@ pub fn https_server_config(files: &ClusterTlsFiles) -> Result<Arc<ServerConfig>,
     let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(identity)));
     config.alpn_protocols = vec![ALPN_H2.to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The DP's configuration for enrolment: verifies the CP like [`client_config`] in `pki` mode
+/// (against `ca`, for `server_name`) and presents no certificate (it has none yet).
+pub fn enrol_client_config(
+    ca: &Path,
+    server_name: &str,
+) -> Result<Arc<ClientConfig>, ClusterTlsError> {
+    let name = parse_server_name(server_name)?;
+    let provider = provider();
+    let files = ClusterTlsFiles {
+        ca: Some(ca.to_owned()),
+        ..ClusterTlsFiles::default()
+    };
+    let verifier = ca_verifier(&files, &provider, name)?;
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(build_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The CP name a DP checks, as rustls takes it.
+fn parse_server_name(server_name: &str) -> Result<ServerName<'static>, ClusterTlsError> {
+    ServerName::try_from(server_name)
+        .map(|name| name.to_owned())
+        .map_err(|_| ClusterTlsError::ServerName {
+            name: server_name.to_owned(),
+        })
+}
+
+/// DP, `pki` mode: the CP's certificate verified against the CA of `files` for `name`.
+fn ca_verifier(
+    files: &ClusterTlsFiles,
+    provider: &Arc<CryptoProvider>,
+    name: ServerName<'static>,
+) -> Result<Arc<dyn ServerCertVerifier>, ClusterTlsError> {
+    let (ca, roots) = load_roots(files)?;
+    let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| ClusterTlsError::Ca {
+            path: ca.to_owned(),
+            reason: e.to_string(),
+        })?;
+    Ok(Arc::new(FixedNameVerifier { inner, name }))
 }
 
 /// The identity of a peer from its certificate chain (end-entity first, as rustls'

@@ -35,9 +35,23 @@ impl Cluster {
     /// A fresh database and PKI (with certificates for `dps`), and a CP in `pki` mode with
     /// `extra` arguments.
     pub(crate) async fn start(dps: &[&str], extra: &[&str]) -> Result<Cluster> {
+        Self::start_with(dps, extra, false).await
+    }
+
+    /// [`Cluster::start`] with no DP certificate and the CA key given to the CP
+    /// (`--cluster-ca-key`): data planes enrol with bootstrap tokens.
+    pub(crate) async fn start_enrolling(extra: &[&str]) -> Result<Cluster> {
+        Self::start_with(&[], extra, true).await
+    }
+
+    async fn start_with(dps: &[&str], extra: &[&str], ca_key: bool) -> Result<Cluster> {
         let db = test_db().await?;
         let pki = Pki::new(dps)?;
         let mut cp_args = pki.cp_args();
+        if ca_key {
+            cp_args.push("--cluster-ca-key".to_owned());
+            cp_args.push(pki.ca_key().to_string_lossy().into_owned());
+        }
         cp_args.extend(extra.iter().map(|s| (*s).to_owned()));
         let (cp, addr) = start_cp(&db, &cp_args).await?;
         Ok(Cluster {

@@ -25,6 +25,9 @@ fn dp(hostname: &str) -> DataPlane {
         created_at: NOW - 100,
         updated_at: NOW - 3,
         warnings: json!([]),
+        cert_serial: None,
+        cert_issuer: None,
+        spiffe_id: None,
     }
 }
 

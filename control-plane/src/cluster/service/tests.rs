@@ -40,7 +40,8 @@ fn snapshot(version: u64) -> Option<Arc<EncodedSnapshot>> {
 fn sent_version(message: Option<ControlPlaneMessage>) -> Option<u64> {
     match message?.kind? {
         control_plane_message::Kind::Snapshot(snapshot) => Some(snapshot.version),
-        control_plane_message::Kind::Refusal(_) => None,
+        control_plane_message::Kind::Refusal(_)
+        | control_plane_message::Kind::CertificateRenewed(_) => None,
     }
 }
 
@@ -49,6 +50,8 @@ struct Feed {
     latest: watch::Sender<Option<Arc<EncodedSnapshot>>>,
     closed: watch::Sender<bool>,
     _shutdown: watch::Sender<bool>,
+    ended: watch::Sender<Option<String>>,
+    replies: tokio::sync::mpsc::Sender<ControlPlaneMessage>,
 }
 
 /// A sender for a DP in state `running`, fed by the returned channels.
@@ -57,6 +60,8 @@ fn sender(running: Running, first: Option<Arc<EncodedSnapshot>>) -> (Sender, Fee
     let (closed_tx, closed) = watch::channel(false);
     let (shutdown_tx, shutdown) = watch::channel(false);
     let node = Arc::new(Node::new(Arc::default(), None, None));
+    let (ended_tx, ended) = watch::channel(None);
+    let (replies_tx, replies) = tokio::sync::mpsc::channel(4);
     let sender = Sender {
         latest,
         running,
@@ -66,11 +71,16 @@ fn sender(running: Running, first: Option<Arc<EncodedSnapshot>>) -> (Sender, Fee
         node,
         closed,
         shutdown,
+        ended,
+        replies,
+        done: false,
     };
     let feed = Feed {
         latest: latest_tx,
         closed: closed_tx,
         _shutdown: shutdown_tx,
+        ended: ended_tx,
+        replies: replies_tx,
     };
     (sender, feed)
 }
@@ -139,4 +149,66 @@ fn labels_are_sorted_and_capped() {
     let object = json.as_object().expect("object");
     assert_eq!(object.len(), MAX_LABELS);
     assert_eq!(object.keys().next().map(String::as_str), Some("k000"));
+}
+
+#[tokio::test]
+#[allow(clippy::unwrap_used)]
+async fn a_renewal_answer_goes_out_and_a_revocation_ends_the_stream_with_a_refusal() {
+    let (mut sender, feed) = sender(Running::reported(0, ""), snapshot(1));
+    assert_eq!(next(&mut sender).await, Some(1));
+    let renewed = ControlPlaneMessage {
+        kind: Some(control_plane_message::Kind::CertificateRenewed(
+            gatehouse_proto::v1::CertificateRenewed::default(),
+        )),
+    };
+    feed.replies.send(renewed.clone()).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_millis(50), sender.next()).await;
+    assert_eq!(got.ok().flatten(), Some(renewed));
+
+    feed.ended.send_replace(Some("revoked".into()));
+    let got = tokio::time::timeout(Duration::from_millis(50), sender.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            got.and_then(|m| m.kind),
+            Some(control_plane_message::Kind::Refusal(ref r)) if r.reason == "revoked"
+        ),
+        "a refusal first"
+    );
+    // Then the stream ends, whatever else is published.
+    feed.latest.send_replace(snapshot(2));
+    assert!(sender.next().await.is_none());
+    drop(feed.closed);
+}
+
+#[test]
+fn a_certificate_past_its_renewal_is_warned_about_once_and_a_renewal_resets_it() {
+    let node = Arc::new(Node::new(Arc::default(), None, None));
+    let cert = CertOf {
+        serial: "01".into(),
+        not_before: 1000 - enrol::BACKDATE_SECS,
+        not_after: 1060,
+    };
+    // Renewal point 1040; warned from half-way to expiry, 1050.
+    let (_guard, _ended) = node.open_session(Uuid::new_v4(), Uuid::nil(), Some(&cert));
+    let warned = |node: &Node| node.lock_sessions().values().all(|s| s.warned);
+    node.warn_expiring(1049);
+    assert!(!warned(&node));
+    node.warn_expiring(1050);
+    assert!(warned(&node));
+    let session = *node.lock_sessions().keys().next().unwrap_or(&Uuid::nil());
+    node.set_cert(
+        session,
+        &CertOf {
+            serial: "02".into(),
+            not_before: 1040 - enrol::BACKDATE_SECS,
+            not_after: 1100,
+        },
+    );
+    assert!(!warned(&node));
+    // Revoking a serial ends exactly the streams that use it.
+    let serials = std::collections::HashSet::from(["02".to_owned()]);
+    assert_eq!(node.end_streams_with(&serials, "revoked"), 1);
+    assert_eq!(node.end_streams_with(&serials, "revoked"), 0, "once");
 }

@@ -1,0 +1,238 @@
+//! Enrolment, renewal and revocation of data-plane certificates, control-plane side.
+//!
+//! - [`EnrolService`] (`Enrolment.Enrol`): a DP without a certificate presents a bootstrap
+//!   token and a CSR. The listener serves this service, and only it, on connections that
+//!   presented no client certificate (see `listener`); `ConfigSync` stays mutual TLS only.
+//!   The CSR is checked first (nothing is consumed for a bad one), then the token is used
+//!   with one atomic UPDATE (a single-use token works once across every replica), then the
+//!   certificate is recorded and returned.
+//! - [`Issuer::renew`]: the same CA signs a renewal that arrives over an open sync stream.
+//! - [`watch_revocations`]: every [`REVOCATION_POLL`], the revoked serials are read and the
+//!   streams of this node that use one of them end; a stream's certificate is also checked when
+//!   it starts (see `service`). The poll also warns about streams whose certificate is close
+//!   to expiry and has not been renewed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use gatehouse_proto::v1::enrolment_server::Enrolment;
+use gatehouse_proto::v1::{EnrolRequest, EnrolResponse};
+use gatehouse_shared::cluster::enrol::{ClusterCa, CsrError, Issued};
+
+use super::Node;
+use crate::config::{ConfigError, EnrolSettings};
+use crate::store::{IssuedCert, Store, unix_now};
+
+/// How often revocations are looked for: a revoked stream ends within this (plus a query).
+const REVOCATION_POLL: Duration = Duration::from_millis(250);
+/// How often the streams' certificate expiry is looked at.
+const EXPIRY_CHECK_EVERY: u32 = 40;
+
+/// The cluster CA with this node's issuing policy.
+#[derive(Debug)]
+pub(crate) struct Issuer {
+    ca: ClusterCa,
+    lifetime: Duration,
+}
+
+/// The `Enrolment` service.
+#[derive(Debug, Clone)]
+pub(crate) struct EnrolService {
+    node: Arc<Node>,
+    store: Arc<Store>,
+    ca: Arc<Issuer>,
+}
+
+// === impl Issuer ===
+
+impl Issuer {
+    /// Loads the CA of `settings`; a bad file is a configuration error.
+    pub(crate) fn load(settings: &EnrolSettings) -> Result<Self, ConfigError> {
+        let ca = ClusterCa::load(&settings.ca_cert, &settings.ca_key, &settings.cluster_name)
+            .map_err(|error| ConfigError::new(format!("--cluster-ca-key: {error}")))?;
+        Ok(Self {
+            ca,
+            lifetime: settings.lifetime,
+        })
+    }
+
+    /// Checks `csr` and signs data plane `node` a certificate (not recorded yet).
+    fn sign(&self, csr: &[u8], node: Uuid) -> Result<Issued, CsrError> {
+        self.ca.issue(csr, node, self.lifetime)
+    }
+
+    /// Records an issued certificate; fails closed (the certificate is then not handed out).
+    async fn record(
+        store: &Store,
+        issued: &Issued,
+        node: Uuid,
+        token: Option<Uuid>,
+    ) -> Result<(), Status> {
+        store
+            .record_certificate(&record_of(issued, node, token), unix_now())
+            .await
+            .map_err(|error| {
+                tracing::warn!(%node, error = %error.detail(), "cannot record an issued certificate");
+                Status::unavailable("the control plane cannot record the certificate; retry")
+            })
+    }
+
+    /// A renewal for `node`, asked over its open stream authenticated by the certificate
+    /// `prior`; refused when `prior` is revoked (checked under the node's lock, see
+    /// [`Store::record_renewal`]).
+    pub(crate) async fn renew(
+        &self,
+        store: &Store,
+        csr: &[u8],
+        node: Uuid,
+        prior: &str,
+    ) -> Result<Issued, String> {
+        let issued = self.sign(csr, node).map_err(|e| e.to_string())?;
+        let record = record_of(&issued, node, None);
+        match store.record_renewal(&record, prior, unix_now()).await {
+            Ok(true) => Ok(issued),
+            Ok(false) => Err("this data plane's certificate is revoked".to_owned()),
+            Err(error) => {
+                tracing::warn!(%node, error = %error.detail(), "cannot record a renewed certificate");
+                Err("the control plane cannot record the certificate; retry".to_owned())
+            }
+        }
+    }
+}
+
+/// What the store keeps of an issued certificate.
+fn record_of(issued: &Issued, node: Uuid, token: Option<Uuid>) -> IssuedCert<'_> {
+    IssuedCert {
+        serial: &issued.serial,
+        node_id: node,
+        spiffe_id: &issued.spiffe_id,
+        issuer: &issued.issuer,
+        not_before: issued.not_before,
+        not_after: issued.not_after,
+        token_id: token,
+    }
+}
+
+fn csr_status(error: CsrError) -> Status {
+    match error {
+        CsrError::Sign(reason) => {
+            tracing::error!(%reason, "cannot sign a data-plane certificate");
+            Status::internal("cannot sign the certificate")
+        }
+        other => Status::invalid_argument(other.to_string()),
+    }
+}
+
+// === impl EnrolService ===
+
+impl EnrolService {
+    pub(crate) fn new(node: Arc<Node>, store: Arc<Store>, ca: Arc<Issuer>) -> Self {
+        Self { node, store, ca }
+    }
+}
+
+#[tonic::async_trait]
+impl Enrolment for EnrolService {
+    async fn enrol(
+        &self,
+        request: Request<EnrolRequest>,
+    ) -> Result<Response<EnrolResponse>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+        let request = request.into_inner();
+        let hostname: String = request.hostname.chars().take(256).collect();
+        let refuse = |reason: &str, status: Status| {
+            tracing::warn!(%peer, %hostname, node_id = %request.node_id.chars().take(64).collect::<String>(), %reason, "enrolment refused");
+            status
+        };
+        let Ok(node) = Uuid::parse_str(request.node_id.trim()) else {
+            return Err(refuse(
+                "node_id is not a UUID",
+                Status::invalid_argument("node_id is not a UUID"),
+            ));
+        };
+        // The CSR first: a bad request consumes no token use.
+        let issued = match self.ca.sign(&request.csr, node) {
+            Ok(issued) => issued,
+            Err(error) => {
+                let reason = error.to_string();
+                return Err(refuse(&reason, csr_status(error)));
+            }
+        };
+        let hash = crate::tokens::hash(&request.token);
+        let token = match self.store.use_token(&hash, unix_now()).await {
+            Ok(Ok(token)) => token,
+            Ok(Err(why)) => {
+                return Err(refuse(
+                    &format!("bootstrap token {why}"),
+                    Status::permission_denied(
+                        "bootstrap token refused (unknown, expired, used up or revoked)",
+                    ),
+                ));
+            }
+            Err(error) => {
+                // Fail closed: a token that cannot be checked is not accepted.
+                return Err(refuse(
+                    &format!("cannot check the token: {}", error.detail()),
+                    Status::unavailable("the control plane cannot check the token; retry"),
+                ));
+            }
+        };
+        Issuer::record(&self.store, &issued, node, Some(token.id)).await?;
+        tracing::info!(
+            %peer,
+            %hostname,
+            node_id = %node,
+            token = %token.id,
+            serial = %issued.serial,
+            spiffe_id = %issued.spiffe_id,
+            not_after = issued.not_after,
+            control_plane = %self.node.id,
+            "data plane enrolled"
+        );
+        Ok(Response::new(EnrolResponse {
+            certificate: issued.cert_pem,
+        }))
+    }
+}
+
+/// Ends this node's streams whose certificate is revoked, every [`REVOCATION_POLL`]; warns about
+/// streams whose certificate nears expiry without a renewal.
+pub(crate) async fn watch_revocations(node: Arc<Node>, store: Arc<Store>) {
+    let mut ticks = tokio::time::interval(REVOCATION_POLL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    let mut tick: u32 = 0;
+    loop {
+        ticks.tick().await;
+        tick = tick.wrapping_add(1);
+        if tick.is_multiple_of(EXPIRY_CHECK_EVERY) {
+            node.warn_expiring(unix_now());
+        }
+        if node.connected() == 0 {
+            continue;
+        }
+        match store.revoked_serials(unix_now()).await {
+            Ok(serials) => {
+                failing = false;
+                let serials: HashSet<String> = serials.into_iter().collect();
+                let ended =
+                    node.end_streams_with(&serials, "the data plane's certificate was revoked");
+                if ended > 0 {
+                    tracing::warn!(streams = ended, "ended streams of revoked certificates");
+                }
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(error = %error.detail(), "cannot read the revoked certificates; open streams are checked again when the database answers, new streams are refused");
+                }
+                failing = true;
+            }
+        }
+    }
+}

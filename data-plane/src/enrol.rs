@@ -1,0 +1,257 @@
+//! Enrolment and renewal of this node's cluster certificate (`--cluster-bootstrap-token`).
+//!
+//! At start, a usable certificate in the cache directory (`cluster-identity.pem`: the key and
+//! the certificate in one file, mode 0600, replaced atomically) is reused. Otherwise the node
+//! makes a new ECDSA P-256 key, sends a CSR and the token to the control plane's `Enrolment`
+//! service over TLS that verifies the control plane against `--cluster-ca-cert` (the node has
+//! no certificate to present yet), and stores the certificate it gets. The key never leaves
+//! the node.
+//!
+//! Renewal happens over the sync stream (see `sync`): two thirds into the certificate's
+//! lifetime the node sends a new CSR; the new file is written and the cluster TLS
+//! configurations reloaded, so the next connection uses it while the open stream goes on.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tonic::Code;
+use tonic::transport::Endpoint;
+use uuid::Uuid;
+
+use gatehouse_proto::v1::EnrolRequest;
+use gatehouse_proto::v1::enrolment_client::EnrolmentClient;
+use gatehouse_shared::cluster::enrol::{self as shared, renew_at};
+use gatehouse_shared::cluster::{ReloadingConfig, enrol_client_config};
+use gatehouse_shared::x509;
+
+use crate::config::ClusterSettings;
+use crate::metrics::METRICS;
+
+/// The file of the enrolled key and certificate, in the cache directory.
+pub(crate) const IDENTITY_FILE: &str = "cluster-identity.pem";
+/// Longest wait between two enrolment rounds.
+const MAX_RETRY: Duration = Duration::from_secs(5);
+/// Longest TCP + TLS + HTTP/2 handshake of an enrolment attempt.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why enrolment failed for good.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnrolError {
+    /// The control plane refused the token or the request.
+    #[error("the control plane refused the enrolment: {0}")]
+    Refused(String),
+    /// The key or the certificate could not be made or stored.
+    #[error("{0}")]
+    Local(String),
+}
+
+/// This node's enrolled identity: the file, and the validity of the certificate in it.
+#[derive(Debug)]
+pub(crate) struct Identity {
+    path: PathBuf,
+    node_id: Uuid,
+    /// (notBefore, notAfter), Unix seconds.
+    validity: Mutex<(i64, i64)>,
+    /// The TLS configurations built from the file, reloaded after a renewal.
+    configs: Mutex<Vec<Arc<ReloadingConfig<ClientConfig>>>>,
+}
+
+// === impl Identity ===
+
+impl Identity {
+    /// The cached identity at `path` if usable (the key and a certificate that is its own and
+    /// not expired), else a new one obtained from the control planes with `token`.
+    pub(crate) async fn load_or_enrol(
+        cluster: &ClusterSettings,
+        path: &Path,
+        node_id: Uuid,
+        token: &str,
+    ) -> Result<Self, EnrolError> {
+        let validity = match cached(path) {
+            Some(validity) => {
+                tracing::info!(path = %path.display(), not_after = validity.1, "using the cached cluster certificate");
+                validity
+            }
+            None => enrol(cluster, path, node_id, token).await?,
+        };
+        METRICS.cluster_cert(validity.1);
+        Ok(Self {
+            path: path.to_owned(),
+            node_id,
+            validity: Mutex::new(validity),
+            configs: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Registers a TLS configuration to reload after a renewal.
+    pub(crate) fn watch(&self, config: Arc<ReloadingConfig<ClientConfig>>) {
+        self.configs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(config);
+    }
+
+    /// When to renew (Unix seconds).
+    pub(crate) fn renew_at(&self) -> i64 {
+        let (not_before, not_after) = *self.validity.lock().unwrap_or_else(PoisonError::into_inner);
+        renew_at(not_before, not_after)
+    }
+
+    /// How long to wait after a failed renewal: a tenth of what is left, 1 to 60 s.
+    pub(crate) fn retry_delay(&self, now: i64) -> Duration {
+        let (_, not_after) = *self.validity.lock().unwrap_or_else(PoisonError::into_inner);
+        let left = u64::try_from((not_after - now) / 10).unwrap_or(0);
+        Duration::from_secs(left.clamp(1, 60))
+    }
+
+    /// A new key and a CSR for it; the key is kept by the caller until the answer.
+    pub(crate) fn new_request(&self) -> Result<(String, Vec<u8>), String> {
+        shared::new_key_and_csr(self.node_id).map_err(|e| format!("cannot make a key: {e}"))
+    }
+
+    /// Installs a renewed certificate for `key_pem`: checks they match, writes the file
+    /// atomically and reloads the TLS configurations (new connections use it; the open stream
+    /// keeps its own).
+    pub(crate) fn install(&self, key_pem: &str, cert_pem: &str) -> Result<i64, String> {
+        let validity = store(&self.path, key_pem, cert_pem)?;
+        *self.validity.lock().unwrap_or_else(PoisonError::into_inner) = validity;
+        for config in self
+            .configs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            config
+                .reload_if_changed()
+                .map_err(|e| format!("the renewed certificate cannot be used: {e}"))?;
+        }
+        METRICS.cluster_cert(validity.1);
+        Ok(validity.1)
+    }
+}
+
+/// The validity of the identity file at `path` when it holds a key and its certificate, not
+/// expired.
+fn cached(path: &Path) -> Option<(i64, i64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let facts = match x509::check_key_pair(&text, &text) {
+        Ok(facts) => facts,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "the cached cluster certificate is unusable; enrolling again");
+            return None;
+        }
+    };
+    let now = crate::status::unix_now() as i64;
+    if facts.not_after <= now {
+        tracing::warn!(path = %path.display(), not_after = facts.not_after, "the cached cluster certificate has expired; enrolling again");
+        return None;
+    }
+    Some((facts.not_before, facts.not_after))
+}
+
+/// Checks `cert_pem` is the certificate of `key_pem` and writes both to `path` (0600).
+fn store(path: &Path, key_pem: &str, cert_pem: &str) -> Result<(i64, i64), String> {
+    let facts = x509::check_key_pair(cert_pem, key_pem)
+        .map_err(|e| format!("the control plane sent an unusable certificate: {e}"))?;
+    let contents = format!("{}\n{}", key_pem.trim_end(), cert_pem);
+    shared::write_private_file(path, contents.as_bytes())
+        .map_err(|e| format!("cannot store the cluster certificate: {e}"))?;
+    Ok((facts.not_before, facts.not_after))
+}
+
+/// Enrols with the first control plane that answers; retries unreachable ones forever, stops
+/// at a refusal.
+async fn enrol(
+    cluster: &ClusterSettings,
+    path: &Path,
+    node_id: Uuid,
+    token: &str,
+) -> Result<(i64, i64), EnrolError> {
+    let ca =
+        cluster.files.ca.as_deref().ok_or_else(|| {
+            EnrolError::Local("--cluster-ca-cert is required to enrol".to_owned())
+        })?;
+    let (key_pem, csr) = shared::new_key_and_csr(node_id)
+        .map_err(|e| EnrolError::Local(format!("cannot make a key: {e}")))?;
+    let hostname = crate::sync::hostname();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        for cp in &cluster.control_planes {
+            let name = cluster.tls_server_name_of(cp);
+            let config = enrol_client_config(ca, name)
+                .map_err(|e| EnrolError::Local(format!("cluster TLS: {e}")))?;
+            let server_name = ServerName::try_from(name.to_owned())
+                .map_err(|_| EnrolError::Local(format!("invalid server name '{name}'")))?;
+            let sockets: Vec<SocketAddr> = match tokio::net::lookup_host(cp.addr.as_str()).await {
+                Ok(addrs) => addrs.collect(),
+                Err(error) => {
+                    tracing::warn!(addr = %cp.addr, %error, "cannot resolve the control plane");
+                    continue;
+                }
+            };
+            for socket in sockets {
+                let request = EnrolRequest {
+                    token: token.to_owned(),
+                    node_id: node_id.to_string(),
+                    csr: csr.clone().into(),
+                    hostname: hostname.clone(),
+                };
+                match attempt(socket, server_name.clone(), config.clone(), request).await {
+                    Ok(cert_pem) => {
+                        let validity =
+                            store(path, &key_pem, &cert_pem).map_err(EnrolError::Local)?;
+                        tracing::info!(addr = %socket, %node_id, not_after = validity.1, path = %path.display(), "enrolled with the control plane");
+                        return Ok(validity);
+                    }
+                    Err(status)
+                        if matches!(
+                            status.code(),
+                            Code::PermissionDenied | Code::InvalidArgument
+                        ) =>
+                    {
+                        return Err(EnrolError::Refused(status.message().to_owned()));
+                    }
+                    Err(status) => {
+                        tracing::warn!(addr = %socket, error = %crate::sync::describe_status(&status), "enrolment attempt failed");
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_RETRY);
+    }
+}
+
+/// One enrolment request to `socket`.
+async fn attempt(
+    socket: SocketAddr,
+    server_name: ServerName<'static>,
+    config: Arc<ClientConfig>,
+    request: EnrolRequest,
+) -> Result<String, tonic::Status> {
+    let label = socket.to_string();
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let config = config.clone();
+        let server_name = server_name.clone();
+        let label = label.clone();
+        async move {
+            crate::sync::connect_tls(socket, &label, server_name, config)
+                .await
+                .map(hyper_util::rt::TokioIo::new)
+        }
+    });
+    let channel = Endpoint::from_shared(format!("http://{socket}"))
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CONNECT_TIMEOUT * 2)
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| tonic::Status::unavailable(crate::sync::error_chain(&e)))?;
+    let response = EnrolmentClient::new(channel).enrol(request).await?;
+    Ok(response.into_inner().certificate)
+}

@@ -1,0 +1,607 @@
+//! Data-plane enrolment (issue 14): bootstrap tokens, certificates issued by the control plane
+//! to a key the data plane made, renewal over the sync stream, revocation on every replica.
+//! Real processes, real PostgreSQL, real TLS and gRPC.
+
+mod cluster_support;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use cluster_support::*;
+use gatehouse_proto::v1::config_sync_client::ConfigSyncClient;
+use gatehouse_proto::v1::enrolment_client::EnrolmentClient;
+use gatehouse_proto::v1::{DataPlaneMessage, EnrolRequest, Hello, data_plane_message};
+use gatehouse_shared::cluster::enrol::new_key_and_csr;
+use gatehouse_tests::{
+    Admin, ControlPlane, DataPlane, DataPlaneOptions, cp_bin, data_plane, patience, wait_until,
+};
+
+/// The file an enrolled data plane keeps its key and certificate in.
+const IDENTITY_FILE: &str = "cluster-identity.pem";
+
+/// A cluster whose CP holds the CA key (enrolment on), with `extra` CP arguments.
+async fn enrolling_cluster(extra: &[&str]) -> Result<Cluster> {
+    Cluster::start_enrolling(extra).await
+}
+
+/// Options of a data plane that enrols with `token` (passed in the environment, not argv).
+fn enrolling(addr: SocketAddr, cluster: &Cluster, name: &str, token: &str) -> DataPlaneOptions {
+    DataPlaneOptions::new(addr)
+        .ca_cert(Some(&cluster.pki.ca_cert()))
+        .env("GATEHOUSE_CLUSTER_BOOTSTRAP_TOKEN", token)
+        .name(name)
+}
+
+/// Creates a token through the Admin API; returns (id, secret).
+async fn create_token(admin: &Admin, body: Value) -> Result<(String, String)> {
+    let created = admin.post_json("/clustering/tokens", &body).await?;
+    ensure!(
+        created.status == 201,
+        "POST /clustering/tokens: {created:?}"
+    );
+    let id = created.body["id"].as_str().context("id")?.to_owned();
+    let token = created.body["token"].as_str().context("token")?.to_owned();
+    Ok((id, token))
+}
+
+async fn token_json(admin: &Admin, id: &str) -> Result<Value> {
+    let got = admin.get(&format!("/clustering/tokens/{id}")).await?;
+    ensure!(got.status == 200, "GET token: {got:?}");
+    ensure!(
+        got.body.get("token").is_none(),
+        "the secret is never shown again: {got:?}"
+    );
+    Ok(got.body)
+}
+
+/// The registry entry of `dp` once it is connected.
+async fn registered(admin: &Admin, dp: &DataPlane) -> Result<Value> {
+    let id = dp.node_id()?;
+    wait_until(
+        "the data plane registered and connected",
+        patience(),
+        || async {
+            Ok(data_plane(admin, &id)
+                .await?
+                .filter(|e| e["connected"] == json!(true)))
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn data_planes_enrol_with_a_token_each_and_used_expired_or_revoked_tokens_are_refused()
+-> Result<()> {
+    let cluster = enrolling_cluster(&[]).await?;
+    let admin = cluster.admin();
+
+    // Kong-shaped refusal of a bad body; nothing is created.
+    let bad = admin
+        .post_json("/clustering/tokens", &json!({"max_uses": 0, "bogus": 1}))
+        .await?;
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert_eq!(bad.body["code"], 2, "{bad:?}");
+    assert_eq!(bad.body["name"], "schema violation", "{bad:?}");
+    assert!(bad.body["fields"]["max_uses"].is_string(), "{bad:?}");
+    assert_eq!(bad.body["fields"]["bogus"], "unknown field", "{bad:?}");
+    let listed = admin.get("/clustering/tokens").await?;
+    assert_eq!(listed.body["data"], json!([]), "{listed:?}");
+
+    // Three tokens: two from the Admin API, one from the CLI.
+    let (id1, token1) = create_token(admin, json!({"labels": {"zone": "a"}})).await?;
+    let (_, token2) = create_token(admin, json!({"max_uses": 1, "ttl": 600})).await?;
+    let cli = tokio::process::Command::new(cp_bin()?)
+        .args(["cluster-token", "create", "--database-url", &cluster.db.url])
+        .args(["--uses", "1", "--ttl", "600", "--label", "via=cli"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .await?;
+    ensure!(cli.status.success(), "cluster-token create: {cli:?}");
+    let printed: Value = serde_json::from_slice(&cli.stdout).context("CLI output is JSON")?;
+    let token3 = printed["token"].as_str().context("token")?.to_owned();
+    assert_eq!(printed["labels"], json!({"via": "cli"}), "{printed}");
+    for token in [&token1, &token2, &token3] {
+        assert!(token.starts_with("ghbt_") && token.len() == 48, "{token}");
+    }
+
+    let mut dps = Vec::new();
+    for (n, token) in [&token1, &token2, &token3].into_iter().enumerate() {
+        let dp =
+            DataPlane::start(enrolling(cluster.addr, &cluster, &format!("dp{n}"), token)).await?;
+        dp.wait_until_connected(patience()).await?;
+        dps.push(dp);
+    }
+    let issuer = {
+        let facts = gatehouse_shared::x509::check_ca_certificate(
+            &std::fs::read_to_string(cluster.pki.ca_cert())?,
+            0,
+        )
+        .map_err(anyhow::Error::msg)?;
+        facts.facts.subject
+    };
+    for dp in &dps {
+        let entry = registered(admin, dp).await?;
+        let id = dp.node_id()?;
+        assert_eq!(
+            entry["cert_details"]["spiffe_id"],
+            json!(format!("spiffe://gatehouse/dp/{id}")),
+            "{entry}"
+        );
+        assert_eq!(entry["cert_details"]["issuer"], json!(issuer), "{entry}");
+        let days = entry["cert_details"]["days_to_expiry"]
+            .as_f64()
+            .context("days")?;
+        assert!(days > 0.9 && days <= 1.0, "24 h by default: {entry}");
+        // The key stays on the node, readable by it alone.
+        let file = dp.cache_dir().join(IDENTITY_FILE);
+        let mode = std::fs::metadata(&file)?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+        assert!(std::fs::read_to_string(&file)?.contains("PRIVATE KEY"));
+    }
+    let token = token_json(admin, &id1).await?;
+    assert_eq!(
+        (token["uses"].clone(), token["status"].clone()),
+        (json!(1), json!("used up")),
+        "{token}"
+    );
+    assert_eq!(token["labels"], json!({"zone": "a"}), "{token}");
+
+    // A used single-use token is refused (on any replica: the use is counted in PostgreSQL).
+    let reused = DataPlane::run_to_exit(
+        enrolling(cluster.addr, &cluster, "reused", &token1),
+        patience(),
+    )
+    .await?;
+    assert!(!reused.status.success(), "{reused:?}");
+    assert!(
+        reused.output.contains("bootstrap token refused"),
+        "{}",
+        reused.output
+    );
+
+    // An expired token is refused.
+    let (expiring, short) = create_token(admin, json!({"ttl": 1})).await?;
+    wait_until("the token expired", patience(), || async {
+        Ok((token_json(admin, &expiring).await?["status"] == "expired").then_some(()))
+    })
+    .await?;
+    let expired = DataPlane::run_to_exit(
+        enrolling(cluster.addr, &cluster, "expired", &short),
+        patience(),
+    )
+    .await?;
+    assert!(
+        expired.output.contains("bootstrap token refused"),
+        "{}",
+        expired.output
+    );
+
+    // A revoked token is refused, and stays listed as revoked.
+    let (revoked_id, revoked) = create_token(admin, json!({"max_uses": 5})).await?;
+    let deleted = admin
+        .delete(&format!("/clustering/tokens/{revoked_id}"))
+        .await?;
+    assert_eq!(deleted.status, 204, "{deleted:?}");
+    assert_eq!(token_json(admin, &revoked_id).await?["status"], "revoked");
+    let refused = DataPlane::run_to_exit(
+        enrolling(cluster.addr, &cluster, "revoked", &revoked),
+        patience(),
+    )
+    .await?;
+    assert!(
+        refused.output.contains("bootstrap token refused"),
+        "{}",
+        refused.output
+    );
+    let unknown = admin
+        .delete(&format!("/clustering/tokens/{}", uuid::Uuid::new_v4()))
+        .await?;
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+
+    let logs = cluster.cp.logs();
+    for why in [
+        "bootstrap token used up",
+        "bootstrap token expired",
+        "bootstrap token revoked",
+    ] {
+        assert!(logs.contains(why), "CP log names why: {why}");
+    }
+
+    // A restart reuses the cached certificate: the token is not used again.
+    let dp = &mut dps[0];
+    dp.restart().await?;
+    dp.wait_until_connected(patience()).await?;
+    dp.wait_for_log("using the cached cluster certificate", patience())
+        .await?;
+    assert_eq!(token_json(admin, &id1).await?["uses"], 1);
+
+    // No secret in any log line.
+    for token in [&token1, &token2, &token3, &short, &revoked] {
+        assert!(
+            !cluster.cp.logs().contains(token.as_str()),
+            "token in the CP log"
+        );
+        for dp in &dps {
+            assert!(!dp.all_logs().contains(token.as_str()), "token in a DP log");
+        }
+    }
+    assert!(!cluster.cp.logs().contains("PRIVATE KEY"));
+    Ok(())
+}
+
+/// A raw gRPC channel over TLS that verifies the CP against the cluster CA and presents no
+/// client certificate, as an enrolling data plane does.
+async fn anonymous_channel(cluster: &Cluster) -> Result<tonic::transport::Channel> {
+    let config =
+        gatehouse_shared::cluster::enrol_client_config(&cluster.pki.ca_cert(), "localhost")?;
+    let addr = cluster.addr;
+    let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+        let config = config.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let name = rustls_pki_types::ServerName::try_from("localhost")
+                .map_err(std::io::Error::other)?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_with_connector(connector)
+            .await?,
+    )
+}
+
+#[tokio::test]
+async fn forged_csrs_are_refused_and_an_anonymous_connection_reaches_only_enrolment() -> Result<()>
+{
+    let cluster = enrolling_cluster(&[]).await?;
+    let admin = cluster.admin();
+    let (id, token) = create_token(admin, json!({"max_uses": 3})).await?;
+    let channel = anonymous_channel(&cluster).await?;
+    let mut client = EnrolmentClient::new(channel.clone());
+    let node = uuid::Uuid::new_v4();
+    let request = |csr: Vec<u8>, node: uuid::Uuid| EnrolRequest {
+        token: token.clone(),
+        node_id: node.to_string(),
+        csr: csr.into(),
+        hostname: "forger".into(),
+    };
+
+    // A CSR for another node's name.
+    let (_, other) = new_key_and_csr(uuid::Uuid::new_v4())?;
+    let refused = client
+        .enrol(request(other, node))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("requested name not allowed"),
+        "{refused:?}"
+    );
+
+    // A CSR asking for a DNS name (the policy allows none).
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec!["cp.example".to_owned()])?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let named = params.serialize_request(&key)?.der().to_vec();
+    let refused = client
+        .enrol(request(named, node))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("DNS:cp.example"), "{refused:?}");
+
+    // A CSR whose signature is not its key's (the public key swapped for another one).
+    let (_, mine) = new_key_and_csr(node)?;
+    let (_, theirs) = new_key_and_csr(node)?;
+    let forged = swap_public_key(&mine, &theirs).context("swap the key")?;
+    let refused = client
+        .enrol(request(forged, node))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("signature"), "{refused:?}");
+
+    // Another key type.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?;
+    let p384 = rcgen::CertificateParams::default()
+        .serialize_request(&key)?
+        .der()
+        .to_vec();
+    let refused = client
+        .enrol(request(p384, node))
+        .await
+        .expect_err("refused");
+    assert!(refused.message().contains("key type"), "{refused:?}");
+
+    // None of them used the token.
+    assert_eq!(token_json(admin, &id).await?["uses"], 0);
+
+    // The same anonymous connection cannot open a sync stream: ConfigSync is not served to
+    // connections without a client certificate.
+    let mut sync = ConfigSyncClient::new(channel.clone());
+    let hello = DataPlaneMessage {
+        kind: Some(data_plane_message::Kind::Hello(Hello {
+            node_id: node.to_string(),
+            ..Hello::default()
+        })),
+    };
+    let refused = sync
+        .sync(tokio_stream_once(hello))
+        .await
+        .map(|_| ())
+        .expect_err("no sync stream without a client certificate");
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+
+    // A good CSR with the token works, once per use.
+    let (_, good) = new_key_and_csr(node)?;
+    let issued = client.enrol(request(good, node)).await?.into_inner();
+    assert!(issued.certificate.contains("BEGIN CERTIFICATE"));
+    assert_eq!(token_json(admin, &id).await?["uses"], 1);
+    Ok(())
+}
+
+/// A stream of one message.
+fn tokio_stream_once(
+    message: DataPlaneMessage,
+) -> impl futures_util::Stream<Item = DataPlaneMessage> + Send + 'static {
+    futures_util::stream::iter([message])
+}
+
+/// `mine` with the subjectPublicKeyInfo of `theirs` (same length for two P-256 keys): a
+/// request whose signature does not verify with the key it carries.
+fn swap_public_key(mine: &[u8], theirs: &[u8]) -> Option<Vec<u8>> {
+    // The uncompressed P-256 point: 0x04 then 64 bytes, after the BIT STRING header 03 42 00.
+    let find = |der: &[u8]| der.windows(4).position(|w| w == [0x03, 0x42, 0x00, 0x04]);
+    let (at_mine, at_theirs) = (find(mine)?, find(theirs)?);
+    let mut forged = mine.to_vec();
+    forged[at_mine..at_mine + 68].copy_from_slice(&theirs[at_theirs..at_theirs + 68]);
+    Some(forged)
+}
+
+/// Sends requests through `url` until `stop`; counts them and the failed ones.
+fn load(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
+    tokio::spawn(async move {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        let sent = AtomicU64::new(0);
+        let mut failed = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            sent.fetch_add(1, Ordering::Relaxed);
+            match client.get(&url).send().await {
+                Ok(res) if res.status() == 200 => {}
+                Ok(res) => failed.push(format!("status {}", res.status())),
+                Err(error) => failed.push(error.to_string()),
+            }
+        }
+        (sent.load(Ordering::Relaxed), failed)
+    })
+}
+
+/// A route `/load` on the DPs, proxied to `url`; returns the config version it made.
+async fn route_load(admin: &Admin, url: &str) -> Result<i64> {
+    let service = admin
+        .post_json("/services", &json!({"name": "load", "url": url}))
+        .await?;
+    ensure!(service.status == 201, "{service:?}");
+    let route = admin
+        .post_json(
+            "/services/load/routes",
+            &json!({"paths": ["/load"], "strip_path": true}),
+        )
+        .await?;
+    ensure!(route.status == 201, "{route:?}");
+    gatehouse_tests::config_version(admin).await
+}
+
+/// A route `/load` on the DPs, proxied to the CP's own Admin API `/status`.
+async fn route_to_admin(cp: &ControlPlane) -> Result<i64> {
+    route_load(cp.admin(), &format!("http://{}/status", cp.admin_addr())).await
+}
+
+/// A minimal HTTP/1.1 upstream answering every request `200 ok` (keep-alive), independent of
+/// the control plane.
+async fn ok_upstream() -> Result<SocketAddr> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[tokio::test]
+async fn a_sixty_second_certificate_renews_under_load_without_a_failed_request() -> Result<()> {
+    let cluster = enrolling_cluster(&["--cluster-dp-cert-lifetime", "60"]).await?;
+    let admin = cluster.admin();
+    let version = route_to_admin(&cluster.cp).await?;
+    let (_, token) = create_token(admin, json!({})).await?;
+    let mut dp = DataPlane::start(enrolling(cluster.addr, &cluster, "short", &token)).await?;
+    dp.wait_for_version(version, patience()).await?;
+    let first = registered(admin, &dp).await?;
+    let first_serial = first["cert_details"]["serial"].clone();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(format!("{}/load", dp.proxy_url()?), stop.clone());
+    // Two renewals: at 40 s and 80 s of a 60 s lifetime each (two thirds in).
+    let started = Instant::now();
+    let renewals = wait_until(
+        "two certificate renewals",
+        Duration::from_secs(120),
+        || async {
+            let n = dp.log_lines("cluster certificate renewed").len();
+            Ok((n >= 2).then_some(n))
+        },
+    )
+    .await?;
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed) = loader.await?;
+    println!(
+        "renewals={renewals} in {took:?}; requests={sent} failed={}",
+        failed.len()
+    );
+    assert!(sent > 0);
+    assert!(
+        failed.is_empty(),
+        "failed requests: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    // One stream all along: renewal did not reconnect.
+    assert_eq!(
+        dp.log_lines("connected to control plane").len(),
+        1,
+        "{}",
+        dp.logs()
+    );
+    assert!(dp.log_lines("renewal failed").is_empty(), "{}", dp.logs());
+    let now = registered(admin, &dp).await?;
+    assert_ne!(now["cert_details"]["serial"], first_serial, "{now}");
+    let metrics = reqwest::get(format!("{}/metrics", dp.status_url()))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("gatehouse_cluster_certificate_renewals_total{result=\"ok\"} 2")
+            || metrics.contains("gatehouse_cluster_certificate_renewals_total{result=\"ok\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gatehouse_cluster_certificate_expiry_days "),
+        "{metrics}"
+    );
+
+    // A restart uses the renewed certificate from the cache and connects with it.
+    dp.restart().await?;
+    dp.wait_until_connected(patience()).await?;
+    dp.wait_for_log("using the cached cluster certificate", patience())
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn revocation_ends_the_stream_on_every_replica() -> Result<()> {
+    let cluster = enrolling_cluster(&[]).await?;
+    let mut args = cluster.cp_args.clone();
+    args.extend(["--cluster-listen".to_owned(), "127.0.0.1:0".to_owned()]);
+    let (cp2, addr2) = start_cp(&cluster.db, &args).await?;
+    let (_, token) = create_token(cluster.admin(), json!({"max_uses": 2})).await?;
+    // dp1 on replica 1, dp2 on replica 2.
+    let dp1 = DataPlane::start(enrolling(cluster.addr, &cluster, "dp1", &token)).await?;
+    let dp2 = DataPlane::start(enrolling(addr2, &cluster, "dp2", &token)).await?;
+    for dp in [&dp1, &dp2] {
+        dp.wait_until_connected(patience()).await?;
+        registered(cluster.admin(), dp).await?;
+    }
+
+    // Each revoked through the replica that does not hold its stream: dp1 forgotten
+    // (DELETE /clustering/data-planes/{id}), dp2 only revoked (.../certificates).
+    for (dp, admin, suffix) in [
+        (&dp1, cp2.admin(), ""),
+        (&dp2, cluster.admin(), "/certificates"),
+    ] {
+        let id = dp.node_id()?;
+        let how = format!("DELETE /clustering/data-planes/{{id}}{suffix}");
+        let started = Instant::now();
+        let res = admin
+            .delete(&format!("/clustering/data-planes/{id}{suffix}"))
+            .await?;
+        assert_eq!(res.status, 204, "{res:?}");
+        dp.wait_for_log("certificate was revoked", patience())
+            .await?;
+        println!(
+            "{how}: stream ended {:?} after the revocation",
+            started.elapsed()
+        );
+        dp.wait_until_disconnected(patience()).await?;
+    }
+    // It cannot come back with that certificate, on either replica.
+    let mut dp1 = dp1;
+    dp1.restart().await?;
+    dp1.wait_for_log("certificate is revoked", patience())
+        .await?;
+    let refused = "data plane refused: its certificate is revoked";
+    assert!(cluster.cp.logs().contains(refused) || cp2.logs().contains(refused));
+    assert_eq!(
+        dp1.status().await?["control_plane"]["connected"],
+        json!(false)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_control_plane_outage_over_the_renewal_point_costs_no_request_and_renews_after()
+-> Result<()> {
+    let mut cluster = enrolling_cluster(&["--cluster-dp-cert-lifetime", "60"]).await?;
+    let upstream = ok_upstream().await?;
+    let version = route_load(cluster.admin(), &format!("http://{upstream}")).await?;
+    let (_, token) = create_token(cluster.admin(), json!({})).await?;
+    let dp = DataPlane::start(enrolling(cluster.addr, &cluster, "outage", &token)).await?;
+    dp.wait_for_version(version, patience()).await?;
+    let serial = registered(cluster.admin(), &dp).await?["cert_details"]["serial"].clone();
+
+    // Under load, the CP dies before the renewal point (40 s) and comes back after it, before
+    // expiry (60 s).
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(format!("{}/load", dp.proxy_url()?), stop.clone());
+    kill_process(cluster.cp.pid()).await?;
+    dp.wait_until_disconnected(patience()).await?;
+    let renew_at = {
+        let text = std::fs::read_to_string(dp.cache_dir().join(IDENTITY_FILE))?;
+        let facts = gatehouse_shared::x509::check_key_pair(&text, &text)?;
+        gatehouse_shared::cluster::enrol::renew_at(facts.not_before, facts.not_after)
+    };
+    wait_until(
+        "the renewal point passed with the CP down",
+        Duration::from_secs(60),
+        || async {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            Ok((now > renew_at + 2).then_some(()))
+        },
+    )
+    .await?;
+    cluster.restart_cp().await?;
+    dp.wait_until_connected(patience()).await?;
+    dp.wait_for_log("cluster certificate renewed", patience())
+        .await?;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed) = loader.await?;
+    println!("requests={sent} failed={} during the outage", failed.len());
+    assert!(sent > 0);
+    assert!(failed.is_empty(), "{:?}", &failed[..failed.len().min(5)]);
+    let now = registered(cluster.admin(), &dp).await?;
+    assert_ne!(now["cert_details"]["serial"], serial, "{now}");
+    Ok(())
+}

@@ -5,6 +5,7 @@ use serde_json::Value;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use super::audit::{self, Action};
 use super::{Store, db_error};
 use crate::error::ApiError;
 
@@ -73,22 +74,26 @@ impl Token {
 impl Store {
     /// Stores a new token by the hash of its secret.
     pub(crate) async fn create_token(&self, token: &Token, hash: &str) -> Result<(), ApiError> {
-        let client = self.pool.get().await?;
-        client
-            .execute(
-                "INSERT INTO cluster_tokens (id, token_hash, max_uses, uses, labels, expires_at, \
-                 created_at) VALUES ($1, $2, $3, 0, $4, $5, $6)",
-                &[
-                    &token.id,
-                    &hash,
-                    &token.max_uses,
-                    &token.labels,
-                    &token.expires_at,
-                    &token.created_at,
-                ],
-            )
-            .await
-            .map_err(db_error)?;
+        let mut client = self.pool.get().await?;
+        let tx = Store::begin(&mut client).await?;
+        tx.execute(
+            "INSERT INTO cluster_tokens (id, token_hash, max_uses, uses, labels, expires_at, \
+             created_at) VALUES ($1, $2, $3, 0, $4, $5, $6)",
+            &[
+                &token.id,
+                &hash,
+                &token.max_uses,
+                &token.labels,
+                &token.expires_at,
+                &token.created_at,
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+        let recorded =
+            audit::record(&tx, Action::Create, "cluster_tokens", Some(token.id), None).await?;
+        tx.commit().await.map_err(db_error)?;
+        recorded.log();
         Ok(())
     }
 
@@ -123,14 +128,23 @@ impl Store {
 
     /// Revokes a token (it stays listed). Returns whether it exists.
     pub(crate) async fn revoke_token(&self, id: Uuid, now: i64) -> Result<bool, ApiError> {
-        let client = self.pool.get().await?;
-        let found = client
+        let mut client = self.pool.get().await?;
+        let tx = Store::begin(&mut client).await?;
+        let found = tx
             .execute(
                 "UPDATE cluster_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
                 &[&id, &now],
             )
             .await
             .map_err(db_error)?;
+        let recorded = match found {
+            0 => None,
+            _ => Some(audit::record(&tx, Action::Update, "cluster_tokens", Some(id), None).await?),
+        };
+        tx.commit().await.map_err(db_error)?;
+        if let Some(recorded) = recorded {
+            recorded.log();
+        }
         Ok(found > 0)
     }
 
@@ -271,7 +285,16 @@ impl Store {
             )
             .await
             .map_err(db_error)?;
+        let recorded = audit::record(
+            &tx,
+            Action::Update,
+            "cluster_certificates",
+            Some(node),
+            None,
+        )
+        .await?;
         tx.commit().await.map_err(db_error)?;
+        recorded.log();
         Ok(revoked)
     }
 }

@@ -416,6 +416,7 @@ impl Acme {
             .acme_order_started(host, order.url())
             .await
             .map_err(|e| e.detail())?;
+        tracing::info!(%host, order = %order.url(), "acme: order created");
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
             let mut authz = authz.map_err(|e| format!("authorization: {}", acme_error(&e)))?;

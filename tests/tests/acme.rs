@@ -222,14 +222,22 @@ fn free_udp_port() -> Result<u16> {
 
 /// A port free on both 127.0.0.1 and 127.0.0.2 (the two data planes' HTTP listeners).
 fn free_port_on_both() -> Result<u16> {
+    free_port_on(&["127.0.0.2"])
+}
+
+/// A port free on 127.0.0.1 and on each of `others` (loopback addresses).
+fn free_port_on(others: &[&str]) -> Result<u16> {
     for _ in 0..50 {
         let first = TcpListener::bind("127.0.0.1:0")?;
         let port = first.local_addr()?.port();
-        if TcpListener::bind(("127.0.0.2", port)).is_ok() {
+        if others
+            .iter()
+            .all(|ip| TcpListener::bind((*ip, port)).is_ok())
+        {
             return Ok(port);
         }
     }
-    bail!("no port free on both 127.0.0.1 and 127.0.0.2")
+    bail!("no port free on 127.0.0.1 and {others:?}")
 }
 
 /// Lowercase hex SHA-256 of a DER certificate.
@@ -927,5 +935,112 @@ async fn a_wildcard_name_by_dns01_through_a_real_bind() -> Result<()> {
         .nth(3)
         .context("secret in the key file")?;
     assert!(!logs.contains(secret), "the TSIG secret is never logged");
+    Ok(())
+}
+
+/// Benchmark, not run by CI (BENCHMARKS.md, "ACME at fleet scale"): `GATEHOUSE_BENCH_ACME_NAMES`
+/// names (100) ordered through two control-plane replicas on one database, at most
+/// `GATEHOUSE_BENCH_ACME_PARALLEL` (10) orders at a time, validated by pebble through three
+/// data planes (each name resolves to one of them). Reports the total time until every
+/// `POST /acme` answered and until every data plane serves every name, and checks that each
+/// name was ordered exactly once fleet-wide.
+///
+/// `cargo build --bins && cargo nextest run -p gatehouse-tests --test acme --run-ignored only
+/// --no-capture a_hundred_names`
+#[tokio::test]
+#[ignore = "benchmark: see BENCHMARKS.md"]
+async fn a_hundred_names_through_two_control_planes_and_three_data_planes() -> Result<()> {
+    let env = |key: &str, default: usize| {
+        std::env::var(key)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let count = env("GATEHOUSE_BENCH_ACME_NAMES", 100);
+    let parallel = env("GATEHOUSE_BENCH_ACME_PARALLEL", 10);
+    let addresses = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+    let http_port = free_port_on(&addresses[1..])?;
+    let pebble = Pebble::start(http_port, free_tcp_port()?).await?;
+    let cluster = acme_cluster(&pebble, &["dp1", "dp2", "dp3"], &[]).await?;
+    let ca_bundle = pebble.ca_bundle.to_str().context("path")?.to_owned();
+    let cp2 = start_plain_cp(&cluster.db, &["--acme-ca-bundle".to_owned(), ca_bundle]).await?;
+    let mut dps = Vec::new();
+    for (name, ip) in ["dp1", "dp2", "dp3"].into_iter().zip(addresses) {
+        dps.push(
+            connected(
+                cluster
+                    .dp_options(name)
+                    .proxy_listen(&format!("{ip}:{http_port}"))
+                    .quiet(),
+            )
+            .await?,
+        );
+    }
+    acme_plugin(cluster.admin(), &pebble, json!({})).await?;
+    let hosts: Vec<String> = (0..count).map(|i| format!("n{i}.acme.test")).collect();
+    for (i, host) in hosts.iter().enumerate() {
+        pebble.resolve(host, addresses[i % addresses.len()]).await?;
+    }
+
+    let started = std::time::Instant::now();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel));
+    let urls = [cluster.cp.admin_url(), cp2.admin_url()];
+    let mut orders = tokio::task::JoinSet::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let gate = gate.clone();
+        let url = urls[i % urls.len()].clone();
+        let host = host.clone();
+        orders.spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let response = reqwest::Client::new()
+                .post(format!("{url}/acme"))
+                .json(&json!({"host": host}))
+                .send()
+                .await?;
+            let status = response.status().as_u16();
+            let body = response.text().await?;
+            ensure!(status == 201, "{host}: {status} {body}");
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = orders.join_next().await {
+        done??;
+    }
+    let answered = started.elapsed();
+    let root = pebble.root().await?;
+    for dp in &dps {
+        for host in &hosts {
+            wait_until(&format!("{host} served"), ORDER_PATIENCE, || async {
+                Ok(served(dp, host, &root).await.ok())
+            })
+            .await?;
+        }
+    }
+    let served_everywhere = started.elapsed();
+
+    // Exactly one order per name, fleet-wide, and one certificate row each.
+    let logs = format!("{}\n{}", cluster.cp.logs(), cp2.logs());
+    for host in &hosts {
+        let needle = format!("host={host} ");
+        let ordered = logs
+            .lines()
+            .filter(|l| l.contains("acme: order created") && l.contains(&needle))
+            .count();
+        assert_eq!(ordered, 1, "{host} ordered {ordered} times");
+    }
+    let rows = cluster
+        .admin()
+        .get("/certificates?tags=managed-by-acme&size=1000")
+        .await?;
+    assert_eq!(
+        rows.body["data"].as_array().map(Vec::len),
+        Some(count),
+        "{}",
+        rows.body
+    );
+    println!(
+        "| {count} names | 2 CPs, 3 DPs | {parallel} in parallel | all POST /acme answered 201: \
+         {answered:.1?} | every DP serves every name: {served_everywhere:.1?} | orders per name: 1 |"
+    );
     Ok(())
 }

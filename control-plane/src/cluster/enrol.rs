@@ -13,7 +13,7 @@
 //!   to expiry and has not been renewed.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
@@ -22,6 +22,7 @@ use uuid::Uuid;
 use gatehouse_proto::v1::enrolment_server::Enrolment;
 use gatehouse_proto::v1::{EnrolRequest, EnrolResponse};
 use gatehouse_shared::cluster::enrol::{ClusterCa, CsrError, Issued};
+use gatehouse_shared::cluster::pki::PkiError;
 
 use super::Node;
 use crate::config::{ConfigError, EnrolSettings};
@@ -33,10 +34,28 @@ const REVOCATION_POLL: Duration = Duration::from_millis(250);
 const EXPIRY_CHECK_EVERY: u32 = 40;
 
 /// The cluster CA with this node's issuing policy.
+///
+/// The CA files are looked at before each signature and reloaded when their content changed
+/// (`pki rotate-ca`): the first certificate of `--cluster-ca-cert` and `--cluster-ca-key` sign,
+/// the whole bundle is what renewed data planes are told to trust. Files that do not load
+/// (half-written, mismatched) leave the current CA in place.
 #[derive(Debug)]
 pub(crate) struct Issuer {
-    ca: ClusterCa,
-    lifetime: Duration,
+    settings: EnrolSettings,
+    current: Mutex<Loaded>,
+}
+
+/// SHA-256 (hex) of the CA certificate and key files.
+type Fingerprint = [Option<String>; 2];
+
+/// The CA as last loaded, with the content it was loaded from.
+#[derive(Debug)]
+struct Loaded {
+    ca: Arc<ClusterCa>,
+    /// The `--cluster-ca-cert` file (the trust bundle).
+    bundle: Arc<str>,
+    /// SHA-256 of the certificate and key files when last read.
+    seen: Fingerprint,
 }
 
 /// The `Enrolment` service.
@@ -52,17 +71,42 @@ pub(crate) struct EnrolService {
 impl Issuer {
     /// Loads the CA of `settings`; a bad file is a configuration error.
     pub(crate) fn load(settings: &EnrolSettings) -> Result<Self, ConfigError> {
-        let ca = ClusterCa::load(&settings.ca_cert, &settings.ca_key, &settings.cluster_name)
+        let (seen, _) = fingerprint(settings);
+        let loaded = load_ca(settings, seen)
             .map_err(|error| ConfigError::new(format!("--cluster-ca-key: {error}")))?;
         Ok(Self {
-            ca,
-            lifetime: settings.lifetime,
+            settings: settings.clone(),
+            current: Mutex::new(loaded),
         })
+    }
+
+    /// The CA to sign with and the bundle to hand out, reloaded first if the files changed.
+    fn current(&self) -> (Arc<ClusterCa>, Arc<str>) {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let (seen, readable) = fingerprint(&self.settings);
+        if seen != current.seen {
+            if !readable {
+                tracing::warn!("cannot read the cluster CA files; keeping the current CA");
+            } else {
+                match load_ca(&self.settings, seen.clone()) {
+                    Ok(loaded) => {
+                        tracing::info!(issuer = %loaded.ca.issuer(), "cluster CA reloaded");
+                        *current = loaded;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "the cluster CA files changed but cannot be used; keeping the current CA");
+                    }
+                }
+                // A failed load is not retried until the files change again.
+                current.seen = seen;
+            }
+        }
+        (current.ca.clone(), current.bundle.clone())
     }
 
     /// Checks `csr` and signs data plane `node` a certificate (not recorded yet).
     fn sign(&self, csr: &[u8], node: Uuid) -> Result<Issued, CsrError> {
-        self.ca.issue(csr, node, self.lifetime)
+        self.current().0.issue(csr, node, self.settings.lifetime)
     }
 
     /// Records an issued certificate; fails closed (the certificate is then not handed out).
@@ -81,7 +125,7 @@ impl Issuer {
             })
     }
 
-    /// A renewal for `node`, asked over its open stream authenticated by the certificate
+    /// A renewal for `node` (with the trust bundle to send along), asked over its open stream authenticated by the certificate
     /// `prior`; refused when `prior` is revoked (checked under the node's lock, see
     /// [`Store::record_renewal`]).
     pub(crate) async fn renew(
@@ -90,11 +134,14 @@ impl Issuer {
         csr: &[u8],
         node: Uuid,
         prior: &str,
-    ) -> Result<Issued, String> {
-        let issued = self.sign(csr, node).map_err(|e| e.to_string())?;
+    ) -> Result<(Issued, Arc<str>), String> {
+        let (ca, bundle) = self.current();
+        let issued = ca
+            .issue(csr, node, self.settings.lifetime)
+            .map_err(|e| e.to_string())?;
         let record = record_of(&issued, node, None);
         match store.record_renewal(&record, prior, unix_now()).await {
-            Ok(true) => Ok(issued),
+            Ok(true) => Ok((issued, bundle)),
             Ok(false) => Err("this data plane's certificate is revoked".to_owned()),
             Err(error) => {
                 tracing::warn!(%node, error = %error.detail(), "cannot record a renewed certificate");
@@ -102,6 +149,32 @@ impl Issuer {
             }
         }
     }
+}
+
+/// SHA-256 of the CA certificate and key files (`None`: unreadable), and whether both
+/// could be read.
+fn fingerprint(settings: &EnrolSettings) -> (Fingerprint, bool) {
+    let seen: Fingerprint = [&settings.ca_cert, &settings.ca_key].map(|path| {
+        std::fs::read(path)
+            .ok()
+            .map(|bytes| gatehouse_shared::x509::sha256_hex(&bytes))
+    });
+    let readable = seen.iter().all(Option::is_some);
+    (seen, readable)
+}
+
+/// Loads the CA files of `settings`; `seen` is their fingerprint read just before.
+fn load_ca(settings: &EnrolSettings, seen: Fingerprint) -> Result<Loaded, PkiError> {
+    let ca = ClusterCa::load(&settings.ca_cert, &settings.ca_key, &settings.cluster_name)?;
+    let bundle = std::fs::read_to_string(&settings.ca_cert).map_err(|source| PkiError::Read {
+        path: settings.ca_cert.clone(),
+        source,
+    })?;
+    Ok(Loaded {
+        ca: Arc::new(ca),
+        bundle: bundle.into(),
+        seen,
+    })
 }
 
 /// What the store keeps of an issued certificate.

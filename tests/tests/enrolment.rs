@@ -605,3 +605,139 @@ async fn a_control_plane_outage_over_the_renewal_point_costs_no_request_and_rene
     assert_ne!(now["cert_details"]["serial"], serial, "{now}");
     Ok(())
 }
+
+/// Runs `gatehouse-cp pki ARGS...`.
+async fn pki_command(args: &[&str]) -> Result<()> {
+    let out = tokio::process::Command::new(cp_bin()?)
+        .arg("pki")
+        .args(args)
+        .output()
+        .await?;
+    ensure!(out.status.success(), "pki {args:?}: {out:?}");
+    Ok(())
+}
+
+/// Subjects of the certificates in the PEM file `path`.
+fn subjects(path: &std::path::Path) -> Result<Vec<String>> {
+    let pem = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let certs = gatehouse_shared::x509::parse_certificates(&pem).map_err(anyhow::Error::msg)?;
+    certs
+        .iter()
+        .map(|der| {
+            gatehouse_shared::x509::cert_facts(der)
+                .map(|facts| facts.subject)
+                .map_err(anyhow::Error::msg)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_ca_rotation_under_load_moves_every_data_plane_to_the_new_ca_without_a_failed_request()
+-> Result<()> {
+    let cluster = enrolling_cluster(&["--cluster-dp-cert-lifetime", "30"]).await?;
+    let admin = cluster.admin();
+    let upstream = ok_upstream().await?;
+    let version = route_load(admin, &format!("http://{upstream}")).await?;
+    let (_, token) = create_token(admin, json!({"max_uses": 2})).await?;
+    let mut dps = Vec::new();
+    for name in ["rot1", "rot2"] {
+        let dp = DataPlane::start(enrolling(cluster.addr, &cluster, name, &token)).await?;
+        dp.wait_for_version(version, patience()).await?;
+        dps.push(dp);
+    }
+    let ca_dir = cluster.pki.dir().to_string_lossy().into_owned();
+    let old_ca = subjects(&cluster.pki.ca_cert())?;
+    assert_eq!(old_ca.len(), 1);
+    for dp in &dps {
+        let entry = registered(admin, dp).await?;
+        assert_eq!(entry["cert_details"]["issuer"], json!(old_ca[0]), "{entry}");
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loaders: Vec<_> = dps
+        .iter()
+        .map(|dp| Ok(load(format!("{}/load", dp.proxy_url()?), stop.clone())))
+        .collect::<Result<_>>()?;
+    let started = Instant::now();
+
+    // 1. A new CA: both trusted, the new one signs.
+    pki_command(&["rotate-ca", "--ca-dir", &ca_dir]).await?;
+    let bundle = subjects(&cluster.pki.ca_cert())?;
+    assert_eq!(bundle.len(), 2);
+    assert_eq!(bundle[1], old_ca[0]);
+    let new_ca = bundle[0].clone();
+    // 2. Every data plane renews under the new CA and learns the bundle.
+    for dp in &dps {
+        let id = dp.node_id()?;
+        wait_until(
+            "the data plane renewed under the new CA",
+            Duration::from_secs(60),
+            || async {
+                Ok(data_plane(admin, &id)
+                    .await?
+                    .filter(|e| e["cert_details"]["issuer"] == json!(new_ca)))
+            },
+        )
+        .await?;
+        assert_eq!(
+            subjects(&dp.cache_dir().join("cluster-ca.pem"))?,
+            bundle,
+            "the data plane trusts both CAs"
+        );
+    }
+    // 3. The CP's own certificate from the new CA (picked up by the running CP).
+    let reloads = || {
+        cluster
+            .cp
+            .logs()
+            .matches("cluster certificate reloaded")
+            .count()
+    };
+    let before = reloads();
+    pki_command(&["issue", "--ca-dir", &ca_dir, "--cp", "--force"]).await?;
+    wait_until("the CP reloaded cp.crt", patience(), || async {
+        Ok((reloads() > before).then_some(()))
+    })
+    .await?;
+    // 4. The old CA goes: from the CP now, from each data plane at its next renewal.
+    pki_command(&["rotate-ca", "--ca-dir", &ca_dir, "--finish"]).await?;
+    assert_eq!(subjects(&cluster.pki.ca_cert())?, vec![new_ca.clone()]);
+    for dp in &dps {
+        let trust = dp.cache_dir().join("cluster-ca.pem");
+        wait_until(
+            "the data plane dropped the old CA",
+            Duration::from_secs(60),
+            || async { Ok((subjects(&trust)? == vec![new_ca.clone()]).then_some(())) },
+        )
+        .await?;
+    }
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut sent = 0;
+    for loader in loaders {
+        let (n, failed) = loader.await?;
+        sent += n;
+        assert!(
+            failed.is_empty(),
+            "failed requests: {:?}",
+            &failed[..failed.len().min(5)]
+        );
+    }
+    println!("CA rotation under load: {took:?}; requests={sent} failed=0");
+    assert!(sent > 0);
+    for dp in &dps {
+        // One stream all along.
+        assert_eq!(
+            dp.log_lines("connected to control plane").len(),
+            1,
+            "{}",
+            dp.logs()
+        );
+        assert!(dp.log_lines("renewal failed").is_empty(), "{}", dp.logs());
+    }
+    // A new connection verifies the CP with the new CA alone.
+    let dp = &mut dps[0];
+    dp.restart().await?;
+    dp.wait_until_connected(patience()).await?;
+    Ok(())
+}

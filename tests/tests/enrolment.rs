@@ -391,6 +391,26 @@ fn load(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, Vec
     })
 }
 
+/// Some requests were sent and none failed.
+fn assert_all_ok(sent: u64, failed: &[String]) {
+    assert!(sent > 0);
+    assert!(
+        failed.is_empty(),
+        "failed requests: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+}
+
+/// `dp` connected once: its stream was never dropped.
+fn assert_one_stream(dp: &DataPlane) {
+    assert_eq!(
+        dp.log_lines("connected to control plane").len(),
+        1,
+        "{}",
+        dp.logs()
+    );
+}
+
 /// A route `/load` on the DPs, proxied to `url`; returns the config version it made.
 async fn route_load(admin: &Admin, url: &str) -> Result<i64> {
     let service = admin
@@ -473,19 +493,9 @@ async fn a_sixty_second_certificate_renews_under_load_without_a_failed_request()
         "renewals={renewals} in {took:?}; requests={sent} failed={}",
         failed.len()
     );
-    assert!(sent > 0);
-    assert!(
-        failed.is_empty(),
-        "failed requests: {:?}",
-        &failed[..failed.len().min(5)]
-    );
+    assert_all_ok(sent, &failed);
     // One stream all along: renewal did not reconnect.
-    assert_eq!(
-        dp.log_lines("connected to control plane").len(),
-        1,
-        "{}",
-        dp.logs()
-    );
+    assert_one_stream(&dp);
     assert!(dp.log_lines("renewal failed").is_empty(), "{}", dp.logs());
     let now = registered(admin, &dp).await?;
     assert_ne!(now["cert_details"]["serial"], first_serial, "{now}");
@@ -717,27 +727,95 @@ async fn a_ca_rotation_under_load_moves_every_data_plane_to_the_new_ca_without_a
     for loader in loaders {
         let (n, failed) = loader.await?;
         sent += n;
-        assert!(
-            failed.is_empty(),
-            "failed requests: {:?}",
-            &failed[..failed.len().min(5)]
-        );
+        assert_all_ok(n, &failed);
     }
     println!("CA rotation under load: {took:?}; requests={sent} failed=0");
-    assert!(sent > 0);
     for dp in &dps {
         // One stream all along.
-        assert_eq!(
-            dp.log_lines("connected to control plane").len(),
-            1,
-            "{}",
-            dp.logs()
-        );
+        assert_one_stream(dp);
         assert!(dp.log_lines("renewal failed").is_empty(), "{}", dp.logs());
     }
     // A new connection verifies the CP with the new CA alone.
     let dp = &mut dps[0];
     dp.restart().await?;
     dp.wait_until_connected(patience()).await?;
+    Ok(())
+}
+
+/// The leaf certificate the cluster listener at `addr` serves, verified against `ca`.
+async fn served_certificate(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+) -> Result<(Vec<u8>, gatehouse_shared::x509::CertFacts)> {
+    let config = gatehouse_tests::tls_client_config(Some(ca), None)?;
+    match gatehouse_tests::tls_handshake(addr, "localhost", config).await? {
+        gatehouse_tests::Handshake::Accept { peer_certificates } => {
+            let leaf = peer_certificates.first().context("no certificate")?;
+            let facts = gatehouse_shared::x509::cert_facts(leaf).map_err(anyhow::Error::msg)?;
+            Ok((leaf.to_vec(), facts))
+        }
+        gatehouse_tests::Handshake::Refuse(why) => anyhow::bail!("handshake refused: {why}"),
+    }
+}
+
+#[tokio::test]
+async fn the_control_plane_issues_and_renews_its_own_certificate_without_dropping_a_stream()
+-> Result<()> {
+    let db = gatehouse_tests::test_db().await?;
+    let pki = gatehouse_tests::Pki::new(&[])?;
+    let ca = pki.ca_cert();
+    let args: Vec<String> = [
+        "--cluster-mtls",
+        "pki",
+        "--cluster-cert",
+        "auto",
+        "--cluster-ca-cert",
+        &ca.to_string_lossy(),
+        "--cluster-ca-key",
+        &pki.ca_key().to_string_lossy(),
+        "--cluster-dp-cert-lifetime",
+        "30",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let (cp, addr) = start_cp(&db, &args).await?;
+    let ca_subject = subjects(&ca)?.remove(0);
+
+    // A short-lived certificate from the cluster CA, for the default names.
+    let (first, facts) = served_certificate(addr, &ca).await?;
+    assert_eq!(facts.issuer, ca_subject);
+    assert!(facts.not_after - facts.not_before <= 40, "{facts:?}");
+    assert!(facts.sans.iter().any(|san| san == "127.0.0.1"), "{facts:?}");
+
+    let admin = cp.admin();
+    let upstream = ok_upstream().await?;
+    let version = route_load(admin, &format!("http://{upstream}")).await?;
+    let (_, token) = create_token(admin, json!({})).await?;
+    let dp = DataPlane::start(
+        DataPlaneOptions::new(addr)
+            .ca_cert(Some(&ca))
+            .env("GATEHOUSE_CLUSTER_BOOTSTRAP_TOKEN", &token)
+            .name("auto"),
+    )
+    .await?;
+    dp.wait_for_version(version, patience()).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(format!("{}/load", dp.proxy_url()?), stop.clone());
+
+    // Renewed two thirds into its 30 s; new connections get the new one.
+    cp.wait_for_log("control plane certificate renewed", Duration::from_secs(60))
+        .await?;
+    let (second, facts) = served_certificate(addr, &ca).await?;
+    assert_ne!(second, first, "a new certificate is served");
+    assert_eq!(facts.issuer, ca_subject);
+
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed) = loader.await?;
+    println!(
+        "own CP certificate renewed under load: requests={sent} failed={}",
+        failed.len()
+    );
+    assert_all_ok(sent, &failed);
+    assert_one_stream(&dp);
     Ok(())
 }

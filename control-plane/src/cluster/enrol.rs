@@ -13,6 +13,7 @@
 //!   to expiry and has not been renewed.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -21,10 +22,10 @@ use uuid::Uuid;
 
 use gatehouse_proto::v1::enrolment_server::Enrolment;
 use gatehouse_proto::v1::{EnrolRequest, EnrolResponse};
-use gatehouse_shared::cluster::enrol::{ClusterCa, CsrError, Issued};
+use gatehouse_shared::cluster::enrol::{ClusterCa, CsrError, Issued, renew_at, write_private_file};
 use gatehouse_shared::cluster::pki::PkiError;
 
-use super::Node;
+use super::{Node, Tls};
 use crate::config::{ConfigError, EnrolSettings};
 use crate::store::{IssuedCert, Store, unix_now};
 
@@ -43,6 +44,18 @@ const EXPIRY_CHECK_EVERY: u32 = 40;
 pub(crate) struct Issuer {
     settings: EnrolSettings,
     current: Mutex<Loaded>,
+    /// `--cluster-cert auto`: this node's own serving certificate.
+    own: Option<OwnCert>,
+}
+
+/// This node's own serving certificate (`--cluster-cert auto`), issued by the cluster CA.
+#[derive(Debug)]
+struct OwnCert {
+    /// Where the key and the certificate are written (one file, mode 0600), which the
+    /// listener's TLS configuration reads.
+    file: PathBuf,
+    /// Its DNS names and IP addresses.
+    names: Vec<String>,
 }
 
 /// SHA-256 (hex) of the CA certificate and key files.
@@ -77,7 +90,51 @@ impl Issuer {
         Ok(Self {
             settings: settings.clone(),
             current: Mutex::new(loaded),
+            own: None,
         })
+    }
+
+    /// This node issues its own serving certificate for `names` into `file` (see
+    /// [`write_own_cert`](Self::write_own_cert) and [`renew_own_cert`]).
+    pub(crate) fn with_own_cert(self, file: PathBuf, names: Vec<String>) -> Self {
+        Self {
+            own: Some(OwnCert { file, names }),
+            ..self
+        }
+    }
+
+    /// Whether this node issues its own serving certificate (`--cluster-cert auto`).
+    pub(crate) fn issues_own_cert(&self) -> bool {
+        self.own.is_some()
+    }
+
+    /// Removes the private directory of this node's own serving certificate (at shutdown).
+    pub(crate) fn remove_own_cert(&self) {
+        if let Some(dir) = self.own.as_ref().and_then(|own| own.file.parent()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    /// The validity (Unix seconds) of this node's own serving certificate, read from its file.
+    fn own_validity(&self) -> Option<(i64, i64)> {
+        let text = std::fs::read_to_string(&self.own.as_ref()?.file).ok()?;
+        let facts = gatehouse_shared::x509::check_key_pair(&text, &text).ok()?;
+        Some((facts.not_before, facts.not_after))
+    }
+
+    /// Issues this node's own serving certificate (a new key each time) from the current CA
+    /// and writes it; returns its validity (Unix seconds). `None` without `--cluster-cert auto`.
+    pub(crate) fn write_own_cert(&self) -> Option<Result<(i64, i64), String>> {
+        let own = self.own.as_ref()?;
+        let (ca, _) = self.current();
+        Some(
+            ca.issue_server(&own.names, self.settings.lifetime)
+                .and_then(|(pem, not_before, not_after)| {
+                    write_private_file(&own.file, pem.as_bytes())
+                        .map_err(|e| e.to_string())
+                        .map(|()| (not_before, not_after))
+                }),
+        )
     }
 
     /// The CA to sign with and the bundle to hand out, reloaded first if the files changed.
@@ -271,6 +328,41 @@ impl Enrolment for EnrolService {
         Ok(Response::new(EnrolResponse {
             certificate: issued.cert_pem,
         }))
+    }
+}
+
+/// `--cluster-cert auto`: renews this node's serving certificate two thirds into its lifetime
+/// (`validity`, Unix seconds), and after a failure a tenth of what is left later (1 to 60 s),
+/// and reloads the listener's TLS configuration: new connections get the new certificate,
+/// open streams keep going.
+pub(crate) async fn renew_own_cert(ca: Arc<Issuer>, tls: Tls) {
+    // The certificate `load_tls` wrote; renewed at once if it cannot be read.
+    let mut validity = ca.own_validity().unwrap_or((0, 0));
+    let mut due = renew_at(validity.0, validity.1);
+    loop {
+        let wait = u64::try_from(due - unix_now()).unwrap_or(0);
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        let outcome = match ca.write_own_cert() {
+            None => return,
+            Some(outcome) => outcome.and_then(|issued| {
+                tls.reload_if_changed()
+                    .map(|_| issued)
+                    .map_err(|e| format!("the new certificate cannot be used: {e}"))
+            }),
+        };
+        match outcome {
+            Ok(issued) => {
+                validity = issued;
+                due = renew_at(validity.0, validity.1);
+                tracing::info!(not_after = validity.1, "control plane certificate renewed");
+            }
+            Err(error) => {
+                let now = unix_now();
+                let retry = ((validity.1 - now) / 10).clamp(1, 60);
+                due = now + retry;
+                tracing::warn!(%error, retry_in_secs = retry, "cannot renew the control plane certificate; the current one stays");
+            }
+        }
     }
 }
 

@@ -537,6 +537,25 @@ fn cp_pair(ca: &Ca, sans: &[SanType], days: u32) -> Result<Pair, PkiError> {
     signed_leaf("cp", params, ca, what)
 }
 
+/// A short-lived CP server certificate and its new key (PEM), for `cp_names` (empty:
+/// [`DEFAULT_CP_NAMES`]): valid from `backdate` ago for `lifetime`, never beyond the CA.
+pub(crate) fn short_cp_pair(
+    ca: &Ca,
+    cp_names: &[String],
+    backdate: time::Duration,
+    lifetime: time::Duration,
+) -> Result<(String, String), PkiError> {
+    let sans = cp_sans(cp_names)?;
+    let mut params = params(CP_COMMON_NAME, 1, Some(ca.not_after))?;
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - backdate;
+    params.not_after = (now + lifetime).min(ca.not_after);
+    params.subject_alt_names = sans;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let pair = signed_leaf("cp", params, ca, "the control plane certificate")?;
+    Ok((pair.cert_pem, pair.key_pem))
+}
+
 /// A DP client certificate.
 fn dp_pair(ca: &Ca, name: &str, days: u32) -> Result<Pair, PkiError> {
     let what = format!("the certificate of data plane {name}");

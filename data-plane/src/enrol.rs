@@ -321,3 +321,39 @@ async fn attempt(
     let response = EnrolmentClient::new(channel).enrol(request).await?;
     Ok(response.into_inner().certificate)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use gatehouse_shared::cluster::pki;
+    use uuid::Uuid;
+
+    use super::check_bundle;
+
+    fn pki_dir(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("gh-dp-bundle-{tag}-{}", Uuid::new_v4()));
+        pki::init(&dir, &[], &["dp1".to_owned()], 30, false).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_ca_bundle_from_the_control_plane_is_checked() {
+        let (ours, other) = (pki_dir("ours"), pki_dir("other"));
+        let read =
+            |dir: &std::path::Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap();
+        let cert = read(&ours, "dp1.crt");
+        // The issuer alone, and with another CA (a rotation), are accepted.
+        check_bundle(&read(&ours, "ca.crt"), &cert).unwrap();
+        let both = format!("{}{}", read(&other, "ca.crt"), read(&ours, "ca.crt"));
+        check_bundle(&both, &cert).unwrap();
+        // Not the issuer, a leaf, or no certificate at all: refused.
+        let error = check_bundle(&read(&other, "ca.crt"), &cert).unwrap_err();
+        assert!(error.contains("does not hold the issuer"), "{error}");
+        let error = check_bundle(&read(&ours, "cp.crt"), &cert).unwrap_err();
+        assert!(error.contains("not a CA"), "{error}");
+        assert!(check_bundle("garbage", &cert).is_err());
+        for dir in [ours, other] {
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
+}

@@ -78,16 +78,18 @@ impl Identity {
         node_id: Uuid,
         token: &str,
     ) -> Result<Self, EnrolError> {
-        let validity = match cached(path) {
+        let (validity, enrolled) = match cached(path) {
             Some(validity) => {
                 tracing::info!(path = %path.display(), not_after = validity.1, "using the cached cluster certificate");
-                validity
+                (validity, false)
             }
-            None => enrol(cluster, path, node_id, token).await?,
+            None => (enrol(cluster, path, node_id, token).await?, true),
         };
         METRICS.cluster_cert(validity.1);
         let trust = path.with_file_name(TRUST_FILE);
-        if !trust.exists() {
+        // A new enrolment starts from --cluster-ca-cert again; a cached identity keeps the
+        // bundle its renewals brought.
+        if enrolled || !trust.exists() {
             let ca =
                 cluster.files.ca.as_deref().ok_or_else(|| {
                     EnrolError::Local("enrolment needs --cluster-ca-cert".to_owned())

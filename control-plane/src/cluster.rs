@@ -153,7 +153,7 @@ fn write_first_own_cert(issuer: &enrol::Issuer, file: &std::path::Path) -> Resul
             .map_err(|e| error(format!("cannot create {}: {e}", dir.display())))?;
     }
     match issuer.write_own_cert() {
-        Some(Ok((_, not_after))) => {
+        Some(Ok((_, not_after, _))) => {
             tracing::info!(not_after, file = %file.display(), "control plane certificate issued by the cluster CA");
             Ok(())
         }

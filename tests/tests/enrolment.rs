@@ -758,19 +758,18 @@ async fn served_certificate(
     }
 }
 
-#[tokio::test]
-async fn the_control_plane_issues_and_renews_its_own_certificate_without_dropping_a_stream()
--> Result<()> {
-    let db = gatehouse_tests::test_db().await?;
+/// A CP with `--cluster-cert auto` and 30 s certificates, and its PKI directory.
+async fn auto_cp(
+    db: &gatehouse_tests::TestDb,
+) -> Result<(ControlPlane, SocketAddr, gatehouse_tests::Pki)> {
     let pki = gatehouse_tests::Pki::new(&[])?;
-    let ca = pki.ca_cert();
     let args: Vec<String> = [
         "--cluster-mtls",
         "pki",
         "--cluster-cert",
         "auto",
         "--cluster-ca-cert",
-        &ca.to_string_lossy(),
+        &pki.ca_cert().to_string_lossy(),
         "--cluster-ca-key",
         &pki.ca_key().to_string_lossy(),
         "--cluster-dp-cert-lifetime",
@@ -778,7 +777,33 @@ async fn the_control_plane_issues_and_renews_its_own_certificate_without_droppin
     ]
     .map(str::to_owned)
     .to_vec();
-    let (cp, addr) = start_cp(&db, &args).await?;
+    let (cp, addr) = start_cp(db, &args).await?;
+    Ok((cp, addr, pki))
+}
+
+/// Starts a DP enrolled at `addr` with a new token, trusting `ca`.
+async fn enrolled_dp(
+    cp: &ControlPlane,
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    name: &str,
+) -> Result<DataPlane> {
+    let (_, token) = create_token(cp.admin(), json!({})).await?;
+    DataPlane::start(
+        DataPlaneOptions::new(addr)
+            .ca_cert(Some(ca))
+            .env("GATEHOUSE_CLUSTER_BOOTSTRAP_TOKEN", &token)
+            .name(name),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_control_plane_issues_and_renews_its_own_certificate_without_dropping_a_stream()
+-> Result<()> {
+    let db = gatehouse_tests::test_db().await?;
+    let (cp, addr, pki) = auto_cp(&db).await?;
+    let ca = pki.ca_cert();
     let ca_subject = subjects(&ca)?.remove(0);
 
     // A short-lived certificate from the cluster CA, for the default names.
@@ -790,14 +815,7 @@ async fn the_control_plane_issues_and_renews_its_own_certificate_without_droppin
     let admin = cp.admin();
     let upstream = ok_upstream().await?;
     let version = route_load(admin, &format!("http://{upstream}")).await?;
-    let (_, token) = create_token(admin, json!({})).await?;
-    let dp = DataPlane::start(
-        DataPlaneOptions::new(addr)
-            .ca_cert(Some(&ca))
-            .env("GATEHOUSE_CLUSTER_BOOTSTRAP_TOKEN", &token)
-            .name("auto"),
-    )
-    .await?;
+    let dp = enrolled_dp(&cp, addr, &ca, "auto").await?;
     dp.wait_for_version(version, patience()).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let loader = load(format!("{}/load", dp.proxy_url()?), stop.clone());
@@ -817,5 +835,68 @@ async fn the_control_plane_issues_and_renews_its_own_certificate_without_droppin
     );
     assert_all_ok(sent, &failed);
     assert_one_stream(&dp);
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_its_own_certificate_the_control_plane_stays_on_the_old_ca_until_the_rotation_ends()
+-> Result<()> {
+    let db = gatehouse_tests::test_db().await?;
+    let (cp, addr, pki) = auto_cp(&db).await?;
+    let ca = pki.ca_cert();
+    let old_ca = subjects(&ca)?.remove(0);
+    let admin = cp.admin();
+    let upstream = ok_upstream().await?;
+    let version = route_load(admin, &format!("http://{upstream}")).await?;
+    let mut dp = enrolled_dp(&cp, addr, &ca, "auto-rot").await?;
+    dp.wait_for_version(version, patience()).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(format!("{}/load", dp.proxy_url()?), stop.clone());
+
+    let ca_dir = pki.dir().to_string_lossy().into_owned();
+    pki_command(&["rotate-ca", "--ca-dir", &ca_dir]).await?;
+    let new_ca = subjects(&ca)?.remove(0);
+    let id = dp.node_id()?;
+    wait_until(
+        "the DP renewed under the new CA",
+        Duration::from_secs(60),
+        || async {
+            Ok(data_plane(admin, &id)
+                .await?
+                .filter(|e| e["cert_details"]["issuer"] == json!(new_ca)))
+        },
+    )
+    .await?;
+    // The DP has the bundle now, and the CP still serves a certificate of the old CA (a DP
+    // that has not renewed trusts only that one).
+    let (_, served) = served_certificate(addr, &ca).await?;
+    assert_eq!(served.issuer, old_ca);
+
+    // pki init's cp.crt is not used with --cluster-cert auto.
+    std::fs::remove_file(pki.dir().join("cp.crt"))?;
+    pki_command(&["rotate-ca", "--ca-dir", &ca_dir, "--finish"]).await?;
+    let trust = dp.cache_dir().join("cluster-ca.pem");
+    wait_until(
+        "the CP serves a new-CA certificate and the DP dropped the old CA",
+        Duration::from_secs(60),
+        || async {
+            let (_, served) = served_certificate(addr, &ca).await?;
+            Ok(
+                (served.issuer == new_ca && subjects(&trust)? == vec![new_ca.clone()])
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed) = loader.await?;
+    println!(
+        "CA rotation with --cluster-cert auto: requests={sent} failed={}",
+        failed.len()
+    );
+    assert_all_ok(sent, &failed);
+    assert_one_stream(&dp);
+    dp.restart().await?;
+    dp.wait_until_connected(patience()).await?;
     Ok(())
 }

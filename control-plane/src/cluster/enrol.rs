@@ -31,6 +31,10 @@ use crate::store::{IssuedCert, Store, unix_now};
 
 /// How often revocations are looked for: a revoked stream ends within this (plus a query).
 const REVOCATION_POLL: Duration = Duration::from_millis(250);
+/// How many earlier CAs a node keeps in memory for its own certificate.
+const MAX_EARLIER_CAS: usize = 4;
+/// How often `--cluster-cert auto` checks that its certificate's CA is still the right one.
+const OWN_CA_CHECK: Duration = Duration::from_secs(2);
 /// How often the streams' certificate expiry is looked at.
 const EXPIRY_CHECK_EVERY: u32 = 40;
 
@@ -47,6 +51,9 @@ pub(crate) struct Issuer {
     /// `--cluster-cert auto`: this node's own serving certificate.
     own: Option<OwnCert>,
 }
+
+/// notBefore, notAfter (Unix seconds) and issuer of this node's own certificate.
+pub(crate) type OwnValidity = (i64, i64, String);
 
 /// This node's own serving certificate (`--cluster-cert auto`), issued by the cluster CA.
 #[derive(Debug)]
@@ -69,6 +76,10 @@ struct Loaded {
     bundle: Arc<str>,
     /// SHA-256 of the certificate and key files when last read.
     seen: Fingerprint,
+    /// The CAs loaded earlier by this process (their keys in memory), newest last: during a
+    /// rotation this node's own certificate is signed by the oldest CA still in the bundle,
+    /// which every data plane trusts.
+    earlier: Vec<Arc<ClusterCa>>,
 }
 
 /// The `Enrolment` service.
@@ -116,25 +127,50 @@ impl Issuer {
     }
 
     /// The validity (Unix seconds) of this node's own serving certificate, read from its file.
-    fn own_validity(&self) -> Option<(i64, i64)> {
+    fn own_validity(&self) -> Option<OwnValidity> {
         let text = std::fs::read_to_string(&self.own.as_ref()?.file).ok()?;
         let facts = gatehouse_shared::x509::check_key_pair(&text, &text).ok()?;
-        Some((facts.not_before, facts.not_after))
+        Some((facts.not_before, facts.not_after, facts.issuer))
     }
 
-    /// Issues this node's own serving certificate (a new key each time) from the current CA
-    /// and writes it; returns its validity (Unix seconds). `None` without `--cluster-cert auto`.
-    pub(crate) fn write_own_cert(&self) -> Option<Result<(i64, i64), String>> {
+    /// Issues this node's own serving certificate (a new key each time) from
+    /// [`own_signer`](Self::own_signer) and writes it; returns its validity (Unix seconds) and
+    /// issuer. `None` without `--cluster-cert auto`.
+    pub(crate) fn write_own_cert(&self) -> Option<Result<OwnValidity, String>> {
         let own = self.own.as_ref()?;
-        let (ca, _) = self.current();
+        let ca = self.own_signer();
         Some(
             ca.issue_server(&own.names, self.settings.lifetime)
                 .and_then(|(pem, not_before, not_after)| {
                     write_private_file(&own.file, pem.as_bytes())
                         .map_err(|e| e.to_string())
-                        .map(|()| (not_before, not_after))
+                        .map(|()| (not_before, not_after, ca.issuer().to_owned()))
                 }),
         )
+    }
+
+    /// The CA to sign this node's own certificate with: the last CA of the bundle whose key this
+    /// node holds (the old one during a rotation: data planes that have not renewed yet trust
+    /// only it; the new one once `--finish` removed the old one), else the current CA.
+    fn own_signer(&self) -> Arc<ClusterCa> {
+        let (ca, bundle) = self.current();
+        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let subjects: Vec<String> = gatehouse_shared::x509::parse_certificates(&bundle)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|der| gatehouse_shared::x509::cert_facts(der).ok())
+            .map(|facts| facts.subject)
+            .collect();
+        subjects
+            .iter()
+            .rev()
+            .find_map(|subject| {
+                std::iter::once(&ca)
+                    .chain(current.earlier.iter())
+                    .find(|held| held.issuer() == subject)
+            })
+            .cloned()
+            .unwrap_or(ca)
     }
 
     /// The CA to sign with and the bundle to hand out, reloaded first if the files changed.
@@ -146,8 +182,17 @@ impl Issuer {
                 tracing::warn!("cannot read the cluster CA files; keeping the current CA");
             } else {
                 match load_ca(&self.settings, seen.clone()) {
-                    Ok(loaded) => {
+                    Ok(mut loaded) => {
                         tracing::info!(issuer = %loaded.ca.issuer(), "cluster CA reloaded");
+                        loaded.earlier = std::mem::take(&mut current.earlier);
+                        loaded
+                            .earlier
+                            .retain(|ca| ca.issuer() != current.ca.issuer());
+                        loaded.earlier.push(current.ca.clone());
+                        // Only what a bundle could still name is worth keeping.
+                        if loaded.earlier.len() > MAX_EARLIER_CAS {
+                            loaded.earlier.remove(0);
+                        }
                         *current = loaded;
                     }
                     Err(error) => {
@@ -231,6 +276,7 @@ fn load_ca(settings: &EnrolSettings, seen: Fingerprint) -> Result<Loaded, PkiErr
         ca: Arc::new(ca),
         bundle: bundle.into(),
         seen,
+        earlier: Vec::new(),
     })
 }
 
@@ -337,11 +383,16 @@ impl Enrolment for EnrolService {
 /// open streams keep going.
 pub(crate) async fn renew_own_cert(ca: Arc<Issuer>, tls: Tls) {
     // The certificate `load_tls` wrote; renewed at once if it cannot be read.
-    let mut validity = ca.own_validity().unwrap_or((0, 0));
+    let mut validity = ca.own_validity().unwrap_or((0, 0, String::new()));
     let mut due = renew_at(validity.0, validity.1);
     loop {
         let wait = u64::try_from(due - unix_now()).unwrap_or(0);
-        tokio::time::sleep(Duration::from_secs(wait)).await;
+        tokio::time::sleep(Duration::from_secs(wait).min(OWN_CA_CHECK)).await;
+        // Renewed early when the CA it should come from changed (end of a CA rotation).
+        let moved = ca.own_signer().issuer() != validity.2;
+        if unix_now() < due && !moved {
+            continue;
+        }
         let outcome = match ca.write_own_cert() {
             None => return,
             Some(outcome) => outcome.and_then(|issued| {
@@ -354,7 +405,7 @@ pub(crate) async fn renew_own_cert(ca: Arc<Issuer>, tls: Tls) {
             Ok(issued) => {
                 validity = issued;
                 due = renew_at(validity.0, validity.1);
-                tracing::info!(not_after = validity.1, "control plane certificate renewed");
+                tracing::info!(not_after = validity.1, issuer = %validity.2, "control plane certificate renewed");
             }
             Err(error) => {
                 let now = unix_now();

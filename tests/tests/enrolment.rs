@@ -627,6 +627,22 @@ async fn pki_command(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Waits until `dp`'s registry entry shows a certificate issued by `ca` (a subject).
+async fn renewed_under(admin: &Admin, dp: &DataPlane, ca: &str) -> Result<()> {
+    let id = dp.node_id()?;
+    wait_until(
+        "the data plane renewed under the new CA",
+        Duration::from_secs(60),
+        || async {
+            Ok(data_plane(admin, &id)
+                .await?
+                .filter(|e| e["cert_details"]["issuer"] == json!(ca)))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 /// Subjects of the certificates in the PEM file `path`.
 fn subjects(path: &std::path::Path) -> Result<Vec<String>> {
     let pem = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
@@ -678,17 +694,7 @@ async fn a_ca_rotation_under_load_moves_every_data_plane_to_the_new_ca_without_a
     let new_ca = bundle[0].clone();
     // 2. Every data plane renews under the new CA and learns the bundle.
     for dp in &dps {
-        let id = dp.node_id()?;
-        wait_until(
-            "the data plane renewed under the new CA",
-            Duration::from_secs(60),
-            || async {
-                Ok(data_plane(admin, &id)
-                    .await?
-                    .filter(|e| e["cert_details"]["issuer"] == json!(new_ca)))
-            },
-        )
-        .await?;
+        renewed_under(admin, dp, &new_ca).await?;
         assert_eq!(
             subjects(&dp.cache_dir().join("cluster-ca.pem"))?,
             bundle,
@@ -856,17 +862,7 @@ async fn with_its_own_certificate_the_control_plane_stays_on_the_old_ca_until_th
     let ca_dir = pki.dir().to_string_lossy().into_owned();
     pki_command(&["rotate-ca", "--ca-dir", &ca_dir]).await?;
     let new_ca = subjects(&ca)?.remove(0);
-    let id = dp.node_id()?;
-    wait_until(
-        "the DP renewed under the new CA",
-        Duration::from_secs(60),
-        || async {
-            Ok(data_plane(admin, &id)
-                .await?
-                .filter(|e| e["cert_details"]["issuer"] == json!(new_ca)))
-        },
-    )
-    .await?;
+    renewed_under(admin, &dp, &new_ca).await?;
     // The DP has the bundle now, and the CP still serves a certificate of the old CA (a DP
     // that has not renewed trusts only that one).
     let (_, served) = served_certificate(addr, &ca).await?;

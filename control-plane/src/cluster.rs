@@ -123,15 +123,43 @@ pub(crate) fn load_tls(
         );
         return Ok(None);
     };
-    let ca = match &settings.enrolment {
-        Some(enrolment) => Some(Arc::new(enrol::Issuer::load(enrolment)?)),
-        None => None,
+    let ca = match (&settings.enrolment, &settings.auto_cert) {
+        (Some(enrolment), Some(names)) => {
+            let issuer =
+                enrol::Issuer::load(enrolment)?.with_own_cert(files.cert.clone(), names.clone());
+            write_first_own_cert(&issuer, &files.cert)?;
+            Some(Arc::new(issuer))
+        }
+        (Some(enrolment), None) => Some(Arc::new(enrol::Issuer::load(enrolment)?)),
+        (None, _) => None,
     };
     // With enrolment on, a connection without a client certificate is accepted, for the
     // Enrolment service only (see `listener`).
     ReloadingConfig::server_with(settings.mtls, files, ca.is_some())
         .map(|tls| Some((Arc::new(tls), ca)))
         .map_err(|error| ConfigError::new(format!("cluster TLS: {error}")))
+}
+
+/// `--cluster-cert auto`: makes the private directory of `file` (mode 0700) and issues the
+/// first certificate into it.
+fn write_first_own_cert(issuer: &enrol::Issuer, file: &std::path::Path) -> Result<(), ConfigError> {
+    let error = |reason: String| ConfigError::new(format!("--cluster-cert auto: {reason}"));
+    if let Some(dir) = file.parent() {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(dir)
+            .map_err(|e| error(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    match issuer.write_own_cert() {
+        Some(Ok((_, not_after, _))) => {
+            tracing::info!(not_after, file = %file.display(), "control plane certificate issued by the cluster CA");
+            Ok(())
+        }
+        Some(Err(reason)) => Err(error(reason)),
+        None => Ok(()),
+    }
 }
 
 /// Serves config sync on `listener` until `shutdown` turns true: the TLS reload watcher, the
@@ -145,6 +173,10 @@ pub(crate) async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let reload = tokio::spawn(tls.clone().watch(RELOAD_INTERVAL));
+    let own_ca = ca.clone().filter(|ca| ca.issues_own_cert());
+    let own_cert = own_ca
+        .clone()
+        .map(|ca| tokio::spawn(enrol::renew_own_cert(ca, tls.clone())));
     let leases = tokio::spawn(refresh_leases(node.clone(), store.clone()));
     let revocations = tokio::spawn(enrol::watch_revocations(node.clone(), store.clone()));
     let service =
@@ -152,6 +184,12 @@ pub(crate) async fn serve(
     let enrolment = ca.map(|ca| enrol::EnrolService::new(node, store, ca));
     listener::serve(listener, tls, service, enrolment, shutdown).await;
     reload.abort();
+    if let Some(own_cert) = own_cert {
+        own_cert.abort();
+    }
+    if let Some(ca) = own_ca {
+        ca.remove_own_cert();
+    }
     leases.abort();
     revocations.abort();
 }

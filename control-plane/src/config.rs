@@ -3,7 +3,7 @@
 //! name with `_` for `-`). Flags and variables win over the file; the file wins over defaults.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Deserializer};
@@ -141,7 +141,9 @@ pub struct Flags {
     pub cluster_mtls: Option<String>,
 
     /// PEM certificate of the cluster listener (in `shared` mode the certificate every node
-    /// holds). Re-read when it changes on disk.
+    /// holds). Re-read when it changes on disk. `auto` (`pki` mode with --cluster-ca-key):
+    /// this control plane issues its own short-lived certificate from the cluster CA and
+    /// renews it two thirds into its lifetime (no --cluster-cert-key then).
     #[arg(long, env = "GATEHOUSE_CLUSTER_CERT")]
     pub cluster_cert: Option<PathBuf>,
 
@@ -165,6 +167,13 @@ pub struct Flags {
     /// certificate from this control plane.
     #[arg(long, env = "GATEHOUSE_CLUSTER_CA_KEY")]
     pub cluster_ca_key: Option<PathBuf>,
+
+    /// With `--cluster-cert auto`: comma-separated DNS names or IP addresses data planes
+    /// reach this control plane by (in the TOML file, a string or a list of strings)
+    /// [default: localhost,127.0.0.1].
+    #[arg(long, env = "GATEHOUSE_CLUSTER_CERT_NAMES")]
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub cluster_cert_names: Option<String>,
 
     /// Name of the cluster, the trust domain of enrolled data planes' SPIFFE IDs
     /// (`spiffe://NAME/dp/NODE-ID`) [default: gatehouse].
@@ -291,6 +300,9 @@ pub struct ClusterSettings {
     pub files: Option<ClusterTlsFiles>,
     /// Enrolment of data planes; `None` without --cluster-ca-key.
     pub enrolment: Option<EnrolSettings>,
+    /// `--cluster-cert auto`: the names of the certificate this node issues itself (into
+    /// `files.cert`, which is also `files.key`); `None` with operator-made files.
+    pub auto_cert: Option<Vec<String>>,
 }
 
 /// How this control plane issues data-plane certificates.
@@ -386,6 +398,7 @@ impl Flags {
             cluster_dp_cert_lifetime: self
                 .cluster_dp_cert_lifetime
                 .or(other.cluster_dp_cert_lifetime),
+            cluster_cert_names: self.cluster_cert_names.or(other.cluster_cert_names),
             status_listen: self.status_listen.or(other.status_listen),
             acme_ca_bundle: self.acme_ca_bundle.or(other.acme_ca_bundle),
             acme_renew_interval: self.acme_renew_interval.or(other.acme_renew_interval),
@@ -599,15 +612,28 @@ impl Flags {
                 })
                 .ok(),
         };
-        let allowed: Vec<String> = self
-            .cluster_allowed_common_names
-            .as_deref()
-            .unwrap_or_default()
-            .split(',')
-            .map(|name| name.trim().to_owned())
-            .filter(|name| !name.is_empty())
-            .collect();
+        let allowed = comma_list(self.cluster_allowed_common_names.as_deref());
+        let auto = self.cluster_cert.as_deref() == Some(Path::new("auto"));
         let files = match (&self.cluster_cert, &self.cluster_cert_key) {
+            (Some(_), Some(_)) if auto => {
+                problems.push(
+                    "--cluster-cert auto makes its own key: --cluster-cert-key must not be set"
+                        .into(),
+                );
+                None
+            }
+            (Some(_), None) if auto => {
+                // A private directory per process: the key is made at start and never reused.
+                let file = std::env::temp_dir()
+                    .join(format!("gatehouse-cp-cluster-{}", uuid::Uuid::new_v4()))
+                    .join("cluster-cp.pem");
+                Some(ClusterTlsFiles {
+                    cert: file.clone(),
+                    key: file,
+                    ca: self.cluster_ca_cert.clone(),
+                    allowed_common_names: allowed.clone(),
+                })
+            }
             (Some(cert), Some(key)) => Some(ClusterTlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
@@ -674,13 +700,37 @@ impl Flags {
                 lifetime: std::time::Duration::from_secs(lifetime),
             }),
         };
+        let auto_cert = if auto {
+            if enrolment.is_none() {
+                problems.push(
+                    "--cluster-cert auto needs --cluster-ca-key (and --cluster-mtls pki)".into(),
+                );
+            }
+            Some(comma_list(self.cluster_cert_names.as_deref()))
+        } else {
+            if self.cluster_cert_names.is_some() {
+                problems.push("--cluster-cert-names needs --cluster-cert auto".into());
+            }
+            None
+        };
         Some(ClusterSettings {
             listen: listen?,
             mtls: mtls?,
             files,
             enrolment,
+            auto_cert,
         })
     }
+}
+
+/// The non-empty, trimmed items of a comma-separated list.
+fn comma_list(value: Option<&str>) -> Vec<String> {
+    value
+        .unwrap_or_default()
+        .split(',')
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .collect()
 }
 
 /// Reads an optional TOML string, or a list of strings joined with commas.
@@ -886,6 +936,57 @@ mod tests {
             .to_string();
         assert!(
             err.contains("--cluster-ca-key needs --cluster-mtls pki"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cluster_cert_auto_needs_the_ca_key_and_no_key_file() {
+        let auto = [
+            "--cluster-mtls",
+            "pki",
+            "--cluster-cert",
+            "auto",
+            "--cluster-ca-cert",
+            "/pki/ca.crt",
+        ];
+        let settings = parse(
+            &[
+                &auto[..],
+                &["--cluster-ca-key", "/pki/ca.key"],
+                &["--cluster-cert-names", "cp.example, 10.0.0.1"],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(
+            settings.cluster.auto_cert,
+            Some(vec!["cp.example".to_owned(), "10.0.0.1".to_owned()])
+        );
+        let files = settings.cluster.files.unwrap();
+        assert_eq!(files.cert, files.key);
+        assert!(files.cert.starts_with(std::env::temp_dir()), "{files:?}");
+
+        let err = parse(&auto).unwrap_err().to_string();
+        assert!(
+            err.contains("--cluster-cert auto needs --cluster-ca-key"),
+            "{err}"
+        );
+        let err = parse(
+            &[
+                &auto[..],
+                &["--cluster-ca-key", "/k", "--cluster-cert-key", "/k2"],
+            ]
+            .concat(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--cluster-cert-key must not be set"), "{err}");
+        let err = parse(&[&PKI[..], &["--cluster-cert-names", "a"]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--cluster-cert-names needs --cluster-cert auto"),
             "{err}"
         );
     }

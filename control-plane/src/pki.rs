@@ -5,6 +5,7 @@
 //! gatehouse-cp pki init --out DIR [--cp-name NAME]... [--dp NAME]... [--days N] [--force]
 //! gatehouse-cp pki issue --ca-dir DIR --dp NAME... [--days N] [--force]
 //! gatehouse-cp pki issue --ca-dir DIR --cp [--cp-name NAME]... [--days N] --force
+//! gatehouse-cp pki rotate-ca --ca-dir DIR [--finish]
 //! ```
 
 use std::io::{self, Write};
@@ -23,6 +24,23 @@ pub enum PkiCommand {
     /// Issue DP certificates, or renew the CP certificate, with the CA of an existing
     /// directory. The new files are written beside the CA.
     Issue(IssueArgs),
+    /// Rotate the cluster CA: a new CA key replaces ca.key and ca.crt becomes the new CA
+    /// certificate followed by the old one (both trusted, the new one signs). With --finish,
+    /// once every data plane has a certificate of the new CA and cp.crt was renewed
+    /// (`pki issue --cp --force`), ca.crt keeps only the new CA.
+    RotateCa(RotateArgs),
+}
+
+/// Arguments of `pki rotate-ca`.
+#[derive(Debug, Clone, Args)]
+pub struct RotateArgs {
+    /// Directory holding the cluster CA (ca.crt, ca.key).
+    #[arg(long, value_name = "DIR")]
+    pub ca_dir: PathBuf,
+
+    /// End the rotation: remove the old CA from ca.crt.
+    #[arg(long)]
+    pub finish: bool,
 }
 
 /// Arguments of `pki init`.
@@ -101,6 +119,8 @@ pub fn run(command: &PkiCommand, out: &mut dyn Write) -> Result<(), Error> {
             pki::init(&args.out, &args.cp_names, &args.dps, args.days, args.force)?
         }
         PkiCommand::Issue(args) => issue(args)?,
+        PkiCommand::RotateCa(args) if args.finish => pki::finish_ca_rotation(&args.ca_dir)?,
+        PkiCommand::RotateCa(args) => pki::rotate_ca(&args.ca_dir)?,
     };
     for path in written {
         writeln!(out, "wrote {}", path.display())?;

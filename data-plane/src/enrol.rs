@@ -33,6 +33,10 @@ use crate::metrics::METRICS;
 
 /// The file of the enrolled key and certificate, in the cache directory.
 pub(crate) const IDENTITY_FILE: &str = "cluster-identity.pem";
+/// The cluster CA bundle this node trusts, in the cache directory: a copy of
+/// `--cluster-ca-cert` made when missing, replaced by the bundle the control plane sends with
+/// each renewal (how a CA rotation reaches enrolled nodes).
+pub(crate) const TRUST_FILE: &str = "cluster-ca.pem";
 /// Longest wait between two enrolment rounds.
 const MAX_RETRY: Duration = Duration::from_secs(5);
 /// Longest TCP + TLS + HTTP/2 handshake of an enrolment attempt.
@@ -54,6 +58,8 @@ pub enum EnrolError {
 #[derive(Debug)]
 pub(crate) struct Identity {
     path: PathBuf,
+    /// The trusted CA bundle ([`TRUST_FILE`]).
+    trust: PathBuf,
     node_id: Uuid,
     /// (notBefore, notAfter), Unix seconds.
     validity: Mutex<(i64, i64)>,
@@ -72,20 +78,40 @@ impl Identity {
         node_id: Uuid,
         token: &str,
     ) -> Result<Self, EnrolError> {
-        let validity = match cached(path) {
+        let (validity, enrolled) = match cached(path) {
             Some(validity) => {
                 tracing::info!(path = %path.display(), not_after = validity.1, "using the cached cluster certificate");
-                validity
+                (validity, false)
             }
-            None => enrol(cluster, path, node_id, token).await?,
+            None => (enrol(cluster, path, node_id, token).await?, true),
         };
         METRICS.cluster_cert(validity.1);
+        let trust = path.with_file_name(TRUST_FILE);
+        // A new enrolment starts from --cluster-ca-cert again; a cached identity keeps the
+        // bundle its renewals brought.
+        if enrolled || !trust.exists() {
+            let ca =
+                cluster.files.ca.as_deref().ok_or_else(|| {
+                    EnrolError::Local("enrolment needs --cluster-ca-cert".to_owned())
+                })?;
+            let bundle = std::fs::read(ca)
+                .map_err(|e| EnrolError::Local(format!("cannot read {}: {e}", ca.display())))?;
+            shared::write_private_file(&trust, &bundle).map_err(|e| {
+                EnrolError::Local(format!("cannot store the cluster CA bundle: {e}"))
+            })?;
+        }
         Ok(Self {
             path: path.to_owned(),
+            trust,
             node_id,
             validity: Mutex::new(validity),
             configs: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The CA bundle to verify control planes with: the copy in the cache directory.
+    pub(crate) fn trust_path(&self) -> &Path {
+        &self.trust
     }
 
     /// Registers a TLS configuration to reload after a renewal.
@@ -117,7 +143,24 @@ impl Identity {
     /// Installs a renewed certificate for `key_pem`: checks they match, writes the file
     /// atomically and reloads the TLS configurations (new connections use it; the open stream
     /// keeps its own).
-    pub(crate) fn install(&self, key_pem: &str, cert_pem: &str) -> Result<i64, String> {
+    ///
+    /// A non-empty `ca_bundle` (the control plane's current trust, see CA rotation) replaces
+    /// the trusted bundle first; it must hold only CA certificates, one of them the issuer of
+    /// the new certificate.
+    pub(crate) fn install(
+        &self,
+        key_pem: &str,
+        cert_pem: &str,
+        ca_bundle: &str,
+    ) -> Result<i64, String> {
+        if !ca_bundle.is_empty() {
+            check_bundle(ca_bundle, cert_pem)?;
+            if std::fs::read_to_string(&self.trust).ok().as_deref() != Some(ca_bundle) {
+                shared::write_private_file(&self.trust, ca_bundle.as_bytes())
+                    .map_err(|e| format!("cannot store the cluster CA bundle: {e}"))?;
+                tracing::info!(path = %self.trust.display(), "cluster CA bundle replaced by the control plane's");
+            }
+        }
         let validity = store(&self.path, key_pem, cert_pem)?;
         *self.validity.lock().unwrap_or_else(PoisonError::into_inner) = validity;
         for config in self
@@ -152,6 +195,31 @@ fn cached(path: &Path) -> Option<(i64, i64)> {
         return None;
     }
     Some((facts.not_before, facts.not_after))
+}
+
+/// Checks a CA bundle sent by the control plane: CA certificates only, one of them the
+/// issuer of `cert_pem`.
+fn check_bundle(bundle: &str, cert_pem: &str) -> Result<(), String> {
+    let bad = |reason: String| format!("the control plane sent an unusable CA bundle: {reason}");
+    let leaf = x509::parse_certificates(cert_pem)
+        .ok()
+        .and_then(|certs| certs.first().and_then(|c| x509::cert_facts(c).ok()))
+        .ok_or_else(|| bad("the renewed certificate cannot be read".to_owned()))?;
+    let mut has_issuer = false;
+    for der in x509::parse_certificates(bundle).map_err(bad)? {
+        let facts = x509::cert_facts(&der).map_err(bad)?;
+        if !facts.is_ca {
+            return Err(bad("a certificate in it is not a CA".to_owned()));
+        }
+        has_issuer |= facts.subject == leaf.issuer;
+    }
+    if has_issuer {
+        Ok(())
+    } else {
+        Err(bad(
+            "it does not hold the issuer of the renewed certificate".to_owned(),
+        ))
+    }
 }
 
 /// Checks `cert_pem` is the certificate of `key_pem` and writes both to `path` (0600).
@@ -254,4 +322,40 @@ async fn attempt(
         .map_err(|e| tonic::Status::unavailable(crate::sync::error_chain(&e)))?;
     let response = EnrolmentClient::new(channel).enrol(request).await?;
     Ok(response.into_inner().certificate)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use gatehouse_shared::cluster::pki;
+    use uuid::Uuid;
+
+    use super::check_bundle;
+
+    fn pki_dir(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("gh-dp-bundle-{tag}-{}", Uuid::new_v4()));
+        pki::init(&dir, &[], &["dp1".to_owned()], 30, false).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_ca_bundle_from_the_control_plane_is_checked() {
+        let (ours, other) = (pki_dir("ours"), pki_dir("other"));
+        let read =
+            |dir: &std::path::Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap();
+        let cert = read(&ours, "dp1.crt");
+        // The issuer alone, and with another CA (a rotation), are accepted.
+        check_bundle(&read(&ours, "ca.crt"), &cert).unwrap();
+        let both = format!("{}{}", read(&other, "ca.crt"), read(&ours, "ca.crt"));
+        check_bundle(&both, &cert).unwrap();
+        // Not the issuer, a leaf, or no certificate at all: refused.
+        let error = check_bundle(&read(&other, "ca.crt"), &cert).unwrap_err();
+        assert!(error.contains("does not hold the issuer"), "{error}");
+        let error = check_bundle(&read(&ours, "cp.crt"), &cert).unwrap_err();
+        assert!(error.contains("not a CA"), "{error}");
+        assert!(check_bundle("garbage", &cert).is_err());
+        for dir in [ours, other] {
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
 }

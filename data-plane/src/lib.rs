@@ -183,11 +183,13 @@ impl DataPlane {
             let tls = match configs.iter().find(|(n, _)| n == name) {
                 Some((_, tls)) => tls.clone(),
                 None => {
-                    let tls = Arc::new(ReloadingConfig::client(
-                        cluster.mode,
-                        cluster.files.clone(),
-                        name,
-                    )?);
+                    // An enrolled node verifies control planes with its cached bundle,
+                    // which renewals keep up to date (CA rotation).
+                    let mut files = cluster.files.clone();
+                    if let Some(identity) = &identity {
+                        files.ca = Some(identity.trust_path().to_owned());
+                    }
+                    let tls = Arc::new(ReloadingConfig::client(cluster.mode, files, name)?);
                     configs.push((name.to_owned(), tls.clone()));
                     if let Some(identity) = &identity {
                         identity.watch(tls.clone());

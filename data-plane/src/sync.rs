@@ -499,7 +499,7 @@ impl SyncClient {
         let outcome = match key {
             None => Err("a renewed certificate arrived that was not asked for".to_owned()),
             Some(_) if !renewed.error.is_empty() => Err(renewed.error),
-            Some(key) => identity.install(&key, &renewed.certificate),
+            Some(key) => identity.install(&key, &renewed.certificate, &renewed.ca_bundle),
         };
         match outcome {
             Ok(not_after) => {

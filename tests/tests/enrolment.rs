@@ -391,6 +391,26 @@ fn load(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, Vec
     })
 }
 
+/// Some requests were sent and none failed.
+fn assert_all_ok(sent: u64, failed: &[String]) {
+    assert!(sent > 0);
+    assert!(
+        failed.is_empty(),
+        "failed requests: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+}
+
+/// `dp` connected once: its stream was never dropped.
+fn assert_one_stream(dp: &DataPlane) {
+    assert_eq!(
+        dp.log_lines("connected to control plane").len(),
+        1,
+        "{}",
+        dp.logs()
+    );
+}
+
 /// A route `/load` on the DPs, proxied to `url`; returns the config version it made.
 async fn route_load(admin: &Admin, url: &str) -> Result<i64> {
     let service = admin
@@ -473,19 +493,9 @@ async fn a_sixty_second_certificate_renews_under_load_without_a_failed_request()
         "renewals={renewals} in {took:?}; requests={sent} failed={}",
         failed.len()
     );
-    assert!(sent > 0);
-    assert!(
-        failed.is_empty(),
-        "failed requests: {:?}",
-        &failed[..failed.len().min(5)]
-    );
+    assert_all_ok(sent, &failed);
     // One stream all along: renewal did not reconnect.
-    assert_eq!(
-        dp.log_lines("connected to control plane").len(),
-        1,
-        "{}",
-        dp.logs()
-    );
+    assert_one_stream(&dp);
     assert!(dp.log_lines("renewal failed").is_empty(), "{}", dp.logs());
     let now = registered(admin, &dp).await?;
     assert_ne!(now["cert_details"]["serial"], first_serial, "{now}");
@@ -603,5 +613,286 @@ async fn a_control_plane_outage_over_the_renewal_point_costs_no_request_and_rene
     assert!(failed.is_empty(), "{:?}", &failed[..failed.len().min(5)]);
     let now = registered(cluster.admin(), &dp).await?;
     assert_ne!(now["cert_details"]["serial"], serial, "{now}");
+    Ok(())
+}
+
+/// Runs `gatehouse-cp pki ARGS...`.
+async fn pki_command(args: &[&str]) -> Result<()> {
+    let out = tokio::process::Command::new(cp_bin()?)
+        .arg("pki")
+        .args(args)
+        .output()
+        .await?;
+    ensure!(out.status.success(), "pki {args:?}: {out:?}");
+    Ok(())
+}
+
+/// Waits until `dp`'s registry entry shows a certificate issued by `ca` (a subject).
+async fn renewed_under(admin: &Admin, dp: &DataPlane, ca: &str) -> Result<()> {
+    let id = dp.node_id()?;
+    wait_until(
+        "the data plane renewed under the new CA",
+        Duration::from_secs(60),
+        || async {
+            Ok(data_plane(admin, &id)
+                .await?
+                .filter(|e| e["cert_details"]["issuer"] == json!(ca)))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Subjects of the certificates in the PEM file `path`.
+fn subjects(path: &std::path::Path) -> Result<Vec<String>> {
+    let pem = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let certs = gatehouse_shared::x509::parse_certificates(&pem).map_err(anyhow::Error::msg)?;
+    certs
+        .iter()
+        .map(|der| {
+            gatehouse_shared::x509::cert_facts(der)
+                .map(|facts| facts.subject)
+                .map_err(anyhow::Error::msg)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_ca_rotation_under_load_moves_every_data_plane_to_the_new_ca_without_a_failed_request()
+-> Result<()> {
+    let cluster = enrolling_cluster(&["--cluster-dp-cert-lifetime", "30"]).await?;
+    let admin = cluster.admin();
+    let upstream = ok_upstream().await?;
+    let version = route_load(admin, &format!("http://{upstream}")).await?;
+    let (_, token) = create_token(admin, json!({"max_uses": 2})).await?;
+    let mut dps = Vec::new();
+    for name in ["rot1", "rot2"] {
+        let dp = DataPlane::start(enrolling(cluster.addr, &cluster, name, &token)).await?;
+        dp.wait_for_version(version, patience()).await?;
+        dps.push(dp);
+    }
+    let ca_dir = cluster.pki.dir().to_string_lossy().into_owned();
+    let old_ca = subjects(&cluster.pki.ca_cert())?;
+    assert_eq!(old_ca.len(), 1);
+    for dp in &dps {
+        let entry = registered(admin, dp).await?;
+        assert_eq!(entry["cert_details"]["issuer"], json!(old_ca[0]), "{entry}");
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loaders: Vec<_> = dps
+        .iter()
+        .map(|dp| Ok(load(format!("{}/load", dp.proxy_url()?), stop.clone())))
+        .collect::<Result<_>>()?;
+    let started = Instant::now();
+
+    // 1. A new CA: both trusted, the new one signs.
+    pki_command(&["rotate-ca", "--ca-dir", &ca_dir]).await?;
+    let bundle = subjects(&cluster.pki.ca_cert())?;
+    assert_eq!(bundle.len(), 2);
+    assert_eq!(bundle[1], old_ca[0]);
+    let new_ca = bundle[0].clone();
+    // 2. Every data plane renews under the new CA and learns the bundle.
+    for dp in &dps {
+        renewed_under(admin, dp, &new_ca).await?;
+        assert_eq!(
+            subjects(&dp.cache_dir().join("cluster-ca.pem"))?,
+            bundle,
+            "the data plane trusts both CAs"
+        );
+    }
+    // 3. The CP's own certificate from the new CA (picked up by the running CP).
+    let reloads = || {
+        cluster
+            .cp
+            .logs()
+            .matches("cluster certificate reloaded")
+            .count()
+    };
+    let before = reloads();
+    pki_command(&["issue", "--ca-dir", &ca_dir, "--cp", "--force"]).await?;
+    wait_until("the CP reloaded cp.crt", patience(), || async {
+        Ok((reloads() > before).then_some(()))
+    })
+    .await?;
+    // 4. The old CA goes: from the CP now, from each data plane at its next renewal.
+    pki_command(&["rotate-ca", "--ca-dir", &ca_dir, "--finish"]).await?;
+    assert_eq!(subjects(&cluster.pki.ca_cert())?, vec![new_ca.clone()]);
+    for dp in &dps {
+        let trust = dp.cache_dir().join("cluster-ca.pem");
+        wait_until(
+            "the data plane dropped the old CA",
+            Duration::from_secs(60),
+            || async { Ok((subjects(&trust)? == vec![new_ca.clone()]).then_some(())) },
+        )
+        .await?;
+    }
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut sent = 0;
+    for loader in loaders {
+        let (n, failed) = loader.await?;
+        sent += n;
+        assert_all_ok(n, &failed);
+    }
+    println!("CA rotation under load: {took:?}; requests={sent} failed=0");
+    for dp in &dps {
+        // One stream all along.
+        assert_one_stream(dp);
+        assert!(dp.log_lines("renewal failed").is_empty(), "{}", dp.logs());
+    }
+    // A new connection verifies the CP with the new CA alone.
+    let dp = &mut dps[0];
+    dp.restart().await?;
+    dp.wait_until_connected(patience()).await?;
+    Ok(())
+}
+
+/// The leaf certificate the cluster listener at `addr` serves, verified against `ca`.
+async fn served_certificate(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+) -> Result<(Vec<u8>, gatehouse_shared::x509::CertFacts)> {
+    let config = gatehouse_tests::tls_client_config(Some(ca), None)?;
+    match gatehouse_tests::tls_handshake(addr, "localhost", config).await? {
+        gatehouse_tests::Handshake::Accept { peer_certificates } => {
+            let leaf = peer_certificates.first().context("no certificate")?;
+            let facts = gatehouse_shared::x509::cert_facts(leaf).map_err(anyhow::Error::msg)?;
+            Ok((leaf.to_vec(), facts))
+        }
+        gatehouse_tests::Handshake::Refuse(why) => anyhow::bail!("handshake refused: {why}"),
+    }
+}
+
+/// A CP with `--cluster-cert auto` and 30 s certificates, and its PKI directory.
+async fn auto_cp(
+    db: &gatehouse_tests::TestDb,
+) -> Result<(ControlPlane, SocketAddr, gatehouse_tests::Pki)> {
+    let pki = gatehouse_tests::Pki::new(&[])?;
+    let args: Vec<String> = [
+        "--cluster-mtls",
+        "pki",
+        "--cluster-cert",
+        "auto",
+        "--cluster-ca-cert",
+        &pki.ca_cert().to_string_lossy(),
+        "--cluster-ca-key",
+        &pki.ca_key().to_string_lossy(),
+        "--cluster-dp-cert-lifetime",
+        "30",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let (cp, addr) = start_cp(db, &args).await?;
+    Ok((cp, addr, pki))
+}
+
+/// Starts a DP enrolled at `addr` with a new token, trusting `ca`.
+async fn enrolled_dp(
+    cp: &ControlPlane,
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    name: &str,
+) -> Result<DataPlane> {
+    let (_, token) = create_token(cp.admin(), json!({})).await?;
+    DataPlane::start(
+        DataPlaneOptions::new(addr)
+            .ca_cert(Some(ca))
+            .env("GATEHOUSE_CLUSTER_BOOTSTRAP_TOKEN", &token)
+            .name(name),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_control_plane_issues_and_renews_its_own_certificate_without_dropping_a_stream()
+-> Result<()> {
+    let db = gatehouse_tests::test_db().await?;
+    let (cp, addr, pki) = auto_cp(&db).await?;
+    let ca = pki.ca_cert();
+    let ca_subject = subjects(&ca)?.remove(0);
+
+    // A short-lived certificate from the cluster CA, for the default names.
+    let (first, facts) = served_certificate(addr, &ca).await?;
+    assert_eq!(facts.issuer, ca_subject);
+    assert!(facts.not_after - facts.not_before <= 40, "{facts:?}");
+    assert!(facts.sans.iter().any(|san| san == "127.0.0.1"), "{facts:?}");
+
+    let admin = cp.admin();
+    let upstream = ok_upstream().await?;
+    let version = route_load(admin, &format!("http://{upstream}")).await?;
+    let dp = enrolled_dp(&cp, addr, &ca, "auto").await?;
+    dp.wait_for_version(version, patience()).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(format!("{}/load", dp.proxy_url()?), stop.clone());
+
+    // Renewed two thirds into its 30 s; new connections get the new one.
+    cp.wait_for_log("control plane certificate renewed", Duration::from_secs(60))
+        .await?;
+    let (second, facts) = served_certificate(addr, &ca).await?;
+    assert_ne!(second, first, "a new certificate is served");
+    assert_eq!(facts.issuer, ca_subject);
+
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed) = loader.await?;
+    println!(
+        "own CP certificate renewed under load: requests={sent} failed={}",
+        failed.len()
+    );
+    assert_all_ok(sent, &failed);
+    assert_one_stream(&dp);
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_its_own_certificate_the_control_plane_stays_on_the_old_ca_until_the_rotation_ends()
+-> Result<()> {
+    let db = gatehouse_tests::test_db().await?;
+    let (cp, addr, pki) = auto_cp(&db).await?;
+    let ca = pki.ca_cert();
+    let old_ca = subjects(&ca)?.remove(0);
+    let admin = cp.admin();
+    let upstream = ok_upstream().await?;
+    let version = route_load(admin, &format!("http://{upstream}")).await?;
+    let mut dp = enrolled_dp(&cp, addr, &ca, "auto-rot").await?;
+    dp.wait_for_version(version, patience()).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(format!("{}/load", dp.proxy_url()?), stop.clone());
+
+    let ca_dir = pki.dir().to_string_lossy().into_owned();
+    pki_command(&["rotate-ca", "--ca-dir", &ca_dir]).await?;
+    let new_ca = subjects(&ca)?.remove(0);
+    renewed_under(admin, &dp, &new_ca).await?;
+    // The DP has the bundle now, and the CP still serves a certificate of the old CA (a DP
+    // that has not renewed trusts only that one).
+    let (_, served) = served_certificate(addr, &ca).await?;
+    assert_eq!(served.issuer, old_ca);
+
+    // pki init's cp.crt is not used with --cluster-cert auto.
+    std::fs::remove_file(pki.dir().join("cp.crt"))?;
+    pki_command(&["rotate-ca", "--ca-dir", &ca_dir, "--finish"]).await?;
+    let trust = dp.cache_dir().join("cluster-ca.pem");
+    wait_until(
+        "the CP serves a new-CA certificate and the DP dropped the old CA",
+        Duration::from_secs(60),
+        || async {
+            let (_, served) = served_certificate(addr, &ca).await?;
+            Ok(
+                (served.issuer == new_ca && subjects(&trust)? == vec![new_ca.clone()])
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed) = loader.await?;
+    println!(
+        "CA rotation with --cluster-cert auto: requests={sent} failed={}",
+        failed.len()
+    );
+    assert_all_ok(sent, &failed);
+    assert_one_stream(&dp);
+    dp.restart().await?;
+    dp.wait_until_connected(patience()).await?;
     Ok(())
 }

@@ -13,7 +13,8 @@
 //!   to expiry and has not been renewed.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
@@ -21,22 +22,64 @@ use uuid::Uuid;
 
 use gatehouse_proto::v1::enrolment_server::Enrolment;
 use gatehouse_proto::v1::{EnrolRequest, EnrolResponse};
-use gatehouse_shared::cluster::enrol::{ClusterCa, CsrError, Issued};
+use gatehouse_shared::cluster::enrol::{ClusterCa, CsrError, Issued, renew_at, write_private_file};
+use gatehouse_shared::cluster::pki::PkiError;
 
-use super::Node;
+use super::{Node, Tls};
 use crate::config::{ConfigError, EnrolSettings};
 use crate::store::{IssuedCert, Store, unix_now};
 
 /// How often revocations are looked for: a revoked stream ends within this (plus a query).
 const REVOCATION_POLL: Duration = Duration::from_millis(250);
+/// How many earlier CAs a node keeps in memory for its own certificate.
+const MAX_EARLIER_CAS: usize = 4;
+/// How often `--cluster-cert auto` checks that its certificate's CA is still the right one.
+const OWN_CA_CHECK: Duration = Duration::from_secs(2);
 /// How often the streams' certificate expiry is looked at.
 const EXPIRY_CHECK_EVERY: u32 = 40;
 
 /// The cluster CA with this node's issuing policy.
+///
+/// The CA files are looked at before each signature and reloaded when their content changed
+/// (`pki rotate-ca`): the first certificate of `--cluster-ca-cert` and `--cluster-ca-key` sign,
+/// the whole bundle is what renewed data planes are told to trust. Files that do not load
+/// (half-written, mismatched) leave the current CA in place.
 #[derive(Debug)]
 pub(crate) struct Issuer {
-    ca: ClusterCa,
-    lifetime: Duration,
+    settings: EnrolSettings,
+    current: Mutex<Loaded>,
+    /// `--cluster-cert auto`: this node's own serving certificate.
+    own: Option<OwnCert>,
+}
+
+/// notBefore, notAfter (Unix seconds) and issuer of this node's own certificate.
+pub(crate) type OwnValidity = (i64, i64, String);
+
+/// This node's own serving certificate (`--cluster-cert auto`), issued by the cluster CA.
+#[derive(Debug)]
+struct OwnCert {
+    /// Where the key and the certificate are written (one file, mode 0600), which the
+    /// listener's TLS configuration reads.
+    file: PathBuf,
+    /// Its DNS names and IP addresses.
+    names: Vec<String>,
+}
+
+/// SHA-256 (hex) of the CA certificate and key files.
+type Fingerprint = [Option<String>; 2];
+
+/// The CA as last loaded, with the content it was loaded from.
+#[derive(Debug)]
+struct Loaded {
+    ca: Arc<ClusterCa>,
+    /// The `--cluster-ca-cert` file (the trust bundle).
+    bundle: Arc<str>,
+    /// SHA-256 of the certificate and key files when last read.
+    seen: Fingerprint,
+    /// The CAs loaded earlier by this process (their keys in memory), newest last: during a
+    /// rotation this node's own certificate is signed by the oldest CA still in the bundle,
+    /// which every data plane trusts.
+    earlier: Vec<Arc<ClusterCa>>,
 }
 
 /// The `Enrolment` service.
@@ -52,17 +95,120 @@ pub(crate) struct EnrolService {
 impl Issuer {
     /// Loads the CA of `settings`; a bad file is a configuration error.
     pub(crate) fn load(settings: &EnrolSettings) -> Result<Self, ConfigError> {
-        let ca = ClusterCa::load(&settings.ca_cert, &settings.ca_key, &settings.cluster_name)
+        let (seen, _) = fingerprint(settings);
+        let loaded = load_ca(settings, seen)
             .map_err(|error| ConfigError::new(format!("--cluster-ca-key: {error}")))?;
         Ok(Self {
-            ca,
-            lifetime: settings.lifetime,
+            settings: settings.clone(),
+            current: Mutex::new(loaded),
+            own: None,
         })
+    }
+
+    /// This node issues its own serving certificate for `names` into `file` (see
+    /// [`write_own_cert`](Self::write_own_cert) and [`renew_own_cert`]).
+    pub(crate) fn with_own_cert(self, file: PathBuf, names: Vec<String>) -> Self {
+        Self {
+            own: Some(OwnCert { file, names }),
+            ..self
+        }
+    }
+
+    /// Whether this node issues its own serving certificate (`--cluster-cert auto`).
+    pub(crate) fn issues_own_cert(&self) -> bool {
+        self.own.is_some()
+    }
+
+    /// Removes the private directory of this node's own serving certificate (at shutdown).
+    pub(crate) fn remove_own_cert(&self) {
+        if let Some(dir) = self.own.as_ref().and_then(|own| own.file.parent()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    /// The validity (Unix seconds) of this node's own serving certificate, read from its file.
+    fn own_validity(&self) -> Option<OwnValidity> {
+        let text = std::fs::read_to_string(&self.own.as_ref()?.file).ok()?;
+        let facts = gatehouse_shared::x509::check_key_pair(&text, &text).ok()?;
+        Some((facts.not_before, facts.not_after, facts.issuer))
+    }
+
+    /// Issues this node's own serving certificate (a new key each time) from
+    /// [`own_signer`](Self::own_signer) and writes it; returns its validity (Unix seconds) and
+    /// issuer. `None` without `--cluster-cert auto`.
+    pub(crate) fn write_own_cert(&self) -> Option<Result<OwnValidity, String>> {
+        let own = self.own.as_ref()?;
+        let ca = self.own_signer();
+        Some(
+            ca.issue_server(&own.names, self.settings.lifetime)
+                .and_then(|(pem, not_before, not_after)| {
+                    write_private_file(&own.file, pem.as_bytes())
+                        .map_err(|e| e.to_string())
+                        .map(|()| (not_before, not_after, ca.issuer().to_owned()))
+                }),
+        )
+    }
+
+    /// The CA to sign this node's own certificate with: the last CA of the bundle whose key this
+    /// node holds (the old one during a rotation: data planes that have not renewed yet trust
+    /// only it; the new one once `--finish` removed the old one), else the current CA.
+    fn own_signer(&self) -> Arc<ClusterCa> {
+        let (ca, bundle) = self.current();
+        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let subjects: Vec<String> = gatehouse_shared::x509::parse_certificates(&bundle)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|der| gatehouse_shared::x509::cert_facts(der).ok())
+            .map(|facts| facts.subject)
+            .collect();
+        subjects
+            .iter()
+            .rev()
+            .find_map(|subject| {
+                std::iter::once(&ca)
+                    .chain(current.earlier.iter())
+                    .find(|held| held.issuer() == subject)
+            })
+            .cloned()
+            .unwrap_or(ca)
+    }
+
+    /// The CA to sign with and the bundle to hand out, reloaded first if the files changed.
+    fn current(&self) -> (Arc<ClusterCa>, Arc<str>) {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let (seen, readable) = fingerprint(&self.settings);
+        if seen != current.seen {
+            if !readable {
+                tracing::warn!("cannot read the cluster CA files; keeping the current CA");
+            } else {
+                match load_ca(&self.settings, seen.clone()) {
+                    Ok(mut loaded) => {
+                        tracing::info!(issuer = %loaded.ca.issuer(), "cluster CA reloaded");
+                        loaded.earlier = std::mem::take(&mut current.earlier);
+                        loaded
+                            .earlier
+                            .retain(|ca| ca.issuer() != current.ca.issuer());
+                        loaded.earlier.push(current.ca.clone());
+                        // Only what a bundle could still name is worth keeping.
+                        if loaded.earlier.len() > MAX_EARLIER_CAS {
+                            loaded.earlier.remove(0);
+                        }
+                        *current = loaded;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "the cluster CA files changed but cannot be used; keeping the current CA");
+                    }
+                }
+                // A failed load is not retried until the files change again.
+                current.seen = seen;
+            }
+        }
+        (current.ca.clone(), current.bundle.clone())
     }
 
     /// Checks `csr` and signs data plane `node` a certificate (not recorded yet).
     fn sign(&self, csr: &[u8], node: Uuid) -> Result<Issued, CsrError> {
-        self.ca.issue(csr, node, self.lifetime)
+        self.current().0.issue(csr, node, self.settings.lifetime)
     }
 
     /// Records an issued certificate; fails closed (the certificate is then not handed out).
@@ -81,7 +227,7 @@ impl Issuer {
             })
     }
 
-    /// A renewal for `node`, asked over its open stream authenticated by the certificate
+    /// A renewal for `node` (with the trust bundle to send along), asked over its open stream authenticated by the certificate
     /// `prior`; refused when `prior` is revoked (checked under the node's lock, see
     /// [`Store::record_renewal`]).
     pub(crate) async fn renew(
@@ -90,11 +236,14 @@ impl Issuer {
         csr: &[u8],
         node: Uuid,
         prior: &str,
-    ) -> Result<Issued, String> {
-        let issued = self.sign(csr, node).map_err(|e| e.to_string())?;
+    ) -> Result<(Issued, Arc<str>), String> {
+        let (ca, bundle) = self.current();
+        let issued = ca
+            .issue(csr, node, self.settings.lifetime)
+            .map_err(|e| e.to_string())?;
         let record = record_of(&issued, node, None);
         match store.record_renewal(&record, prior, unix_now()).await {
-            Ok(true) => Ok(issued),
+            Ok(true) => Ok((issued, bundle)),
             Ok(false) => Err("this data plane's certificate is revoked".to_owned()),
             Err(error) => {
                 tracing::warn!(%node, error = %error.detail(), "cannot record a renewed certificate");
@@ -102,6 +251,33 @@ impl Issuer {
             }
         }
     }
+}
+
+/// SHA-256 of the CA certificate and key files (`None`: unreadable), and whether both
+/// could be read.
+fn fingerprint(settings: &EnrolSettings) -> (Fingerprint, bool) {
+    let seen: Fingerprint = [&settings.ca_cert, &settings.ca_key].map(|path| {
+        std::fs::read(path)
+            .ok()
+            .map(|bytes| gatehouse_shared::x509::sha256_hex(&bytes))
+    });
+    let readable = seen.iter().all(Option::is_some);
+    (seen, readable)
+}
+
+/// Loads the CA files of `settings`; `seen` is their fingerprint read just before.
+fn load_ca(settings: &EnrolSettings, seen: Fingerprint) -> Result<Loaded, PkiError> {
+    let ca = ClusterCa::load(&settings.ca_cert, &settings.ca_key, &settings.cluster_name)?;
+    let bundle = std::fs::read_to_string(&settings.ca_cert).map_err(|source| PkiError::Read {
+        path: settings.ca_cert.clone(),
+        source,
+    })?;
+    Ok(Loaded {
+        ca: Arc::new(ca),
+        bundle: bundle.into(),
+        seen,
+        earlier: Vec::new(),
+    })
 }
 
 /// What the store keeps of an issued certificate.
@@ -198,6 +374,46 @@ impl Enrolment for EnrolService {
         Ok(Response::new(EnrolResponse {
             certificate: issued.cert_pem,
         }))
+    }
+}
+
+/// `--cluster-cert auto`: renews this node's serving certificate two thirds into its lifetime
+/// (`validity`, Unix seconds), and after a failure a tenth of what is left later (1 to 60 s),
+/// and reloads the listener's TLS configuration: new connections get the new certificate,
+/// open streams keep going.
+pub(crate) async fn renew_own_cert(ca: Arc<Issuer>, tls: Tls) {
+    // The certificate `load_tls` wrote; renewed at once if it cannot be read.
+    let mut validity = ca.own_validity().unwrap_or((0, 0, String::new()));
+    let mut due = renew_at(validity.0, validity.1);
+    loop {
+        let wait = u64::try_from(due - unix_now()).unwrap_or(0);
+        tokio::time::sleep(Duration::from_secs(wait).min(OWN_CA_CHECK)).await;
+        // Renewed early when the CA it should come from changed (end of a CA rotation).
+        let moved = ca.own_signer().issuer() != validity.2;
+        if unix_now() < due && !moved {
+            continue;
+        }
+        let outcome = match ca.write_own_cert() {
+            None => return,
+            Some(outcome) => outcome.and_then(|issued| {
+                tls.reload_if_changed()
+                    .map(|_| issued)
+                    .map_err(|e| format!("the new certificate cannot be used: {e}"))
+            }),
+        };
+        match outcome {
+            Ok(issued) => {
+                validity = issued;
+                due = renew_at(validity.0, validity.1);
+                tracing::info!(not_after = validity.1, issuer = %validity.2, "control plane certificate renewed");
+            }
+            Err(error) => {
+                let now = unix_now();
+                let retry = ((validity.1 - now) / 10).clamp(1, 60);
+                due = now + retry;
+                tracing::warn!(%error, retry_in_secs = retry, "cannot renew the control plane certificate; the current one stays");
+            }
+        }
     }
 }
 

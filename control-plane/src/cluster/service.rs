@@ -685,8 +685,8 @@ impl Receiver {
             ),
         };
         let reply = match answer {
-            Ok(issued) => {
-                tracing::info!(%id, serial = %issued.serial, not_after = issued.not_after, "data plane certificate renewed");
+            Ok((issued, bundle)) => {
+                tracing::info!(%id, serial = %issued.serial, issuer = %issued.issuer, not_after = issued.not_after, "data plane certificate renewed");
                 let cert = CertOf {
                     serial: issued.serial.clone(),
                     not_before: issued.not_before,
@@ -702,6 +702,7 @@ impl Receiver {
                 CertificateRenewed {
                     certificate: issued.cert_pem,
                     error: String::new(),
+                    ca_bundle: bundle.to_string(),
                 }
             }
             Err(error) => {
@@ -709,6 +710,7 @@ impl Receiver {
                 CertificateRenewed {
                     certificate: String::new(),
                     error,
+                    ca_bundle: String::new(),
                 }
             }
         };

@@ -183,6 +183,28 @@ impl ClusterCa {
         &self.issuer
     }
 
+    /// A new key and a control-plane server certificate for `names` (DNS names or IP
+    /// addresses; empty: `localhost`, `127.0.0.1`) valid for `lifetime` (at least
+    /// [`MIN_LIFETIME`], never beyond the CA): `--cluster-cert auto`. Returns the key and the
+    /// certificate in one PEM text, and the certificate's validity (Unix seconds).
+    pub fn issue_server(
+        &self,
+        names: &[String],
+        lifetime: Duration,
+    ) -> Result<(String, i64, i64), String> {
+        let lifetime =
+            time::Duration::try_from(lifetime.max(MIN_LIFETIME)).map_err(|e| e.to_string())?;
+        let backdate = time::Duration::seconds(BACKDATE_SECS);
+        let (cert_pem, key_pem) =
+            pki::short_cp_pair(&self.ca, names, backdate, lifetime).map_err(|e| e.to_string())?;
+        let facts = x509::check_key_pair(&cert_pem, &key_pem).map_err(|e| e.to_string())?;
+        Ok((
+            format!("{}\n{}", key_pem.trim_end(), cert_pem),
+            facts.not_before,
+            facts.not_after,
+        ))
+    }
+
     /// Checks `csr` and issues data plane `node` a client certificate valid for `lifetime`
     /// (never beyond the CA). The CSR must be signed by its own ECDSA P-256 key, ask for no
     /// CA and no extension but names, and name nothing but the node: a subject that is empty or

@@ -202,6 +202,116 @@ pub fn issue_cp(
     write_pairs(ca_dir, &[pair], force)
 }
 
+/// Starts a CA rotation in `ca_dir`: a new CA (key and certificate) replaces `ca.key`, and
+/// `ca.crt` becomes the new CA certificate followed by the old one. A running control plane
+/// then trusts both, signs with the new one and sends the bundle to each data plane it renews.
+/// Refused while a rotation is in progress (`ca.crt` holds more than one certificate) or when
+/// the current CA does not load. Returns the written paths.
+pub fn rotate_ca(ca_dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
+    let cert_path = ca_dir.join("ca.crt");
+    let old = ca_bundle(&cert_path)?;
+    if old.len() > 1 {
+        return Err(PkiError::Ca {
+            path: cert_path,
+            reason: "holds more than one certificate: a rotation is in progress (finish it first)"
+                .to_owned(),
+        });
+    }
+    load_ca(ca_dir)?;
+    let (pair, _) = new_ca(CA_MIN_VALIDITY_DAYS)?;
+    let key_path = ca_dir.join("ca.key");
+    // The key first: until the bundle follows, the pair does not match and a control plane
+    // keeps its current CA.
+    replace_file(&key_path, pair.key_pem.as_bytes(), KEY_MODE)?;
+    let bundle = format!("{}{}", pair.cert_pem, old.concat());
+    replace_file(&cert_path, bundle.as_bytes(), CERT_MODE)?;
+    Ok(vec![key_path, cert_path])
+}
+
+/// Ends a CA rotation in `ca_dir`: `ca.crt` keeps only its first (the new) certificate.
+/// Refused when no rotation is in progress, or when `cp.crt` exists and is not issued by the
+/// new CA (renew it first with [`issue_cp`], or data planes could not verify the control
+/// plane). Returns the written path.
+pub fn finish_ca_rotation(ca_dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
+    let cert_path = ca_dir.join("ca.crt");
+    let bundle = ca_bundle(&cert_path)?;
+    let [new, ..] = bundle.as_slice() else {
+        return Err(PkiError::Ca {
+            path: cert_path,
+            reason: "no certificate found".to_owned(),
+        });
+    };
+    if bundle.len() == 1 {
+        return Err(PkiError::Ca {
+            path: cert_path,
+            reason: "holds one certificate: no rotation is in progress".to_owned(),
+        });
+    }
+    load_ca(ca_dir)?;
+    let cp_path = ca_dir.join("cp.crt");
+    if cp_path.exists() {
+        let subject = first_facts(new, &cert_path)?.subject;
+        let cp_pem = read_text(&cp_path)?;
+        if first_facts(&cp_pem, &cp_path)?.issuer != subject {
+            return Err(PkiError::Ca {
+                path: cp_path,
+                reason: "is not issued by the new CA: renew it first (pki issue --cp --force)"
+                    .to_owned(),
+            });
+        }
+    }
+    replace_file(&cert_path, new.as_bytes(), CERT_MODE)?;
+    Ok(vec![cert_path])
+}
+
+/// The PEM blocks of the certificates in `path`, each with its final newline.
+fn ca_bundle(path: &Path) -> Result<Vec<String>, PkiError> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let text = read_text(path)?;
+    let mut blocks = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(begin) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let Some(end) = rest[begin..].find(END) else {
+            break;
+        };
+        let end = begin + end + END.len();
+        blocks.push(format!("{}\n", &rest[begin..end]));
+        rest = &rest[end..];
+    }
+    // The blocks must be exactly what a TLS stack reads from the file.
+    let parsed = x509::parse_certificates(&text).map_err(|reason| PkiError::Ca {
+        path: path.to_owned(),
+        reason,
+    })?;
+    if parsed.len() != blocks.len() {
+        return Err(PkiError::Ca {
+            path: path.to_owned(),
+            reason: "unexpected PEM layout".to_owned(),
+        });
+    }
+    Ok(blocks)
+}
+
+fn read_text(path: &Path) -> Result<String, PkiError> {
+    fs::read_to_string(path).map_err(|source| PkiError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The facts of the first certificate of `pem` (read from `path`).
+fn first_facts(pem: &str, path: &Path) -> Result<x509::CertFacts, PkiError> {
+    let error = |reason: String| PkiError::Ca {
+        path: path.to_owned(),
+        reason,
+    };
+    let certs = x509::parse_certificates(pem).map_err(error)?;
+    let first = certs
+        .first()
+        .ok_or_else(|| error("no certificate found".to_owned()))?;
+    x509::cert_facts(first).map_err(error)
+}
+
 /// Checks a DP name: `[A-Za-z0-9._-]+`, at most 64 characters, not starting with `.`, and
 /// not one of the names `init` uses for its own files (`ca`, `cp`, `shared`, any case).
 pub fn check_dp_name(name: &str) -> Result<(), PkiError> {
@@ -425,6 +535,25 @@ fn cp_pair(ca: &Ca, sans: &[SanType], days: u32) -> Result<Pair, PkiError> {
     params.subject_alt_names = sans.to_vec();
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     signed_leaf("cp", params, ca, what)
+}
+
+/// A short-lived CP server certificate and its new key (PEM), for `cp_names` (empty:
+/// [`DEFAULT_CP_NAMES`]): valid from `backdate` ago for `lifetime`, never beyond the CA.
+pub(crate) fn short_cp_pair(
+    ca: &Ca,
+    cp_names: &[String],
+    backdate: time::Duration,
+    lifetime: time::Duration,
+) -> Result<(String, String), PkiError> {
+    let sans = cp_sans(cp_names)?;
+    let mut params = params(CP_COMMON_NAME, 1, Some(ca.not_after))?;
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - backdate;
+    params.not_after = (now + lifetime).min(ca.not_after);
+    params.subject_alt_names = sans;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let pair = signed_leaf("cp", params, ca, "the control plane certificate")?;
+    Ok((pair.cert_pem, pair.key_pem))
 }
 
 /// A DP client certificate.

@@ -310,3 +310,52 @@ fn a_bad_ca_is_reported_without_key_material() {
     assert!(error.to_string().contains("ca.crt"), "{error}");
     assert!(!dir.join("dp1.crt").exists());
 }
+
+#[test]
+fn rotate_ca_overlaps_then_finishes_with_the_new_ca_only() {
+    let dir = new_pki("pki-rotate", &[]);
+    let old_pem = fs::read_to_string(dir.join("ca.crt")).unwrap();
+    let old_subject = first_facts(&old_pem, &dir.join("ca.crt")).unwrap().subject;
+    // Nothing to finish before a rotation.
+    let error = finish_ca_rotation(dir.path()).unwrap_err().to_string();
+    assert!(error.contains("no rotation is in progress"), "{error}");
+
+    let written = rotate_ca(dir.path()).unwrap();
+    assert_eq!(written, vec![dir.join("ca.key"), dir.join("ca.crt")]);
+    assert_eq!(mode(&dir.join("ca.key")), 0o600);
+    let bundle = fs::read_to_string(dir.join("ca.crt")).unwrap();
+    let certs = x509::parse_certificates(&bundle).unwrap();
+    assert_eq!(certs.len(), 2);
+    let new_subject = x509::cert_facts(&certs[0]).unwrap().subject;
+    assert_ne!(new_subject, old_subject);
+    assert_eq!(x509::cert_facts(&certs[1]).unwrap().subject, old_subject);
+    // The new key signs: issued certificates name the new CA.
+    issue(dir.path(), "dp1", 30, false).unwrap();
+    let dp = fs::read_to_string(dir.join("dp1.crt")).unwrap();
+    assert_eq!(
+        first_facts(&dp, &dir.join("dp1.crt")).unwrap().issuer,
+        new_subject
+    );
+    // A second rotation waits for the first to finish.
+    let error = rotate_ca(dir.path()).unwrap_err().to_string();
+    assert!(error.contains("a rotation is in progress"), "{error}");
+
+    // cp.crt is still the old CA's: finishing would cut the data planes off.
+    let error = finish_ca_rotation(dir.path()).unwrap_err().to_string();
+    assert!(
+        error.contains("cp.crt: is not issued by the new CA"),
+        "{error}"
+    );
+    assert_eq!(fs::read_to_string(dir.join("ca.crt")).unwrap(), bundle);
+
+    issue_cp(dir.path(), &[], 30, true).unwrap();
+    assert_eq!(
+        finish_ca_rotation(dir.path()).unwrap(),
+        vec![dir.join("ca.crt")]
+    );
+    let left = fs::read_to_string(dir.join("ca.crt")).unwrap();
+    let certs = x509::parse_certificates(&left).unwrap();
+    assert_eq!(certs.len(), 1);
+    assert_eq!(x509::cert_facts(&certs[0]).unwrap().subject, new_subject);
+    load_ca(dir.path()).unwrap();
+}

@@ -675,9 +675,15 @@ async fn on_demand_certificate_requests_reach_the_control_plane_once_each() {
     assert_eq!(next_wanted(&mut cp).await, "a.shop.example");
     assert_eq!(next_wanted(&mut cp).await, "b.shop.example");
 
-    // Asked while the control plane is away: sent once it is back.
+    // Asked while the control plane is away: sent once it is back. The data plane may
+    // reconnect before a poll sees it disconnected: a new `connected_since` says it noticed.
+    let before = dp.state.sync_state().connected_since;
     drop(stream);
-    eventually("disconnected", || !dp.state.sync_state().connected).await;
+    eventually("the stream's loss noticed", || {
+        let state = dp.state.sync_state();
+        !state.connected || state.connected_since != before
+    })
+    .await;
     acme.certificate_missing(&running, "c.shop.example");
     let _stream = cp.next_stream().await;
     assert_eq!(next_wanted(&mut cp).await, "c.shop.example");

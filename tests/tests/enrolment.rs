@@ -865,6 +865,11 @@ async fn with_its_own_certificate_the_control_plane_stays_on_the_old_ca_until_th
     pki_command(&["rotate-ca", "--ca-dir", &ca_dir]).await?;
     let new_ca = subjects(&ca)?.remove(0);
     renewed_under(admin, &dp, &new_ca).await?;
+    let trust = dp.cache_dir().join("cluster-ca.pem");
+    wait_until("the data plane trusts both CAs", patience(), || async {
+        Ok((subjects(&trust)?.len() == 2).then_some(()))
+    })
+    .await?;
     // The DP has the bundle now, and the CP still serves a certificate of the old CA (a DP
     // that has not renewed trusts only that one).
     let (_, served) = served_certificate(addr, &ca).await?;
@@ -873,7 +878,6 @@ async fn with_its_own_certificate_the_control_plane_stays_on_the_old_ca_until_th
     // pki init's cp.crt is not used with --cluster-cert auto.
     std::fs::remove_file(pki.dir().join("cp.crt"))?;
     pki_command(&["rotate-ca", "--ca-dir", &ca_dir, "--finish"]).await?;
-    let trust = dp.cache_dir().join("cluster-ca.pem");
     wait_until(
         "the CP serves a new-CA certificate and the DP dropped the old CA",
         Duration::from_secs(60),

@@ -10,8 +10,6 @@
 use std::fmt::Write as _;
 use std::io::Write;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use clap::{Args, Subcommand};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -352,10 +350,8 @@ fn parse_lifetime(text: &str) -> Result<i64, String> {
 
 /// A fresh token: 256 random bits.
 fn new_token() -> Result<String, Error> {
-    let mut bytes = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut bytes)
-        .map_err(|_| Error::Io(std::io::Error::other("no random numbers available")))?;
-    Ok(format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)))
+    crate::tokens::random_secret(TOKEN_PREFIX)
+        .ok_or_else(|| Error::Io(std::io::Error::other("no random numbers available")))
 }
 
 fn rfc3339(unix: i64) -> String {

@@ -86,13 +86,20 @@ impl TokenCommand {
 
 /// A new random token secret.
 fn new_secret() -> Result<String, ApiError> {
+    random_secret(TOKEN_PREFIX)
+        .ok_or_else(|| ApiError::Internal("the system random generator failed".into()))
+}
+
+/// A fresh secret: `prefix` and 256 random bits in base64url (43 characters); `None` when the
+/// system random generator fails. Bootstrap tokens and Admin API tokens are made with it.
+pub(crate) fn random_secret(prefix: &str) -> Option<String> {
     let mut bytes = [0u8; 32];
     rustls::crypto::aws_lc_rs::default_provider()
         .secure_random
         .fill(&mut bytes)
-        .map_err(|_| ApiError::Internal("the system random generator failed".into()))?;
-    Ok(format!(
-        "{TOKEN_PREFIX}{}",
+        .ok()?;
+    Some(format!(
+        "{prefix}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     ))
 }

@@ -595,6 +595,29 @@ async fn client_certificates_from_the_configured_ca_authenticate_over_tls() -> R
     .await?;
     assert!(out.status.success(), "{out:?}");
     let reader = create_token(&db, "reader", "read-only", "1d").await?;
+    // A registration that expires within seconds (the certificate itself is valid for 30 days).
+    let brief = write(
+        &dir,
+        "brief",
+        &client_ca.leaf(&["brief.admin.example"], Algorithm::Ecdsa, 30)?,
+    )?;
+    let out = cli(
+        &db,
+        &[
+            "admin-cert",
+            "add",
+            "--subject",
+            "brief.admin.example",
+            "--name",
+            "brief",
+            "--role",
+            "read-only",
+            "--expires-in",
+            "8s",
+        ],
+    )
+    .await?;
+    assert!(out.status.success(), "{out:?}");
     let cp = ControlPlane::start_with(
         &db,
         &[
@@ -703,6 +726,34 @@ async fn client_certificates_from_the_configured_ca_authenticate_over_tls() -> R
     assert_eq!(audit["data"].as_array().map(Vec::len), Some(1), "{audit}");
     assert_eq!(audit["data"][0]["actor"], "alice");
     assert_eq!(audit["data"][0]["auth"], "certificate");
+
+    // An expired registration: its certificate authenticated, then is refused.
+    let brief = (brief.0.as_path(), brief.1.as_path());
+    let (_, status, body) = curl(
+        port,
+        &server_ca_path,
+        Some(brief),
+        None,
+        "GET",
+        "/consumers",
+        None,
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    wait_until("the brief registration to expire", patience(), || async {
+        let (_, status, _) = curl(
+            port,
+            &server_ca_path,
+            Some(brief),
+            None,
+            "GET",
+            "/consumers",
+            None,
+        )
+        .await?;
+        Ok((status == 401).then_some(()))
+    })
+    .await?;
 
     // Revoked: the next request with the same certificate is refused.
     let out = cli(&db, &["admin-cert", "revoke", "alice"]).await?;

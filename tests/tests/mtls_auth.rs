@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use cluster_support::*;
 use gatehouse_tests::certs::{Algorithm, Ca, Pem};
-use gatehouse_tests::{Admin, DataPlane, config_version, patience};
+use gatehouse_tests::{Admin, DataPlane, config_version, patience, wait_until};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -791,12 +791,26 @@ async fn an_mtls_auth_instance_that_cannot_be_built_refuses_every_request() -> R
         .await?;
     assert_eq!(patched.status, 200, "{patched:?}");
     let version = config_version(admin).await?;
-    let status = dp.wait_for_version(version, patience()).await?;
-    let warnings = status["warnings"].as_array().context("status.warnings")?;
+    dp.wait_for_version(version, patience()).await?;
+    // The DP records the warnings just after the swap that shows the new version.
+    let names_it = |status: &Value| {
+        status["warnings"].as_array().is_some_and(|warnings| {
+            warnings
+                .iter()
+                .any(|w| w.as_str().is_some_and(|w| w.contains(&plugin_id)))
+        })
+    };
+    let status = wait_until(
+        "DP /status names the broken instance",
+        patience(),
+        || async {
+            let status = dp.status().await?;
+            Ok(names_it(&status).then_some(status))
+        },
+    )
+    .await?;
     assert!(
-        warnings
-            .iter()
-            .any(|w| w.as_str().is_some_and(|w| w.contains(&plugin_id))),
+        names_it(&status),
         "DP /status names the broken instance: {status}"
     );
 

@@ -68,6 +68,10 @@ pub(crate) enum Op {
     Token,
     /// `DELETE /clustering/data-planes/{id}/certificates`: revoke a data plane's certificates.
     RevokeDataPlane,
+    /// `POST /clustering/data-planes/renew-certificates`: every data plane renews now.
+    RenewCertificates,
+    /// `POST /clustering/data-planes/{id}/renew-certificates`: one data plane renews now.
+    RenewDataPlaneCertificates,
     /// A collection: list and create.
     Collection(Scope),
     /// One entity: read, patch, replace, delete.
@@ -216,6 +220,16 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             path: "/clustering/data-planes/{id}/certificates".into(),
             methods: &[Method::DELETE],
             op: Op::RevokeDataPlane,
+        },
+        Endpoint {
+            path: "/clustering/data-planes/renew-certificates".into(),
+            methods: &[Method::POST],
+            op: Op::RenewCertificates,
+        },
+        Endpoint {
+            path: "/clustering/data-planes/{id}/renew-certificates".into(),
+            methods: &[Method::POST],
+            op: Op::RenewDataPlaneCertificates,
         },
     ];
     for collection in COLLECTIONS {
@@ -441,6 +455,9 @@ async fn dispatch(
         Op::Tokens => tokens(state, request, body).await,
         Op::Token => token(state, &request).await,
         Op::RevokeDataPlane => revoke_data_plane(state, &request).await,
+        Op::RenewCertificates | Op::RenewDataPlaneCertificates => {
+            renew_certificates(state, &request).await
+        }
     }
 }
 
@@ -799,6 +816,42 @@ async fn revoke_data_plane(state: &State, request: &Request) -> Result<Response,
     let id = uuid_param(request)?;
     revoke(state, id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /clustering/data-planes/renew-certificates` (every data plane) and
+/// `POST /clustering/data-planes/{id}/renew-certificates` (one, 404 when unknown): every
+/// replica asks the enrolled data planes concerned, whose certificate is older than the
+/// request, to renew now (within about a second). 202 with the request time.
+async fn renew_certificates(state: &State, request: &Request) -> Result<Response, ApiError> {
+    let node = match request.params.first() {
+        None => None,
+        Some(_) => {
+            let id = uuid_param(request)?;
+            if !state
+                .store
+                .data_planes()
+                .await?
+                .iter()
+                .any(|dp| dp.id == id)
+            {
+                return Err(ApiError::NotFound("Not found"));
+            }
+            Some(id)
+        }
+    };
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(i64::MAX);
+    state.store.request_renewal(node, now_ms).await?;
+    tracing::info!(data_plane = %node.map_or_else(|| "all".to_owned(), |id| id.to_string()), "certificate renewal requested");
+    Ok(ok(
+        StatusCode::ACCEPTED,
+        json!({"requested_at": now_ms / 1000}),
+    ))
 }
 
 /// Revokes every certificate of data plane `id` and ends its streams on this replica at once

@@ -30,15 +30,17 @@ use std::time::Duration;
 
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
+
+use gatehouse_proto::v1::{ControlPlaneMessage, RenewRequested, control_plane_message};
 
 use gatehouse_shared::cluster::ReloadingConfig;
 
 pub(crate) use self::fleet::{Counters, Current, data_plane_json, status_json};
 use crate::config::{ClusterSettings, ConfigError};
 use crate::snapshot::{Latest, Stats};
-use crate::store::{Store, unix_now};
+use crate::store::{RenewalRequests, Store, unix_now};
 
 /// How long a `connected` row stays connected without a lease refresh, in seconds.
 pub(crate) const LEASE: i64 = 30;
@@ -82,6 +84,13 @@ struct Session {
     renew_by: Option<i64>,
     /// Whether the missed renewal was logged.
     warned: bool,
+    /// When its current certificate was issued (Unix seconds; its notBefore minus the
+    /// backdating), to tell whether a renew-now request is newer.
+    issued_at: Option<i64>,
+    /// The latest renew-now request this stream was asked to act on (Unix milliseconds).
+    asked: i64,
+    /// Messages to the data plane (renewal answers, renew-now requests).
+    replies: mpsc::Sender<ControlPlaneMessage>,
     /// Set to the reason to end the stream (its certificate was revoked).
     end: watch::Sender<Option<String>>,
 }
@@ -95,6 +104,13 @@ pub(crate) struct CertOf {
 }
 
 impl CertOf {
+    /// When it was issued (Unix seconds): certificates are backdated by
+    /// [`BACKDATE_SECS`](gatehouse_shared::cluster::enrol::BACKDATE_SECS).
+    fn issued_at(&self) -> i64 {
+        self.not_before
+            .saturating_add(gatehouse_shared::cluster::enrol::BACKDATE_SECS)
+    }
+
     fn renew_by(&self) -> i64 {
         let renew_at = gatehouse_shared::cluster::enrol::renew_at(self.not_before, self.not_after);
         renew_at + (self.not_after - renew_at) / 2
@@ -250,6 +266,7 @@ impl Node {
         session: Uuid,
         dp: Uuid,
         cert: Option<&CertOf>,
+        replies: mpsc::Sender<ControlPlaneMessage>,
     ) -> (SessionGuard, watch::Receiver<Option<String>>) {
         let (end, ended) = watch::channel(None);
         self.lock_sessions().insert(
@@ -259,6 +276,9 @@ impl Node {
                 serial: cert.map(|c| c.serial.clone()),
                 renew_by: cert.map(CertOf::renew_by),
                 warned: false,
+                issued_at: cert.map(CertOf::issued_at),
+                asked: 0,
+                replies,
                 end,
             },
         );
@@ -300,7 +320,37 @@ impl Node {
             entry.serial = Some(cert.serial.clone());
             entry.renew_by = Some(cert.renew_by());
             entry.warned = false;
+            entry.issued_at = Some(cert.issued_at());
         }
+    }
+
+    /// Asks each stream whose certificate was issued before the latest renew-now request that
+    /// concerns its data plane to renew at once, one time per request; returns how many were
+    /// asked. A stream whose queue is full is asked at the next call. Certificate times are
+    /// whole seconds: one issued in the second of the request counts as older (one renewal
+    /// too many rather than a data plane missed).
+    fn ask_renewals(&self, requests: &RenewalRequests) -> usize {
+        let mut asked = 0;
+        for session in self.lock_sessions().values_mut() {
+            let requested = requests.for_node(session.dp);
+            let Some(issued_at) = session.issued_at else {
+                continue;
+            };
+            if requested <= session.asked || issued_at.saturating_mul(1000) > requested {
+                continue;
+            }
+            let message = ControlPlaneMessage {
+                kind: Some(control_plane_message::Kind::RenewRequested(
+                    RenewRequested {},
+                )),
+            };
+            if session.replies.try_send(message).is_ok() {
+                session.asked = requested;
+                asked += 1;
+                tracing::info!(id = %session.dp, serial = session.serial.as_deref().unwrap_or("-"), "data plane asked to renew its certificate now");
+            }
+        }
+        asked
     }
 
     /// Logs, once per certificate, each stream whose certificate is past the point it should

@@ -25,6 +25,8 @@ pub const DEFAULT_ACME_RENEW_INTERVAL: u64 = 3600;
 pub const DEFAULT_ACME_ORDER_TIMEOUT: u64 = 90;
 /// Default lifetime of an enrolled data plane's certificate, in seconds (24 h).
 pub const DEFAULT_DP_CERT_LIFETIME: u64 = 24 * 3600;
+/// Default of `--cluster-enrol-max-failures`.
+pub const DEFAULT_ENROL_MAX_FAILURES: u32 = 10;
 /// Longest lifetime of an enrolled data plane's certificate, in seconds (90 days).
 pub const MAX_DP_CERT_LIFETIME: u64 = 90 * 24 * 3600;
 /// Default address of the status listener (Kong's `status_listen`).
@@ -185,6 +187,12 @@ pub struct Flags {
     #[arg(long, env = "GATEHOUSE_CLUSTER_DP_CERT_LIFETIME")]
     pub cluster_dp_cert_lifetime: Option<u64>,
 
+    /// Refused enrolment attempts (bad token or request) allowed per source address per
+    /// minute, as a burst that refills over the minute; past it, that address's attempts are
+    /// refused unchecked (`RESOURCE_EXHAUSTED`) until it refills [default: 10].
+    #[arg(long, env = "GATEHOUSE_CLUSTER_ENROL_MAX_FAILURES")]
+    pub cluster_enrol_max_failures: Option<u32>,
+
     /// Address of the status listener (`GET /status`, `GET /status/ready`), or `off`
     /// (port 0 picks a free port; the address is logged) [default: 127.0.0.1:8100].
     #[arg(long, env = "GATEHOUSE_STATUS_LISTEN")]
@@ -317,6 +325,8 @@ pub struct EnrolSettings {
     pub cluster_name: String,
     /// Lifetime of an issued certificate.
     pub lifetime: std::time::Duration,
+    /// Refused enrolment attempts allowed per source address per minute.
+    pub max_failures_per_minute: u32,
 }
 
 /// A setting that does not parse; the message names the setting.
@@ -398,6 +408,9 @@ impl Flags {
             cluster_dp_cert_lifetime: self
                 .cluster_dp_cert_lifetime
                 .or(other.cluster_dp_cert_lifetime),
+            cluster_enrol_max_failures: self
+                .cluster_enrol_max_failures
+                .or(other.cluster_enrol_max_failures),
             cluster_cert_names: self.cluster_cert_names.or(other.cluster_cert_names),
             status_listen: self.status_listen.or(other.status_listen),
             acme_ca_bundle: self.acme_ca_bundle.or(other.acme_ca_bundle),
@@ -698,6 +711,10 @@ impl Flags {
                 ca_key: key.clone(),
                 cluster_name,
                 lifetime: std::time::Duration::from_secs(lifetime),
+                max_failures_per_minute: self
+                    .cluster_enrol_max_failures
+                    .unwrap_or(DEFAULT_ENROL_MAX_FAILURES)
+                    .max(1),
             }),
         };
         let auto_cert = if auto {
@@ -910,6 +927,7 @@ mod tests {
                 ca_key: "/pki/ca.key".into(),
                 cluster_name: "gatehouse".into(),
                 lifetime: std::time::Duration::from_secs(DEFAULT_DP_CERT_LIFETIME),
+                max_failures_per_minute: DEFAULT_ENROL_MAX_FAILURES,
             })
         );
         let err = parse(

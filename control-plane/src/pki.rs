@@ -29,6 +29,26 @@ pub enum PkiCommand {
     /// once every data plane has a certificate of the new CA and cp.crt was renewed
     /// (`pki issue --cp --force`), ca.crt keeps only the new CA.
     RotateCa(RotateArgs),
+    /// Print the pin of each CA certificate in a file (`sha256:` + the SHA-256 of its public
+    /// key), what a data plane takes as --cluster-ca-pin to enrol without a copy of the CA.
+    Pin(PinArgs),
+}
+
+/// Arguments of `pki pin`.
+#[derive(Debug, Clone, Args)]
+pub struct PinArgs {
+    /// Directory holding the cluster CA (its ca.crt is read).
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "cert",
+        conflicts_with = "cert"
+    )]
+    pub ca_dir: Option<PathBuf>,
+
+    /// A PEM file of CA certificates (`--cluster-ca-cert`).
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
 }
 
 /// Arguments of `pki rotate-ca`.
@@ -110,6 +130,9 @@ pub enum Error {
     /// The list of written files could not be printed.
     #[error("cannot print the written files: {0}")]
     Output(#[from] io::Error),
+    /// The CA file of `pki pin` cannot be used.
+    #[error("{0}")]
+    Pin(String),
 }
 
 /// Runs a `pki` command, writing one `wrote PATH` line per file to `out`.
@@ -121,9 +144,40 @@ pub fn run(command: &PkiCommand, out: &mut dyn Write) -> Result<(), Error> {
         PkiCommand::Issue(args) => issue(args)?,
         PkiCommand::RotateCa(args) if args.finish => pki::finish_ca_rotation(&args.ca_dir)?,
         PkiCommand::RotateCa(args) => pki::rotate_ca(&args.ca_dir)?,
+        PkiCommand::Pin(args) => return pin(args, out),
     };
     for path in written {
         writeln!(out, "wrote {}", path.display())?;
+    }
+    Ok(())
+}
+
+/// `pki pin`: one `PIN  SUBJECT` line per CA certificate of the file; a file without a CA
+/// certificate is an error.
+fn pin(args: &PinArgs, out: &mut dyn Write) -> Result<(), Error> {
+    let path = match (&args.cert, &args.ca_dir) {
+        (Some(cert), _) => cert.clone(),
+        (None, Some(dir)) => dir.join("ca.crt"),
+        (None, None) => return Err(Error::Pin("give --ca-dir or --cert".to_owned())),
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::Pin(format!("cannot read {}: {e}", path.display())))?;
+    let certs = gatehouse_shared::x509::parse_certificates(&text)
+        .map_err(|e| Error::Pin(format!("{}: {e}", path.display())))?;
+    let mut printed = 0;
+    for der in &certs {
+        let facts = gatehouse_shared::x509::cert_facts(der)
+            .map_err(|e| Error::Pin(format!("{}: {e}", path.display())))?;
+        if !facts.is_ca {
+            continue;
+        }
+        let pin = gatehouse_shared::x509::public_key_pin(der)
+            .map_err(|e| Error::Pin(format!("{}: {e}", path.display())))?;
+        writeln!(out, "{pin}  {}", facts.subject)?;
+        printed += 1;
+    }
+    if printed == 0 {
+        return Err(Error::Pin(format!("{}: no CA certificate", path.display())));
     }
     Ok(())
 }

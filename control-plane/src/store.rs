@@ -28,7 +28,7 @@ pub(crate) use self::acme::{AcmeName, NewChallenge, Outcome};
 pub(crate) use self::audit::{Actor, AuditFilter};
 pub(crate) use self::credentials::{Credential, NewCredential, NewSecret, Role};
 pub(crate) use self::data_planes::{Claim, DataPlane, SyncStatus};
-pub(crate) use self::enrolment::{IssuedCert, Token};
+pub(crate) use self::enrolment::{IssuedCert, RenewalRequests, Token};
 pub(crate) use self::entity::{Parent, Selector, coerce_form};
 pub(crate) use self::export::Export;
 pub(crate) use self::query::{ListQuery, Page, TagFilter};

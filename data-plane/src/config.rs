@@ -11,6 +11,7 @@
 //! | `--cluster-cert-key FILE` | `GATEHOUSE_CLUSTER_CERT_KEY` | `cluster_cert_key` | required |
 //! | `--cluster-ca-cert FILE` | `GATEHOUSE_CLUSTER_CA_CERT` | `cluster_ca_cert` | required in `pki` mode |
 //! | `--cluster-mtls shared\|pki` | `GATEHOUSE_CLUSTER_MTLS` | `cluster_mtls` | `shared` |
+//! | `--cluster-ca-pin PINS` | `GATEHOUSE_CLUSTER_CA_PIN` | `cluster_ca_pin` | none (with a bootstrap token and no --cluster-ca-cert: the CA bundle is fetched from the control plane and only its CAs with these public-key pins are trusted) |
 //! | `--cluster-bootstrap-token TOKEN` | `GATEHOUSE_CLUSTER_BOOTSTRAP_TOKEN` | `cluster_bootstrap_token` | none (enrol: `pki` mode, the certificate and key are made and kept in the cache directory) |
 //! | `--cache-dir DIR` | `GATEHOUSE_CACHE_DIR` | `cache_dir` | `/var/lib/gatehouse-dp` |
 //! | `--status-listen IP:PORT` | `GATEHOUSE_STATUS_LISTEN` | `status_listen` | `127.0.0.1:8100` |
@@ -149,6 +150,13 @@ pub struct Flags {
         hide_env_values = true
     )]
     pub cluster_bootstrap_token: Option<String>,
+
+    /// Instead of --cluster-ca-cert when enrolling: SHA-256 pins of the cluster CA's public key
+    /// (`sha256:<hex>`, comma-separated; `gatehouse-cp pki pin` prints them). The node fetches
+    /// the control plane's CA bundle without verifying it, keeps only the CA certificates whose
+    /// public key matches a pin, and enrols over TLS verified with them.
+    #[arg(long, env = "GATEHOUSE_CLUSTER_CA_PIN")]
+    pub cluster_ca_pin: Option<String>,
 
     /// Directory of the node id and the cached snapshot; created (mode 0700) if missing
     /// [default: /var/lib/gatehouse-dp].
@@ -335,6 +343,9 @@ pub struct ClusterSettings {
     pub files: ClusterTlsFiles,
     /// The bootstrap token, when this node enrols.
     pub bootstrap_token: Option<BootstrapToken>,
+    /// Pins of the cluster CA's public key (`--cluster-ca-pin`), when enrolling without
+    /// `--cluster-ca-cert`.
+    pub ca_pins: Vec<String>,
 }
 
 /// A bootstrap token; `Debug` does not print it.
@@ -575,6 +586,7 @@ impl Flags {
             cluster_bootstrap_token: self
                 .cluster_bootstrap_token
                 .or(other.cluster_bootstrap_token),
+            cluster_ca_pin: self.cluster_ca_pin.or(other.cluster_ca_pin),
             cache_dir: self.cache_dir.or(other.cache_dir),
             status_listen: self.status_listen.or(other.status_listen),
             proxy_listen: self.proxy_listen.or(other.proxy_listen),
@@ -701,6 +713,27 @@ impl Flags {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .map(|t| BootstrapToken(t.to_owned()));
+        let ca_pins: Vec<String> = self
+            .cluster_ca_pin
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|pin| !pin.trim().is_empty())
+            .filter_map(
+                |pin| match gatehouse_shared::cluster::enrol::parse_pin(pin) {
+                    Ok(pin) => Some(pin),
+                    Err(reason) => {
+                        problems.push(format!("--cluster-ca-pin: {reason}"));
+                        None
+                    }
+                },
+            )
+            .collect();
+        if !ca_pins.is_empty() && bootstrap_token.is_none() {
+            problems.push(
+                "--cluster-ca-pin is for enrolment: it needs --cluster-bootstrap-token".to_owned(),
+            );
+        }
         let (cert, key, mode) = if bootstrap_token.is_some() {
             if self.cluster_cert.is_some() || self.cluster_cert_key.is_some() {
                 problems.push(
@@ -713,10 +746,10 @@ impl Flags {
             if self.cluster_mtls.as_deref().map(str::trim) == Some("shared") {
                 problems.push("--cluster-bootstrap-token needs --cluster-mtls pki".to_owned());
             }
-            if self.cluster_ca_cert.is_none() {
+            if self.cluster_ca_cert.is_none() && ca_pins.is_empty() {
                 problems.push(
                     "--cluster-bootstrap-token needs --cluster-ca-cert (the cluster CA the \
-                     control plane's certificate is verified against)"
+                     control plane's certificate is verified against) or --cluster-ca-pin"
                         .to_owned(),
                 );
             }
@@ -926,6 +959,7 @@ impl Flags {
                         allowed_common_names: Vec::new(),
                     },
                     bootstrap_token,
+                    ca_pins,
                 },
                 cache_dir,
                 status_listen,

@@ -22,13 +22,13 @@ use tonic::Code;
 use tonic::transport::Endpoint;
 use uuid::Uuid;
 
-use gatehouse_proto::v1::EnrolRequest;
 use gatehouse_proto::v1::enrolment_client::EnrolmentClient;
+use gatehouse_proto::v1::{EnrolRequest, TrustBundleRequest};
 use gatehouse_shared::cluster::enrol::{self as shared, renew_at};
-use gatehouse_shared::cluster::{ReloadingConfig, enrol_client_config};
+use gatehouse_shared::cluster::{ReloadingConfig, enrol_client_config, trust_bundle_client_config};
 use gatehouse_shared::x509;
 
-use crate::config::ClusterSettings;
+use crate::config::{BootstrapToken, ClusterSettings};
 use crate::metrics::METRICS;
 
 /// The file of the enrolled key and certificate, in the cache directory.
@@ -52,6 +52,9 @@ pub enum EnrolError {
     /// The key or the certificate could not be made or stored.
     #[error("{0}")]
     Local(String),
+    /// The CA bundle fetched for `--cluster-ca-pin` holds no pinned CA.
+    #[error("the control plane cannot be trusted: {0}")]
+    Untrusted(String),
 }
 
 /// This node's enrolled identity: the file, and the validity of the certificate in it.
@@ -61,6 +64,10 @@ pub(crate) struct Identity {
     /// The trusted CA bundle ([`TRUST_FILE`]).
     trust: PathBuf,
     node_id: Uuid,
+    /// The cluster settings and the token, to enrol again when the certificate expired while
+    /// the node was cut off.
+    cluster: ClusterSettings,
+    token: BootstrapToken,
     /// (notBefore, notAfter), Unix seconds.
     validity: Mutex<(i64, i64)>,
     /// The TLS configurations built from the file, reloaded after a renewal.
@@ -76,37 +83,55 @@ impl Identity {
         cluster: &ClusterSettings,
         path: &Path,
         node_id: Uuid,
-        token: &str,
+        token: &BootstrapToken,
     ) -> Result<Self, EnrolError> {
-        let (validity, enrolled) = match cached(path) {
+        let trust = path.with_file_name(TRUST_FILE);
+        let validity = match cached(path) {
             Some(validity) => {
                 tracing::info!(path = %path.display(), not_after = validity.1, "using the cached cluster certificate");
-                (validity, false)
+                // A cached identity keeps the bundle its renewals brought.
+                if !trust.exists() {
+                    store_trust(&trust, &initial_trust(cluster).await?)?;
+                }
+                validity
             }
-            None => (enrol(cluster, path, node_id, token).await?, true),
+            None => {
+                // A new enrolment starts from --cluster-ca-cert (or the pinned CAs) again.
+                store_trust(&trust, &initial_trust(cluster).await?)?;
+                enrol(cluster, &trust, path, node_id, &token.0).await?
+            }
         };
         METRICS.cluster_cert(validity.1);
-        let trust = path.with_file_name(TRUST_FILE);
-        // A new enrolment starts from --cluster-ca-cert again; a cached identity keeps the
-        // bundle its renewals brought.
-        if enrolled || !trust.exists() {
-            let ca =
-                cluster.files.ca.as_deref().ok_or_else(|| {
-                    EnrolError::Local("enrolment needs --cluster-ca-cert".to_owned())
-                })?;
-            let bundle = std::fs::read(ca)
-                .map_err(|e| EnrolError::Local(format!("cannot read {}: {e}", ca.display())))?;
-            shared::write_private_file(&trust, &bundle).map_err(|e| {
-                EnrolError::Local(format!("cannot store the cluster CA bundle: {e}"))
-            })?;
-        }
         Ok(Self {
             path: path.to_owned(),
             trust,
             node_id,
+            cluster: cluster.clone(),
+            token: token.clone(),
             validity: Mutex::new(validity),
             configs: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A node whose certificate expired while it could not reach a control plane (renewal
+    /// needs a stream) enrols again with its bootstrap token, if the token still has a use,
+    /// and reloads its TLS configurations. `Ok(false)`: the certificate has not expired.
+    pub(crate) async fn reenrol_if_expired(&self) -> Result<bool, EnrolError> {
+        let (_, not_after) = *self.validity.lock().unwrap_or_else(PoisonError::into_inner);
+        if not_after > unix_now() {
+            return Ok(false);
+        }
+        tracing::warn!(
+            not_after,
+            "the cluster certificate expired while no control plane was reachable; enrolling again with the bootstrap token"
+        );
+        let validity = enrol(&self.cluster, &self.trust, &self.path, self.node_id, &self.token.0)
+            .await
+            .inspect_err(|error| {
+                tracing::error!(%error, "cannot enrol again: give this node a new bootstrap token (--cluster-bootstrap-token) and restart it");
+            })?;
+        self.adopt(validity).map_err(EnrolError::Local)?;
+        Ok(true)
     }
 
     /// The CA bundle to verify control planes with: the copy in the cache directory.
@@ -162,6 +187,13 @@ impl Identity {
             }
         }
         let validity = store(&self.path, key_pem, cert_pem)?;
+        self.adopt(validity)?;
+        Ok(validity.1)
+    }
+
+    /// Takes the certificate just written to the file (valid for `validity`) into use: new
+    /// connections present it.
+    fn adopt(&self, validity: (i64, i64)) -> Result<(), String> {
         *self.validity.lock().unwrap_or_else(PoisonError::into_inner) = validity;
         for config in self
             .configs
@@ -174,7 +206,7 @@ impl Identity {
                 .map_err(|e| format!("the renewed certificate cannot be used: {e}"))?;
         }
         METRICS.cluster_cert(validity.1);
-        Ok(validity.1)
+        Ok(())
     }
 }
 
@@ -189,8 +221,7 @@ fn cached(path: &Path) -> Option<(i64, i64)> {
             return None;
         }
     };
-    let now = crate::status::unix_now() as i64;
-    if facts.not_after <= now {
+    if facts.not_after <= unix_now() {
         tracing::warn!(path = %path.display(), not_after = facts.not_after, "the cached cluster certificate has expired; enrolling again");
         return None;
     }
@@ -232,27 +263,120 @@ fn store(path: &Path, key_pem: &str, cert_pem: &str) -> Result<(i64, i64), Strin
     Ok((facts.not_before, facts.not_after))
 }
 
-/// Enrols with the first control plane that answers; retries unreachable ones forever, stops
-/// at a refusal.
+/// Now, Unix seconds.
+fn unix_now() -> i64 {
+    crate::status::unix_now() as i64
+}
+
+/// Writes the trusted CA bundle (0600).
+fn store_trust(path: &Path, bundle: &str) -> Result<(), EnrolError> {
+    shared::write_private_file(path, bundle.as_bytes())
+        .map_err(|e| EnrolError::Local(format!("cannot store the cluster CA bundle: {e}")))
+}
+
+/// The CA bundle to enrol with: `--cluster-ca-cert`, or the CAs of the control plane's bundle
+/// that match `--cluster-ca-pin`.
+async fn initial_trust(cluster: &ClusterSettings) -> Result<String, EnrolError> {
+    if let Some(ca) = cluster.files.ca.as_deref() {
+        return std::fs::read_to_string(ca)
+            .map_err(|e| EnrolError::Local(format!("cannot read {}: {e}", ca.display())));
+    }
+    if cluster.ca_pins.is_empty() {
+        return Err(EnrolError::Local(
+            "enrolment needs --cluster-ca-cert or --cluster-ca-pin".to_owned(),
+        ));
+    }
+    let config =
+        trust_bundle_client_config().map_err(|e| EnrolError::Local(format!("cluster TLS: {e}")))?;
+    let pins = &cluster.ca_pins;
+    let bundle = each_control_plane(
+        cluster,
+        |_| Ok(config.clone()),
+        |channel| async move {
+            let response = EnrolmentClient::new(channel)
+                .trust_bundle(TrustBundleRequest {})
+                .await
+                .map_err(Attempt::from)?;
+            shared::pinned_cas(&response.into_inner().ca_bundle, pins)
+                .map_err(|reason| Attempt::Fatal(EnrolError::Untrusted(reason)))
+        },
+    )
+    .await?;
+    tracing::info!(pins = %pins.join(","), "cluster CA bundle fetched and checked against the pins");
+    Ok(bundle)
+}
+
+/// Enrols with the first control plane that answers, verified with the CA bundle at `trust`;
+/// retries unreachable ones forever, stops at a refusal.
 async fn enrol(
     cluster: &ClusterSettings,
+    trust: &Path,
     path: &Path,
     node_id: Uuid,
     token: &str,
 ) -> Result<(i64, i64), EnrolError> {
-    let ca =
-        cluster.files.ca.as_deref().ok_or_else(|| {
-            EnrolError::Local("--cluster-ca-cert is required to enrol".to_owned())
-        })?;
     let (key_pem, csr) = shared::new_key_and_csr(node_id)
         .map_err(|e| EnrolError::Local(format!("cannot make a key: {e}")))?;
     let hostname = crate::sync::hostname();
+    let tls = |name: &str| {
+        enrol_client_config(trust, name).map_err(|e| EnrolError::Local(format!("cluster TLS: {e}")))
+    };
+    let cert_pem = each_control_plane(cluster, tls, |channel| {
+        let request = EnrolRequest {
+            token: token.to_owned(),
+            node_id: node_id.to_string(),
+            csr: csr.clone().into(),
+            hostname: hostname.clone(),
+        };
+        async move {
+            let response = EnrolmentClient::new(channel)
+                .enrol(request)
+                .await
+                .map_err(Attempt::from)?;
+            Ok(response.into_inner().certificate)
+        }
+    })
+    .await?;
+    let validity = store(path, &key_pem, &cert_pem).map_err(EnrolError::Local)?;
+    tracing::info!(%node_id, not_after = validity.1, path = %path.display(), "enrolled with the control plane");
+    Ok(validity)
+}
+
+/// How one call to a control plane's `Enrolment` service ended, when not with an answer.
+enum Attempt {
+    /// The control plane could not be reached or answered "later": try the next one.
+    Retry(String),
+    /// Stop enrolling.
+    Fatal(EnrolError),
+}
+
+impl From<tonic::Status> for Attempt {
+    fn from(status: tonic::Status) -> Self {
+        match status.code() {
+            Code::PermissionDenied | Code::InvalidArgument => {
+                Self::Fatal(EnrolError::Refused(status.message().to_owned()))
+            }
+            _ => Self::Retry(crate::sync::describe_status(&status)),
+        }
+    }
+}
+
+/// Runs `call` on a channel to each address of each control plane in turn, until one answers
+/// or fails for good; after a round of failures waits (200 ms doubling to [`MAX_RETRY`]) and
+/// starts again. `tls` gives the TLS configuration for a control plane's server name.
+async fn each_control_plane<T, F>(
+    cluster: &ClusterSettings,
+    tls: impl Fn(&str) -> Result<Arc<ClientConfig>, EnrolError>,
+    call: impl Fn(tonic::transport::Channel) -> F,
+) -> Result<T, EnrolError>
+where
+    F: Future<Output = Result<T, Attempt>>,
+{
     let mut delay = Duration::from_millis(200);
     loop {
         for cp in &cluster.control_planes {
             let name = cluster.tls_server_name_of(cp);
-            let config = enrol_client_config(ca, name)
-                .map_err(|e| EnrolError::Local(format!("cluster TLS: {e}")))?;
+            let config = tls(name)?;
             let server_name = ServerName::try_from(name.to_owned())
                 .map_err(|_| EnrolError::Local(format!("invalid server name '{name}'")))?;
             let sockets: Vec<SocketAddr> = match tokio::net::lookup_host(cp.addr.as_str()).await {
@@ -263,29 +387,15 @@ async fn enrol(
                 }
             };
             for socket in sockets {
-                let request = EnrolRequest {
-                    token: token.to_owned(),
-                    node_id: node_id.to_string(),
-                    csr: csr.clone().into(),
-                    hostname: hostname.clone(),
+                let outcome = match channel(socket, server_name.clone(), config.clone()).await {
+                    Ok(channel) => call(channel).await,
+                    Err(error) => Err(Attempt::Retry(error)),
                 };
-                match attempt(socket, server_name.clone(), config.clone(), request).await {
-                    Ok(cert_pem) => {
-                        let validity =
-                            store(path, &key_pem, &cert_pem).map_err(EnrolError::Local)?;
-                        tracing::info!(addr = %socket, %node_id, not_after = validity.1, path = %path.display(), "enrolled with the control plane");
-                        return Ok(validity);
-                    }
-                    Err(status)
-                        if matches!(
-                            status.code(),
-                            Code::PermissionDenied | Code::InvalidArgument
-                        ) =>
-                    {
-                        return Err(EnrolError::Refused(status.message().to_owned()));
-                    }
-                    Err(status) => {
-                        tracing::warn!(addr = %socket, error = %crate::sync::describe_status(&status), "enrolment attempt failed");
+                match outcome {
+                    Ok(answer) => return Ok(answer),
+                    Err(Attempt::Fatal(error)) => return Err(error),
+                    Err(Attempt::Retry(error)) => {
+                        tracing::warn!(addr = %socket, %error, "enrolment attempt failed");
                     }
                 }
             }
@@ -295,13 +405,12 @@ async fn enrol(
     }
 }
 
-/// One enrolment request to `socket`.
-async fn attempt(
+/// A gRPC channel to `socket` over TLS with `config` (no client certificate).
+async fn channel(
     socket: SocketAddr,
     server_name: ServerName<'static>,
     config: Arc<ClientConfig>,
-    request: EnrolRequest,
-) -> Result<String, tonic::Status> {
+) -> Result<tonic::transport::Channel, String> {
     let label = socket.to_string();
     let connector = tower::service_fn(move |_: http::Uri| {
         let config = config.clone();
@@ -313,15 +422,13 @@ async fn attempt(
                 .map(hyper_util::rt::TokioIo::new)
         }
     });
-    let channel = Endpoint::from_shared(format!("http://{socket}"))
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+    Endpoint::from_shared(format!("http://{socket}"))
+        .map_err(|e| e.to_string())?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CONNECT_TIMEOUT * 2)
         .connect_with_connector(connector)
         .await
-        .map_err(|e| tonic::Status::unavailable(crate::sync::error_chain(&e)))?;
-    let response = EnrolmentClient::new(channel).enrol(request).await?;
-    Ok(response.into_inner().certificate)
+        .map_err(|e| crate::sync::error_chain(&e))
 }
 
 #[cfg(test)]

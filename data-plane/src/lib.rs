@@ -164,7 +164,7 @@ impl DataPlane {
         // An enrolling node needs its certificate before any cluster connection.
         let identity = match &cluster.bootstrap_token {
             Some(token) => Some(Arc::new(
-                enrol::Identity::load_or_enrol(cluster, &cluster.files.cert, node_id, &token.0)
+                enrol::Identity::load_or_enrol(cluster, &cluster.files.cert, node_id, token)
                     .await?,
             )),
             None => None,

@@ -382,6 +382,11 @@ impl SyncClient {
             error,
             stable: false,
         };
+        if let Some(identity) = &self.identity
+            && let Err(error) = identity.reenrol_if_expired().await
+        {
+            return failed(error.to_string());
+        }
         let channel = match self.connect(candidate).await {
             Ok(channel) => channel,
             Err(error) => return failed(error),
@@ -428,6 +433,15 @@ impl SyncClient {
                         }
                         Some(control_plane_message::Kind::CertificateRenewed(renewed)) => {
                             renew_due = self.renewed(pending_key.take(), renewed);
+                            continue;
+                        }
+                        Some(control_plane_message::Kind::RenewRequested(_)) => {
+                            if self.identity.is_none() {
+                                tracing::warn!("the control plane asked for a certificate renewal, but this node's cluster certificate is operator-made (no --cluster-bootstrap-token): replace its files");
+                            } else if pending_key.is_none() {
+                                tracing::info!("the control plane asked for a certificate renewal now");
+                                renew_due = Some(tokio::time::Instant::now());
+                            }
                             continue;
                         }
                         None => {

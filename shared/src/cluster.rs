@@ -30,4 +30,5 @@ pub use reload::{DEFAULT_RELOAD_INTERVAL, ReloadingConfig};
 pub use tls::{
     ClusterMtls, ClusterTlsError, ClusterTlsFiles, PeerIdentity, SHARED_SERVER_NAME, client_config,
     enrol_client_config, https_server_config, peer_identity, server_config, server_config_with,
+    trust_bundle_client_config,
 };

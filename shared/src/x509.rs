@@ -160,6 +160,17 @@ pub fn sha256_hex(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
 
+/// The pin of a certificate's public key, as `--cluster-ca-pin` takes it: `sha256:` and the
+/// lowercase hex SHA-256 of its DER `SubjectPublicKeyInfo` (the digest kubeadm's discovery
+/// hash uses; `openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | sha256sum`).
+pub fn public_key_pin(der: &CertificateDer<'_>) -> Result<String, String> {
+    let cert = parse_x509(der)?;
+    Ok(format!(
+        "sha256:{}",
+        sha256_hex(cert.tbs_certificate.subject_pki.raw)
+    ))
+}
+
 /// Checks a certificate (chain) + key pair as the Admin API needs it.
 ///
 /// Returns the facts of the leaf (first certificate). The key must be the leaf's key.

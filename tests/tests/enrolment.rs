@@ -902,3 +902,278 @@ async fn with_its_own_certificate_the_control_plane_stays_on_the_old_ca_until_th
     dp.wait_until_connected(patience()).await?;
     Ok(())
 }
+
+/// Options of a data plane that enrols with `token` and knows only `pin` of the cluster CA.
+fn enrolling_with_pin(addr: SocketAddr, name: &str, token: &str, pin: &str) -> DataPlaneOptions {
+    DataPlaneOptions::new(addr)
+        .env("GATEHOUSE_CLUSTER_BOOTSTRAP_TOKEN", token)
+        .env("GATEHOUSE_CLUSTER_CA_PIN", pin)
+        .name(name)
+}
+
+/// The pin of the CA certificate at `path`, computed by openssl (not by Gatehouse).
+async fn openssl_pin(path: &std::path::Path) -> Result<String> {
+    let script = format!(
+        "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | sha256sum",
+        path.display()
+    );
+    let out = tokio::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .await?;
+    ensure!(out.status.success(), "openssl: {out:?}");
+    let text = String::from_utf8(out.stdout)?;
+    let hex = text.split_whitespace().next().context("sha256sum output")?;
+    Ok(format!("sha256:{hex}"))
+}
+
+#[tokio::test]
+async fn a_data_plane_enrols_with_only_a_pin_of_the_ca_and_a_wrong_pin_uses_no_token() -> Result<()>
+{
+    let cluster = enrolling_cluster(&[]).await?;
+    let admin = cluster.admin();
+    let ca = cluster.pki.ca_cert();
+
+    // `pki pin` prints what openssl computes.
+    let pin = openssl_pin(&ca).await?;
+    let printed = tokio::process::Command::new(cp_bin()?)
+        .args(["pki", "pin", "--cert"])
+        .arg(&ca)
+        .output()
+        .await?;
+    ensure!(printed.status.success(), "pki pin: {printed:?}");
+    let printed = String::from_utf8(printed.stdout)?;
+    assert_eq!(
+        printed.split_whitespace().next(),
+        Some(pin.as_str()),
+        "{printed}"
+    );
+    assert!(printed.contains(&subjects(&ca)?[0]), "{printed}");
+
+    let (id, token) = create_token(admin, json!({"max_uses": 1})).await?;
+    // A pin that matches no CA of the bundle: the node stops before it sends the token.
+    let wrong = format!("sha256:{}", "ab".repeat(32));
+    let refused = DataPlane::run_to_exit(
+        enrolling_with_pin(cluster.addr, "wrongpin", &token, &wrong),
+        patience(),
+    )
+    .await?;
+    assert_eq!(refused.status.code(), Some(64), "{}", refused.output);
+    assert!(
+        refused.output.contains("matches --cluster-ca-pin"),
+        "{}",
+        refused.output
+    );
+    assert_eq!(token_json(admin, &id).await?["uses"], 0);
+
+    // The right pin: the node trusts the pinned CA, enrols, connects.
+    let dp = DataPlane::start(enrolling_with_pin(cluster.addr, "pinned", &token, &pin)).await?;
+    dp.wait_until_connected(patience()).await?;
+    let entry = registered(admin, &dp).await?;
+    assert_eq!(
+        entry["cert_details"]["issuer"],
+        json!(subjects(&ca)?[0]),
+        "{entry}"
+    );
+    assert_eq!(
+        subjects(&dp.cache_dir().join("cluster-ca.pem"))?,
+        subjects(&ca)?
+    );
+    assert_eq!(token_json(admin, &id).await?["uses"], 1);
+    assert!(!dp.all_logs().contains(token.as_str()), "token in a DP log");
+    Ok(())
+}
+
+#[tokio::test]
+async fn renew_now_reissues_every_data_plane_or_one_at_once() -> Result<()> {
+    // A day-long lifetime: nothing renews by itself during the test.
+    let cluster = enrolling_cluster(&[]).await?;
+    let admin = cluster.admin();
+    let (_, token) = create_token(admin, json!({"max_uses": 2})).await?;
+    let mut dps = Vec::new();
+    for name in ["now1", "now2"] {
+        let dp = DataPlane::start(enrolling(cluster.addr, &cluster, name, &token)).await?;
+        dp.wait_until_connected(patience()).await?;
+        dps.push(dp);
+    }
+    let serial_of = |entry: &Value| entry["cert_details"]["serial"].clone();
+    let mut serials = Vec::new();
+    for dp in &dps {
+        serials.push(serial_of(&registered(admin, dp).await?));
+    }
+    let renewed = |dp: &DataPlane, before: Value| {
+        let id = dp.node_id();
+        async move {
+            let id = id?;
+            wait_until("the data plane renewed now", patience(), || async {
+                Ok(data_plane(admin, &id).await?.filter(|e| {
+                    e["cert_details"]["serial"] != before && e["connected"] == json!(true)
+                }))
+            })
+            .await
+            .map(|entry| serial_of(&entry))
+        }
+    };
+
+    // One data plane.
+    let id = dps[0].node_id()?;
+    let asked = admin
+        .post_json(
+            &format!("/clustering/data-planes/{id}/renew-certificates"),
+            &json!({}),
+        )
+        .await?;
+    assert_eq!(asked.status, 202, "{asked:?}");
+    assert!(asked.body["requested_at"].is_i64(), "{asked:?}");
+    serials[0] = renewed(&dps[0], serials[0].clone()).await?;
+    assert_eq!(
+        serial_of(&registered(admin, &dps[1]).await?),
+        serials[1],
+        "the other one was not asked"
+    );
+    dps[0]
+        .wait_for_log("cluster certificate renewed", patience())
+        .await?;
+
+    // Unknown or malformed ids.
+    let unknown = admin
+        .post_json(
+            &format!(
+                "/clustering/data-planes/{}/renew-certificates",
+                uuid::Uuid::new_v4()
+            ),
+            &json!({}),
+        )
+        .await?;
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    let malformed = admin
+        .post_json(
+            "/clustering/data-planes/not-a-uuid/renew-certificates",
+            &json!({}),
+        )
+        .await?;
+    assert_eq!(malformed.status, 404, "{malformed:?}");
+
+    // Every data plane, on one stream each; asked once per request.
+    let asked = admin
+        .post_json("/clustering/data-planes/renew-certificates", &json!({}))
+        .await?;
+    assert_eq!(asked.status, 202, "{asked:?}");
+    for (dp, before) in dps.iter().zip(serials.clone()) {
+        renewed(dp, before).await?;
+        assert_one_stream(dp);
+    }
+    // Both requests are in the audit trail.
+    let audit = admin.get("/audit?entity=cluster_certificates").await?;
+    assert_eq!(audit.status, 200, "{audit:?}");
+    let paths: Vec<&str> = audit.body["data"]
+        .as_array()
+        .context("audit data")?
+        .iter()
+        .filter_map(|row| row["path"].as_str())
+        .collect();
+    assert!(
+        paths.contains(&"/clustering/data-planes/renew-certificates"),
+        "{audit:?}"
+    );
+    assert!(
+        paths.contains(&format!("/clustering/data-planes/{id}/renew-certificates").as_str()),
+        "{audit:?}"
+    );
+    let asked_lines = cluster
+        .cp
+        .logs()
+        .matches("asked to renew its certificate now")
+        .count();
+    assert_eq!(asked_lines, 3, "{}", cluster.cp.logs());
+    Ok(())
+}
+
+#[tokio::test]
+async fn refused_enrolment_attempts_are_limited_per_source_address() -> Result<()> {
+    let cluster = enrolling_cluster(&["--cluster-enrol-max-failures", "3"]).await?;
+    let (_, token) = create_token(cluster.admin(), json!({})).await?;
+    let mut client = EnrolmentClient::new(anonymous_channel(&cluster).await?);
+    let node = uuid::Uuid::new_v4();
+    let request = |token: &str| -> Result<EnrolRequest> {
+        Ok(EnrolRequest {
+            token: token.to_owned(),
+            node_id: node.to_string(),
+            csr: new_key_and_csr(node)?.1.into(),
+            hostname: "guesser".into(),
+        })
+    };
+    // Three wrong guesses are checked and refused...
+    for _ in 0..3 {
+        let refused = client
+            .enrol(request("ghbt_wrong")?)
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    }
+    // ... then this address is refused unchecked, even with a good token, which stays unused.
+    let limited = client.enrol(request(&token)?).await.expect_err("limited");
+    assert_eq!(
+        limited.code(),
+        tonic::Code::ResourceExhausted,
+        "{limited:?}"
+    );
+    let tokens = cluster.admin().get("/clustering/tokens").await?;
+    assert_eq!(tokens.body["data"][0]["uses"], 0, "{tokens:?}");
+    // The budget refills (3 per minute: one attempt in 20 s).
+    let enrolled = wait_until("the address may try again", Duration::from_secs(40), || {
+        let mut client = client.clone();
+        let request = request(&token);
+        async move {
+            match client.enrol(request?).await {
+                Ok(answer) => Ok(Some(answer.into_inner().certificate)),
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => Ok(None),
+                Err(status) => Err(anyhow::anyhow!("unexpected: {status:?}")),
+            }
+        }
+    })
+    .await?;
+    assert!(enrolled.contains("BEGIN CERTIFICATE"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_data_plane_whose_certificate_expired_while_cut_off_enrols_again_with_its_token()
+-> Result<()> {
+    let mut cluster = enrolling_cluster(&["--cluster-dp-cert-lifetime", "30"]).await?;
+    let admin = cluster.admin();
+    let (id, token) = create_token(admin, json!({"max_uses": 2})).await?;
+    let dp = DataPlane::start(enrolling(cluster.addr, &cluster, "cutoff", &token)).await?;
+    dp.wait_until_connected(patience()).await?;
+    let serial = registered(admin, &dp).await?["cert_details"]["serial"].clone();
+
+    // The CP is away for longer than the certificate lives.
+    kill_process(cluster.cp.pid()).await?;
+    dp.wait_until_disconnected(patience()).await?;
+    let not_after = {
+        let text = std::fs::read_to_string(dp.cache_dir().join(IDENTITY_FILE))?;
+        gatehouse_shared::x509::check_key_pair(&text, &text)?.not_after
+    };
+    wait_until(
+        "the certificate expired with the CP down",
+        Duration::from_secs(60),
+        || async {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            Ok((now > not_after + 1).then_some(()))
+        },
+    )
+    .await?;
+    cluster.restart_cp().await?;
+    dp.wait_for_log("enrolled with the control plane", patience())
+        .await?;
+    dp.wait_until_connected(patience()).await?;
+    let admin = cluster.admin();
+    let entry = registered(admin, &dp).await?;
+    assert_ne!(entry["cert_details"]["serial"], serial, "{entry}");
+    assert_eq!(token_json(admin, &id).await?["uses"], 2);
+    assert!(
+        dp.logs()
+            .contains("expired while no control plane was reachable")
+    );
+    Ok(())
+}

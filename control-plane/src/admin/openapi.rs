@@ -264,7 +264,9 @@ fn operation(endpoint: &Endpoint, method: &Method) -> Value {
         | Op::ClusterStatus
         | Op::Tokens
         | Op::Token
-        | Op::RevokeDataPlane => clustering(endpoint.op, method),
+        | Op::RevokeDataPlane
+        | Op::RenewCertificates
+        | Op::RenewDataPlaneCertificates => clustering(endpoint.op, method),
         Op::Audit => audit_operation(method),
         Op::Acme | Op::AcmeCertificates => acme_operation(endpoint, method),
         Op::Collection(scope) => collection_operation(scope, method),
@@ -320,7 +322,11 @@ fn fallback(endpoint: &Endpoint, method: &Method) -> Operation {
 fn path_parameter(endpoint: &Endpoint, method: &Method, name: &str, last: bool) -> Value {
     let description = if matches!(endpoint.op, Op::Tag) && name == "tag" {
         "A tag".to_owned()
-    } else if matches!(endpoint.op, Op::DataPlane | Op::RevokeDataPlane) && name == "id" {
+    } else if matches!(
+        endpoint.op,
+        Op::DataPlane | Op::RevokeDataPlane | Op::RenewDataPlaneCertificates
+    ) && name == "id"
+    {
         "id of the data plane (its node id, a UUID)".to_owned()
     } else if matches!(endpoint.op, Op::Token) && name == "id" {
         "id of the bootstrap token (a UUID)".to_owned()
@@ -574,7 +580,9 @@ fn information(op: Op, method: &Method) -> Option<Operation> {
         | Op::AcmeCertificates
         | Op::Tokens
         | Op::Token
-        | Op::RevokeDataPlane => {
+        | Op::RevokeDataPlane
+        | Op::RenewCertificates
+        | Op::RenewDataPlaneCertificates => {
             return None;
         }
     };
@@ -732,6 +740,42 @@ fn clustering(op: Op, method: &Method) -> Option<Operation> {
                 "Revokes the data plane's cluster certificates: its stream ends on every \
                  control plane within a second and it cannot connect with them again. It stays \
                  in the registry, disconnected.",
+            )
+        }
+        (Op::RenewCertificates, &Method::POST) => {
+            responses.insert(
+                "202".into(),
+                json_response(
+                    "Requested; `requested_at` is the request time (Unix seconds).",
+                    json!({"type": "object", "properties": {"requested_at": {"type": "integer"}}}),
+                ),
+            );
+            (
+                "renewClusteringCertificates",
+                "Renew data-plane certificates now",
+                "Every control plane asks the enrolled data planes concerned (all of them, or \
+                 the one named) whose certificate was issued before the request to renew it at \
+                 once, within about a second; e.g. to move the fleet to a new cluster CA \
+                 without waiting for each renewal point. Data planes that connect later with an \
+                 older certificate are asked too.",
+            )
+        }
+        (Op::RenewDataPlaneCertificates, &Method::POST) => {
+            responses.insert(
+                "202".into(),
+                json_response(
+                    "Requested; `requested_at` is the request time (Unix seconds).",
+                    json!({"type": "object", "properties": {"requested_at": {"type": "integer"}}}),
+                ),
+            );
+            responses.insert(
+                "404".into(),
+                not_found("The id is not a UUID, or no such data plane."),
+            );
+            (
+                "renewClusteringDataPlaneCertificate",
+                "Renew one data plane's certificate now",
+                "As `POST /clustering/data-planes/renew-certificates`, for this data plane only.",
             )
         }
         (Op::Tokens, &Method::GET) => {
@@ -2470,14 +2514,17 @@ mod tests {
                 assert!(query.is_empty(), "{what}");
             }
             let responses = op["responses"].as_object().unwrap();
+            // Actions take no body and answer 202 (the work happens on every replica).
+            let action = path.ends_with("/renew-certificates");
             let success = match method.as_str() {
+                "post" if action => "202",
                 "post" => "201",
                 "delete" => "204",
                 _ => "200",
             };
             assert!(responses.contains_key(success), "{what}");
             let body = op.get("requestBody");
-            if matches!(method.as_str(), "post" | "put" | "patch") {
+            if matches!(method.as_str(), "post" | "put" | "patch") && !action {
                 let content = body.unwrap()["content"].as_object().unwrap();
                 let types: Vec<&str> = content.keys().map(String::as_str).collect();
                 // The form encodings are described in prose (see BODY_TYPES).

@@ -12,16 +12,17 @@
 //!   it starts (see `service`). The poll also warns about streams whose certificate is close
 //!   to expiry and has not been renewed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use gatehouse_proto::v1::enrolment_server::Enrolment;
-use gatehouse_proto::v1::{EnrolRequest, EnrolResponse};
+use gatehouse_proto::v1::{EnrolRequest, EnrolResponse, TrustBundleRequest, TrustBundleResponse};
 use gatehouse_shared::cluster::enrol::{ClusterCa, CsrError, Issued, renew_at, write_private_file};
 use gatehouse_shared::cluster::pki::PkiError;
 
@@ -37,6 +38,14 @@ const MAX_EARLIER_CAS: usize = 4;
 const OWN_CA_CHECK: Duration = Duration::from_secs(2);
 /// How often the streams' certificate expiry is looked at.
 const EXPIRY_CHECK_EVERY: u32 = 40;
+/// How often (in revocation polls) renewal requests are looked for.
+const RENEWAL_CHECK_EVERY: u32 = 4;
+/// Enrolments checked at once; more wait (up to [`ENROL_QUEUE_WAIT`]) for a turn.
+const CONCURRENT_ENROLMENTS: usize = 16;
+/// How long an enrolment waits for a turn before it is refused as busy.
+const ENROL_QUEUE_WAIT: Duration = Duration::from_secs(5);
+/// Source addresses remembered by the failure limiter before the fully refilled are dropped.
+const MAX_TRACKED_SOURCES: usize = 10_000;
 
 /// The cluster CA with this node's issuing policy.
 ///
@@ -88,6 +97,27 @@ pub(crate) struct EnrolService {
     node: Arc<Node>,
     store: Arc<Store>,
     ca: Arc<Issuer>,
+    /// Refused attempts per source address.
+    failures: Arc<Failures>,
+    /// Turns to check an enrolment (CSR signature, database).
+    turns: Arc<tokio::sync::Semaphore>,
+}
+
+/// Refused enrolment attempts per source address: a bucket of `burst` attempts, refilled
+/// evenly over a minute. An address with an empty bucket is refused before anything is
+/// checked. Only refusals count, so a fleet enrolling from behind one NAT address is not
+/// slowed down by its own successes.
+#[derive(Debug)]
+struct Failures {
+    burst: f64,
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+/// What is left of one address's budget, as of `at`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    left: f64,
+    at: Instant,
 }
 
 // === impl Issuer ===
@@ -303,12 +333,81 @@ fn csr_status(error: CsrError) -> Status {
     }
 }
 
+// === impl Failures ===
+
+impl Failures {
+    fn new(per_minute: u32) -> Self {
+        Self {
+            burst: f64::from(per_minute.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The budget of `bucket` refilled up to `now`.
+    fn refilled(&self, bucket: Bucket, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+        (bucket.left + elapsed * self.burst / 60.0).min(self.burst)
+    }
+
+    /// Whether `ip` has attempts left.
+    fn allowed(&self, ip: IpAddr, now: Instant) -> bool {
+        let buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        buckets
+            .get(&ip)
+            .is_none_or(|bucket| self.refilled(*bucket, now) >= 1.0)
+    }
+
+    /// Counts a refused attempt of `ip`.
+    fn refused(&self, ip: IpAddr, now: Instant) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if buckets.len() >= MAX_TRACKED_SOURCES {
+            buckets.retain(|_, bucket| self.refilled(*bucket, now) < self.burst);
+        }
+        let left = buckets
+            .get(&ip)
+            .map_or(self.burst, |bucket| self.refilled(*bucket, now));
+        buckets.insert(
+            ip,
+            Bucket {
+                left: (left - 1.0).max(0.0),
+                at: now,
+            },
+        );
+    }
+}
+
 // === impl EnrolService ===
 
 impl EnrolService {
     pub(crate) fn new(node: Arc<Node>, store: Arc<Store>, ca: Arc<Issuer>) -> Self {
-        Self { node, store, ca }
+        let failures = Arc::new(Failures::new(ca.settings.max_failures_per_minute));
+        Self {
+            node,
+            store,
+            ca,
+            failures,
+            turns: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_ENROLMENTS)),
+        }
     }
+
+    /// Refuses an address that used up its refused attempts.
+    fn check_budget(&self, ip: IpAddr, peer: &str) -> Result<(), Status> {
+        if self.failures.allowed(ip, Instant::now()) {
+            Ok(())
+        } else {
+            tracing::debug!(%peer, "enrolment attempt refused unchecked: too many refused attempts from this address");
+            Err(Status::resource_exhausted(
+                "too many refused enrolment attempts from this address; retry in a minute",
+            ))
+        }
+    }
+}
+
+/// The source address of a request (all unknown ones share one budget).
+fn source_ip<T>(request: &Request<T>) -> IpAddr {
+    request
+        .remote_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |addr| addr.ip())
 }
 
 #[tonic::async_trait]
@@ -320,9 +419,24 @@ impl Enrolment for EnrolService {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+        let ip = source_ip(&request);
+        self.check_budget(ip, &peer)?;
+        let Ok(Ok(_turn)) =
+            tokio::time::timeout(ENROL_QUEUE_WAIT, self.turns.clone().acquire_owned()).await
+        else {
+            return Err(Status::resource_exhausted(
+                "the control plane is busy enrolling other data planes; retry",
+            ));
+        };
         let request = request.into_inner();
         let hostname: String = request.hostname.chars().take(256).collect();
         let refuse = |reason: &str, status: Status| {
+            if matches!(
+                status.code(),
+                tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
+            ) {
+                self.failures.refused(ip, Instant::now());
+            }
             tracing::warn!(%peer, %hostname, node_id = %request.node_id.chars().take(64).collect::<String>(), %reason, "enrolment refused");
             status
         };
@@ -373,6 +487,20 @@ impl Enrolment for EnrolService {
         );
         Ok(Response::new(EnrolResponse {
             certificate: issued.cert_pem,
+        }))
+    }
+
+    async fn trust_bundle(
+        &self,
+        request: Request<TrustBundleRequest>,
+    ) -> Result<Response<TrustBundleResponse>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+        self.check_budget(source_ip(&request), &peer)?;
+        tracing::debug!(%peer, "cluster CA bundle fetched");
+        Ok(Response::new(TrustBundleResponse {
+            ca_bundle: self.ca.current().1.to_string(),
         }))
     }
 }
@@ -432,6 +560,16 @@ pub(crate) async fn watch_revocations(node: Arc<Node>, store: Arc<Store>) {
         }
         if node.connected() == 0 {
             continue;
+        }
+        if tick.is_multiple_of(RENEWAL_CHECK_EVERY) {
+            match store.renewal_requests().await {
+                Ok(requests) => {
+                    node.ask_renewals(&requests);
+                }
+                Err(error) => {
+                    tracing::debug!(error = %error.detail(), "cannot read the renewal requests");
+                }
+            }
         }
         match store.revoked_serials(unix_now()).await {
             Ok(serials) => {

@@ -269,9 +269,11 @@ impl ConfigSync for SyncService {
             config_hash = running.hash.as_deref().unwrap_or("-"),
             "data plane connected"
         );
-        let (guard, ended) = self.node.open_session(session, id, cert.cert_of().as_ref());
-        let (closed_tx, closed) = watch::channel(false);
         let (replies_tx, replies) = mpsc::channel(4);
+        let (guard, ended) =
+            self.node
+                .open_session(session, id, cert.cert_of().as_ref(), replies_tx.clone());
+        let (closed_tx, closed) = watch::channel(false);
         let receiver = Receiver {
             row,
             store: self.store.clone(),

@@ -299,6 +299,70 @@ impl Store {
     }
 }
 
+/// The latest renew-now requests: for every data plane, and per data plane (Unix
+/// milliseconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RenewalRequests {
+    /// The latest request for every data plane; 0 when none.
+    pub(crate) all: i64,
+    /// The latest request per data plane.
+    pub(crate) nodes: std::collections::HashMap<Uuid, i64>,
+}
+
+impl RenewalRequests {
+    /// The latest request that concerns data plane `node`; 0 when none.
+    pub(crate) fn for_node(&self, node: Uuid) -> i64 {
+        self.nodes.get(&node).copied().unwrap_or(0).max(self.all)
+    }
+}
+
+impl Store {
+    /// Asks data plane `node` (every data plane with `None`) to renew its certificate now,
+    /// recorded (with its audit row) for every replica to act on.
+    pub(crate) async fn request_renewal(
+        &self,
+        node: Option<Uuid>,
+        now_ms: i64,
+    ) -> Result<(), ApiError> {
+        let mut client = self.pool.get().await?;
+        let tx = Store::begin(&mut client).await?;
+        tx.execute(
+            "INSERT INTO cluster_renewal_requests (node_id, requested_at_ms) VALUES ($1, $2)",
+            &[&node, &now_ms],
+        )
+        .await
+        .map_err(db_error)?;
+        let recorded =
+            audit::record(&tx, Action::Update, "cluster_certificates", node, None).await?;
+        tx.commit().await.map_err(db_error)?;
+        recorded.log();
+        Ok(())
+    }
+
+    /// The latest renew-now requests.
+    pub(crate) async fn renewal_requests(&self) -> Result<RenewalRequests, ApiError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT node_id, max(requested_at_ms) FROM cluster_renewal_requests GROUP BY node_id",
+                &[],
+            )
+            .await
+            .map_err(db_error)?;
+        let mut requests = RenewalRequests::default();
+        for row in rows {
+            let at: i64 = row.get(1);
+            match row.get::<_, Option<Uuid>>(0) {
+                Some(node) => {
+                    requests.nodes.insert(node, at);
+                }
+                None => requests.all = at,
+            }
+        }
+        Ok(requests)
+    }
+}
+
 /// Serialises the certificate writes of one node until the transaction ends.
 async fn lock_node(tx: &tokio_postgres::Transaction<'_>, node: Uuid) -> Result<(), ApiError> {
     tx.execute(

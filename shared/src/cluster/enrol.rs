@@ -145,6 +145,52 @@ pub fn new_key_and_csr(node: Uuid) -> Result<(String, Vec<u8>), rcgen::Error> {
     Ok((key.serialize_pem(), csr.der().to_vec()))
 }
 
+/// Checks a `--cluster-ca-pin` value: `sha256:` and 64 hex digits (case-insensitive);
+/// returns it lowercased.
+pub fn parse_pin(pin: &str) -> Result<String, String> {
+    let pin = pin.trim().to_ascii_lowercase();
+    match pin.strip_prefix("sha256:") {
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(pin),
+        _ => Err(format!(
+            "'{pin}' is not a CA pin: expected sha256: and 64 hex digits \
+             (`gatehouse-cp pki pin` prints it)"
+        )),
+    }
+}
+
+/// The CA certificates of `bundle` (PEM) whose public key matches one of `pins`, as PEM: what
+/// a data plane that knows only the pins trusts of a bundle fetched without verification.
+/// Other certificates are dropped (whoever answered could have added its own); a bundle
+/// without a match is refused.
+pub fn pinned_cas(bundle: &str, pins: &[String]) -> Result<String, String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut kept = String::new();
+    let mut rest = bundle;
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let Some(len) = rest[start..].find(END) else {
+            break;
+        };
+        let block = &rest[start..start + len + END.len()];
+        rest = &rest[start + len + END.len()..];
+        let Ok(certs) = x509::parse_certificates(block) else {
+            continue;
+        };
+        let matches = certs.first().is_some_and(|der| {
+            x509::cert_facts(der).is_ok_and(|facts| facts.is_ca)
+                && x509::public_key_pin(der).is_ok_and(|pin| pins.contains(&pin))
+        });
+        if matches {
+            kept.push_str(block);
+            kept.push('\n');
+        }
+    }
+    if kept.is_empty() {
+        Err("no CA certificate of the control plane's bundle matches --cluster-ca-pin".to_owned())
+    } else {
+        Ok(kept)
+    }
+}
+
 /// Writes a private file (a key) atomically with mode 0600: a temporary file beside it,
 /// renamed over it.
 pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
@@ -325,12 +371,64 @@ fn describe_san(san: &SanType) -> String {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     fn ca(dir: &Path) -> ClusterCa {
         let _ = std::fs::remove_dir_all(dir);
         pki::init(dir, &[], &[], 1, false).unwrap();
         ClusterCa::load(&dir.join("ca.crt"), &dir.join("ca.key"), "prod.example").unwrap()
+    }
+
+    #[test]
+    fn only_the_pinned_cas_of_a_bundle_are_kept() {
+        let base = std::env::temp_dir().join(format!("gh-enrol-pin-{}", std::process::id()));
+        let (one, two) = (base.join("one"), base.join("two"));
+        for dir in [&one, &two] {
+            let _ = std::fs::remove_dir_all(dir);
+            pki::init(dir, &[], &["dp1".to_owned()], 1, false).unwrap();
+        }
+        let read = |path: PathBuf| std::fs::read_to_string(path).unwrap();
+        let (ca1, ca2, leaf) = (
+            read(one.join("ca.crt")),
+            read(two.join("ca.crt")),
+            read(two.join("dp1.crt")),
+        );
+        let pin_of =
+            |pem: &str| x509::public_key_pin(&x509::parse_certificates(pem).unwrap()[0]).unwrap();
+        let bundle = format!("{ca1}{leaf}{ca2}");
+
+        let kept = pinned_cas(&bundle, &[pin_of(&ca2)]).unwrap();
+        let certs = x509::parse_certificates(&kept).unwrap();
+        assert_eq!(certs.len(), 1);
+        assert_eq!(pin_of(&kept), pin_of(&ca2));
+        // A leaf is never trusted, even when its key is pinned.
+        assert!(pinned_cas(&bundle, &[pin_of(&leaf)]).is_err());
+        assert!(pinned_cas(&bundle, &[format!("sha256:{}", "0".repeat(64))]).is_err());
+        assert_eq!(
+            pinned_cas(&bundle, &[pin_of(&ca1), pin_of(&ca2)]).map(|k| x509::parse_certificates(
+                &k
+            )
+            .unwrap()
+            .len()),
+            Ok(2)
+        );
+
+        assert_eq!(
+            parse_pin(&pin_of(&ca1).to_uppercase().replace("SHA256", "sha256")),
+            Ok(pin_of(&ca1))
+        );
+        for bad in [
+            "",
+            "sha256:",
+            "sha1:00",
+            &format!("sha256:{}", "g".repeat(64)),
+            &format!("sha256:{}", "0".repeat(63)),
+        ] {
+            assert!(parse_pin(bad).is_err(), "{bad}");
+        }
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]

@@ -182,10 +182,12 @@ struct PinnedClientVerifier {
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-/// DP, `shared` mode: requires a server certificate equal to the DP's own.
+/// DP, `shared` mode: requires a server certificate equal to the DP's own (`Some(pin)`);
+/// with `None`, any server certificate (see [`trust_bundle_client_config`]). Either way the
+/// handshake signature is checked with it.
 #[derive(Debug)]
 struct PinnedServerVerifier {
-    pin: Pin,
+    pin: Option<Pin>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -284,7 +286,7 @@ pub fn client_config(
     let identity = load_identity(files, &provider)?;
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
         ClusterMtls::Shared => Arc::new(PinnedServerVerifier {
-            pin: Pin::of(&identity, &files.cert)?,
+            pin: Some(Pin::of(&identity, &files.cert)?),
             algorithms: provider.signature_verification_algorithms,
         }),
         ClusterMtls::Pki => ca_verifier(files, &provider, name)?,
@@ -342,6 +344,30 @@ pub fn enrol_client_config(
         ..ClusterTlsFiles::default()
     };
     let verifier = ca_verifier(&files, &provider, name)?;
+    anonymous_client_config(provider, verifier)
+}
+
+/// The DP's configuration for fetching the cluster CA bundle when it knows only a pin of the CA
+/// (`--cluster-ca-pin`): the control plane's certificate is NOT verified (the DP has nothing to
+/// verify it with yet), only its handshake signature. Use it for `Enrolment.TrustBundle` and
+/// nothing else: what comes back is trusted only through the pin (see
+/// [`pinned_cas`](super::enrol::pinned_cas)), and the enrolment itself then runs over a
+/// connection verified with the pinned CA.
+pub fn trust_bundle_client_config() -> Result<Arc<ClientConfig>, ClusterTlsError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedServerVerifier {
+        pin: None,
+        algorithms: provider.signature_verification_algorithms,
+    });
+    anonymous_client_config(provider, verifier)
+}
+
+/// A DP configuration for the enrolment service: `verifier` checks the CP, no client
+/// certificate is presented, HTTP/2 by ALPN.
+fn anonymous_client_config(
+    provider: Arc<CryptoProvider>,
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<Arc<ClientConfig>, ClusterTlsError> {
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(build_error)?
@@ -632,7 +658,9 @@ impl ServerCertVerifier for PinnedServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.pin.check(end_entity, now)?;
+        if let Some(pin) = &self.pin {
+            pin.check(end_entity, now)?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 

@@ -41,7 +41,8 @@ fn sent_version(message: Option<ControlPlaneMessage>) -> Option<u64> {
     match message?.kind? {
         control_plane_message::Kind::Snapshot(snapshot) => Some(snapshot.version),
         control_plane_message::Kind::Refusal(_)
-        | control_plane_message::Kind::CertificateRenewed(_) => None,
+        | control_plane_message::Kind::CertificateRenewed(_)
+        | control_plane_message::Kind::RenewRequested(_) => None,
     }
 }
 
@@ -191,7 +192,8 @@ fn a_certificate_past_its_renewal_is_warned_about_once_and_a_renewal_resets_it()
         not_after: 1060,
     };
     // Renewal point 1040; warned from half-way to expiry, 1050.
-    let (_guard, _ended) = node.open_session(Uuid::new_v4(), Uuid::nil(), Some(&cert));
+    let (replies, _) = tokio::sync::mpsc::channel(4);
+    let (_guard, _ended) = node.open_session(Uuid::new_v4(), Uuid::nil(), Some(&cert), replies);
     let warned = |node: &Node| node.lock_sessions().values().all(|s| s.warned);
     node.warn_expiring(1049);
     assert!(!warned(&node));
@@ -211,4 +213,52 @@ fn a_certificate_past_its_renewal_is_warned_about_once_and_a_renewal_resets_it()
     let serials = std::collections::HashSet::from(["02".to_owned()]);
     assert_eq!(node.end_streams_with(&serials, "revoked"), 1);
     assert_eq!(node.end_streams_with(&serials, "revoked"), 0, "once");
+}
+
+#[test]
+fn a_renew_now_request_asks_each_older_stream_once() {
+    use crate::store::RenewalRequests;
+
+    let node = Arc::new(Node::new(Arc::default(), None, None));
+    let (one, two) = (Uuid::new_v4(), Uuid::new_v4());
+    let cert = |issued: i64| CertOf {
+        serial: format!("{issued}"),
+        not_before: issued - enrol::BACKDATE_SECS,
+        not_after: issued + 3600,
+    };
+    let (tx1, mut rx1) = tokio::sync::mpsc::channel(4);
+    let (tx2, mut rx2) = tokio::sync::mpsc::channel(4);
+    let (_g1, _) = node.open_session(Uuid::new_v4(), one, Some(&cert(1000)), tx1);
+    let (_g2, _) = node.open_session(Uuid::new_v4(), two, Some(&cert(1000)), tx2);
+    let asked = |rx: &mut tokio::sync::mpsc::Receiver<ControlPlaneMessage>| {
+        matches!(
+            rx.try_recv().ok().and_then(|m| m.kind),
+            Some(control_plane_message::Kind::RenewRequested(_))
+        )
+    };
+
+    // Nothing requested: nobody asked.
+    assert_eq!(node.ask_renewals(&RenewalRequests::default()), 0);
+    // A request for `one` only, after its certificate: asked once, however often it is read.
+    let mut requests = RenewalRequests::default();
+    requests.nodes.insert(one, 1_001_500);
+    assert_eq!(node.ask_renewals(&requests), 1);
+    assert_eq!(node.ask_renewals(&requests), 0);
+    assert!(asked(&mut rx1) && !asked(&mut rx2));
+    // `one` renews after the request; then everyone is asked: only `two`'s is older.
+    let session = node
+        .lock_sessions()
+        .iter()
+        .find(|(_, s)| s.dp == one)
+        .map(|(id, _)| *id)
+        .unwrap_or_default();
+    node.set_cert(session, &cert(1002));
+    requests.all = 1_001_800;
+    assert_eq!(node.ask_renewals(&requests), 1);
+    assert!(!asked(&mut rx1) && asked(&mut rx2));
+    // A certificate issued in the second of a request counts as older (`two`'s is older
+    // anyway: it did not renew).
+    requests.all = 1_002_100;
+    assert_eq!(node.ask_renewals(&requests), 2);
+    assert!(asked(&mut rx1) && asked(&mut rx2));
 }

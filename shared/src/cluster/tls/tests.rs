@@ -214,7 +214,7 @@ async fn shared_mode_works_over_tls12() {
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier {
-            pin,
+            pin: Some(pin),
             algorithms: provider().signature_verification_algorithms,
         }))
         .with_client_auth_cert(chain, key)
@@ -242,7 +242,7 @@ async fn shared_cp_refuses_a_different_dp_certificate() {
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier {
-            pin,
+            pin: Some(pin),
             algorithms: provider().signature_verification_algorithms,
         }))
         .with_client_auth_cert(dp_chain, dp_key)
@@ -278,7 +278,7 @@ async fn shared_cp_checks_the_handshake_signature_not_only_the_pin() {
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier {
-            pin,
+            pin: Some(pin),
             algorithms: provider().signature_verification_algorithms,
         }))
         .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(stolen)));

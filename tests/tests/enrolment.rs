@@ -1177,3 +1177,98 @@ async fn a_data_plane_whose_certificate_expired_while_cut_off_enrols_again_with_
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_ca_rotation_across_two_replicas_with_renew_now_fails_no_request() -> Result<()> {
+    // Day-long certificates: only renew-now moves the data planes, not their renewal points.
+    let cluster = enrolling_cluster(&[]).await?;
+    let (cp2, addr2) = start_cp(&cluster.db, &cluster.cp_args).await?;
+    let admin = cluster.admin();
+    let upstream = ok_upstream().await?;
+    let version = route_load(admin, &format!("http://{upstream}")).await?;
+    let (_, token) = create_token(admin, json!({"max_uses": 2})).await?;
+    // One data plane on each replica.
+    let mut dps = Vec::new();
+    for (name, addr) in [("rep1", cluster.addr), ("rep2", addr2)] {
+        let dp = DataPlane::start(enrolling(addr, &cluster, name, &token)).await?;
+        dp.wait_for_version(version, patience()).await?;
+        dps.push(dp);
+    }
+    let ca_dir = cluster.pki.dir().to_string_lossy().into_owned();
+    let old_ca = subjects(&cluster.pki.ca_cert())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let loaders: Vec<_> = dps
+        .iter()
+        .map(|dp| Ok(load(format!("{}/load", dp.proxy_url()?), stop.clone())))
+        .collect::<Result<_>>()?;
+    let started = Instant::now();
+    let renew_all = || async {
+        let asked = admin
+            .post_json("/clustering/data-planes/renew-certificates", &json!({}))
+            .await?;
+        ensure!(asked.status == 202, "{asked:?}");
+        Ok(())
+    };
+
+    // 1. New CA; 2. renew now, asked on replica 1 only: each replica asks its own streams.
+    pki_command(&["rotate-ca", "--ca-dir", &ca_dir]).await?;
+    let bundle = subjects(&cluster.pki.ca_cert())?;
+    let new_ca = bundle[0].clone();
+    renew_all().await?;
+    for dp in &dps {
+        renewed_under(admin, dp, &new_ca).await?;
+        let cached = dp.cache_dir().join("cluster-ca.pem");
+        wait_until("the data plane trusts both CAs", patience(), || async {
+            Ok((subjects(&cached)? == bundle).then_some(()))
+        })
+        .await?;
+    }
+    let moved = started.elapsed();
+    // 3. Both replicas' certificate from the new CA (each reloads the shared file).
+    let reloads = |cp: &ControlPlane| cp.logs().matches("cluster certificate reloaded").count();
+    let before = [reloads(&cluster.cp), reloads(&cp2)];
+    pki_command(&["issue", "--ca-dir", &ca_dir, "--cp", "--force"]).await?;
+    wait_until("both replicas reloaded cp.crt", patience(), || async {
+        Ok((reloads(&cluster.cp) > before[0] && reloads(&cp2) > before[1]).then_some(()))
+    })
+    .await?;
+    // 4. The old CA goes; 5. renew now again: every data plane drops it at once.
+    pki_command(&["rotate-ca", "--ca-dir", &ca_dir, "--finish"]).await?;
+    renew_all().await?;
+    for dp in &dps {
+        let trust = dp.cache_dir().join("cluster-ca.pem");
+        wait_until("the data plane dropped the old CA", patience(), || async {
+            Ok((subjects(&trust)? == vec![new_ca.clone()]).then_some(()))
+        })
+        .await?;
+    }
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut sent = 0;
+    for loader in loaders {
+        let (n, failed) = loader.await?;
+        sent += n;
+        assert_all_ok(n, &failed);
+    }
+    println!(
+        "CA rotation across two replicas with renew-now: every DP on the new CA after {moved:?}, \
+         old CA gone after {took:?}; requests={sent} failed=0"
+    );
+    assert_ne!(old_ca[0], new_ca);
+    for dp in &dps {
+        assert_one_stream(dp);
+        assert!(dp.log_lines("renewal failed").is_empty(), "{}", dp.logs());
+    }
+    // The replica that was not asked did the asking for its own stream.
+    assert!(
+        cp2.logs().contains("asked to renew its certificate now"),
+        "{}",
+        cp2.logs()
+    );
+    // New connections verify each replica with the new CA alone.
+    for dp in &mut dps {
+        dp.restart().await?;
+        dp.wait_until_connected(patience()).await?;
+    }
+    Ok(())
+}

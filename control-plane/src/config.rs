@@ -27,6 +27,8 @@ pub const DEFAULT_ACME_ORDER_TIMEOUT: u64 = 90;
 pub const DEFAULT_DP_CERT_LIFETIME: u64 = 24 * 3600;
 /// Longest lifetime of an enrolled data plane's certificate, in seconds (90 days).
 pub const MAX_DP_CERT_LIFETIME: u64 = 90 * 24 * 3600;
+/// The environment variable holding the key-encryption keys themselves.
+pub const ENV_KEYRING_KEY: &str = "GATEHOUSE_KEYRING_KEY";
 /// Default address of the status listener (Kong's `status_listen`).
 pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:8100";
 
@@ -59,6 +61,9 @@ pub enum Command {
     /// Manage the bootstrap tokens data planes enrol with.
     #[command(subcommand, name = "cluster-token")]
     ClusterToken(crate::tokens::TokenCommand),
+    /// Keys encrypted at rest: make a key-encryption key, rotate data keys, show status.
+    #[command(subcommand)]
+    Keyring(crate::keyring::KeyringCommand),
 }
 
 /// Flags shared by every subcommand (each is also a `GATEHOUSE_*` variable and a TOML key).
@@ -228,6 +233,20 @@ pub struct Flags {
     /// it (`key "name" { algorithm hmac-sha256; secret "..."; };`).
     #[arg(long, env = "GATEHOUSE_ACME_DNS_TSIG_KEY_FILE")]
     pub acme_dns_tsig_key_file: Option<PathBuf>,
+
+    // --- keys at rest (keyring) ---
+    /// File of the key-encryption keys that seal private keys in the database (written by
+    /// `gatehouse-cp keyring init`): `ID:BASE64` of 32 random bytes per line, the first
+    /// active; the same file on every control plane. Without it (and without
+    /// GATEHOUSE_KEYRING_KEY) private keys are stored in clear.
+    #[arg(long, env = "GATEHOUSE_KEYRING_KEY_FILE")]
+    pub keyring_key_file: Option<PathBuf>,
+
+    /// The key-encryption keys themselves, as the file holds them (entries separated by
+    /// newlines or commas); only from the environment, never from the command line or file.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub keyring_key: Option<String>,
 }
 
 /// Logging settings.
@@ -269,6 +288,8 @@ pub struct Settings {
     pub acme: AcmeSettings,
     /// Where ACME DNS-01 records are written; `None` when not configured.
     pub acme_dns: Option<crate::dns_update::AcmeDnsSettings>,
+    /// The key-encryption keys of keys at rest; `None`: private keys are stored in clear.
+    pub keyring: Option<crate::keyring::KekSource>,
 }
 
 /// Settings of the control plane's ACME client.
@@ -343,6 +364,7 @@ impl Cli {
             Command::ClusterToken(command) => command.flags().settings(),
             Command::AdminToken(command) => command.flags().settings(),
             Command::AdminCert(command) => command.flags().settings(),
+            Command::Keyring(command) => command.flags().settings(),
             // `pki` reads no settings: it gets the defaults.
             Command::Pki(_) => Flags::default().resolve(),
         }
@@ -408,6 +430,8 @@ impl Flags {
             acme_dns_server: self.acme_dns_server.or(other.acme_dns_server),
             acme_dns_zone: self.acme_dns_zone.or(other.acme_dns_zone),
             acme_dns_tsig_key_file: self.acme_dns_tsig_key_file.or(other.acme_dns_tsig_key_file),
+            keyring_key_file: self.keyring_key_file.or(other.keyring_key_file),
+            keyring_key: self.keyring_key.or(other.keyring_key),
         }
     }
 
@@ -517,6 +541,22 @@ impl Flags {
         .map_err(|e| problems.push(e.to_string()))
         .ok()
         .flatten();
+        let keyring_key = self
+            .keyring_key
+            .clone()
+            .or_else(|| std::env::var(ENV_KEYRING_KEY).ok())
+            .filter(|k| !k.trim().is_empty());
+        let keyring = match (&self.keyring_key_file, keyring_key) {
+            (Some(_), Some(_)) => {
+                problems.push(format!(
+                    "--keyring-key-file and {ENV_KEYRING_KEY}: set one of them, not both"
+                ));
+                None
+            }
+            (Some(path), None) => Some(crate::keyring::KekSource::File(path.clone())),
+            (None, Some(text)) => Some(crate::keyring::KekSource::Env(text)),
+            (None, None) => None,
+        };
         match (admin_listen, cluster, status_listen) {
             (Some(admin_listen), Some(cluster), Some(status_listen)) if problems.is_empty() => {
                 Ok(Settings {
@@ -536,6 +576,7 @@ impl Flags {
                     status_listen,
                     acme,
                     acme_dns,
+                    keyring,
                 })
             }
             _ => Err(ConfigError(problems.join("; "))),

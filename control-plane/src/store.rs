@@ -17,6 +17,7 @@ mod data_planes;
 mod enrolment;
 mod entity;
 mod export;
+mod keyring;
 mod query;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,6 +35,7 @@ pub(crate) use self::export::Export;
 pub(crate) use self::query::{ListQuery, Page, TagFilter};
 use crate::Error;
 use crate::error::ApiError;
+use crate::keyring::Keyring;
 
 /// The NOTIFY channel carrying each committed config version.
 pub(crate) const NOTIFY_CHANNEL: &str = "gatehouse_config";
@@ -59,6 +61,8 @@ mod embedded {
 pub(crate) struct Store {
     pool: Pool,
     plugins: Vec<String>,
+    /// Seals and opens private keys at rest (disabled without `--keyring-key-file`).
+    keyring: std::sync::Arc<Keyring>,
 }
 
 // === impl Store ===
@@ -87,7 +91,17 @@ impl Store {
             .recycle_timeout(Some(POOL_RECYCLE_TIMEOUT))
             .build()
             .map_err(|e| Error::Database(e.to_string()))?;
-        Ok(Self { pool, plugins })
+        Ok(Self {
+            pool,
+            plugins,
+            keyring: std::sync::Arc::new(Keyring::disabled()),
+        })
+    }
+
+    /// This store, sealing private keys with `keyring`.
+    pub(crate) fn with_keyring(mut self, keyring: Keyring) -> Self {
+        self.keyring = std::sync::Arc::new(keyring);
+        self
     }
 
     /// Applies pending migrations under a Postgres advisory lock, so replicas starting together
@@ -198,7 +212,7 @@ fn now() -> f64 {
 /// Maps a database error we did not expect to a 500, or to a 503 when the database is away
 /// (the connection is lost or refused, the server shuts down). Only the SQLSTATE and
 /// constraint are kept: the detail text can quote values.
-fn db_error(error: tokio_postgres::Error) -> ApiError {
+pub(crate) fn db_error(error: tokio_postgres::Error) -> ApiError {
     match error.as_db_error() {
         // Class 08: connection exception; 57P01-57P03: admin/crash shutdown, cannot connect now.
         Some(db)

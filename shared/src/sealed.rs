@@ -112,6 +112,7 @@ pub fn random_key() -> Result<[u8; KEY_LEN], SealError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -136,7 +137,11 @@ mod tests {
         for i in 0..sealed.len() {
             let mut tampered = sealed.clone();
             tampered[i] ^= 0x01;
-            assert_eq!(key(1).open(b"row-1", &tampered), Err(SealError::Open), "byte {i}");
+            assert_eq!(
+                key(1).open(b"row-1", &tampered),
+                Err(SealError::Open),
+                "byte {i}"
+            );
         }
         assert_eq!(
             key(1).open(b"row-1", &sealed[..27]),

@@ -208,7 +208,15 @@ impl Store {
     ) -> Result<Option<Value>, ApiError> {
         let mut client = self.pool.get().await?;
         let tx = Self::begin(&mut client).await?;
-        let found = read(&tx, &self.keyring, collection, selector, parent, false).await?;
+        let found = read(
+            &tx,
+            Some(&self.keyring),
+            collection,
+            selector,
+            parent,
+            false,
+        )
+        .await?;
         tx.commit().await.map_err(db_error)?;
         Ok(found)
     }
@@ -273,7 +281,10 @@ impl Store {
 
         let existing = match selector {
             Some(selector) => {
-                let existing = read(&tx, &self.keyring, collection, selector, parent, true).await?;
+                // A PATCH merges into the stored values, so it needs the keys opened; a PUT
+                // replaces them (and can so replace a value that no longer opens).
+                let keyring = (mode == Write::Patch).then_some(&*self.keyring);
+                let existing = read(&tx, keyring, collection, selector, parent, true).await?;
                 if existing.is_none() && mode == Write::Patch {
                     return Err(ApiError::NotFound("Not found"));
                 }
@@ -390,7 +401,7 @@ impl Store {
         let recorded = audit::record(&tx, action, collection, Some(id), Some(version)).await?;
         let stored = read(
             &tx,
-            &self.keyring,
+            Some(&self.keyring),
             collection,
             &Selector::Id(id),
             None,
@@ -413,8 +424,7 @@ impl Store {
         let collection = static_collection(collection)?;
         let mut client = self.pool.get().await?;
         let tx = Self::begin(&mut client).await?;
-        let Some(existing) = read(&tx, &self.keyring, collection, selector, parent, true).await?
-        else {
+        let Some(existing) = read(&tx, None, collection, selector, parent, true).await? else {
             // As Kong: a top-level DELETE of nothing succeeds, but a nested one
             // (`/services/{s}/routes/{r}`) is 404 when the child is not under that parent.
             return match parent {
@@ -519,10 +529,11 @@ impl Store {
     }
 }
 
-/// Reads one entity inside `tx`, optionally locking it for a write.
+/// Reads one entity inside `tx`, optionally locking it for a write; its private keys are
+/// opened with `keyring`, or left as stored without (when they are not needed).
 pub(super) async fn read(
     tx: &Transaction<'_>,
-    keyring: &Keyring,
+    keyring: Option<&Keyring>,
     collection: &str,
     selector: &Selector,
     parent: Option<&Parent>,
@@ -581,7 +592,9 @@ pub(super) async fn read(
         return Ok(None);
     };
     let mut entity = from_row(schema, row.get(0));
-    keyring.open_entity(&**tx, collection, &mut entity).await?;
+    if let Some(keyring) = keyring {
+        keyring.open_entity(&**tx, collection, &mut entity).await?;
+    }
     Ok(Some(entity))
 }
 

@@ -20,3 +20,13 @@ CREATE TABLE keyring_active (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     data_key_id text    NOT NULL REFERENCES keyring_data_keys (id)
 );
+
+-- Secret references (`{vault://env/NAME}`, `{vault://file/PATH}`) in certificates: a digest
+-- of the values they resolved to at the last refresh. A replica whose refresh finds another
+-- digest replaces it and bumps the config version in the same transaction, so a changed
+-- secret makes one new version however many replicas notice it.
+CREATE TABLE secret_references_state (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    digest     text    NOT NULL,
+    updated_at bigint  NOT NULL
+);

@@ -27,6 +27,10 @@ pub const DEFAULT_ACME_ORDER_TIMEOUT: u64 = 90;
 pub const DEFAULT_DP_CERT_LIFETIME: u64 = 24 * 3600;
 /// Longest lifetime of an enrolled data plane's certificate, in seconds (90 days).
 pub const MAX_DP_CERT_LIFETIME: u64 = 90 * 24 * 3600;
+/// Default time between two resolutions of the secret references, in seconds.
+pub const DEFAULT_SECRET_REFRESH_INTERVAL: u64 = 60;
+/// Default time a secret reference that stops resolving keeps its last good value.
+pub const DEFAULT_SECRET_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 /// The environment variable holding the key-encryption keys themselves.
 pub const ENV_KEYRING_KEY: &str = "GATEHOUSE_KEYRING_KEY";
 /// Default address of the status listener (Kong's `status_listen`).
@@ -247,6 +251,17 @@ pub struct Flags {
     #[arg(skip)]
     #[serde(skip)]
     pub keyring_key: Option<String>,
+
+    /// Seconds between two resolutions of the certificates' secret references
+    /// (`{vault://env/NAME}`, `{vault://file/PATH}`); a changed value makes a new config
+    /// version [default: 60].
+    #[arg(long, env = "GATEHOUSE_SECRET_REFRESH_INTERVAL")]
+    pub secret_refresh_interval: Option<u64>,
+
+    /// Seconds a secret reference that stops resolving keeps its last good value (logged);
+    /// after that no snapshot is built until it resolves again [default: 3600].
+    #[arg(long, env = "GATEHOUSE_SECRET_GRACE")]
+    pub secret_grace: Option<u64>,
 }
 
 /// Logging settings.
@@ -290,6 +305,18 @@ pub struct Settings {
     pub acme_dns: Option<crate::dns_update::AcmeDnsSettings>,
     /// The key-encryption keys of keys at rest; `None`: private keys are stored in clear.
     pub keyring: Option<crate::keyring::KekSource>,
+    /// Secret references.
+    pub secrets: SecretSettings,
+}
+
+/// Settings of secret references.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SecretSettings {
+    /// Time between two resolutions.
+    pub refresh_interval: std::time::Duration,
+    /// How long a reference that stops resolving keeps its last good value.
+    pub grace: std::time::Duration,
 }
 
 /// Settings of the control plane's ACME client.
@@ -432,6 +459,10 @@ impl Flags {
             acme_dns_tsig_key_file: self.acme_dns_tsig_key_file.or(other.acme_dns_tsig_key_file),
             keyring_key_file: self.keyring_key_file.or(other.keyring_key_file),
             keyring_key: self.keyring_key.or(other.keyring_key),
+            secret_refresh_interval: self
+                .secret_refresh_interval
+                .or(other.secret_refresh_interval),
+            secret_grace: self.secret_grace.or(other.secret_grace),
         }
     }
 
@@ -557,6 +588,18 @@ impl Flags {
             (None, Some(text)) => Some(crate::keyring::KekSource::Env(text)),
             (None, None) => None,
         };
+        let secret_refresh_interval = self
+            .secret_refresh_interval
+            .unwrap_or(DEFAULT_SECRET_REFRESH_INTERVAL);
+        if secret_refresh_interval == 0 {
+            problems.push("--secret-refresh-interval: must be at least 1".into());
+        }
+        let secrets = SecretSettings {
+            refresh_interval: std::time::Duration::from_secs(secret_refresh_interval),
+            grace: self
+                .secret_grace
+                .map_or(DEFAULT_SECRET_GRACE, std::time::Duration::from_secs),
+        };
         match (admin_listen, cluster, status_listen) {
             (Some(admin_listen), Some(cluster), Some(status_listen)) if problems.is_empty() => {
                 Ok(Settings {
@@ -577,6 +620,7 @@ impl Flags {
                     acme,
                     acme_dns,
                     keyring,
+                    secrets,
                 })
             }
             _ => Err(ConfigError(problems.join("; "))),

@@ -34,6 +34,7 @@ mod acme;
 mod admin;
 mod cluster;
 mod error;
+mod secrets;
 mod snapshot;
 mod status;
 mod store;
@@ -106,7 +107,8 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
             settings.database_max_connections,
             settings.plugins.clone(),
         )?
-        .with_keyring(keyring),
+        .with_keyring(keyring)
+        .with_secrets(secrets::Secrets::new(settings.secrets.grace)),
     );
     let applied = store.migrate().await?;
     tracing::info!(applied, "migrations are up to date");
@@ -153,6 +155,7 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
         .map(|dns| dns.updater())
         .transpose()
         .map_err(|e| ConfigError::new(e.to_string()))?;
+    secrets::spawn_refresh(store.clone(), settings.secrets.refresh_interval);
     let acme = acme::Acme::new(store.clone(), node.id, settings.acme.clone(), dns);
     acme.spawn();
     let _ = node.acme.set(acme);

@@ -19,6 +19,7 @@ mod entity;
 mod export;
 mod keyring;
 mod query;
+mod secrets;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +37,7 @@ pub(crate) use self::query::{ListQuery, Page, TagFilter};
 use crate::Error;
 use crate::error::ApiError;
 use crate::keyring::Keyring;
+use crate::secrets::Secrets;
 
 /// The NOTIFY channel carrying each committed config version.
 pub(crate) const NOTIFY_CHANNEL: &str = "gatehouse_config";
@@ -63,6 +65,8 @@ pub(crate) struct Store {
     plugins: Vec<String>,
     /// Seals and opens private keys at rest (disabled without `--keyring-key-file`).
     keyring: std::sync::Arc<Keyring>,
+    /// Resolves secret references in certificates.
+    secrets: std::sync::Arc<Secrets>,
 }
 
 // === impl Store ===
@@ -95,7 +99,14 @@ impl Store {
             pool,
             plugins,
             keyring: std::sync::Arc::new(Keyring::disabled()),
+            secrets: std::sync::Arc::new(Secrets::new(crate::config::DEFAULT_SECRET_GRACE)),
         })
+    }
+
+    /// This store, resolving secret references with `secrets`.
+    pub(crate) fn with_secrets(mut self, secrets: Secrets) -> Self {
+        self.secrets = std::sync::Arc::new(secrets);
+        self
     }
 
     /// This store, sealing private keys with `keyring`.

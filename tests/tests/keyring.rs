@@ -18,8 +18,8 @@ use tokio::sync::Mutex;
 use cluster_support::*;
 use gatehouse_tests::certs::{Algorithm, self_signed};
 use gatehouse_tests::{
-    Admin, DataPlane, Handshake, TempDir, TestDb, cp_bin, patience, tls_client_config,
-    tls_handshake, wait_until,
+    Admin, DataPlane, Handshake, TempDir, TestDb, config_version, cp_bin, patience,
+    tls_client_config, tls_handshake, wait_until,
 };
 
 /// Runs `gatehouse-cp keyring ARGS`; returns stdout, or fails with stderr.
@@ -201,7 +201,7 @@ async fn private_keys_are_sealed_in_the_database_and_served_as_before() -> Resul
     let wrote = keyring(&["init", "--keyring-key-file", &kek_arg]).await?;
     assert!(wrote.contains("wrote key-encryption key 'kek-"), "{wrote}");
     let cluster = Cluster::start(&["dp1"], &["--keyring-key-file", &kek_arg]).await?;
-    let admin = cluster.admin();
+    let admin = &cluster.admin().clone();
     let url = cluster.db.url.clone();
 
     let mut certs = Vec::new();
@@ -411,7 +411,20 @@ async fn private_keys_are_sealed_in_the_database_and_served_as_before() -> Resul
     let dump = cluster.db.dump().await?;
     keys.extend(certs.iter().map(|c| (c.cert.clone(), c.key.clone())));
     assert_no_key_in(&dump, &keys);
-    drop(dp);
+
+    // The data plane's cache file is encrypted; restarted with the control plane down, the
+    // data plane serves from it.
+    let cached = std::fs::read(dp.cache_dir().join("snapshot.bin"))?;
+    assert!(cached.starts_with(b"GHCACHE2"), "the cache is encrypted");
+    let cached_text = String::from_utf8_lossy(&cached);
+    assert_no_key_in(&cached_text, &keys);
+    let mut dp = dp;
+    let mut cluster = cluster;
+    cluster.kill_cp(&[&dp]).await?;
+    dp.restart().await?;
+    dp.wait_for_log("loaded cached snapshot", patience())
+        .await?;
+    wait_served(&dp, &certs[0].sni, &certs[0].cert).await?;
     Ok(())
 }
 
@@ -535,5 +548,135 @@ async fn the_envelope_survives_a_restart_with_keys_written_in_clear_before() -> 
     assert_eq!(refused.status, 400, "{refused:?}");
     let listed = cp.admin().get("/certificates").await?;
     assert_eq!(listed.body["data"].as_array().map(Vec::len), Some(1));
+    Ok(())
+}
+
+/// Writes `text` to `path` atomically (as secret managers do: a new file renamed over).
+fn replace_file(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn secret_references_are_stored_as_references_and_rotate_to_data_planes() -> Result<()> {
+    let db = gatehouse_tests::test_db().await?;
+    let pki = gatehouse_tests::Pki::new(&["dp1"])?;
+    let dir = TempDir::new("secrets")?;
+    let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let first = self_signed(&["file.example.test"], Algorithm::Ecdsa, 30)?;
+    replace_file(&cert_file, &first.cert)?;
+    replace_file(&key_file, &first.key)?;
+    let from_env = self_signed(&["env.example.test"], Algorithm::Ecdsa, 30)?;
+    let json_secret = json!({"crt": from_env.cert, "key": from_env.key}).to_string();
+    let mut args = pki.cp_args();
+    args.extend(
+        [
+            "--cluster-listen",
+            "127.0.0.1:0",
+            "--secret-refresh-interval",
+            "1",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cp = gatehouse_tests::ControlPlane::start_with(
+        &db,
+        &args,
+        &[
+            ("GH_TEST_TLS", json_secret.as_str()),
+            ("GH_TEST_KEY", from_env.key.as_str()),
+        ],
+    )
+    .await?;
+    let admin = cp.admin();
+
+    let file_refs = json!({
+        "cert": format!("{{vault://file/{}}}", cert_file.display()),
+        "key": format!("{{vault://file/{}}}", key_file.display()),
+        "snis": ["file.example.test"],
+    });
+    let created = admin.post_json("/certificates", &file_refs).await?;
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(
+        created.body["key"], file_refs["key"],
+        "the reference, not the secret"
+    );
+    assert_eq!(created.body["subject"], json!("CN=file.example.test"));
+    let id = created.body["id"].as_str().context("id")?.to_owned();
+    let got = admin.get(&format!("/certificates/{id}")).await?;
+    assert_eq!(got.body["cert"], file_refs["cert"]);
+    assert_eq!(got.body["key"], file_refs["key"]);
+    // Kong's env vault, with a JSON field, and a plain variable.
+    let env_refs = json!({
+        "cert": "{vault://env/GH_TEST_TLS/crt}",
+        "key": "{vault://env/gh-test-key}",
+        "snis": ["env.example.test"],
+    });
+    let created = admin.post_json("/certificates", &env_refs).await?;
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.body["key"], env_refs["key"]);
+
+    // A reference that does not resolve, or resolves to what is not a key: a Kong-shaped
+    // 400, nothing written.
+    let before = config_version(admin).await?;
+    for (key, why) in [
+        ("{vault://env/GH_TEST_MISSING}", "could not resolve"),
+        ("{vault://vault/secret/tls}", "unknown vault"),
+        (&format!("{{vault://file/{}}}", cert_file.display()), "key"),
+    ] {
+        let refused = admin
+            .post_json(
+                "/certificates",
+                &json!({"cert": file_refs["cert"], "key": key, "snis": ["bad.example.test"]}),
+            )
+            .await?;
+        assert_eq!(refused.status, 400, "{refused:?}");
+        assert_eq!(
+            refused.body["name"],
+            json!("schema violation"),
+            "{refused:?}"
+        );
+        assert!(refused.body.to_string().contains(why), "{refused:?}");
+    }
+    assert_eq!(config_version(admin).await?, before, "nothing written");
+
+    // The data plane gets the values; the database and the logs never see them.
+    let cluster_addr = cp.cluster_addr().context("cluster listener")?;
+    let dp =
+        DataPlane::start(gatehouse_tests::DataPlaneOptions::new(cluster_addr).pki(&pki, "dp1"))
+            .await?;
+    dp.wait_until_ready(patience()).await?;
+    wait_served(&dp, "file.example.test", &first.cert).await?;
+    wait_served(&dp, "env.example.test", &from_env.cert).await?;
+
+    // Rotation of the files (as cert-manager or Vault Agent does): the data plane follows.
+    let second = self_signed(&["file.example.test"], Algorithm::Ecdsa, 30)?;
+    let version = config_version(admin).await?;
+    replace_file(&key_file, &second.key)?;
+    replace_file(&cert_file, &second.cert)?;
+    wait_served(&dp, "file.example.test", &second.cert).await?;
+    assert!(
+        config_version(admin).await? > version,
+        "a new config version"
+    );
+    assert_eq!(
+        admin.get(&format!("/certificates/{id}")).await?.body["key"],
+        file_refs["key"]
+    );
+
+    // A reference that stops resolving keeps its last good value (reported), never empty.
+    std::fs::remove_file(&key_file)?;
+    cp.wait_for_log("last good value", patience()).await?;
+    wait_served(&dp, "file.example.test", &second.cert).await?;
+
+    let pairs = [
+        (first.cert.clone(), first.key.clone()),
+        (second.cert.clone(), second.key.clone()),
+        (from_env.cert.clone(), from_env.key.clone()),
+    ];
+    assert_no_key_in(&db.dump().await?, &pairs);
+    assert_no_key_in(&cp.logs(), &pairs);
     Ok(())
 }

@@ -323,10 +323,19 @@ impl Store {
             None
         };
 
+        // Secret references are validated by their values, and stored as references.
+        let references = if collection == "certificates" {
+            self.secrets.resolve_for_write(&mut obj)?
+        } else {
+            Vec::new()
+        };
         self.resolve_foreign(&tx, base, &mut obj).await?;
         self.check_plugin_name(collection, &obj)?;
         let schema = schema_for(collection, &obj)?;
         schema.validate(&mut obj)?;
+        for (field, reference) in references {
+            obj.insert(field.to_owned(), Value::String(reference));
+        }
         if let Some(snis) = &transient_snis {
             validate_snis(snis)?;
         }

@@ -55,6 +55,9 @@ impl Store {
                 self.keyring
                     .open_entity(&*tx, collection, &mut entity)
                     .await?;
+                if *collection == "certificates" {
+                    self.secrets.resolve_entity(&mut entity)?;
+                }
                 items.push(entity);
             }
             if *collection == "plugins" {

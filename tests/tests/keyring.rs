@@ -39,6 +39,12 @@ async fn keyring(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// `gatehouse-cp keyring status` on the database at `url` with the KEK file `kek`.
+async fn keyring_status(url: &str, kek: &str) -> Result<Value> {
+    let out = keyring(&["status", "--database-url", url, "--keyring-key-file", kek]).await?;
+    Ok(serde_json::from_str(&out)?)
+}
+
 /// Runs `gatehouse-cp serve` on `db` expecting it to refuse to start; returns its output.
 async fn refused_serve(db: &TestDb, args: &[&str]) -> Result<String> {
     let run = tokio::process::Command::new(cp_bin()?)
@@ -343,16 +349,7 @@ async fn private_keys_are_sealed_in_the_database_and_served_as_before() -> Resul
     assert_eq!(failures.load(Ordering::SeqCst), 0, "no write failed");
     certs.extend(written.lock().await.iter().cloned());
     assert_eq!(not_under_active_key(&cluster.db).await?, 0);
-    let status: Value = serde_json::from_str(
-        &keyring(&[
-            "status",
-            "--database-url",
-            &url,
-            "--keyring-key-file",
-            &kek_arg,
-        ])
-        .await?,
-    )?;
+    let status = keyring_status(&url, &kek_arg).await?;
     assert_eq!(
         status["data_keys"].as_array().map(Vec::len),
         Some(1),
@@ -376,16 +373,7 @@ async fn private_keys_are_sealed_in_the_database_and_served_as_before() -> Resul
         &kek_arg,
     ])
     .await?;
-    let status: Value = serde_json::from_str(
-        &keyring(&[
-            "status",
-            "--database-url",
-            &url,
-            "--keyring-key-file",
-            &kek_arg,
-        ])
-        .await?,
-    )?;
+    let status = keyring_status(&url, &kek_arg).await?;
     assert_eq!(status["data_keys"][0]["kek"], status["keks"][0], "{status}");
     assert_ne!(status["keks"][0], status["keks"][1], "{status}");
     assert_keys_served(admin, &certs).await?;
@@ -397,16 +385,7 @@ async fn private_keys_are_sealed_in_the_database_and_served_as_before() -> Resul
         .take(1)
         .collect();
     std::fs::write(&kek, format!("{}\n", first.join("")))?;
-    let status: Value = serde_json::from_str(
-        &keyring(&[
-            "status",
-            "--database-url",
-            &url,
-            "--keyring-key-file",
-            &kek_arg,
-        ])
-        .await?,
-    )?;
+    let status = keyring_status(&url, &kek_arg).await?;
     assert_eq!(status["data_keys"][0]["opens"], json!(true), "{status}");
     let dump = cluster.db.dump().await?;
     keys.extend(certs.iter().map(|c| (c.cert.clone(), c.key.clone())));
@@ -678,5 +657,76 @@ async fn secret_references_are_stored_as_references_and_rotate_to_data_planes() 
     ];
     assert_no_key_in(&db.dump().await?, &pairs);
     assert_no_key_in(&cp.logs(), &pairs);
+    Ok(())
+}
+
+/// Figures for BENCHMARKS.md, not a check: `keyring rotate` over N certificates (default
+/// 1000, `GATEHOUSE_KEYRING_BENCH_ROWS`) while a writer creates certificates. Run with
+/// `cargo nextest run -p gatehouse-tests --test keyring --run-ignored only --no-capture
+/// rotation_figures`.
+#[tokio::test]
+#[ignore = "a measurement; see BENCHMARKS.md"]
+async fn rotation_figures() -> Result<()> {
+    let rows: usize = std::env::var("GATEHOUSE_KEYRING_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let dir = TempDir::new("keyring")?;
+    let kek_arg = dir.join("keyring.keys").to_string_lossy().into_owned();
+    keyring(&["init", "--keyring-key-file", &kek_arg]).await?;
+    let db = gatehouse_tests::test_db().await?;
+    let cp = gatehouse_tests::ControlPlane::start_with(
+        &db,
+        &["--status-listen", "off", "--keyring-key-file", &kek_arg],
+        &[],
+    )
+    .await?;
+    let admin = cp.admin().clone();
+    let pem = self_signed(&["bench.example.test"], Algorithm::Ecdsa, 30)?;
+    for n in 0..rows {
+        let created = admin
+            .post_json(
+                "/certificates",
+                &json!({"cert": pem.cert, "key": pem.key, "snis": [format!("b{n}.example.test")]}),
+            )
+            .await?;
+        ensure!(created.status == 201, "{created:?}");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (admin, stop, pem) = (admin.clone(), stop.clone(), pem.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed, mut slowest) = (0u32, 0u32, std::time::Duration::ZERO);
+            while !stop.load(Ordering::SeqCst) {
+                let started = std::time::Instant::now();
+                let body = json!({"cert": pem.cert, "key": pem.key});
+                match admin.post_json("/certificates", &body).await {
+                    Ok(r) if r.status == 201 => ok += 1,
+                    _ => failed += 1,
+                }
+                slowest = slowest.max(started.elapsed());
+            }
+            (ok, failed, slowest)
+        })
+    };
+    let started = std::time::Instant::now();
+    let out = keyring(&[
+        "rotate",
+        "--database-url",
+        &db.url,
+        "--keyring-key-file",
+        &kek_arg,
+    ])
+    .await?;
+    let took = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed, slowest) = writer.await?;
+    println!(
+        "KEYRING ROTATION: {rows} certificates (+{ok} written meanwhile): {} ms, {:.0} rows/s; \
+         writes during it: {ok} ok, {failed} failed, slowest {} ms\n{out}",
+        took.as_millis(),
+        rows as f64 / took.as_secs_f64(),
+        slowest.as_millis()
+    );
     Ok(())
 }

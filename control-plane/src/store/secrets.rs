@@ -53,8 +53,10 @@ impl Store {
             )
             .await
             .map_err(db_error)?;
-        let changed = inserted == 0
-            && tx
+        // The first digest ever: a version too when there are references, in case a value
+        // changed between the last snapshot and this refresh.
+        let changed = (inserted == 1 && !references.is_empty())
+            || tx
                 .execute(
                     "UPDATE secret_references_state SET digest = $1, updated_at = $2 \
                      WHERE digest <> $1",

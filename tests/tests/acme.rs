@@ -1045,6 +1045,17 @@ async fn a_hundred_names_through_two_control_planes_and_three_data_planes() -> R
     Ok(())
 }
 
+/// Runs `gatehouse-cp keyring ARGS`; returns stdout.
+async fn keyring(args: &[&str]) -> Result<String> {
+    let out = Command::new(gatehouse_tests::cp_bin()?)
+        .arg("keyring")
+        .args(args)
+        .output()
+        .await?;
+    ensure!(out.status.success(), "{out:?}");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// With a keyring (issue 13), the ACME account's credentials and the issued certificate's key
 /// are sealed in the database, and the account still opens after `keyring rotate`.
 #[tokio::test]
@@ -1054,19 +1065,7 @@ async fn with_a_keyring_the_account_and_certificate_keys_are_sealed_at_rest() ->
     let keys = TempDir::new("acme-keyring")?;
     let kek = keys.join("keyring.keys");
     let kek = kek.to_str().context("path")?;
-    let keyring = |args: Vec<&str>| {
-        let bin = gatehouse_tests::cp_bin();
-        async move {
-            let out = Command::new(bin?)
-                .arg("keyring")
-                .args(args)
-                .output()
-                .await?;
-            ensure!(out.status.success(), "{out:?}");
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        }
-    };
-    keyring(vec!["init", "--keyring-key-file", kek]).await?;
+    keyring(&["init", "--keyring-key-file", kek]).await?;
     let cluster = acme_cluster(&pebble, &["dp1"], &["--keyring-key-file", kek]).await?;
     let admin = cluster.admin();
     let dp = connected(
@@ -1105,14 +1104,7 @@ async fn with_a_keyring_the_account_and_certificate_keys_are_sealed_at_rest() ->
 
     // After a rotation the stored account still opens: a second order uses it.
     let url = cluster.db.url.clone();
-    let rotated = keyring(vec![
-        "rotate",
-        "--database-url",
-        &url,
-        "--keyring-key-file",
-        kek,
-    ])
-    .await?;
+    let rotated = keyring(&["rotate", "--database-url", &url, "--keyring-key-file", kek]).await?;
     assert!(rotated.contains("and 1 ACME accounts"), "{rotated}");
     let created = admin
         .post_json("/acme", &json!({"host": "again.acme.test"}))

@@ -79,8 +79,8 @@ pub struct Flags {
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
-    /// PostgreSQL connection URL, e.g. `postgres://gatehouse@127.0.0.1:5432/gatehouse`.
-    /// Required.
+    /// PostgreSQL connection URL, e.g. `postgres://gatehouse@127.0.0.1:5432/gatehouse`, or a
+    /// secret reference to it (`{vault://env/NAME}`, `{vault://file/PATH}`). Required.
     #[arg(long, env = "GATEHOUSE_DATABASE_URL")]
     pub database_url: Option<String>,
 
@@ -600,10 +600,15 @@ impl Flags {
                 .secret_grace
                 .map_or(DEFAULT_SECRET_GRACE, std::time::Duration::from_secs),
         };
+        let database_url = self.database_url.as_deref().and_then(|url| {
+            crate::secrets::Secrets::setting(url)
+                .map_err(|e| problems.push(format!("--database-url: {e}")))
+                .ok()
+        });
         match (admin_listen, cluster, status_listen) {
             (Some(admin_listen), Some(cluster), Some(status_listen)) if problems.is_empty() => {
                 Ok(Settings {
-                    database_url: self.database_url,
+                    database_url,
                     database_max_connections,
                     admin_listen,
                     admin_max_body: self.admin_max_body.unwrap_or(DEFAULT_ADMIN_MAX_BODY),

@@ -11,6 +11,8 @@
 //! good value for `--secret-grace` (reported in the log); after that the snapshot cannot be
 //! built and data planes keep their last configuration: an empty or stale key is never sent.
 //!
+//! The control plane's `--database-url` may be a reference too, resolved once at startup.
+//!
 //! A HashiCorp Vault or cloud KMS backend is one more [`SecretBackend`].
 
 use std::collections::HashMap;
@@ -178,6 +180,17 @@ impl Secrets {
             cache.insert(reference.to_owned(), (value.clone(), Instant::now()));
         }
         Ok(value)
+    }
+
+    /// A setting of the control plane's own given as a reference (`--database-url
+    /// {vault://file/run/secrets/db-url}`): its value, trimmed, read once at startup; any
+    /// other text as it is.
+    pub(crate) fn setting(text: &str) -> Result<String, String> {
+        if !is_reference(text) {
+            return Ok(text.to_owned());
+        }
+        let value = Self::new(Duration::ZERO).fetch(text.trim())?;
+        Ok(value.trim().to_owned())
     }
 
     /// Resolves `reference`, or falls back on its last good value while that is younger than
@@ -353,6 +366,15 @@ mod tests {
         let mut entity = serde_json::json!({"id": "c1", "key": reference});
         let error = strict.resolve_entity(&mut entity).unwrap_err();
         assert!(matches!(error, ApiError::Internal(ref m) if m.contains("does not resolve")));
+
+        // A setting given as a reference: its trimmed value, once; text as it is.
+        std::fs::write(&path, "postgres://db/x\n").unwrap();
+        assert_eq!(Secrets::setting(&reference).unwrap(), "postgres://db/x");
+        assert_eq!(
+            Secrets::setting("postgres://a/b").unwrap(),
+            "postgres://a/b"
+        );
+        assert!(Secrets::setting("{vault://env/GH_UNSET_FOR_TEST}").is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

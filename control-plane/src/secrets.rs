@@ -56,6 +56,8 @@ pub(crate) struct Secrets {
     backends: Vec<Box<dyn SecretBackend>>,
     grace: Duration,
     last_good: Mutex<HashMap<String, (String, Instant)>>,
+    /// References that do not resolve now: the error and since when (Unix seconds).
+    failing: Mutex<HashMap<String, (String, i64)>>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -151,6 +153,7 @@ impl Secrets {
             backends: vec![Box::new(Env), Box::new(File)],
             grace,
             last_good: Mutex::new(HashMap::new()),
+            failing: Mutex::new(HashMap::new()),
         }
     }
 
@@ -196,7 +199,21 @@ impl Secrets {
     /// Resolves `reference`, or falls back on its last good value while that is younger than
     /// the grace period (logged); an error after that.
     fn resolve(&self, reference: &str) -> Result<String, String> {
-        match self.fetch(reference) {
+        let fetched = self.fetch(reference);
+        if let Ok(mut failing) = self.failing.lock() {
+            match &fetched {
+                Ok(_) => {
+                    failing.remove(reference);
+                }
+                Err(error) => {
+                    let since = failing
+                        .get(reference)
+                        .map_or_else(crate::store::unix_now, |(_, since)| *since);
+                    failing.insert(reference.to_owned(), (error.clone(), since));
+                }
+            }
+        }
+        match fetched {
             Ok(value) => Ok(value),
             Err(error) => {
                 let cached = self
@@ -281,6 +298,29 @@ impl Secrets {
         Ok(())
     }
 
+    /// The references that did not resolve at their last resolution, for
+    /// `GET /clustering/status`: `[{reference, error, since, last_good_value}]`.
+    pub(crate) fn failing(&self) -> Value {
+        let failing = self.failing.lock().map(|f| f.clone()).unwrap_or_default();
+        let last_good = self.last_good.lock().map(|l| l.clone()).unwrap_or_default();
+        let mut list: Vec<Value> = failing
+            .into_iter()
+            .map(|(reference, (error, since))| {
+                let kept = last_good
+                    .get(&reference)
+                    .is_some_and(|(_, at)| at.elapsed() <= self.grace);
+                serde_json::json!({
+                    "reference": reference,
+                    "error": error,
+                    "since": since,
+                    "last_good_value_used": kept,
+                })
+            })
+            .collect();
+        list.sort_by(|a, b| a["reference"].as_str().cmp(&b["reference"].as_str()));
+        Value::Array(list)
+    }
+
     /// A digest of the current values of `references` (SHA-256 of them all, in order): what
     /// the refresh compares. A reference that does not resolve counts as its last good value.
     pub(crate) fn digest(&self, references: &[String]) -> String {
@@ -361,6 +401,13 @@ mod tests {
         secrets.resolve_entity(&mut entity).unwrap();
         assert_eq!(entity["key"], "value-2");
         assert_eq!(secrets.digest(std::slice::from_ref(&reference)), changed);
+        let failing = secrets.failing();
+        assert_eq!(failing[0]["reference"], reference.as_str());
+        assert_eq!(failing[0]["last_good_value_used"], true);
+        assert!(
+            !failing.to_string().contains("value-2"),
+            "no value reported"
+        );
         // Without a grace period, it is an error (never an empty key).
         let strict = Secrets::new(Duration::ZERO);
         let mut entity = serde_json::json!({"id": "c1", "key": reference});

@@ -139,6 +139,11 @@ impl Store {
         Ok(report.applied_migrations().len())
     }
 
+    /// Secret references that do not resolve now (for `GET /clustering/status`).
+    pub(crate) fn failing_secret_references(&self) -> serde_json::Value {
+        self.secrets.failing()
+    }
+
     /// Plugins that may be configured.
     pub(crate) fn plugins(&self) -> &[String] {
         &self.plugins

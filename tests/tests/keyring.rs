@@ -649,6 +649,17 @@ async fn secret_references_are_stored_as_references_and_rotate_to_data_planes() 
     std::fs::remove_file(&key_file)?;
     cp.wait_for_log("last good value", patience()).await?;
     wait_served(&dp, "file.example.test", &second.cert).await?;
+    let status = gatehouse_tests::clustering_status(admin).await?;
+    let failing = &status["secret_references"]["failing"];
+    assert_eq!(failing[0]["reference"], file_refs["key"], "{status}");
+    assert_eq!(failing[0]["last_good_value_used"], json!(true), "{status}");
+    // Back: no longer reported.
+    replace_file(&key_file, &second.key)?;
+    wait_until("the reference resolving again", patience(), || async {
+        let status = gatehouse_tests::clustering_status(admin).await?;
+        Ok((status["secret_references"]["failing"] == json!([])).then_some(()))
+    })
+    .await?;
 
     let pairs = [
         (first.cert.clone(), first.key.clone()),

@@ -953,15 +953,19 @@ async fn cluster_status(state: &State) -> Result<Response, ApiError> {
         "unknown: this control plane builds no snapshots (cluster listener disabled)"
     };
     let (built, sent) = state.node.stats.get();
-    Ok(ok(
-        StatusCode::OK,
-        cluster::status_json(
-            &rows,
-            current,
-            no_current,
-            Counters { built, sent },
-            state.node.cluster_addr.map(|a| a.to_string()),
-            unix_now(),
-        ),
-    ))
+    let mut body = cluster::status_json(
+        &rows,
+        current,
+        no_current,
+        Counters { built, sent },
+        state.node.cluster_addr.map(|a| a.to_string()),
+        unix_now(),
+    );
+    if let Value::Object(fields) = &mut body {
+        fields.insert(
+            "secret_references".into(),
+            json!({ "failing": state.store.failing_secret_references() }),
+        );
+    }
+    Ok(ok(StatusCode::OK, body))
 }

@@ -29,6 +29,12 @@ pub const DEFAULT_DP_CERT_LIFETIME: u64 = 24 * 3600;
 pub const DEFAULT_ENROL_MAX_FAILURES: u32 = 10;
 /// Longest lifetime of an enrolled data plane's certificate, in seconds (90 days).
 pub const MAX_DP_CERT_LIFETIME: u64 = 90 * 24 * 3600;
+/// Default time between two resolutions of the secret references, in seconds.
+pub const DEFAULT_SECRET_REFRESH_INTERVAL: u64 = 60;
+/// Default time a secret reference that stops resolving keeps its last good value.
+pub const DEFAULT_SECRET_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The environment variable holding the key-encryption keys themselves.
+pub const ENV_KEYRING_KEY: &str = "GATEHOUSE_KEYRING_KEY";
 /// Default address of the status listener (Kong's `status_listen`).
 pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:8100";
 
@@ -61,6 +67,9 @@ pub enum Command {
     /// Manage the bootstrap tokens data planes enrol with.
     #[command(subcommand, name = "cluster-token")]
     ClusterToken(crate::tokens::TokenCommand),
+    /// Keys encrypted at rest: make a key-encryption key, rotate data keys, show status.
+    #[command(subcommand)]
+    Keyring(crate::keyring::KeyringCommand),
 }
 
 /// Flags shared by every subcommand (each is also a `GATEHOUSE_*` variable and a TOML key).
@@ -72,8 +81,8 @@ pub struct Flags {
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
-    /// PostgreSQL connection URL, e.g. `postgres://gatehouse@127.0.0.1:5432/gatehouse`.
-    /// Required.
+    /// PostgreSQL connection URL, e.g. `postgres://gatehouse@127.0.0.1:5432/gatehouse`, or a
+    /// secret reference to it (`{vault://env/NAME}`, `{vault://file/PATH}`). Required.
     #[arg(long, env = "GATEHOUSE_DATABASE_URL")]
     pub database_url: Option<String>,
 
@@ -236,6 +245,31 @@ pub struct Flags {
     /// it (`key "name" { algorithm hmac-sha256; secret "..."; };`).
     #[arg(long, env = "GATEHOUSE_ACME_DNS_TSIG_KEY_FILE")]
     pub acme_dns_tsig_key_file: Option<PathBuf>,
+
+    // --- keys at rest (keyring) ---
+    /// File of the key-encryption keys that seal private keys in the database (written by
+    /// `gatehouse-cp keyring init`): `ID:BASE64` of 32 random bytes per line, the first
+    /// active; the same file on every control plane. Without it (and without
+    /// GATEHOUSE_KEYRING_KEY) private keys are stored in clear.
+    #[arg(long, env = "GATEHOUSE_KEYRING_KEY_FILE")]
+    pub keyring_key_file: Option<PathBuf>,
+
+    /// The key-encryption keys themselves, as the file holds them (entries separated by
+    /// newlines or commas); only from the environment, never from the command line or file.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub keyring_key: Option<String>,
+
+    /// Seconds between two resolutions of the certificates' secret references
+    /// (`{vault://env/NAME}`, `{vault://file/PATH}`); a changed value makes a new config
+    /// version [default: 60].
+    #[arg(long, env = "GATEHOUSE_SECRET_REFRESH_INTERVAL")]
+    pub secret_refresh_interval: Option<u64>,
+
+    /// Seconds a secret reference that stops resolving keeps its last good value (logged);
+    /// after that no snapshot is built until it resolves again [default: 3600].
+    #[arg(long, env = "GATEHOUSE_SECRET_GRACE")]
+    pub secret_grace: Option<u64>,
 }
 
 /// Logging settings.
@@ -277,6 +311,20 @@ pub struct Settings {
     pub acme: AcmeSettings,
     /// Where ACME DNS-01 records are written; `None` when not configured.
     pub acme_dns: Option<crate::dns_update::AcmeDnsSettings>,
+    /// The key-encryption keys of keys at rest; `None`: private keys are stored in clear.
+    pub keyring: Option<crate::keyring::KekSource>,
+    /// Secret references.
+    pub secrets: SecretSettings,
+}
+
+/// Settings of secret references.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SecretSettings {
+    /// Time between two resolutions.
+    pub refresh_interval: std::time::Duration,
+    /// How long a reference that stops resolving keeps its last good value.
+    pub grace: std::time::Duration,
 }
 
 /// Settings of the control plane's ACME client.
@@ -353,6 +401,7 @@ impl Cli {
             Command::ClusterToken(command) => command.flags().settings(),
             Command::AdminToken(command) => command.flags().settings(),
             Command::AdminCert(command) => command.flags().settings(),
+            Command::Keyring(command) => command.flags().settings(),
             // `pki` reads no settings: it gets the defaults.
             Command::Pki(_) => Flags::default().resolve(),
         }
@@ -421,6 +470,12 @@ impl Flags {
             acme_dns_server: self.acme_dns_server.or(other.acme_dns_server),
             acme_dns_zone: self.acme_dns_zone.or(other.acme_dns_zone),
             acme_dns_tsig_key_file: self.acme_dns_tsig_key_file.or(other.acme_dns_tsig_key_file),
+            keyring_key_file: self.keyring_key_file.or(other.keyring_key_file),
+            keyring_key: self.keyring_key.or(other.keyring_key),
+            secret_refresh_interval: self
+                .secret_refresh_interval
+                .or(other.secret_refresh_interval),
+            secret_grace: self.secret_grace.or(other.secret_grace),
         }
     }
 
@@ -530,10 +585,43 @@ impl Flags {
         .map_err(|e| problems.push(e.to_string()))
         .ok()
         .flatten();
+        let keyring_key = self
+            .keyring_key
+            .clone()
+            .or_else(|| std::env::var(ENV_KEYRING_KEY).ok())
+            .filter(|k| !k.trim().is_empty());
+        let keyring = match (&self.keyring_key_file, keyring_key) {
+            (Some(_), Some(_)) => {
+                problems.push(format!(
+                    "--keyring-key-file and {ENV_KEYRING_KEY}: set one of them, not both"
+                ));
+                None
+            }
+            (Some(path), None) => Some(crate::keyring::KekSource::File(path.clone())),
+            (None, Some(text)) => Some(crate::keyring::KekSource::Env(text)),
+            (None, None) => None,
+        };
+        let secret_refresh_interval = self
+            .secret_refresh_interval
+            .unwrap_or(DEFAULT_SECRET_REFRESH_INTERVAL);
+        if secret_refresh_interval == 0 {
+            problems.push("--secret-refresh-interval: must be at least 1".into());
+        }
+        let secrets = SecretSettings {
+            refresh_interval: std::time::Duration::from_secs(secret_refresh_interval),
+            grace: self
+                .secret_grace
+                .map_or(DEFAULT_SECRET_GRACE, std::time::Duration::from_secs),
+        };
+        let database_url = self.database_url.as_deref().and_then(|url| {
+            crate::secrets::Secrets::setting(url)
+                .map_err(|e| problems.push(format!("--database-url: {e}")))
+                .ok()
+        });
         match (admin_listen, cluster, status_listen) {
             (Some(admin_listen), Some(cluster), Some(status_listen)) if problems.is_empty() => {
                 Ok(Settings {
-                    database_url: self.database_url,
+                    database_url,
                     database_max_connections,
                     admin_listen,
                     admin_max_body: self.admin_max_body.unwrap_or(DEFAULT_ADMIN_MAX_BODY),
@@ -549,6 +637,8 @@ impl Flags {
                     status_listen,
                     acme,
                     acme_dns,
+                    keyring,
+                    secrets,
                 })
             }
             _ => Err(ConfigError(problems.join("; "))),

@@ -8,6 +8,7 @@
 //! - `cluster`: the config-sync listener (gRPC over mutual TLS) serving data planes;
 //! - `status`: the status listener (`/status`, `/status/ready`);
 //! - [`pki`]: the `pki` subcommand, which writes the cluster CA and node certificates;
+//! - [`keyring`]: private keys encrypted at rest (AES-256-GCM envelope) and its CLI;
 //! - [`dns_update`]: RFC 2136 dynamic DNS updates signed with TSIG (ACME DNS-01 records).
 //!
 //! Every write to the store runs in one transaction that also bumps the config version and
@@ -20,6 +21,7 @@
 pub mod config;
 pub mod credentials;
 pub mod dns_update;
+pub mod keyring;
 pub mod logging;
 pub mod pki;
 pub mod tokens;
@@ -32,6 +34,7 @@ mod acme;
 mod admin;
 mod cluster;
 mod error;
+mod secrets;
 mod snapshot;
 mod status;
 mod store;
@@ -94,13 +97,28 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
     // Bad cluster certificate files are a configuration error: refuse them before anything.
     let tls = cluster::load_tls(&settings.cluster)?;
     let database_url = settings.require_database_url()?.to_owned();
-    let store = Arc::new(Store::connect(
-        &database_url,
-        settings.database_max_connections,
-        settings.plugins.clone(),
-    )?);
+    let keyring = match settings.keyring.clone() {
+        Some(source) => keyring::Keyring::load(source).map_err(ConfigError::new)?,
+        None => keyring::Keyring::disabled(),
+    };
+    let store = Arc::new(
+        Store::connect(
+            &database_url,
+            settings.database_max_connections,
+            settings.plugins.clone(),
+        )?
+        .with_keyring(keyring)
+        .with_secrets(secrets::Secrets::new(settings.secrets.grace)),
+    );
     let applied = store.migrate().await?;
     tracing::info!(applied, "migrations are up to date");
+    match store.keyring_startup().await?.as_str() {
+        "" => tracing::warn!(
+            "no keyring configured (--keyring-key-file): private keys are stored in the \
+             database in clear"
+        ),
+        line => tracing::info!("{line}"),
+    }
 
     check_admin_exposure(&settings)?;
     // Bad Admin API certificate files are a configuration error too.
@@ -137,6 +155,7 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
         .map(|dns| dns.updater())
         .transpose()
         .map_err(|e| ConfigError::new(e.to_string()))?;
+    secrets::spawn_refresh(store.clone(), settings.secrets.refresh_interval);
     let acme = acme::Acme::new(store.clone(), node.id, settings.acme.clone(), dns);
     acme.spawn();
     let _ = node.acme.set(acme);

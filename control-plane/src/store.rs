@@ -17,7 +17,9 @@ mod data_planes;
 mod enrolment;
 mod entity;
 mod export;
+mod keyring;
 mod query;
+mod secrets;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,6 +36,8 @@ pub(crate) use self::export::Export;
 pub(crate) use self::query::{ListQuery, Page, TagFilter};
 use crate::Error;
 use crate::error::ApiError;
+use crate::keyring::Keyring;
+use crate::secrets::Secrets;
 
 /// The NOTIFY channel carrying each committed config version.
 pub(crate) const NOTIFY_CHANNEL: &str = "gatehouse_config";
@@ -59,6 +63,10 @@ mod embedded {
 pub(crate) struct Store {
     pool: Pool,
     plugins: Vec<String>,
+    /// Seals and opens private keys at rest (disabled without `--keyring-key-file`).
+    keyring: std::sync::Arc<Keyring>,
+    /// Resolves secret references in certificates.
+    secrets: std::sync::Arc<Secrets>,
 }
 
 // === impl Store ===
@@ -87,7 +95,24 @@ impl Store {
             .recycle_timeout(Some(POOL_RECYCLE_TIMEOUT))
             .build()
             .map_err(|e| Error::Database(e.to_string()))?;
-        Ok(Self { pool, plugins })
+        Ok(Self {
+            pool,
+            plugins,
+            keyring: std::sync::Arc::new(Keyring::disabled()),
+            secrets: std::sync::Arc::new(Secrets::new(crate::config::DEFAULT_SECRET_GRACE)),
+        })
+    }
+
+    /// This store, resolving secret references with `secrets`.
+    pub(crate) fn with_secrets(mut self, secrets: Secrets) -> Self {
+        self.secrets = std::sync::Arc::new(secrets);
+        self
+    }
+
+    /// This store, sealing private keys with `keyring`.
+    pub(crate) fn with_keyring(mut self, keyring: Keyring) -> Self {
+        self.keyring = std::sync::Arc::new(keyring);
+        self
     }
 
     /// Applies pending migrations under a Postgres advisory lock, so replicas starting together
@@ -112,6 +137,11 @@ impl Store {
         let report = report.map_err(|e| Error::Database(format!("migration failed: {e}")))?;
         unlocked.map_err(|e| Error::Database(e.to_string()))?;
         Ok(report.applied_migrations().len())
+    }
+
+    /// Secret references that do not resolve now (for `GET /clustering/status`).
+    pub(crate) fn failing_secret_references(&self) -> serde_json::Value {
+        self.secrets.failing()
     }
 
     /// Plugins that may be configured.
@@ -198,7 +228,7 @@ fn now() -> f64 {
 /// Maps a database error we did not expect to a 500, or to a 503 when the database is away
 /// (the connection is lost or refused, the server shuts down). Only the SQLSTATE and
 /// constraint are kept: the detail text can quote values.
-fn db_error(error: tokio_postgres::Error) -> ApiError {
+pub(crate) fn db_error(error: tokio_postgres::Error) -> ApiError {
     match error.as_db_error() {
         // Class 08: connection exception; 57P01-57P03: admin/crash shutdown, cannot connect now.
         Some(db)

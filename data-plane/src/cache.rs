@@ -1,14 +1,20 @@
 //! The cache directory: the node id (`node_id`, a UUID generated once) and the last applied
-//! snapshot (`snapshot.bin`: the magic `GHCACHE1`, the SHA-256 of the rest, then the encoded
-//! `gatehouse.v1.Snapshot` message as received). The snapshot's own hash covers its
-//! configuration but not its envelope (the version number); the file checksum covers it all,
-//! so a truncated or corrupted file is refused whole with a clear reason, never half loaded.
-//! A file without the magic (written before the checksum existed) is still read.
+//! snapshot (`snapshot.bin`). The snapshot holds every private key of the fleet, so it is
+//! stored encrypted: the magic `GHCACHE2`, then AES-256-GCM (`nonce || ciphertext || tag`,
+//! the magic as associated data) of the encoded `gatehouse.v1.Snapshot` message as received.
+//! The key is derived (HKDF-SHA256) from `--cache-key-file`, or else from the cluster private
+//! key file: a file that does not open (another key, a renewed cluster key, a truncated or
+//! altered file) is refused whole with a clear reason, never half loaded or applied.
+//!
+//! Files of the formats before encryption are still read (and replaced by an encrypted one at
+//! the next store): `GHCACHE1` (the SHA-256 of the rest, then the message) and the bare
+//! message. The snapshot's own hash covers its configuration but not its envelope (the
+//! version number); the checksum or the tag covers it all.
 //!
 //! Files are replaced atomically: a temporary file in the same directory is written, flushed
 //! to disk, renamed over the old one, and the directory is flushed, so a crash leaves either
-//! the old or the new file, never a torn one. The snapshot holds private keys: the directory
-//! is created with mode 0700 and files with mode 0600.
+//! the old or the new file, never a torn one. The directory is created with mode 0700 and
+//! files with mode 0600.
 //!
 //! Everything here blocks: call it from `spawn_blocking` or before the async runtime serves.
 
@@ -19,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gatehouse_proto::v1 as pb;
+use gatehouse_shared::sealed::SealingKey;
 use gatehouse_shared::snapshot::{self, SnapshotError};
 use prost::Message;
 use uuid::Uuid;
@@ -33,8 +40,12 @@ pub(crate) const NODE_ID_FILE: &str = "node_id";
 const DIR_MODE: u32 = 0o700;
 /// Mode of the files written.
 const FILE_MODE: u32 = 0o600;
-/// First bytes of a checksummed snapshot file.
+/// First bytes of a checksummed snapshot file (in clear; read, no longer written).
 const MAGIC: &[u8; 8] = b"GHCACHE1";
+/// First bytes of an encrypted snapshot file.
+const MAGIC_SEALED: &[u8; 8] = b"GHCACHE2";
+/// Shortest secret a cache key is derived from, in bytes.
+const MIN_KEY_SECRET: usize = 32;
 /// Length of the SHA-256 after [`MAGIC`].
 const CHECKSUM_LEN: usize = 32;
 
@@ -42,6 +53,8 @@ const CHECKSUM_LEN: usize = 32;
 #[derive(Debug, Clone)]
 pub(crate) struct Cache {
     dir: PathBuf,
+    /// The file the encryption key is derived from; `None` (tests only): stored in clear.
+    key_file: Option<PathBuf>,
 }
 
 /// A snapshot loaded from the cache and compiled.
@@ -59,6 +72,12 @@ pub(crate) enum CacheError {
     /// The file cannot be read.
     #[error("cannot read {path}: {source}", path = .path.display())]
     Read { path: PathBuf, source: io::Error },
+    /// The cache key cannot be derived (its file is unreadable or too short).
+    #[error("{path}: cache key: {reason}", path = .path.display())]
+    Key { path: PathBuf, reason: String },
+    /// The encrypted file does not open with the cache key.
+    #[error("{path}: cannot be decrypted: the file is truncated or corrupted, or was written under another cache key (another --cache-key-file, or a cluster key renewed since)", path = .path.display())]
+    Open { path: PathBuf },
     /// The file's checksum does not match its content.
     #[error("{path}: checksum mismatch ({len} bytes): the file is truncated or corrupted", path = .path.display())]
     Checksum { path: PathBuf, len: usize },
@@ -86,7 +105,39 @@ impl Cache {
     pub(crate) fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_owned(),
+            key_file: None,
         }
+    }
+
+    /// This cache, its snapshot encrypted under a key derived from the content of `file`.
+    pub(crate) fn with_key_file(mut self, file: &Path) -> Self {
+        self.key_file = Some(file.to_owned());
+        self
+    }
+
+    /// The key of the snapshot file, read from the key file each time (a renewed cluster key
+    /// is used from the next store on); `None` without a key file.
+    fn key(&self) -> Result<Option<SealingKey>, CacheError> {
+        let Some(path) = &self.key_file else {
+            return Ok(None);
+        };
+        let key_error = |reason: String| CacheError::Key {
+            path: path.clone(),
+            reason,
+        };
+        let secret = fs::read(path).map_err(|e| key_error(e.to_string()))?;
+        let secret = secret.trim_ascii();
+        if secret.len() < MIN_KEY_SECRET {
+            return Err(key_error(format!(
+                "holds {} bytes, fewer than {MIN_KEY_SECRET}",
+                secret.len()
+            )));
+        }
+        Ok(Some(SealingKey::derive(
+            secret,
+            b"gatehouse-dp-cache",
+            b"snapshot.bin GHCACHE2",
+        )))
     }
 
     /// Opens `dir`, creating it (and its parents) with mode 0700 when missing.
@@ -144,6 +195,14 @@ impl Cache {
     /// Replaces the cached snapshot with `snapshot`, atomically.
     pub(crate) fn store(&self, snapshot: &pb::Snapshot) -> io::Result<()> {
         let message = snapshot.encode_to_vec();
+        // Never in clear when a key is configured: no key, no cache file.
+        if let Some(key) = self.key().map_err(io::Error::other)? {
+            let sealed = key.seal(MAGIC_SEALED, &message).map_err(io::Error::other)?;
+            let mut bytes = Vec::with_capacity(MAGIC_SEALED.len() + sealed.len());
+            bytes.extend_from_slice(MAGIC_SEALED);
+            bytes.extend_from_slice(&sealed);
+            return write_atomically(&self.dir, SNAPSHOT_FILE, &bytes);
+        }
         let mut bytes = Vec::with_capacity(MAGIC.len() + CHECKSUM_LEN + message.len());
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(sha256(&message).as_ref());
@@ -164,17 +223,20 @@ impl Cache {
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_secs_f64());
-        let body = match bytes.strip_prefix(MAGIC.as_slice()) {
-            Some(rest) => match rest.split_at_checked(CHECKSUM_LEN) {
-                Some((sum, body)) if sha256(body).as_ref() == sum => body,
-                _ => {
-                    return Err(CacheError::Checksum {
-                        path,
-                        len: bytes.len(),
-                    });
-                }
-            },
-            None => bytes.as_slice(),
+        let opened;
+        let body = if let Some(sealed) = bytes.strip_prefix(MAGIC_SEALED.as_slice()) {
+            let Some(key) = self.key()? else {
+                return Err(CacheError::Key {
+                    path,
+                    reason: "the file is encrypted and no cache key is configured".into(),
+                });
+            };
+            opened = key
+                .open(MAGIC_SEALED, sealed)
+                .map_err(|_| CacheError::Open { path: path.clone() })?;
+            opened.as_slice()
+        } else {
+            Self::clear_body(&bytes, &path)?
         };
         let message = match pb::Snapshot::decode(body) {
             Ok(message) => message,
@@ -191,6 +253,22 @@ impl Cache {
             })),
             Err(source) => Err(CacheError::Compile { path, source }),
         }
+    }
+
+    /// The message of a file in a format before encryption (checked by its checksum).
+    fn clear_body<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a [u8], CacheError> {
+        Ok(match bytes.strip_prefix(MAGIC.as_slice()) {
+            Some(rest) => match rest.split_at_checked(CHECKSUM_LEN) {
+                Some((sum, body)) if sha256(body).as_ref() == sum => body,
+                _ => {
+                    return Err(CacheError::Checksum {
+                        path: path.to_owned(),
+                        len: bytes.len(),
+                    });
+                }
+            },
+            None => bytes,
+        })
     }
 }
 
@@ -357,6 +435,72 @@ mod tests {
         assert_eq!(cache.load().unwrap().unwrap().runtime.version(), 10);
         fs::write(cache.snapshot_path(), &bytes).unwrap();
         assert_eq!(cache.load().unwrap().unwrap().runtime.version(), 9);
+    }
+
+    #[test]
+    fn the_snapshot_is_stored_encrypted_and_refused_under_another_key() {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
+
+        let tmp = TempDir::new();
+        let key_file = tmp.path().join("cache.key");
+        fs::write(&key_file, format!("{}\n", "a".repeat(44))).unwrap();
+        let cache = Cache::open(&tmp.path().join("cache"))
+            .unwrap()
+            .with_key_file(&key_file);
+        let config = valid_config();
+        let pem = config.certificates[0].key.clone();
+        cache.store(&snapshot::encode(&config, 5).message).unwrap();
+        let bytes = fs::read(cache.snapshot_path()).unwrap();
+        assert!(bytes.starts_with(MAGIC_SEALED));
+        // Neither the PEM nor the key's DER (any 16-byte window) is in the file.
+        let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let der = der.secret_der();
+        assert!(!bytes.windows(11).any(|w| w == b"PRIVATE KEY"));
+        for window in der.windows(16) {
+            assert!(!bytes.windows(16).any(|w| w == window));
+        }
+        assert_eq!(cache.load().unwrap().unwrap().runtime.version(), 5);
+
+        // Another key (another --cache-key-file, a renewed cluster key): refused whole.
+        fs::write(&key_file, "b".repeat(44)).unwrap();
+        let err = cache.load().unwrap_err();
+        assert!(matches!(err, CacheError::Open { .. }), "{err}");
+        assert!(err.to_string().contains("another cache key"), "{err}");
+        fs::write(&key_file, "a".repeat(44)).unwrap();
+        assert_eq!(cache.load().unwrap().unwrap().runtime.version(), 5);
+
+        // Every truncation and some bit flips: refused, "truncated or corrupted".
+        for cut in (MAGIC_SEALED.len()..bytes.len()).step_by(13) {
+            fs::write(cache.snapshot_path(), &bytes[..cut]).unwrap();
+            let err = cache.load().unwrap_err();
+            assert!(err.to_string().contains("truncated or corrupted"), "{err}");
+        }
+        for at in (MAGIC_SEALED.len()..bytes.len()).step_by(11) {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x01;
+            fs::write(cache.snapshot_path(), &bad).unwrap();
+            assert!(
+                matches!(cache.load(), Err(CacheError::Open { .. })),
+                "flip at {at}"
+            );
+        }
+
+        // A key file too short: nothing is stored (never in clear), loading reports it.
+        fs::write(&key_file, "short").unwrap();
+        fs::write(cache.snapshot_path(), &bytes).unwrap();
+        assert!(matches!(cache.load(), Err(CacheError::Key { .. })));
+        assert!(cache.store(&snapshot::encode(&config, 6).message).is_err());
+        assert_eq!(fs::read(cache.snapshot_path()).unwrap(), bytes);
+        // An encrypted file and no key configured: refused.
+        let keyless = Cache::new(cache.dir());
+        assert!(matches!(keyless.load(), Err(CacheError::Key { .. })));
+        // A file in clear (written before encryption) is still read with a key configured.
+        fs::write(&key_file, "a".repeat(44)).unwrap();
+        keyless
+            .store(&snapshot::encode(&config, 4).message)
+            .unwrap();
+        assert_eq!(cache.load().unwrap().unwrap().runtime.version(), 4);
     }
 
     #[test]

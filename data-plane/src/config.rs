@@ -14,6 +14,7 @@
 //! | `--cluster-ca-pin PINS` | `GATEHOUSE_CLUSTER_CA_PIN` | `cluster_ca_pin` | none (with a bootstrap token and no --cluster-ca-cert: the CA bundle is fetched from the control plane and only its CAs with these public-key pins are trusted) |
 //! | `--cluster-bootstrap-token TOKEN` | `GATEHOUSE_CLUSTER_BOOTSTRAP_TOKEN` | `cluster_bootstrap_token` | none (enrol: `pki` mode, the certificate and key are made and kept in the cache directory) |
 //! | `--cache-dir DIR` | `GATEHOUSE_CACHE_DIR` | `cache_dir` | `/var/lib/gatehouse-dp` |
+//! | `--cache-key-file FILE` | `GATEHOUSE_CACHE_KEY_FILE` | `cache_key_file` | derived from the cluster private key (the cached snapshot is encrypted) |
 //! | `--status-listen IP:PORT` | `GATEHOUSE_STATUS_LISTEN` | `status_listen` | `127.0.0.1:8100` |
 //! | `--proxy-listen IP:PORT[,IP:PORT]\|off` | `GATEHOUSE_PROXY_LISTEN` | `proxy_listen` | `0.0.0.0:8000` (plain HTTP/1.1 and h2c) |
 //! | `--proxy-ssl-listen IP:PORT[,IP:PORT]\|off` | `GATEHOUSE_PROXY_SSL_LISTEN` | `proxy_ssl_listen` | `0.0.0.0:8443` (TLS, ALPN `h2` and `http/1.1`) |
@@ -162,6 +163,12 @@ pub struct Flags {
     /// [default: /var/lib/gatehouse-dp].
     #[arg(long, env = "GATEHOUSE_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+
+    /// File whose content (at least 32 random bytes, e.g. base64 of them) keys the encryption
+    /// of the cached snapshot (AES-256-GCM, key by HKDF-SHA256) [default: derived from the
+    /// cluster private key, --cluster-cert-key or the enrolled key].
+    #[arg(long, env = "GATEHOUSE_CACHE_KEY_FILE")]
+    pub cache_key_file: Option<PathBuf>,
 
     /// Address of the status listener (port 0 picks a free port; the address is logged)
     /// [default: 127.0.0.1:8100].
@@ -375,6 +382,9 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     /// Directory of the node id and the snapshot cache.
     pub cache_dir: PathBuf,
+    /// The secret the cached snapshot's encryption key is derived from: --cache-key-file, or
+    /// else the cluster private key file.
+    pub cache_key: PathBuf,
     /// Address of the status listener.
     pub status_listen: SocketAddr,
     /// Addresses of the plain proxy listener (empty: `off`).
@@ -588,6 +598,7 @@ impl Flags {
                 .or(other.cluster_bootstrap_token),
             cluster_ca_pin: self.cluster_ca_pin.or(other.cluster_ca_pin),
             cache_dir: self.cache_dir.or(other.cache_dir),
+            cache_key_file: self.cache_key_file.or(other.cache_key_file),
             status_listen: self.status_listen.or(other.status_listen),
             proxy_listen: self.proxy_listen.or(other.proxy_listen),
             proxy_ssl_listen: self.proxy_ssl_listen.or(other.proxy_ssl_listen),
@@ -771,6 +782,7 @@ impl Flags {
         if cache_dir.as_os_str().is_empty() {
             problems.push("--cache-dir: must not be empty".to_owned());
         }
+        let cache_key = self.cache_key_file.clone().unwrap_or_else(|| key.clone());
 
         let status_listen = self
             .status_listen
@@ -961,6 +973,7 @@ impl Flags {
                     bootstrap_token,
                     ca_pins,
                 },
+                cache_key,
                 cache_dir,
                 status_listen,
                 proxy_listen,

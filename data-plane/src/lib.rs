@@ -137,7 +137,7 @@ impl DataPlane {
 
     async fn start_with(settings: Settings, timing: Timing) -> Result<Self, Error> {
         let cluster = &settings.cluster;
-        let cache = Cache::new(&settings.cache_dir);
+        let cache = Cache::new(&settings.cache_dir).with_key_file(&settings.cache_key);
         let node_id = match cache.open_and_node_id() {
             Ok((node_id, problem)) => {
                 if let Some(problem) = problem {

@@ -7,7 +7,8 @@
 //! - [`checks`]: validators for names, tags, hosts, paths, regexes and SNIs;
 //! - [`x509`]: PEM parsing, key/certificate matching and certificate facts;
 //! - [`cluster`]: cluster trust between the control plane and the data planes (PKI
-//!   generation, rustls configurations for `shared` and `pki` modes, reload on change).
+//!   generation, rustls configurations for `shared` and `pki` modes, reload on change);
+//! - [`sealed`]: AES-256-GCM sealing with a context (keys at rest, the data plane's cache).
 //!
 //! No I/O happens here, except in [`cluster`], which reads and writes the cluster certificate
 //! files: otherwise both planes call into this crate with bytes they already hold.
@@ -17,5 +18,6 @@ pub mod cluster;
 pub mod entities;
 pub mod model;
 pub mod schema;
+pub mod sealed;
 pub mod snapshot;
 pub mod x509;

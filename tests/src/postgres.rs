@@ -98,6 +98,28 @@ impl TestDb {
         connect(&self.url).await
     }
 
+    /// The database as `pg_dump` writes it (plain SQL, data included): what a backup or a
+    /// stolen dump shows. `pg_dump` comes from PATH or Debian's `/usr/lib/postgresql/*/bin`.
+    pub async fn dump(&self) -> Result<String> {
+        let pg_dump = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|dir| dir.join("pg_dump"))
+            .find(|p| p.is_file())
+            .or_else(|| debian_bindir().map(|dir| dir.join("pg_dump")))
+            .ok_or_else(|| anyhow!("pg_dump not found: {INSTALL_HINT}"))?;
+        let output = Command::new(&pg_dump)
+            .args(["--no-owner", "--dbname", &self.url])
+            .output()
+            .await
+            .with_context(|| format!("running {}", pg_dump.display()))?;
+        anyhow::ensure!(
+            output.status.success(),
+            "pg_dump {}: {}",
+            self.name,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// Drops the database now, terminating any session still connected to it, and reports
     /// failure (dropping the `TestDb` does the same, but can only print failures).
     pub async fn drop_db(mut self) -> Result<()> {

@@ -1044,3 +1044,80 @@ async fn a_hundred_names_through_two_control_planes_and_three_data_planes() -> R
     );
     Ok(())
 }
+
+/// Runs `gatehouse-cp keyring ARGS`; returns stdout.
+async fn keyring(args: &[&str]) -> Result<String> {
+    let out = Command::new(gatehouse_tests::cp_bin()?)
+        .arg("keyring")
+        .args(args)
+        .output()
+        .await?;
+    ensure!(out.status.success(), "{out:?}");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// With a keyring (issue 13), the ACME account's credentials and the issued certificate's key
+/// are sealed in the database, and the account still opens after `keyring rotate`.
+#[tokio::test]
+async fn with_a_keyring_the_account_and_certificate_keys_are_sealed_at_rest() -> Result<()> {
+    let http_port = free_tcp_port()?;
+    let pebble = Pebble::start(http_port, free_tcp_port()?).await?;
+    let keys = TempDir::new("acme-keyring")?;
+    let kek = keys.join("keyring.keys");
+    let kek = kek.to_str().context("path")?;
+    keyring(&["init", "--keyring-key-file", kek]).await?;
+    let cluster = acme_cluster(&pebble, &["dp1"], &["--keyring-key-file", kek]).await?;
+    let admin = cluster.admin();
+    let dp = connected(
+        cluster
+            .dp_options("dp1")
+            .proxy_listen(&format!("127.0.0.1:{http_port}")),
+    )
+    .await?;
+    acme_plugin(admin, &pebble, json!({})).await?;
+    let root = pebble.root().await?;
+    let created = admin
+        .post_json("/acme", &json!({"host": "sealed.acme.test"}))
+        .await?;
+    assert_eq!(created.status, 201, "{created:#?}\n{}", cluster.cp.logs());
+    wait_until("sealed.acme.test served", patience(), || async {
+        Ok(served(&dp, "sealed.acme.test", &root).await.ok())
+    })
+    .await?;
+
+    let client = cluster.db.client().await?;
+    let account: String = client
+        .query_one("SELECT credentials #>> '{}' FROM acme_accounts", &[])
+        .await?
+        .get(0);
+    assert!(account.starts_with("ghenc:v1:"), "the account is sealed");
+    let key: String = client
+        .query_one("SELECT key FROM certificates", &[])
+        .await?
+        .get(0);
+    assert!(
+        key.starts_with("ghenc:v1:"),
+        "the certificate key is sealed"
+    );
+    let dump = cluster.db.dump().await?;
+    assert!(!dump.contains("PRIVATE KEY") && !dump.contains("key_pkcs8"));
+
+    // After a rotation the stored account still opens: a second order uses it.
+    let url = cluster.db.url.clone();
+    let rotated = keyring(&["rotate", "--database-url", &url, "--keyring-key-file", kek]).await?;
+    assert!(rotated.contains("and 1 ACME accounts"), "{rotated}");
+    let created = admin
+        .post_json("/acme", &json!({"host": "again.acme.test"}))
+        .await?;
+    assert_eq!(created.status, 201, "{created:#?}\n{}", cluster.cp.logs());
+    wait_until("again.acme.test served", patience(), || async {
+        Ok(served(&dp, "again.acme.test", &root).await.ok())
+    })
+    .await?;
+    assert_eq!(
+        count(&cluster.cp.logs(), "acme: account created"),
+        1,
+        "the stored account was used again"
+    );
+    Ok(())
+}

@@ -1727,6 +1727,25 @@ fn cluster_status_schema() -> Value {
                                 snapshot) since it started.",
             },
             "cluster_listener": {"type": "string", "nullable": true},
+            "secret_references": {
+                "type": "object",
+                "description": "Certificate secret references (`{vault://...}`) that did not \
+                                resolve at their last resolution on this control plane.",
+                "properties": {
+                    "failing": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "reference": {"type": "string"},
+                                "error": {"type": "string"},
+                                "since": {"type": "integer"},
+                                "last_good_value_used": {"type": "boolean"},
+                            },
+                        },
+                    },
+                },
+            },
             "data_planes": {
                 "type": "object",
                 "required": ["total", "connected", "in_sync", "with_warnings"],

@@ -7,6 +7,7 @@ use serde_json::Value;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use super::keyring::account_context;
 use super::{Store, bump_version, db_error};
 use crate::error::ApiError;
 
@@ -108,7 +109,14 @@ impl Store {
             )
             .await
             .map_err(db_error)?;
-        Ok(row.map(|row| row.get(0)))
+        match row {
+            Some(row) => Ok(Some(
+                self.keyring
+                    .open_json(&**client, &account_context(api_uri, email), row.get(0))
+                    .await?,
+            )),
+            None => Ok(None),
+        }
     }
 
     /// Stores an account's credentials unless another replica stored one first; returns the
@@ -120,15 +128,18 @@ impl Store {
         credentials: &Value,
         now: i64,
     ) -> Result<Value, ApiError> {
-        let client = self.pool.get().await?;
-        client
-            .execute(
-                "INSERT INTO acme_accounts (api_uri, account_email, credentials, created_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                &[&api_uri, &email, credentials, &now],
-            )
-            .await
-            .map_err(db_error)?;
+        let context = account_context(api_uri, email);
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        let sealed = self.keyring.seal_json(&*tx, &context, credentials).await?;
+        tx.execute(
+            "INSERT INTO acme_accounts (api_uri, account_email, credentials, created_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            &[&api_uri, &email, &sealed, &now],
+        )
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
         let row = client
             .query_one(
                 "SELECT credentials FROM acme_accounts WHERE api_uri = $1 AND account_email = $2",
@@ -136,7 +147,9 @@ impl Store {
             )
             .await
             .map_err(db_error)?;
-        Ok(row.get(0))
+        self.keyring
+            .open_json(&**client, &context, row.get(0))
+            .await
     }
 
     /// Records that a certificate is wanted for `host`; returns whether the name is new.

@@ -11,6 +11,7 @@ use gatehouse_shared::schema::{Access, FieldErrors, Schema, Type};
 use super::audit::{self, Action};
 use super::{Store, Transaction, bump_version, db_error, now};
 use crate::error::ApiError;
+use crate::keyring::Keyring;
 
 /// How an entity is named in a URL: by id, or by its endpoint key (name, username, ...).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,7 +208,15 @@ impl Store {
     ) -> Result<Option<Value>, ApiError> {
         let mut client = self.pool.get().await?;
         let tx = Self::begin(&mut client).await?;
-        let found = read(&tx, collection, selector, parent, false).await?;
+        let found = read(
+            &tx,
+            Some(&self.keyring),
+            collection,
+            selector,
+            parent,
+            false,
+        )
+        .await?;
         tx.commit().await.map_err(db_error)?;
         Ok(found)
     }
@@ -272,7 +281,10 @@ impl Store {
 
         let existing = match selector {
             Some(selector) => {
-                let existing = read(&tx, collection, selector, parent, true).await?;
+                // A PATCH merges into the stored values, so it needs the keys opened; a PUT
+                // replaces them (and can so replace a value that no longer opens).
+                let keyring = (mode == Write::Patch).then_some(&*self.keyring);
+                let existing = read(&tx, keyring, collection, selector, parent, true).await?;
                 if existing.is_none() && mode == Write::Patch {
                     return Err(ApiError::NotFound("Not found"));
                 }
@@ -311,10 +323,19 @@ impl Store {
             None
         };
 
+        // Secret references are validated by their values, and stored as references.
+        let references = if collection == "certificates" {
+            self.secrets.resolve_for_write(&mut obj)?
+        } else {
+            Vec::new()
+        };
         self.resolve_foreign(&tx, base, &mut obj).await?;
         self.check_plugin_name(collection, &obj)?;
         let schema = schema_for(collection, &obj)?;
         schema.validate(&mut obj)?;
+        for (field, reference) in references {
+            obj.insert(field.to_owned(), Value::String(reference));
+        }
         if let Some(snis) = &transient_snis {
             validate_snis(snis)?;
         }
@@ -349,7 +370,10 @@ impl Store {
             .and_then(Value::as_str)
             .and_then(|s| Uuid::parse_str(s).ok())
             .ok_or_else(|| ApiError::field("id", "expected a valid UUID"))?;
-        let row = to_row(schema, &obj);
+        let mut row = to_row(schema, &obj);
+        self.keyring
+            .seal_row(&*tx, collection, &id.to_string(), &mut row)
+            .await?;
         let table = ident(collection);
         if existing_obj.is_some() {
             let columns: Vec<String> = schema
@@ -384,9 +408,16 @@ impl Store {
             _ => Action::Create,
         };
         let recorded = audit::record(&tx, action, collection, Some(id), Some(version)).await?;
-        let stored = read(&tx, collection, &Selector::Id(id), None, false)
-            .await?
-            .ok_or_else(|| ApiError::Internal("written row vanished".into()))?;
+        let stored = read(
+            &tx,
+            Some(&self.keyring),
+            collection,
+            &Selector::Id(id),
+            None,
+            false,
+        )
+        .await?
+        .ok_or_else(|| ApiError::Internal("written row vanished".into()))?;
         tx.commit().await.map_err(db_error)?;
         recorded.log();
         Ok(stored)
@@ -402,7 +433,7 @@ impl Store {
         let collection = static_collection(collection)?;
         let mut client = self.pool.get().await?;
         let tx = Self::begin(&mut client).await?;
-        let Some(existing) = read(&tx, collection, selector, parent, true).await? else {
+        let Some(existing) = read(&tx, None, collection, selector, parent, true).await? else {
             // As Kong: a top-level DELETE of nothing succeeds, but a nested one
             // (`/services/{s}/routes/{r}`) is 404 when the child is not under that parent.
             return match parent {
@@ -507,9 +538,11 @@ impl Store {
     }
 }
 
-/// Reads one entity inside `tx`, optionally locking it for a write.
+/// Reads one entity inside `tx`, optionally locking it for a write; its private keys are
+/// opened with `keyring`, or left as stored without (when they are not needed).
 pub(super) async fn read(
     tx: &Transaction<'_>,
+    keyring: Option<&Keyring>,
     collection: &str,
     selector: &Selector,
     parent: Option<&Parent>,
@@ -564,8 +597,14 @@ pub(super) async fn read(
         "SELECT {} FROM {table} t WHERE t.id = $1",
         select_expr(collection)
     );
-    let row = tx.query_opt(&sql, &[&id]).await.map_err(db_error)?;
-    Ok(row.map(|row| from_row(schema, row.get(0))))
+    let Some(row) = tx.query_opt(&sql, &[&id]).await.map_err(db_error)? else {
+        return Ok(None);
+    };
+    let mut entity = from_row(schema, row.get(0));
+    if let Some(keyring) = keyring {
+        keyring.open_entity(&**tx, collection, &mut entity).await?;
+    }
+    Ok(Some(entity))
 }
 
 async fn query_id<T: tokio_postgres::types::ToSql + Sync>(

@@ -49,10 +49,17 @@ impl Store {
                 select_expr(collection)
             );
             let rows = tx.query(&sql, &[]).await.map_err(db_error)?;
-            let mut items: Vec<Value> = rows
-                .iter()
-                .map(|row| from_row(schema, row.get(0)))
-                .collect();
+            let mut items: Vec<Value> = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let mut entity = from_row(schema, row.get(0));
+                self.keyring
+                    .open_entity(&*tx, collection, &mut entity)
+                    .await?;
+                if *collection == "certificates" {
+                    self.secrets.resolve_entity(&mut entity)?;
+                }
+                items.push(entity);
+            }
             if *collection == "plugins" {
                 // Plugins the control plane runs never travel to data planes (an older data
                 // plane would refuse the unknown name; the config holds account keys): the

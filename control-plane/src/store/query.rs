@@ -149,10 +149,14 @@ impl Store {
             Some(last) if more => Some(encode_offset(&[last.get::<_, Uuid>(1).to_string()])),
             _ => None,
         };
-        let data = rows
-            .iter()
-            .map(|row| from_row(schema, row.get(0)))
-            .collect();
+        let mut data = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut entity = from_row(schema, row.get(0));
+            self.keyring
+                .open_entity(&**client, collection, &mut entity)
+                .await?;
+            data.push(entity);
+        }
         Ok(Page { data, offset })
     }
 

@@ -17,6 +17,7 @@ mod data_planes;
 mod enrolment;
 mod entity;
 mod export;
+mod metrics;
 mod query;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,6 +32,7 @@ pub(crate) use self::data_planes::{Claim, DataPlane, SyncStatus};
 pub(crate) use self::enrolment::{IssuedCert, Token};
 pub(crate) use self::entity::{Parent, Selector, coerce_form};
 pub(crate) use self::export::Export;
+pub(crate) use self::metrics::Expiries;
 pub(crate) use self::query::{ListQuery, Page, TagFilter};
 use crate::Error;
 use crate::error::ApiError;

@@ -240,6 +240,11 @@ async fn prometheus_scrapes_the_control_plane_and_two_data_planes() -> Result<()
         ensure!(route.status == 201, "{route:?}");
     }
     let certificate = create_certificate(admin, "metrics.example.test").await?;
+    let ca = gatehouse_tests::certs::Ca::new("Metrics CA")?;
+    let ca_certificate = admin
+        .post_json("/ca_certificates", &json!({"cert": ca.pem.cert}))
+        .await?;
+    ensure!(ca_certificate.status == 201, "{ca_certificate:?}");
     let version = config_version(admin).await?;
 
     let dp1 = cluster.dp("dp1").await?;
@@ -453,6 +458,49 @@ async fn prometheus_scrapes_the_control_plane_and_two_data_planes() -> Result<()
             2.0,
         )
         .await?;
+
+    prometheus
+        .wait_for(
+            "count(gatehouse_ca_certificate_expiry_timestamp_seconds{job=\"cp\"} > time() + 300 * 86400)",
+            1.0,
+        )
+        .await?;
+
+    // Every metric the Grafana dashboard uses exists in Prometheus.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/gatehouse.json"
+    ))?;
+    let known: Value = reqwest::get(format!("{}/api/v1/label/__name__/values", prometheus.url))
+        .await?
+        .json()
+        .await?;
+    let known: Vec<&str> = known["data"]
+        .as_array()
+        .context("metric names")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut used: Vec<&str> = dashboard
+        .match_indices("gatehouse_")
+        .map(|(at, _)| {
+            let rest = &dashboard[at..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .filter(|name| name.len() > "gatehouse_".len())
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    ensure!(used.len() >= 10, "{used:?}");
+    for name in used {
+        ensure!(
+            known.contains(&name),
+            "the dashboard uses {name}, unknown to Prometheus"
+        );
+    }
 
     // A route that leaves the configuration leaves /metrics (bounded series).
     let text = scrape(&dp1).await?;

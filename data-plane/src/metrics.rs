@@ -21,6 +21,7 @@
 //! | `gatehouse_control_plane_connected` (gauge) | | 1 while the sync stream is open |
 //! | `gatehouse_config_version` (gauge) | | version of the running configuration |
 //! | `gatehouse_node_info` (gauge, 1) | `node_id`, `version`, `role` | this node |
+//! | `gatehouse_upstream_target_health` (gauge) | `upstream`, `target`, `state` | 1 for each target's current state (`healthy`, `unhealthy`, `healthchecks_off`), 0 for the others |
 //!
 //! Per route (module `routes`, which says how the labels stay bounded):
 //! `gatehouse_http_requests_total{service,route,code,source}`,
@@ -154,6 +155,20 @@ pub(crate) static ROUTES: LazyLock<Arc<RouteMetrics>> = LazyLock::new(Arc::defau
 
 /// The cluster certificate file, read at each scrape for its notAfter.
 static CLUSTER_CERT_FILE: OnceLock<PathBuf> = OnceLock::new();
+
+/// The balancers' view of every target of a runtime: `(upstream, target, state)`.
+type TargetHealth = Box<dyn Fn(&Runtime) -> Vec<(String, String, &'static str)> + Send + Sync>;
+
+/// Set by the proxy listeners when they start.
+static TARGET_HEALTH: OnceLock<TargetHealth> = OnceLock::new();
+
+/// The states of `gatehouse_upstream_target_health` (Kong's, less `dns_error`).
+const TARGET_STATES: [&str; 3] = ["healthy", "unhealthy", "healthchecks_off"];
+
+/// Where a scrape finds the targets' health (the proxy's balancers).
+pub(crate) fn target_health_from(health: TargetHealth) {
+    let _ = TARGET_HEALTH.set(health);
+}
 
 /// What a scrape shows beside the counters: this node and its running state.
 #[derive(Debug, Clone)]
@@ -469,6 +484,27 @@ impl Collector for Scrape {
             family
                 .encode_family(&[("state", state)])?
                 .encode_gauge(&value)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "gatehouse_upstream_target_health",
+            "1 for the current state of each upstream target (healthy, unhealthy, healthchecks_off), 0 for the others.",
+            None,
+            MetricType::Gauge,
+        )?;
+        let targets = TARGET_HEALTH
+            .get()
+            .map(|health| health(&facts.runtime))
+            .unwrap_or_default();
+        for (upstream, target, current) in &targets {
+            for state in TARGET_STATES {
+                family
+                    .encode_family(&[
+                        ("upstream", upstream.as_str()),
+                        ("target", target.as_str()),
+                        ("state", state),
+                    ])?
+                    .encode_gauge(&i64::from(state == *current))?;
+            }
         }
         METRICS.encode(&mut encoder)?;
         ROUTES.encode(&facts.runtime, &mut encoder)

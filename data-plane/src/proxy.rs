@@ -377,6 +377,12 @@ impl Listeners {
         }
         let part: Arc<dyn Part> = proxy.clone();
         runtime.register(Arc::downgrade(&part));
+        let weak = Arc::downgrade(&proxy);
+        metrics::target_health_from(Box::new(move |runtime| {
+            weak.upgrade()
+                .map(|proxy| proxy.balancers.for_runtime(runtime).target_health())
+                .unwrap_or_default()
+        }));
         Ok(Self { proxy, bound })
     }
 

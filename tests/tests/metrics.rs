@@ -245,6 +245,17 @@ async fn prometheus_scrapes_the_control_plane_and_two_data_planes() -> Result<()
         .post_json("/ca_certificates", &json!({"cert": ca.pem.cert}))
         .await?;
     ensure!(ca_certificate.status == 201, "{ca_certificate:?}");
+    let pool = admin
+        .post_json("/upstreams", &json!({"name": "pool"}))
+        .await?;
+    ensure!(pool.status == 201, "{pool:?}");
+    let target = admin
+        .post_json(
+            "/upstreams/pool/targets",
+            &json!({"target": upstream.addr.to_string()}),
+        )
+        .await?;
+    ensure!(target.status == 201, "{target:?}");
     let version = config_version(admin).await?;
 
     let dp1 = cluster.dp("dp1").await?;
@@ -350,6 +361,23 @@ async fn prometheus_scrapes_the_control_plane_and_two_data_planes() -> Result<()
             1.0,
         )
         .await?;
+
+    // The balancer's view of the target (no health checks configured: Kong's default).
+    for (state, value) in [
+        ("healthchecks_off", 1.0),
+        ("healthy", 0.0),
+        ("unhealthy", 0.0),
+    ] {
+        prometheus
+            .wait_for(
+                &format!(
+                    "gatehouse_upstream_target_health{{instance=\"{dp1_at}\",upstream=\"pool\",target=\"{}\",state=\"{state}\"}}",
+                    upstream.addr
+                ),
+                value,
+            )
+            .await?;
+    }
 
     // The control plane: both data planes in sync, the database reachable, propagation timed.
     prometheus

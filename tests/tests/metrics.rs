@@ -295,37 +295,28 @@ async fn prometheus_scrapes_the_control_plane_and_two_data_planes() -> Result<()
              route=\"{route}\",code=\"{code}\",source=\"{source}\"}}"
         )
     };
-    prometheus
-        .wait_for(&requests(&dp1_at, "hello", "200", "service"), 5.0)
-        .await?;
-    prometheus
-        .wait_for(&requests(&dp2_at, "hello", "200", "service"), 3.0)
-        .await?;
-    prometheus
-        .wait_for(&requests(&dp1_at, "teapot", "4xx", "service"), 2.0)
-        .await?;
-    prometheus
-        .wait_for(&requests(&dp1_at, "", "404", "gateway"), 2.0)
-        .await?;
-    // The fleet-wide rate dashboards compute: one sum over both data planes.
-    prometheus
-        .wait_for(
-            "sum(gatehouse_http_requests_total{job=\"dp\",route=\"hello\"})",
+    let expected = [
+        (requests(&dp1_at, "hello", "200", "service"), 5.0),
+        (requests(&dp2_at, "hello", "200", "service"), 3.0),
+        (requests(&dp1_at, "teapot", "4xx", "service"), 2.0),
+        (requests(&dp1_at, "", "404", "gateway"), 2.0),
+        // The fleet-wide sums dashboards compute, over both data planes.
+        (
+            "sum(gatehouse_http_requests_total{job=\"dp\",route=\"hello\"})".to_owned(),
             8.0,
-        )
-        .await?;
-    prometheus
-        .wait_for(
-            "sum(gatehouse_request_latency_ms_count{job=\"dp\",route=\"hello\"})",
+        ),
+        (
+            "sum(gatehouse_request_latency_ms_count{job=\"dp\",route=\"hello\"})".to_owned(),
             8.0,
-        )
-        .await?;
-    prometheus
-        .wait_for(
-            "sum(gatehouse_upstream_latency_ms_count{job=\"dp\",route=\"hello\"})",
+        ),
+        (
+            "sum(gatehouse_upstream_latency_ms_count{job=\"dp\",route=\"hello\"})".to_owned(),
             8.0,
-        )
-        .await?;
+        ),
+    ];
+    for (query, value) in &expected {
+        prometheus.wait_for(query, *value).await?;
+    }
     // Every answer below the largest bucket (+Inf holds them all too).
     prometheus
         .wait_for(

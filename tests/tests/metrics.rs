@@ -283,6 +283,28 @@ async fn prometheus_scrapes_the_control_plane_and_two_data_planes() -> Result<()
     assert_eq!(get_n(&dp1, "/teapot", 2).await?, vec![418; 2]);
     assert_eq!(get_n(&dp1, "/nowhere", 2).await?, vec![404; 2]);
 
+    // TLS: one full TLS 1.2 handshake (openssl), one TLS 1.3 (openssl), and one client that
+    // speaks HTTP to the TLS port (its "ClientHello" cannot be read).
+    let tls_addr = dp1.proxy_ssl_addr()?;
+    for version in ["-tls1_2", "-tls1_3"] {
+        let output = Command::new("openssl")
+            .args(["s_client", "-connect", &tls_addr.to_string()])
+            .args(["-servername", "metrics.example.test", version])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .context("running openssl s_client")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        ensure!(
+            text.contains("BEGIN CERTIFICATE"),
+            "openssl {version}: {text}"
+        );
+    }
+    let mut plain = tokio::net::TcpStream::connect(tls_addr).await?;
+    tokio::io::AsyncWriteExt::write_all(&mut plain, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await?;
+    let mut rest = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut plain, &mut rest).await;
+
     for target in [cp_status.to_string(), dp1_at.clone(), dp2_at.clone()] {
         prometheus
             .wait_for(&format!("up{{instance=\"{target}\"}}"), 1.0)
@@ -300,6 +322,24 @@ async fn prometheus_scrapes_the_control_plane_and_two_data_planes() -> Result<()
         (requests(&dp2_at, "hello", "200", "service"), 3.0),
         (requests(&dp1_at, "teapot", "4xx", "service"), 2.0),
         (requests(&dp1_at, "", "404", "gateway"), 2.0),
+        (
+            format!(
+                "gatehouse_tls_handshake_versions_total{{instance=\"{dp1_at}\",version=\"TLSv1.2\",kind=\"full\"}}"
+            ),
+            1.0,
+        ),
+        (
+            format!(
+                "gatehouse_tls_handshake_versions_total{{instance=\"{dp1_at}\",version=\"TLSv1.3\",kind=\"full\"}}"
+            ),
+            1.0,
+        ),
+        (
+            format!(
+                "gatehouse_tls_handshake_failures_total{{instance=\"{dp1_at}\",reason=\"client_hello\"}}"
+            ),
+            1.0,
+        ),
         // The fleet-wide sums dashboards compute, over both data planes.
         (
             "sum(gatehouse_http_requests_total{job=\"dp\",route=\"hello\"})".to_owned(),

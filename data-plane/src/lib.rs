@@ -220,6 +220,7 @@ impl DataPlane {
         let route_metrics: Arc<dyn runtime::Part> = metrics::ROUTES.clone();
         runtime.register(Arc::downgrade(&route_metrics));
         metrics::METRICS.cluster_cert_file(cluster.files.cert.clone());
+        metrics::consumer_label(settings.metrics_consumer_label);
         let proxy = proxy::Listeners::bind(
             &settings.proxy_listen,
             &settings.proxy_ssl_listen,

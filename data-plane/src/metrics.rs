@@ -55,7 +55,9 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::registry::Registry;
 use rustls::ProtocolVersion;
 
-pub(crate) use self::routes::{Observed, Recorder, RouteMetrics, Source};
+pub(crate) use self::routes::{
+    Observed, Recorder, RouteMetrics, Source, consumer_label, wants_consumer,
+};
 use crate::runtime::Runtime;
 use crate::tls::TlsError;
 

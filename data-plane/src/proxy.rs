@@ -938,6 +938,9 @@ impl Proxy {
             .ok_or(Failure::NoService)?;
         // A service whose host names an upstream is balanced over its targets.
         let upstream = runtime.upstream_by_name(&service.host);
+        if metrics::wants_consumer() {
+            observed.consumer = identity.as_ref().and_then(plugins::consumer_of);
+        }
         let mut target = Target::new(&found, service, upstream, &req, &host);
         target.identity = identity;
         let rings = self.balancers.for_runtime(runtime);

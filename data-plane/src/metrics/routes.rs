@@ -12,6 +12,10 @@
 //!   a protocol refusal, an upstream failure) or `exit` (a plugin answered, e.g. an
 //!   authentication refusal). Kong calls `gateway` `kong`.
 //!
+//! - `consumer` (only with `--metrics-consumer-label on`): the consumer's username, or its id
+//!   without one; `""` for requests without a consumer. Consumers that leave the
+//!   configuration leave `/metrics` at the next scrape.
+//!
 //! A series appears once it has counted something.
 //!
 //! # Cost on the request path
@@ -21,7 +25,7 @@
 //! and source is allocated the first time that route answers from that source.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -39,8 +43,29 @@ const CODES: [u16; 35] = [
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const SLOTS: usize = CODES.len() + CLASSES.len();
 
+/// `--metrics-consumer-label`.
+static CONSUMER_LABEL: AtomicBool = AtomicBool::new(false);
+
+/// Turns the `consumer` label on or off (at start).
+pub(crate) fn consumer_label(on: bool) {
+    CONSUMER_LABEL.store(on, Ordering::Relaxed);
+}
+
+/// Whether requests are counted by consumer.
+pub(crate) fn wants_consumer() -> bool {
+    CONSUMER_LABEL.load(Ordering::Relaxed)
+}
+
+/// The `consumer` label of a consumer: its username, else its id.
+fn consumer_name(consumer: &gatehouse_shared::model::Consumer) -> String {
+    consumer
+        .username
+        .clone()
+        .unwrap_or_else(|| consumer.id.to_string())
+}
+
 /// Who wrote a response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(usize)]
 pub(crate) enum Source {
     /// The upstream service.
@@ -73,6 +98,9 @@ pub(crate) struct Cells {
     gateway: Histogram,
     ingress: AtomicU64,
     egress: AtomicU64,
+    /// With the `consumer` label: responses to requests with a consumer, by consumer, source
+    /// and status slot.
+    by_consumer: Mutex<HashMap<(String, Source, usize), u64>>,
 }
 
 /// The cells of one runtime, by route index, and the expiry of its served certificates.
@@ -92,8 +120,10 @@ pub(crate) struct RouteMetrics {
 }
 
 /// What the proxy learnt about a request, for its metrics.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Observed {
+    /// The consumer (only with the `consumer` label on).
+    pub(crate) consumer: Option<String>,
     /// The route it matched (index in the configuration).
     pub(crate) route: Option<usize>,
     /// Who answered.
@@ -115,6 +145,7 @@ pub(crate) struct Recorder {
 impl Default for Observed {
     fn default() -> Self {
         Self {
+            consumer: None,
             route: None,
             source: Source::Gateway,
             proxied: None,
@@ -136,7 +167,17 @@ impl Recorder {
             .for_runtime(runtime)
             .cells(observed.route)
             .clone();
-        cells.response(observed.source, status);
+        match observed.consumer {
+            Some(consumer) => {
+                *cells
+                    .by_consumer
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry((consumer, observed.source, slot(status)))
+                    .or_default() += 1;
+            }
+            None => cells.response(observed.source, status),
+        }
         cells.ingress(ingress);
         match observed.proxied {
             Some((gateway, upstream)) => {
@@ -179,6 +220,7 @@ impl Cells {
             gateway: Histogram::default(),
             ingress: AtomicU64::new(0),
             egress: AtomicU64::new(0),
+            by_consumer: Mutex::default(),
         }
     }
 
@@ -330,7 +372,19 @@ impl RouteMetrics {
             None,
             MetricType::Counter,
         )?;
+        let by_consumer = wants_consumer();
+        let consumers: std::collections::HashSet<String> = if by_consumer {
+            current
+                .config()
+                .consumers
+                .iter()
+                .map(consumer_name)
+                .collect()
+        } else {
+            Default::default()
+        };
         for cells in &all {
+            let [service, route] = cells.labels();
             for (source, table) in SOURCES.iter().zip(&cells.codes) {
                 let Some(table) = table.get() else { continue };
                 for (slot, count) in table.iter().enumerate() {
@@ -339,14 +393,39 @@ impl RouteMetrics {
                         continue;
                     }
                     let code = slot_label(slot);
-                    let [service, route] = cells.labels();
-                    let labels = [service, route, ("code", &code), ("source", source)];
+                    let mut labels = vec![service, route, ("code", &code), ("source", source)];
+                    if by_consumer {
+                        labels.push(("consumer", ""));
+                    }
                     family
                         .encode_family(&labels)?
                         .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
                             &count, None,
                         )?;
                 }
+            }
+            let mut counted = cells
+                .by_consumer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            counted.retain(|(consumer, _, _), _| consumers.contains(consumer));
+            let mut rows: Vec<_> = counted.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            drop(counted);
+            rows.sort_unstable_by(|a, b| a.0.0.cmp(&b.0.0).then(a.0.2.cmp(&b.0.2)));
+            for ((consumer, source, slot), count) in rows {
+                let code = slot_label(slot);
+                let labels = [
+                    service,
+                    route,
+                    ("code", &code),
+                    ("source", SOURCES[source as usize]),
+                    ("consumer", &consumer),
+                ];
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+                        &count, None,
+                    )?;
             }
         }
         let histograms: [(&str, &str, HistogramOf); 3] = [
@@ -418,8 +497,81 @@ impl Part for RouteMetrics {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
+    use prometheus_client::collector::Collector;
+    use prometheus_client::registry::Registry;
+
     use super::*;
+    use crate::test_support::valid_config;
+
+    /// The route series of one runtime (the process's [`super::super::ROUTES`]).
+    #[derive(Debug)]
+    struct Series(Arc<Runtime>);
+
+    impl Collector for Series {
+        fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+            super::super::ROUTES.encode(&self.0, &mut encoder)
+        }
+    }
+
+    fn render(runtime: &Arc<Runtime>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Series(runtime.clone())));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn requests_count_by_route_and_consumer_and_unknown_consumers_are_dropped() {
+        consumer_label(true);
+        let runtime = Arc::new(Runtime::compile(3, "h".into(), valid_config()).unwrap());
+        let started = Instant::now();
+        let answer = |consumer: Option<&str>, route: Option<usize>, source, status| {
+            let observed = Observed {
+                consumer: consumer.map(str::to_owned),
+                route,
+                source,
+                proxied: Some((Duration::from_millis(1), Duration::from_millis(4))),
+            };
+            let mut recorder = Recorder::new(&runtime, observed, status, started, 7);
+            recorder.sent(11);
+        };
+        answer(Some("alice"), Some(0), Source::Service, 200);
+        answer(Some("alice"), Some(0), Source::Service, 200);
+        answer(Some("mallory"), Some(0), Source::Service, 200);
+        answer(None, Some(0), Source::Exit, 401);
+        answer(None, None, Source::Gateway, 404);
+        let text = render(&runtime);
+        for line in [
+            "gatehouse_http_requests_total{service=\"svc\",route=\"r\",code=\"200\",source=\"service\",consumer=\"alice\"} 2",
+            "gatehouse_http_requests_total{service=\"svc\",route=\"r\",code=\"401\",source=\"exit\",consumer=\"\"} 1",
+            "gatehouse_http_requests_total{service=\"\",route=\"\",code=\"404\",source=\"gateway\",consumer=\"\"} 1",
+            "gatehouse_request_latency_ms_count{service=\"svc\",route=\"r\"} 4",
+            "gatehouse_upstream_latency_ms_bucket{le=\"5.0\",service=\"svc\",route=\"r\"} 4",
+            "gatehouse_bandwidth_bytes_total{direction=\"egress\",service=\"svc\",route=\"r\"} 44",
+            "gatehouse_bandwidth_bytes_total{direction=\"ingress\",service=\"svc\",route=\"r\"} 28",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(
+            !text.contains("mallory"),
+            "not a consumer of the configuration: {text}"
+        );
+        assert!(
+            text.contains("gatehouse_certificate_expiry_timestamp_seconds{certificate="),
+            "{text}"
+        );
+
+        // A runtime without the route: its series are gone from the next scrape.
+        let mut config = valid_config();
+        config.routes.clear();
+        config.plugins.retain(|p| p.route.is_none());
+        let emptied = Arc::new(Runtime::compile(4, "h2".into(), config).unwrap());
+        let text = render(&emptied);
+        assert!(!text.contains("route=\"r\""), "{text}");
+    }
 
     #[test]
     fn common_codes_are_exact_and_others_their_class() {

@@ -118,6 +118,21 @@ else
     export GATEHOUSE_REQUIRE_BIND9=1
 fi
 
+# The metrics test (tests/tests/metrics.rs) scrapes a control plane and two data planes with a
+# real Prometheus server (Debian's `prometheus`) and queries its HTTP API; it fails (not skips)
+# when the server is missing, so install it as root on Debian. The package's own service is not
+# used: the test starts its own server on free ports with a temporary storage directory.
+if ! command -v prometheus >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        section "prometheus for the metrics test"
+        apt-get update
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
+    else
+        echo "prometheus is needed for the metrics test (apt-get install prometheus)" >&2
+        exit 1
+    fi
+fi
+
 section "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -34,6 +34,7 @@ mod acme;
 mod admin;
 mod cluster;
 mod error;
+mod metrics;
 mod secrets;
 mod snapshot;
 mod status;
@@ -186,7 +187,8 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
     }
     if let Some(listener) = status_listener {
         tracing::info!(addr = %listener.local_addr()?, "status listener listening");
-        let app = status::router(store.clone(), node.clone());
+        let cluster_cert = settings.cluster.files.as_ref().map(|f| f.cert.clone());
+        let app = status::router(store.clone(), node.clone(), cluster_cert);
         let signal = stopped(shutdown.clone());
         tasks.spawn(async move {
             if let Err(error) = axum::serve(listener, app)

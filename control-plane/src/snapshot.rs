@@ -218,6 +218,7 @@ async fn build(
             "snapshot built"
         );
         stats.built.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::PROPAGATION.published(encoded.version, started.into_std());
         tx.send_replace(Some(Arc::new(encoded)));
     }
     Ok(())

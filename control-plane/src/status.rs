@@ -4,9 +4,11 @@
 //! - `GET /status`: 200 with `{"database": {"reachable"}, "config_version", "snapshot":
 //!   {"version", "hash"} | null, "data_planes": {"connected"}, "cluster_listener",
 //!   "snapshots_built", "snapshots_sent"}` (`connected` counts the streams on this node);
+//! - `GET /metrics`: the metrics of [`crate::metrics`] (OpenMetrics text);
 //! - `GET /status/ready`: 200 `{"ready": true}` when the database answers and, with the
 //!   cluster listener, a snapshot is built; else 503 with `{"ready": false, "reason"}`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -25,12 +27,15 @@ use crate::store::Store;
 pub(crate) struct Status {
     store: Arc<Store>,
     node: Arc<Node>,
+    /// The cluster listener's certificate file (for its expiry gauge).
+    cluster_cert: Option<PathBuf>,
 }
 
 /// The status router.
-pub(crate) fn router(store: Arc<Store>, node: Arc<Node>) -> Router {
+pub(crate) fn router(store: Arc<Store>, node: Arc<Node>, cluster_cert: Option<PathBuf>) -> Router {
     Router::new()
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/status/ready", get(ready))
         .fallback(|| async {
             (
@@ -38,7 +43,48 @@ pub(crate) fn router(store: Arc<Store>, node: Arc<Node>) -> Router {
                 axum::Json(json!({"message": "Not found"})),
             )
         })
-        .with_state(Status { store, node })
+        .with_state(Status {
+            store,
+            node,
+            cluster_cert,
+        })
+}
+
+async fn metrics(State(state): State<Status>) -> Response {
+    let version = state.store.config_version().await;
+    let reachable = version.is_ok();
+    let (data_planes, expiries) = if reachable {
+        let data_planes = state.store.data_planes().await;
+        let expiries = state.store.expiries().await;
+        if let Err(error) = data_planes.as_ref().and(expiries.as_ref()) {
+            tracing::warn!(error = %error.detail(), "metrics: cannot read the database");
+        }
+        (
+            data_planes.unwrap_or_default(),
+            expiries.unwrap_or_default(),
+        )
+    } else {
+        Default::default()
+    };
+    let scrape = crate::metrics::Scrape {
+        node_id: state.node.id.to_string(),
+        reachable,
+        config_version: state
+            .node
+            .latest
+            .as_ref()
+            .and_then(|latest| latest.borrow().as_ref().map(|s| s.version)),
+        connected: state.node.connected(),
+        data_planes,
+        expiries,
+        cluster_cert: state.cluster_cert.clone(),
+        now: crate::store::unix_now(),
+    };
+    (
+        [(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        scrape.render(),
+    )
+        .into_response()
 }
 
 async fn status(State(state): State<Status>) -> Response {

@@ -18,6 +18,7 @@ mod enrolment;
 mod entity;
 mod export;
 mod keyring;
+mod metrics;
 mod query;
 mod secrets;
 
@@ -33,6 +34,7 @@ pub(crate) use self::data_planes::{Claim, DataPlane, SyncStatus};
 pub(crate) use self::enrolment::{IssuedCert, RenewalRequests, Token};
 pub(crate) use self::entity::{Parent, Selector, coerce_form};
 pub(crate) use self::export::Export;
+pub(crate) use self::metrics::Expiries;
 pub(crate) use self::query::{ListQuery, Page, TagFilter};
 use crate::Error;
 use crate::error::ApiError;

@@ -34,6 +34,7 @@
 //! | `--client-max-headers-size SIZE` | `GATEHOUSE_CLIENT_MAX_HEADERS_SIZE` | `client_max_headers_size` | `32k` (all header lines; more: 400; nginx's 4 × 8k) |
 //! | `--drain-timeout DURATION` | `GATEHOUSE_DRAIN_TIMEOUT` | `drain_timeout` | `10s` (on SIGTERM: how long in-flight requests may finish) |
 //! | `--worker-threads N` | `GATEHOUSE_WORKER_THREADS` | `worker_threads` | the number of CPUs |
+//! | `--metrics-consumer-label on\|off` | `GATEHOUSE_METRICS_CONSUMER_LABEL` | `metrics_consumer_label` (`"on"`, `"off"` or a boolean) | `off` (`gatehouse_http_requests_total` gets a `consumer` label) |
 //! | `--upstream-keepalive-idle-timeout DURATION` | `GATEHOUSE_UPSTREAM_KEEPALIVE_IDLE_TIMEOUT` | `upstream_keepalive_idle_timeout` | `60s` (Kong's `upstream_keepalive_idle_timeout`) |
 //! | `--upstream-keepalive-pool-size N` | `GATEHOUSE_UPSTREAM_KEEPALIVE_POOL_SIZE` | `upstream_keepalive_pool_size` | `512` idle connections per upstream address (Kong's) |
 //! | `--upstream-tls-verify on\|off` | `GATEHOUSE_UPSTREAM_TLS_VERIFY` | `upstream_tls_verify` | `on` (a service's `tls_verify` wins) |
@@ -280,6 +281,13 @@ pub struct Flags {
     #[serde(deserialize_with = "text_or_number_from_toml")]
     pub worker_threads: Option<String>,
 
+    /// A `consumer` label on `gatehouse_http_requests_total`: `on` or `off` [default: off].
+    /// One series per consumer and route that saw traffic; costs a lock per request with a
+    /// consumer.
+    #[arg(long, env = "GATEHOUSE_METRICS_CONSUMER_LABEL")]
+    #[serde(deserialize_with = "on_off_from_toml")]
+    pub metrics_consumer_label: Option<String>,
+
     /// How long an idle keep-alive connection to an upstream is kept [default: 60s].
     #[arg(long, env = "GATEHOUSE_UPSTREAM_KEEPALIVE_IDLE_TIMEOUT")]
     #[serde(deserialize_with = "text_or_number_from_toml")]
@@ -405,6 +413,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Threads of the async runtime; `None`: one per CPU.
     pub worker_threads: Option<usize>,
+    /// `--metrics-consumer-label`.
+    pub metrics_consumer_label: bool,
 }
 
 /// What the proxy listeners are bound with.
@@ -627,6 +637,7 @@ impl Flags {
                 .or(other.client_max_headers_size),
             drain_timeout: self.drain_timeout.or(other.drain_timeout),
             worker_threads: self.worker_threads.or(other.worker_threads),
+            metrics_consumer_label: self.metrics_consumer_label.or(other.metrics_consumer_label),
             upstream_keepalive_idle_timeout: self
                 .upstream_keepalive_idle_timeout
                 .or(other.upstream_keepalive_idle_timeout),
@@ -945,6 +956,16 @@ impl Flags {
             pool_size,
         };
 
+        let metrics_consumer_label = match self.metrics_consumer_label.as_deref().map(str::trim) {
+            None | Some("off") => false,
+            Some("on") => true,
+            Some(other) => {
+                problems.push(format!(
+                    "--metrics-consumer-label: '{other}' is not one of on, off"
+                ));
+                false
+            }
+        };
         let worker_threads = match self.worker_threads.as_deref().map(str::trim) {
             None => None,
             Some(raw) => match raw.parse::<usize>() {
@@ -995,6 +1016,7 @@ impl Flags {
                 },
                 drain_timeout,
                 worker_threads,
+                metrics_consumer_label,
             }),
             _ => Err(ConfigError(problems.join("; "))),
         }

@@ -217,6 +217,10 @@ impl DataPlane {
         let acme = Arc::new(acme::Acme::new(on_demand));
         let acme_part: Arc<dyn runtime::Part> = acme.clone();
         runtime.register(Arc::downgrade(&acme_part));
+        let route_metrics: Arc<dyn runtime::Part> = metrics::ROUTES.clone();
+        runtime.register(Arc::downgrade(&route_metrics));
+        metrics::METRICS.cluster_cert_file(cluster.files.cert.clone());
+        metrics::consumer_label(settings.metrics_consumer_label);
         let proxy = proxy::Listeners::bind(
             &settings.proxy_listen,
             &settings.proxy_ssl_listen,

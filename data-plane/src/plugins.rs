@@ -409,6 +409,14 @@ impl RoutePlugins {
     }
 }
 
+/// The consumer named by identity headers, as metrics label it: its username, else its id.
+pub(crate) fn consumer_of(identity: &HeaderMap) -> Option<String> {
+    [&CONSUMER_USERNAME, &CONSUMER_ID]
+        .into_iter()
+        .find_map(|name| identity.get(name)?.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// Removes the identity headers (`X-Consumer-*`, `X-Authenticated-Groups`,
 /// `X-Client-Cert-*`) a client sent: only the plugins set them.
 pub(crate) fn strip_identity(headers: &mut HeaderMap) {

@@ -120,7 +120,7 @@ use crate::acme::{self, Acme};
 use crate::config::{
     ClientLimits, ClientTimeouts, ProxySettings, TrustedIps, UpstreamKeepalive, UpstreamTlsFiles,
 };
-use crate::metrics::METRICS;
+use crate::metrics::{self, METRICS, Observed, Recorder};
 use crate::plugins::{self, Plugins, VerifiedCertificates};
 use crate::router::{Match, Protocol, RequestParts, Verdict, split_host_port};
 use crate::runtime::{Part, Runtime, SharedRuntime};
@@ -299,10 +299,12 @@ struct Activity {
 /// One request in flight; dropping it counts it done.
 struct Active(Arc<Activity>);
 
-/// A response body that keeps its request counted in flight.
+/// A response body that keeps its request counted in flight, and counts its bytes for the
+/// request's metrics.
 struct InFlight {
     body: ProxyBody,
     _active: Active,
+    recorder: Recorder,
 }
 
 /// Counts the connections (and upgraded tunnels) still open, so that a shutdown can wait
@@ -375,6 +377,12 @@ impl Listeners {
         }
         let part: Arc<dyn Part> = proxy.clone();
         runtime.register(Arc::downgrade(&part));
+        let weak = Arc::downgrade(&proxy);
+        metrics::target_health_from(Box::new(move |runtime| {
+            weak.upgrade()
+                .map(|proxy| proxy.balancers.for_runtime(runtime).target_health())
+                .unwrap_or_default()
+        }));
         Ok(Self { proxy, bound })
     }
 
@@ -454,6 +462,7 @@ async fn serve_connection(
     stop: watch::Receiver<bool>,
     open: Open,
 ) {
+    METRICS.accepted();
     let trusted = proxy.trusted_ips.contains(peer.ip());
     let mut conn = Connection {
         peer,
@@ -491,6 +500,7 @@ async fn serve_connection(
             }
         }
     }
+    METRICS.closed();
     drop(open);
 }
 
@@ -517,10 +527,11 @@ async fn serve_http<IO>(
         let conn = conn.clone();
         async move {
             let active = Active::start(&conn.activity);
-            let response = proxy.handle(&conn, req).await;
+            let (response, recorder) = proxy.handle(&conn, req).await;
             Ok::<_, Infallible>(response.map(|body| InFlight {
                 body,
                 _active: active,
+                recorder,
             }))
         }
     });
@@ -587,7 +598,13 @@ impl Body for InFlight {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.recorder.sent(data.len());
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -710,9 +727,16 @@ impl Proxy {
         }
     }
 
-    /// Answers one request; never fails (every failure is a response).
-    async fn handle(&self, conn: &Connection, req: Request<Incoming>) -> Response<ProxyBody> {
+    /// Answers one request; never fails (every failure is a response). The recorder
+    /// finishes the request's metrics with the response body.
+    async fn handle(
+        &self,
+        conn: &Connection,
+        req: Request<Incoming>,
+    ) -> (Response<ProxyBody>, Recorder) {
         let started = Instant::now();
+        let mut observed = Observed::default();
+        let ingress = req.body().size_hint().exact().unwrap_or(0);
         let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let request_id: &str = Uuid::new_v4().hyphenated().encode_lower(&mut id);
         let id_value = header_value(request_id);
@@ -731,18 +755,29 @@ impl Proxy {
             )),
             None if let Some(answer) = self.acme_http01(&runtime, conn, &req) => Ok(answer),
             None => {
-                self.route(&runtime, conn, req, request_id, &id_value, format, started)
-                    .await
+                self.route(
+                    &runtime,
+                    conn,
+                    req,
+                    request_id,
+                    &id_value,
+                    format,
+                    started,
+                    &mut observed,
+                )
+                .await
             }
         };
         let mut response = routed.unwrap_or_else(|failure| failure.response(request_id, format));
-        METRICS.response(response.status().as_u16());
+        let status = response.status().as_u16();
+        METRICS.response(status);
+        let recorder = Recorder::new(&runtime, observed, status, started, ingress);
         let headers = response.headers_mut();
         if !headers.contains_key(&UPSTREAM_LATENCY) {
             headers.insert(RESPONSE_LATENCY, millis(started.elapsed()));
         }
         headers.insert(REQUEST_ID, id_value);
-        response
+        (response, recorder)
     }
 
     /// Why a request is refused before routing: the head guard refused it (HTTP/1), or it
@@ -797,6 +832,7 @@ impl Proxy {
         id_value: &HeaderValue,
         format: Format,
         started: Instant,
+        observed: &mut Observed,
     ) -> Result<Response<ProxyBody>, Failure> {
         let authority = request_authority(&req);
         let (host, host_port) = split_host_port(authority.unwrap_or(""));
@@ -823,6 +859,7 @@ impl Proxy {
             protocol,
         };
         let found = runtime.router().find(&parts).ok_or(Failure::NoRoute)?;
+        observed.route = Some(found.route_index());
         let http2 = req.version() == Version::HTTP_2;
         // A trusted proxy in front may have terminated TLS (Kong's `forwarded_proto`).
         let forwarded_https = conn.trusted
@@ -883,6 +920,7 @@ impl Proxy {
                 match plugins.access(runtime, &request).await {
                     Ok(identity) => identity,
                     Err(denied) => {
+                        observed.source = metrics::Source::Exit;
                         return Ok(respond::message(
                             denied.status,
                             denied.message,
@@ -900,6 +938,9 @@ impl Proxy {
             .ok_or(Failure::NoService)?;
         // A service whose host names an upstream is balanced over its targets.
         let upstream = runtime.upstream_by_name(&service.host);
+        if metrics::wants_consumer() {
+            observed.consumer = identity.as_ref().and_then(plugins::consumer_of);
+        }
         let mut target = Target::new(&found, service, upstream, &req, &host);
         target.identity = identity;
         let rings = self.balancers.for_runtime(runtime);
@@ -931,7 +972,7 @@ impl Proxy {
             key,
         };
         self.forward(
-            runtime, service, target, balance, conn, req, id_value, started,
+            runtime, service, target, balance, conn, req, id_value, started, observed,
         )
         .await
     }
@@ -986,6 +1027,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         request_id: &HeaderValue,
         started: Instant,
+        observed: &mut Observed,
     ) -> Result<Response<ProxyBody>, Failure> {
         let version = if target.http2 {
             Version::HTTP_2
@@ -1078,6 +1120,8 @@ impl Proxy {
             match timers.watch(timers.scope(response)).await {
                 Ok(Ok(mut response)) => {
                     let upstream_latency = sent.elapsed();
+                    observed.source = metrics::Source::Service;
+                    observed.proxied = Some((proxy_latency, upstream_latency));
                     report(Outcome::Status(response.status().as_u16()));
                     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                     let upgraded = match upgrade.take() {

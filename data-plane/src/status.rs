@@ -5,7 +5,7 @@
 //! - `GET /status/ready`: 200 `{"message":"ready"}` once a configuration is loaded (from the
 //!   cache or the control plane), else 503 `{"message":"no configuration available"}` (Kong's
 //!   `/status/ready` also answers 503 until the DP has a configuration);
-//! - `GET /metrics`: the counters of [`crate::metrics`] as Prometheus text;
+//! - `GET /metrics`: the metrics of [`crate::metrics`] in the OpenMetrics text format;
 //! - anything else: 404 `{"message":"Not found"}` (405 for another method on a known path).
 
 use std::convert::Infallible;
@@ -243,10 +243,16 @@ fn respond(state: &NodeState, request: &Request<Incoming>) -> Response<Full<Byte
         );
     }
     if path == "/metrics" {
-        let mut response = Response::new(Full::new(Bytes::from(crate::metrics::METRICS.render())));
+        let facts = crate::metrics::NodeFacts {
+            node_id: state.node_id.to_string(),
+            version: state.version.clone(),
+            runtime: state.runtime.load_full(),
+            connected: state.sync_state().connected,
+        };
+        let mut response = Response::new(Full::new(Bytes::from(crate::metrics::render(facts))));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
         );
         return response;
     }

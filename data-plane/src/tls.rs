@@ -398,6 +398,18 @@ impl TlsTerminator {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
+        let accepted = self.handshake(io).await;
+        if let Err(error) = &accepted {
+            crate::metrics::METRICS.handshake_failure(error);
+        }
+        accepted
+    }
+
+    /// [`TlsTerminator::accept`] before the failure is counted.
+    async fn handshake<IO>(&self, io: IO) -> Result<Accepted<IO>, TlsError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
         let timeout = self.options.handshake_timeout;
         let deadline = Instant::now() + timeout;
         let start =
@@ -454,7 +466,10 @@ impl TlsTerminator {
                 source: io::Error::other("handshake completed without a version or cipher suite"),
             });
         };
-        crate::metrics::METRICS.handshake(conn.handshake_kind() == Some(HandshakeKind::Resumed));
+        crate::metrics::METRICS.handshake(
+            version,
+            conn.handshake_kind() == Some(HandshakeKind::Resumed),
+        );
         let info = TlsInfo {
             server_name,
             alpn: conn.alpn_protocol().map(<[u8]>::to_vec),

@@ -258,6 +258,7 @@ async fn bench(args: Vec<String>) -> Result<()> {
     );
 
     let dp = Target::new("Gatehouse DP", bed.dp.proxy_ssl_addr()?, bed.dp.pid());
+    let scraper = scrape_metrics(&bed.dp.status_url());
     let nginx = Target::new("nginx", bed.nginx_addr()?, bed.proxy_nginx.pid());
     let direct = Target::new(
         "direct (upstream over TLS)",
@@ -330,6 +331,9 @@ async fn bench(args: Vec<String>) -> Result<()> {
         }
     }
 
+    if let Some(scraper) = scraper {
+        scraper.abort();
+    }
     for (name, log) in [
         ("proxy nginx", bed.proxy_nginx.error_log()),
         ("upstream nginx", bed.upstream.error_log()),
@@ -339,6 +343,32 @@ async fn bench(args: Vec<String>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `GATEHOUSE_BENCH_SCRAPE_MS=N`: fetches the DP's `/metrics` every N ms for the whole run, as
+/// a Prometheus server would (the observability rows of BENCHMARKS.md); the scrapes' CPU counts
+/// in the DP's CPU per request.
+fn scrape_metrics(status_url: &str) -> Option<tokio::task::JoinHandle<()>> {
+    let ms = std::env::var("GATEHOUSE_BENCH_SCRAPE_MS")
+        .ok()?
+        .parse::<u64>()
+        .ok()
+        .filter(|ms| *ms > 0)?;
+    println!("- the DP's /metrics is fetched every {ms} ms during the runs");
+    let url = format!("{status_url}/metrics");
+    Some(tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut ticks = tokio::time::interval(Duration::from_millis(ms));
+        loop {
+            ticks.tick().await;
+            match client.get(&url).send().await {
+                Ok(response) => {
+                    let _ = response.bytes().await;
+                }
+                Err(error) => eprintln!("metrics scrape failed: {error}"),
+            }
+        }
+    }))
 }
 
 // --- keep-alive requests/s ----------------------------------------------------------------------

@@ -596,6 +596,7 @@ impl Receiver {
         let row = &mut self.row;
         match ack.status() {
             ack::Status::Applied => {
+                crate::metrics::PROPAGATION.applied(ack.version);
                 let running = Running::reported(ack.version, &ack.hash);
                 tracing::info!(
                     id = %row.id,

@@ -330,6 +330,29 @@ impl RuntimeRings {
     pub(crate) fn ring(&self, id: &Uuid) -> Option<&Ring> {
         self.rings.get(id)
     }
+
+    /// Every target as metrics show it: `(upstream, target, state)`, the state `healthy`,
+    /// `unhealthy` or `healthchecks_off` (Kong's names), sorted.
+    pub(crate) fn target_health(&self) -> Vec<(String, String, &'static str)> {
+        let mut all: Vec<_> = self
+            .rings
+            .values()
+            .flat_map(|ring| {
+                ring.members.iter().map(|member| {
+                    let state = if !ring.passive.enabled() {
+                        "healthchecks_off"
+                    } else if member.state.health.is_healthy() {
+                        "healthy"
+                    } else {
+                        "unhealthy"
+                    };
+                    (ring.upstream.clone(), member.target.clone(), state)
+                })
+            })
+            .collect();
+        all.sort_unstable();
+        all
+    }
 }
 
 // === impl Ring ===

@@ -59,6 +59,9 @@ pub enum Command {
     /// Manage the bootstrap tokens data planes enrol with.
     #[command(subcommand, name = "cluster-token")]
     ClusterToken(crate::tokens::TokenCommand),
+    /// The whole configuration as a file (Kong's declarative format): export, import, diff.
+    #[command(subcommand)]
+    Config(crate::declarative::ConfigCommand),
 }
 
 /// Flags shared by every subcommand (each is also a `GATEHOUSE_*` variable and a TOML key).
@@ -343,6 +346,7 @@ impl Cli {
             Command::ClusterToken(command) => command.flags().settings(),
             Command::AdminToken(command) => command.flags().settings(),
             Command::AdminCert(command) => command.flags().settings(),
+            Command::Config(command) => command.flags().settings(),
             // `pki` reads no settings: it gets the defaults.
             Command::Pki(_) => Flags::default().resolve(),
         }

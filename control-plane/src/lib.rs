@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod credentials;
+pub mod declarative;
 pub mod dns_update;
 pub mod logging;
 pub mod pki;

@@ -60,6 +60,9 @@ fn main() -> ExitCode {
             Command::ClusterToken(command) => {
                 gatehouse_cp::tokens::run(command, &mut std::io::stdout().lock()).await
             }
+            Command::Config(command) => {
+                gatehouse_cp::declarative::run(command, &mut std::io::stdout()).await
+            }
             // Handled above, before logging and the runtime.
             Command::Pki(_) => Ok(()),
         }

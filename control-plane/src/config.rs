@@ -33,7 +33,11 @@ pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:8100";
 /// Gatehouse control plane: keeps the gateway configuration in PostgreSQL behind a
 /// Kong-compatible Admin API.
 #[derive(Debug, Parser)]
-#[command(name = "gatehouse-cp", version, about)]
+#[command(
+    name = "gatehouse-cp",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("GATEHOUSE_GIT_COMMIT"), ")"),
+    about
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

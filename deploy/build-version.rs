@@ -1,0 +1,49 @@
+//! Build script of `gatehouse-cp` and `gatehouse-dp` (both point here): sets
+//! `GATEHOUSE_GIT_COMMIT`, which `--version` shows next to the crate version.
+//!
+//! The commit is `GATEHOUSE_GIT_COMMIT` from the environment when set (a build from a source
+//! tarball, where there is no `.git`: `deploy/build-release.sh` writes it into the tarball's
+//! `COMMIT` file), else `git rev-parse` of the checkout (with `-dirty` when files differ from
+//! it), else the `COMMIT` file at the workspace root, else `unknown`.
+
+use std::path::Path;
+use std::process::Command;
+
+fn git(args: &[&str]) -> Option<String> {
+    let output = Command::new("git").args(args).output().ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let text = String::from_utf8(output.stdout).ok()?;
+    Some(text.trim().to_owned())
+}
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=GATEHOUSE_GIT_COMMIT");
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let commit_file = Path::new(&manifest_dir).join("..").join("COMMIT");
+    println!("cargo:rerun-if-changed={}", commit_file.display());
+    let commit = std::env::var("GATEHOUSE_GIT_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .or_else(|| {
+            let commit = git(&["rev-parse", "--short=12", "HEAD"])?;
+            // Rebuild when HEAD moves (a commit, a checkout).
+            for path in ["HEAD", "index"] {
+                if let Some(file) = git(&["rev-parse", "--path-format=absolute", "--git-path", path]) {
+                    println!("cargo:rerun-if-changed={file}");
+                }
+            }
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            Some(if dirty { format!("{commit}-dirty") } else { commit })
+        })
+        .or_else(|| {
+            std::fs::read_to_string(&commit_file)
+                .ok()
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=GATEHOUSE_GIT_COMMIT={commit}");
+}

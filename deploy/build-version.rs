@@ -28,15 +28,30 @@ fn main() {
         .filter(|c| !c.trim().is_empty())
         .or_else(|| {
             let commit = git(&["rev-parse", "--short=12", "HEAD"])?;
-            // Rebuild when HEAD moves (a commit, a checkout).
-            for path in ["HEAD", "index"] {
-                if let Some(file) = git(&["rev-parse", "--path-format=absolute", "--git-path", path]) {
+            // Rebuild when HEAD moves: a checkout (HEAD), a commit (the branch's ref, loose or
+            // packed), staged changes (index).
+            let mut watched = vec![
+                "HEAD".to_owned(),
+                "index".to_owned(),
+                "packed-refs".to_owned(),
+            ];
+            watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+            for path in &watched {
+                // A path that does not exist would rerun this script on every build.
+                if let Some(file) =
+                    git(&["rev-parse", "--path-format=absolute", "--git-path", path])
+                    && Path::new(&file).exists()
+                {
                     println!("cargo:rerun-if-changed={file}");
                 }
             }
             let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
                 .is_some_and(|s| !s.is_empty());
-            Some(if dirty { format!("{commit}-dirty") } else { commit })
+            Some(if dirty {
+                format!("{commit}-dirty")
+            } else {
+                commit
+            })
         })
         .or_else(|| {
             std::fs::read_to_string(&commit_file)

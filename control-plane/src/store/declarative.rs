@@ -15,7 +15,7 @@ use uuid::Uuid;
 use gatehouse_shared::entities::COLLECTIONS;
 
 use super::audit::{self, Action};
-use super::entity::{Write, delete_in, read};
+use super::entity::{Write, base_schema, delete_in, from_row, read, select_expr};
 use super::{Selector, Store, Transaction, bump_version, db_error};
 use crate::declarative::{Change, Desired, EntityError, Outcome, child_collection_order};
 use crate::error::ApiError;
@@ -239,20 +239,22 @@ pub(crate) fn writable_collections() -> impl Iterator<Item = &'static str> {
     COLLECTIONS.iter().copied().filter(|c| *c != "snis")
 }
 
-/// Reads every entity of every collection inside `tx`, through the same read as the Admin
-/// API's `GET` (so what it shows is what a file holds).
+/// Reads every entity of every collection inside `tx`, converted as the Admin API's `GET`
+/// and list endpoints convert rows (`select_expr`, `from_row`), so what it shows is what a
+/// file holds. One query per collection.
 async fn read_all(tx: &Transaction<'_>) -> Result<Map<String, Value>, ApiError> {
     let mut config = Map::new();
     for collection in writable_collections() {
-        let sql = format!("SELECT id FROM \"{collection}\" ORDER BY id");
+        let schema = base_schema(collection)?;
+        let sql = format!(
+            "SELECT {} FROM \"{collection}\" t ORDER BY t.id",
+            select_expr(collection)
+        );
         let rows = tx.query(&sql, &[]).await.map_err(db_error)?;
-        let mut items = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: Uuid = row.get(0);
-            if let Some(item) = read(tx, collection, &Selector::Id(id), None, false).await? {
-                items.push(item);
-            }
-        }
+        let items = rows
+            .iter()
+            .map(|row| from_row(schema, row.get(0)))
+            .collect();
         config.insert(collection.to_owned(), Value::Array(items));
     }
     Ok(config)

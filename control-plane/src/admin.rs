@@ -459,18 +459,31 @@ async fn dispatch(
 async fn config_file(state: &State, request: &Request, body: Bytes) -> Result<Response, ApiError> {
     use crate::declarative::{self, Format};
     use crate::store::Apply;
-    let flag = |name: &str| {
-        url::form_urlencoded::parse(request.query.as_bytes())
-            .any(|(k, v)| k == name && matches!(v.as_ref(), "1" | "true" | "on" | "yes"))
-    };
-    if request.method != Method::POST {
-        let format = if url::form_urlencoded::parse(request.query.as_bytes())
-            .any(|(k, v)| k == "format" && v == "json")
-        {
-            Format::Json
-        } else {
-            Format::Yaml
+    // The documented query values only (as the document states them).
+    let mut format = Format::Yaml;
+    let mut flags: Vec<String> = Vec::new();
+    for (key, value) in url::form_urlencoded::parse(request.query.as_bytes()) {
+        let invalid = |expected: &str| {
+            ApiError::BadRequest(format!("invalid value for '{key}': expected {expected}"))
         };
+        match (request.method == Method::POST, key.as_ref()) {
+            (false, "format") => {
+                format = match value.as_ref() {
+                    "yaml" => Format::Yaml,
+                    "json" => Format::Json,
+                    _ => return Err(invalid("yaml or json")),
+                };
+            }
+            (true, "check_hash" | "dry_run" | "flatten_errors") => match value.as_ref() {
+                "1" | "true" => flags.push(key.into_owned()),
+                "0" | "false" => {}
+                _ => return Err(invalid("0, 1, true or false")),
+            },
+            _ => {}
+        }
+    }
+    let flag = |name: &str| flags.iter().any(|f| f == name);
+    if request.method != Method::POST {
         let text = declarative::export(&state.store, format).await?;
         return Ok(ok(StatusCode::OK, json!({ "config": text })));
     }

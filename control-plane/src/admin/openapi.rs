@@ -719,6 +719,7 @@ fn config_operation(method: &Method) -> Option<Operation> {
                     json!({"type": "object", "properties": {"config": {"type": "string"}}}),
                 ),
             );
+            responses.insert("400".into(), bad_request("An invalid `format`."));
             internal_error(&mut responses);
             (
                 "getConfig",
@@ -750,7 +751,7 @@ fn config_operation(method: &Method) -> Option<Operation> {
                 "400".into(),
                 bad_request(
                     "An invalid file (code 14, every entity's errors in `flattened_errors` \
-                     with its `path`), or an undecodable body.",
+                     with its `path`), an undecodable body, or an invalid flag value.",
                 ),
             );
             responses.insert(
@@ -1393,7 +1394,8 @@ fn schemas() -> Map<String, Value> {
                             mtls_auth_credentials), children nested under their parents. \
                             Each entity is checked as the Admin API checks it.",
             "required": ["_format_version"],
-            "properties": {"_format_version": {"type": "string", "enum": ["1.1", "2.1", "3.0"]}},
+            "properties": declarative_properties(),
+            "additionalProperties": false,
         }),
     );
     all.insert("NodeInfo".into(), node_info_schema());
@@ -1590,6 +1592,26 @@ fn plugin_schemas(all: &mut Map<String, Value>) {
             "anyOf": patches,
         }),
     );
+}
+
+/// The top level of a declarative file: its format version, decK's keys about the file, and a
+/// list per collection (each entity is described by its collection's schema, in prose).
+fn declarative_properties() -> Value {
+    let mut properties = Map::new();
+    properties.insert(
+        "_format_version".into(),
+        json!({"type": "string", "enum": ["1.1", "2.1", "3.0"]}),
+    );
+    for key in ["_transform", "_comment", "_info", "_workspace", "_konnect"] {
+        properties.insert(key.into(), json!({"description": "Ignored."}));
+    }
+    for collection in COLLECTIONS.iter().filter(|c| **c != "snis") {
+        properties.insert(
+            (*collection).into(),
+            json!({"type": "array", "items": {"type": "object"}, "nullable": true}),
+        );
+    }
+    Value::Object(properties)
 }
 
 fn error_schema() -> Value {

@@ -1,10 +1,10 @@
 //! Build script of `gatehouse-cp` and `gatehouse-dp` (both point here): sets
 //! `GATEHOUSE_GIT_COMMIT`, which `--version` shows next to the crate version.
 //!
-//! The commit is `GATEHOUSE_GIT_COMMIT` from the environment when set (a build from a source
-//! tarball, where there is no `.git`: `deploy/build-release.sh` writes it into the tarball's
-//! `COMMIT` file), else `git rev-parse` of the checkout (with `-dirty` when files differ from
-//! it), else the `COMMIT` file at the workspace root, else `unknown`.
+//! The commit is `GATEHOUSE_GIT_COMMIT` from the environment when set, else the `COMMIT` file
+//! at the workspace root (a source tarball made by `deploy/build-release.sh`, which has no
+//! `.git`), else `git rev-parse` of the checkout (with `-dirty` when tracked files differ from
+//! it), else `unknown`.
 
 use std::path::Path;
 use std::process::Command;
@@ -22,10 +22,19 @@ fn main() {
     println!("cargo:rerun-if-env-changed=GATEHOUSE_GIT_COMMIT");
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
     let commit_file = Path::new(&manifest_dir).join("..").join("COMMIT");
-    println!("cargo:rerun-if-changed={}", commit_file.display());
+    // Watching a file that does not exist would rerun this script on every build.
+    if commit_file.exists() {
+        println!("cargo:rerun-if-changed={}", commit_file.display());
+    }
     let commit = std::env::var("GATEHOUSE_GIT_COMMIT")
         .ok()
         .filter(|c| !c.trim().is_empty())
+        .or_else(|| {
+            std::fs::read_to_string(&commit_file)
+                .ok()
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty())
+        })
         .or_else(|| {
             let commit = git(&["rev-parse", "--short=12", "HEAD"])?;
             // Rebuild when HEAD moves: a checkout (HEAD), a commit (the branch's ref, loose or
@@ -52,12 +61,6 @@ fn main() {
             } else {
                 commit
             })
-        })
-        .or_else(|| {
-            std::fs::read_to_string(&commit_file)
-                .ok()
-                .map(|c| c.trim().to_owned())
-                .filter(|c| !c.is_empty())
         })
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=GATEHOUSE_GIT_COMMIT={commit}");

@@ -133,6 +133,37 @@ if ! command -v prometheus >/dev/null 2>&1; then
     fi
 fi
 
+# Deployment artefacts (tests/tests/deploy_artifacts.rs): `systemd-analyze verify` checks the
+# systemd units (Debian `systemd`), `kubectl kustomize` renders the Kubernetes overlays (Debian
+# `kubernetes-client` when no kubectl is installed), and kubernetes-validate (PyPI, with the
+# Kubernetes schemas bundled: offline) validates them; a missing tool then fails the test.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+ensure_deploy_tools() {
+    local missing=()
+    command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+    command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+    if [ ${#missing[@]} -gt 0 ]; then
+        if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+            apt-get update
+            DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+        else
+            echo "note: ${missing[*]} missing and not root: the deployment tests skip those checks"
+            return
+        fi
+    fi
+    local venv=${GATEHOUSE_KV_VENV:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/gatehouse/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION}
+    if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+            "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+    fi
+    export GATEHOUSE_KV_VENV=$venv GATEHOUSE_REQUIRE_DEPLOY_TOOLS=1
+    echo "using $(command -v systemd-analyze), $(command -v kubectl), $venv/bin/kubernetes-validate"
+}
+section "deployment tools (systemd-analyze, kubectl, kubernetes-validate $KUBERNETES_VALIDATE_VERSION)"
+ensure_deploy_tools
+
 section "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -72,6 +72,8 @@ pub(crate) enum Op {
     RenewCertificates,
     /// `POST /clustering/data-planes/{id}/renew-certificates`: one data plane renews now.
     RenewDataPlaneCertificates,
+    /// `GET, POST /config`: the whole configuration as a declarative file.
+    Config,
     /// A collection: list and create.
     Collection(Scope),
     /// One entity: read, patch, replace, delete.
@@ -231,6 +233,11 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             methods: &[Method::POST],
             op: Op::RenewDataPlaneCertificates,
         },
+        Endpoint {
+            path: "/config".into(),
+            methods: &[Method::GET, Method::POST],
+            op: Op::Config,
+        },
     ];
     for collection in COLLECTIONS {
         let scope = Scope {
@@ -284,7 +291,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
 }
 
 /// The child's field that references `parent` (`routes.service` for `services`).
-fn parent_field(parent: &str, child: &str) -> Option<&'static str> {
+pub(crate) fn parent_field(parent: &str, child: &str) -> Option<&'static str> {
     entities::schema(child)?
         .fields
         .iter()
@@ -458,7 +465,80 @@ async fn dispatch(
         Op::RenewCertificates | Op::RenewDataPlaneCertificates => {
             renew_certificates(state, &request).await
         }
+        Op::Config => config_file(state, &request, body).await,
     }
+}
+
+/// `GET /config`: the configuration as Kong's declarative YAML (`{"config": "..."}`), or
+/// JSON with `?format=json`. `POST /config`: replace the whole configuration with a file
+/// (JSON or YAML body, or a form field `config`), in one transaction and one config version;
+/// `?check_hash=1` answers 304 when nothing would change, `?dry_run=1` only says what would.
+async fn config_file(state: &State, request: &Request, body: Bytes) -> Result<Response, ApiError> {
+    use crate::declarative::{self, Format};
+    use crate::store::Apply;
+    // The documented query values only (as the document states them).
+    let mut format = Format::Yaml;
+    let mut flags: Vec<String> = Vec::new();
+    for (key, value) in url::form_urlencoded::parse(request.query.as_bytes()) {
+        let invalid = |expected: &str| {
+            ApiError::BadRequest(format!("invalid value for '{key}': expected {expected}"))
+        };
+        match (request.method == Method::POST, key.as_ref()) {
+            (false, "format") => {
+                format = match value.as_ref() {
+                    "yaml" => Format::Yaml,
+                    "json" => Format::Json,
+                    _ => return Err(invalid("yaml or json")),
+                };
+            }
+            (true, "check_hash" | "dry_run" | "flatten_errors") => match value.as_ref() {
+                "1" | "true" => flags.push(key.into_owned()),
+                "0" | "false" => {}
+                _ => return Err(invalid("0, 1, true or false")),
+            },
+            _ => {}
+        }
+    }
+    let flag = |name: &str| flags.iter().any(|f| f == name);
+    if request.method != Method::POST {
+        let text = declarative::export(&state.store, format).await?;
+        return Ok(ok(StatusCode::OK, json!({ "config": text })));
+    }
+    let content_type = request
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let text = if content_type.starts_with("application/x-www-form-urlencoded") {
+        url::form_urlencoded::parse(&body)
+            .find(|(k, _)| k == "config")
+            .map(|(_, v)| v.into_owned())
+            .ok_or_else(|| ApiError::BadRequest("expected a form field 'config'".into()))?
+    } else if content_type.starts_with("multipart/") {
+        return Err(ApiError::UnsupportedMediaType(
+            "send the file as the body (JSON or YAML), or as a urlencoded field 'config'".into(),
+        ));
+    } else {
+        String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::BadRequest("the file is not UTF-8".into()))?
+    };
+    let mode = if flag("dry_run") {
+        Apply::DryRun
+    } else {
+        Apply::Commit
+    };
+    // A file that changes nothing commits nothing (no new config version) either way.
+    let outcome = declarative::import(&state.store, &text, mode).await?;
+    if flag("check_hash") && outcome.changes.is_empty() {
+        return Ok(StatusCode::NOT_MODIFIED.into_response());
+    }
+    let status = if mode == Apply::DryRun {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(ok(status, outcome.to_json()))
 }
 
 /// `GET /audit`: the trail of committed writes, oldest first, paginated like every list;

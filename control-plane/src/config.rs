@@ -41,7 +41,11 @@ pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:8100";
 /// Gatehouse control plane: keeps the gateway configuration in PostgreSQL behind a
 /// Kong-compatible Admin API.
 #[derive(Debug, Parser)]
-#[command(name = "gatehouse-cp", version, about)]
+#[command(
+    name = "gatehouse-cp",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("GATEHOUSE_GIT_COMMIT"), ")"),
+    about
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -70,6 +74,9 @@ pub enum Command {
     /// Keys encrypted at rest: make a key-encryption key, rotate data keys, show status.
     #[command(subcommand)]
     Keyring(crate::keyring::KeyringCommand),
+    /// The whole configuration as a file (Kong's declarative format): export, import, diff.
+    #[command(subcommand)]
+    Config(crate::declarative::ConfigCommand),
 }
 
 /// Flags shared by every subcommand (each is also a `GATEHOUSE_*` variable and a TOML key).
@@ -402,6 +409,7 @@ impl Cli {
             Command::AdminToken(command) => command.flags().settings(),
             Command::AdminCert(command) => command.flags().settings(),
             Command::Keyring(command) => command.flags().settings(),
+            Command::Config(command) => command.flags().settings(),
             // `pki` reads no settings: it gets the defaults.
             Command::Pki(_) => Flags::default().resolve(),
         }

@@ -71,6 +71,17 @@ pub(crate) enum ApiError {
     /// `kong.response.exit(status, {message = ...})`).
     #[error("{1}")]
     Message(StatusCode, String),
+    /// An invalid declarative configuration file (400, code 14): `fields` nested as the file,
+    /// `flattened_errors` one entry per entity with its path (`POST /config`, `config import`).
+    #[error("{message}")]
+    Declarative {
+        /// Every error, quoted with its path (the first ones).
+        message: String,
+        /// The errors nested as the file's entities.
+        fields: Value,
+        /// Kong's `flattened_errors`, with each entity's `path` in the file.
+        flattened: Vec<Value>,
+    },
     /// A failure of ours or of the database (500). The cause is logged, not returned.
     #[error("An unexpected error occurred")]
     Internal(String),
@@ -91,6 +102,7 @@ pub(crate) const CODES: &[(u8, &str)] = &[
     (7, "invalid offset"),
     (9, "invalid size"),
     (11, "invalid options"),
+    (14, "invalid declarative configuration"),
     (19, "referenced by others"),
 ];
 
@@ -148,7 +160,7 @@ impl ApiError {
         }
     }
 
-    fn body(&self) -> Value {
+    pub(crate) fn body(&self) -> Value {
         let entity = |code: u8, fields: Value| json!({"code": code, "name": code_name(code), "message": self.to_string(), "fields": fields});
         match self {
             Self::Schema(errors) => entity(2, errors.to_json()),
@@ -163,6 +175,10 @@ impl ApiError {
             Self::InvalidOffset(_) => entity(7, json!({})),
             Self::InvalidSize(_) => entity(9, json!({})),
             Self::InvalidOptions(_) => entity(11, json!({})),
+            Self::Declarative {
+                fields, flattened, ..
+            } => json!({"code": 14, "name": code_name(14), "message": self.to_string(),
+                        "fields": fields, "flattened_errors": flattened}),
             Self::ReferencedByOthers(_) => {
                 json!({"code": 19, "name": code_name(19), "message": self.to_string()})
             }

@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod credentials;
+pub mod declarative;
 pub mod dns_update;
 pub mod keyring;
 pub mod logging;

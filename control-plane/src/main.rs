@@ -63,6 +63,9 @@ fn main() -> ExitCode {
             Command::Keyring(command) => {
                 gatehouse_cp::keyring::run(command, &mut std::io::stdout().lock()).await
             }
+            Command::Config(command) => {
+                gatehouse_cp::declarative::run(command, &mut std::io::stdout()).await
+            }
             // Handled above, before logging and the runtime.
             Command::Pki(_) => Ok(()),
         }

@@ -14,6 +14,7 @@ mod acme;
 mod audit;
 mod credentials;
 mod data_planes;
+mod declarative;
 mod enrolment;
 mod entity;
 mod export;
@@ -28,9 +29,10 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 use tokio_postgres::NoTls;
 
 pub(crate) use self::acme::{AcmeName, NewChallenge, Outcome};
-pub(crate) use self::audit::{Actor, AuditFilter};
+pub(crate) use self::audit::{Action, Actor, AuditFilter};
 pub(crate) use self::credentials::{Credential, NewCredential, NewSecret, Role};
 pub(crate) use self::data_planes::{Claim, DataPlane, SyncStatus};
+pub(crate) use self::declarative::{Apply, writable_collections};
 pub(crate) use self::enrolment::{IssuedCert, RenewalRequests, Token};
 pub(crate) use self::entity::{Parent, Selector, coerce_form};
 pub(crate) use self::export::Export;
@@ -169,6 +171,26 @@ impl Store {
             .await
             .map_err(db_error)?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// A read-only REPEATABLE READ transaction and the config version it sees: every read in
+    /// it belongs to that version, even while writers commit.
+    async fn begin_snapshot(
+        client: &mut deadpool_postgres::Object,
+    ) -> Result<(Transaction<'_>, i64), ApiError> {
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(db_error)?;
+        let version: i64 = tx
+            .query_one("SELECT version FROM config_version", &[])
+            .await
+            .map_err(db_error)?
+            .get(0);
+        Ok((tx, version))
     }
 
     async fn begin<'a>(

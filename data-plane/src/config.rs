@@ -94,7 +94,11 @@ const MAX_SSL_CERTS: usize = 2;
 
 /// Gatehouse data plane: applies the configuration snapshots pushed by the control plane.
 #[derive(Debug, Parser)]
-#[command(name = "gatehouse-dp", version, about)]
+#[command(
+    name = "gatehouse-dp",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("GATEHOUSE_GIT_COMMIT"), ")"),
+    about
+)]
 pub struct Cli {
     /// The settings.
     #[command(flatten)]

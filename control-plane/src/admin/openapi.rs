@@ -212,6 +212,8 @@ fn tags() -> Value {
         json!({"name": "clustering", "description": "The data planes of the cluster and \
                whether they run the current configuration (`/clustering`)."}),
         json!({"name": "audit", "description": "Who changed what (`/audit`)."}),
+        json!({"name": "configuration", "description": "The whole configuration as a \
+               declarative file (`/config`)."}),
     ];
     for collection in COLLECTIONS {
         let (_, many) = label(collection);
@@ -268,6 +270,7 @@ fn operation(endpoint: &Endpoint, method: &Method) -> Value {
         | Op::RenewCertificates
         | Op::RenewDataPlaneCertificates => clustering(endpoint.op, method),
         Op::Audit => audit_operation(method),
+        Op::Config => config_operation(method),
         Op::Acme | Op::AcmeCertificates => acme_operation(endpoint, method),
         Op::Collection(scope) => collection_operation(scope, method),
         Op::Entity(scope) => entity_operation(scope, method),
@@ -576,6 +579,7 @@ fn information(op: Op, method: &Method) -> Option<Operation> {
         | Op::DataPlane
         | Op::ClusterStatus
         | Op::Audit
+        | Op::Config
         | Op::Acme
         | Op::AcmeCertificates
         | Op::Tokens
@@ -698,6 +702,101 @@ fn audit_row_schema() -> Value {
             "entity_id": {"type": "string", "format": "uuid", "nullable": true},
             "config_version": {"type": "integer", "nullable": true},
         },
+    })
+}
+
+/// `GET, POST /config`: the configuration as a declarative file.
+fn config_operation(method: &Method) -> Option<Operation> {
+    let mut responses = Map::new();
+    let flag = |name: &str, description: &str| {
+        json!({"name": name, "in": "query", "required": false, "description": description,
+               "schema": {"type": "string", "enum": ["0", "1", "true", "false"]}})
+    };
+    let outcome = json!({"type": "object", "properties": {
+        "config_version": {"type": "integer"}, "committed": {"type": "boolean"},
+        "created": {"type": "integer"}, "updated": {"type": "integer"},
+        "deleted": {"type": "integer"}, "changes": {"type": "array", "items": {"type": "object"}},
+    }});
+    let (id, summary, description, query, body) = match *method {
+        Method::GET => {
+            responses.insert(
+                "200".into(),
+                json_response(
+                    "The configuration as Kong's declarative file, in `config` (YAML, or \
+                     JSON with `?format=json`).",
+                    json!({"type": "object", "properties": {"config": {"type": "string"}}}),
+                ),
+            );
+            responses.insert("400".into(), bad_request("An invalid `format`."));
+            internal_error(&mut responses);
+            (
+                "getConfig",
+                "Export the configuration",
+                "The whole configuration as a declarative file (`_format_version: \"3.0\"`), \
+                 entities nested and ordered by id, as `gatehouse-cp config export` writes it.",
+                vec![json!({"name": "format", "in": "query", "required": false,
+                            "schema": {"type": "string", "enum": ["yaml", "json"]}})],
+                None,
+            )
+        }
+        Method::POST => {
+            responses.insert(
+                "200".into(),
+                json_response("With `dry_run`: what would change.", outcome.clone()),
+            );
+            responses.insert(
+                "201".into(),
+                json_response(
+                    "Applied: one config version (unchanged when nothing changed).",
+                    outcome,
+                ),
+            );
+            responses.insert(
+                "304".into(),
+                json!({"description": "With `check_hash`: the file changes nothing."}),
+            );
+            responses.insert(
+                "400".into(),
+                bad_request(
+                    "An invalid file (code 14, every entity's errors in `flattened_errors` \
+                     with its `path`), an undecodable body, or an invalid flag value.",
+                ),
+            );
+            responses.insert(
+                "415".into(),
+                json_response("A multipart body.", schema_ref("Message")),
+            );
+            internal_error(&mut responses);
+            (
+                "postConfig",
+                "Replace the configuration with a declarative file",
+                "Validates the whole file, then replaces the configuration with it in one \
+                 transaction and one config version; an invalid file changes nothing. \
+                 Entities the file does not declare are deleted. The body may also be YAML \
+                 (any other content type), or a urlencoded field `config`.",
+                vec![
+                    flag("check_hash", "Answer 304 when the file changes nothing."),
+                    flag("dry_run", "Only say what would change."),
+                    flag(
+                        "flatten_errors",
+                        "Accepted (errors are always flattened too).",
+                    ),
+                ],
+                Some(json!({"required": true, "content": {
+                    "application/json": {"schema": schema_ref("DeclarativeConfig")},
+                }})),
+            )
+        }
+        _ => return None,
+    };
+    Some(Operation {
+        id: id.into(),
+        summary: summary.into(),
+        description: Some(description.into()),
+        tag: "configuration".into(),
+        query,
+        body,
+        responses,
     })
 }
 
@@ -1329,6 +1428,20 @@ fn schemas() -> Map<String, Value> {
             "example": {"message": "Not found"},
         }),
     );
+    all.insert(
+        "DeclarativeConfig".into(),
+        json!({
+            "type": "object",
+            "description": "Kong's declarative format: `_format_version` and lists of entities \
+                            (services, routes, consumers, plugins, certificates, \
+                            ca_certificates, upstreams, targets, acls, \
+                            mtls_auth_credentials), children nested under their parents. \
+                            Each entity is checked as the Admin API checks it.",
+            "required": ["_format_version"],
+            "properties": declarative_properties(),
+            "additionalProperties": false,
+        }),
+    );
     all.insert("NodeInfo".into(), node_info_schema());
     all.insert(
         "Status".into(),
@@ -1523,6 +1636,26 @@ fn plugin_schemas(all: &mut Map<String, Value>) {
             "anyOf": patches,
         }),
     );
+}
+
+/// The top level of a declarative file: its format version, decK's keys about the file, and a
+/// list per collection (each entity is described by its collection's schema, in prose).
+fn declarative_properties() -> Value {
+    let mut properties = Map::new();
+    properties.insert(
+        "_format_version".into(),
+        json!({"type": "string", "enum": ["1.1", "2.1", "3.0"]}),
+    );
+    for key in ["_transform", "_comment", "_info", "_workspace", "_konnect"] {
+        properties.insert(key.into(), json!({"description": "Ignored."}));
+    }
+    for collection in COLLECTIONS.iter().filter(|c| **c != "snis") {
+        properties.insert(
+            (*collection).into(),
+            json!({"type": "array", "items": {"type": "object"}, "nullable": true}),
+        );
+    }
+    Value::Object(properties)
 }
 
 fn error_schema() -> Value {
@@ -2529,7 +2662,8 @@ mod tests {
                     size["schema"],
                     json!({"type": "integer", "minimum": 1, "maximum": 1000, "default": 100})
                 );
-            } else {
+            } else if !id.ends_with("Config") {
+                // `/config` takes Kong's flags (`check_hash`, ...).
                 assert!(query.is_empty(), "{what}");
             }
             let responses = op["responses"].as_object().unwrap();
@@ -2549,8 +2683,11 @@ mod tests {
                 // The form encodings are described in prose (see BODY_TYPES).
                 assert_eq!(types, ["application/json"], "{what}");
                 for code in ["400", "409", "415"] {
-                    // Nothing unique is written by the clustering endpoints.
-                    if code == "409" && op["tags"][0] == "clustering" {
+                    // Nothing unique is written by the clustering endpoints; a file's
+                    // duplicates are among its errors (400, code 14).
+                    if code == "409"
+                        && matches!(op["tags"][0].as_str(), Some("clustering" | "configuration"))
+                    {
                         continue;
                     }
                     assert!(responses.contains_key(code), "{what} {code}");
@@ -2646,6 +2783,11 @@ mod tests {
             ApiError::InvalidOffset("x".into()),
             ApiError::BadRequest("x".into()),
             ApiError::NotFound("Not found"),
+            ApiError::Declarative {
+                message: "x".into(),
+                fields: json!({}),
+                flattened: Vec::new(),
+            },
         ];
         let mut codes = BTreeSet::new();
         for sample in samples {

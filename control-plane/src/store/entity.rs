@@ -34,7 +34,7 @@ pub(crate) struct Parent {
 
 /// What a write does with an existing row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Write {
+pub(super) enum Write {
     Create,
     Replace,
     Patch,
@@ -260,14 +260,46 @@ impl Store {
         &self,
         collection: &str,
         selector: Option<&Selector>,
-        mut input: Map<String, Value>,
+        input: Map<String, Value>,
         parent: Option<&Parent>,
         mode: Write,
     ) -> Result<Value, ApiError> {
         let collection = static_collection(collection)?;
-        let base = base_schema(collection)?;
         let mut client = self.pool.get().await?;
         let tx = Self::begin(&mut client).await?;
+        let (id, action) = self
+            .write_in(&tx, collection, selector, input, parent, mode)
+            .await?;
+        let version = bump_version(&tx).await?;
+        let recorded = audit::record(&tx, action, collection, Some(id), Some(version)).await?;
+        let stored = read(
+            &tx,
+            Some(&self.keyring),
+            collection,
+            &Selector::Id(id),
+            None,
+            false,
+        )
+        .await?
+        .ok_or_else(|| ApiError::Internal("written row vanished".into()))?;
+        tx.commit().await.map_err(db_error)?;
+        recorded.log();
+        Ok(stored)
+    }
+
+    /// Validates and writes one entity inside `tx`, without bumping the config version or
+    /// recording it in the audit trail: the caller does both (one write, or a whole
+    /// declarative configuration as one version). Returns the entity's id and what was done.
+    pub(super) async fn write_in(
+        &self,
+        tx: &Transaction<'_>,
+        collection: &'static str,
+        selector: Option<&Selector>,
+        mut input: Map<String, Value>,
+        parent: Option<&Parent>,
+        mode: Write,
+    ) -> Result<(Uuid, Action), ApiError> {
+        let base = base_schema(collection)?;
 
         if let Some(parent) = parent {
             // The URL names the parent; a reference in the body is replaced, but must still be
@@ -284,7 +316,7 @@ impl Store {
                 // A PATCH merges into the stored values, so it needs the keys opened; a PUT
                 // replaces them (and can so replace a value that no longer opens).
                 let keyring = (mode == Write::Patch).then_some(&*self.keyring);
-                let existing = read(&tx, keyring, collection, selector, parent, true).await?;
+                let existing = read(tx, keyring, collection, selector, parent, true).await?;
                 if existing.is_none() && mode == Write::Patch {
                     return Err(ApiError::NotFound("Not found"));
                 }
@@ -329,7 +361,7 @@ impl Store {
         } else {
             Vec::new()
         };
-        self.resolve_foreign(&tx, base, &mut obj).await?;
+        self.resolve_foreign(tx, base, &mut obj).await?;
         self.check_plugin_name(collection, &obj)?;
         let schema = schema_for(collection, &obj)?;
         schema.validate(&mut obj)?;
@@ -339,8 +371,8 @@ impl Store {
         if let Some(snis) = &transient_snis {
             validate_snis(snis)?;
         }
-        check_references(&tx, collection, schema, &obj).await?;
-        check_mtls_anchor(&tx, collection, &obj).await?;
+        check_references(tx, collection, schema, &obj).await?;
+        check_mtls_anchor(tx, collection, &obj).await?;
 
         let now = now();
         let stamp = if collection == "targets" {
@@ -372,7 +404,7 @@ impl Store {
             .ok_or_else(|| ApiError::field("id", "expected a valid UUID"))?;
         let mut row = to_row(schema, &obj);
         self.keyring
-            .seal_row(&*tx, collection, &id.to_string(), &mut row)
+            .seal_row(&**tx, collection, &id.to_string(), &mut row)
             .await?;
         let table = ident(collection);
         if existing_obj.is_some() {
@@ -399,28 +431,14 @@ impl Store {
                 .map_err(|e| write_error(e, &obj))?;
         }
         if let Some(snis) = transient_snis {
-            sync_snis(&tx, id, &snis, mode).await?;
+            sync_snis(tx, id, &snis, mode).await?;
         }
-        let version = bump_version(&tx).await?;
         let action = match (mode, existing_obj) {
             (Write::Patch, _) => Action::Update,
             (Write::Replace, Some(_)) => Action::Replace,
             _ => Action::Create,
         };
-        let recorded = audit::record(&tx, action, collection, Some(id), Some(version)).await?;
-        let stored = read(
-            &tx,
-            Some(&self.keyring),
-            collection,
-            &Selector::Id(id),
-            None,
-            false,
-        )
-        .await?
-        .ok_or_else(|| ApiError::Internal("written row vanished".into()))?;
-        tx.commit().await.map_err(db_error)?;
-        recorded.log();
-        Ok(stored)
+        Ok((id, action))
     }
 
     /// Deletes an entity. Deleting what does not exist succeeds and changes nothing.
@@ -433,26 +451,9 @@ impl Store {
         let collection = static_collection(collection)?;
         let mut client = self.pool.get().await?;
         let tx = Self::begin(&mut client).await?;
-        let Some(existing) = read(&tx, None, collection, selector, parent, true).await? else {
-            // As Kong: a top-level DELETE of nothing succeeds, but a nested one
-            // (`/services/{s}/routes/{r}`) is 404 when the child is not under that parent.
-            return match parent {
-                Some(_) => Err(ApiError::NotFound("Not found")),
-                None => Ok(()),
-            };
+        let Some(id) = delete_in(&tx, collection, selector, parent).await? else {
+            return Ok(());
         };
-        let id = existing
-            .get("id")
-            .and_then(Value::as_str)
-            .and_then(|s| Uuid::parse_str(s).ok())
-            .ok_or_else(|| ApiError::Internal("row without id".into()))?;
-        if collection == "ca_certificates" {
-            ca_still_referenced(&tx, id).await?;
-        }
-        let sql = format!("DELETE FROM {} WHERE id = $1", ident(collection));
-        tx.execute(&sql, &[&id])
-            .await
-            .map_err(|e| delete_error(e, collection))?;
         let version = bump_version(&tx).await?;
         let recorded =
             audit::record(&tx, Action::Delete, collection, Some(id), Some(version)).await?;
@@ -536,6 +537,38 @@ impl Store {
             _ => Ok(()),
         }
     }
+}
+
+/// Deletes one entity inside `tx`, without bumping the config version or recording it in the
+/// audit trail (the caller does both). Returns the id deleted; `None` when nothing was there
+/// (an error for a nested selector, as Kong: `/services/{s}/routes/{r}` not under `{s}`).
+pub(super) async fn delete_in(
+    tx: &Transaction<'_>,
+    collection: &'static str,
+    selector: &Selector,
+    parent: Option<&Parent>,
+) -> Result<Option<Uuid>, ApiError> {
+    let Some(existing) = read(tx, None, collection, selector, parent, true).await? else {
+        // As Kong: a top-level DELETE of nothing succeeds, but a nested one
+        // (`/services/{s}/routes/{r}`) is 404 when the child is not under that parent.
+        return match parent {
+            Some(_) => Err(ApiError::NotFound("Not found")),
+            None => Ok(None),
+        };
+    };
+    let id = existing
+        .get("id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or_else(|| ApiError::Internal("row without id".into()))?;
+    if collection == "ca_certificates" {
+        ca_still_referenced(tx, id).await?;
+    }
+    let sql = format!("DELETE FROM {} WHERE id = $1", ident(collection));
+    tx.execute(&sql, &[&id])
+        .await
+        .map_err(|e| delete_error(e, collection))?;
+    Ok(Some(id))
 }
 
 /// Reads one entity inside `tx`, optionally locking it for a write; its private keys are

@@ -25,18 +25,7 @@ impl Store {
     /// (the version already published).
     pub(crate) async fn export(&self, after: Option<i64>) -> Result<Option<Export>, ApiError> {
         let mut client = self.pool.get().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(db_error)?;
-        let version: i64 = tx
-            .query_one("SELECT version FROM config_version", &[])
-            .await
-            .map_err(db_error)?
-            .get(0);
+        let (tx, version) = Self::begin_snapshot(&mut client).await?;
         if after.is_some_and(|after| version <= after) {
             tx.commit().await.map_err(db_error)?;
             return Ok(None);

@@ -8,7 +8,8 @@
 //! - `cluster`: the config-sync listener (gRPC over mutual TLS) serving data planes;
 //! - `status`: the status listener (`/status`, `/status/ready`);
 //! - [`pki`]: the `pki` subcommand, which writes the cluster CA and node certificates;
-//! - [`dns_update`]: RFC 2136 dynamic DNS updates signed with TSIG (ACME DNS-01 records).
+//! - [`dns_update`]: RFC 2136 dynamic DNS updates signed with TSIG (ACME DNS-01 records);
+//! - `sources`: watched certificate directories (`--cert-source`) kept as certificate rows.
 //!
 //! Every write to the store runs in one transaction that also bumps the config version and
 //! sends `NOTIFY gatehouse_config, '<version>'`; a failed write changes nothing.
@@ -33,6 +34,7 @@ mod admin;
 mod cluster;
 mod error;
 mod snapshot;
+mod sources;
 mod status;
 mod store;
 
@@ -140,6 +142,7 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
     let acme = acme::Acme::new(store.clone(), node.id, settings.acme.clone(), dns);
     acme.spawn();
     let _ = node.acme.set(acme);
+    sources::spawn(store.clone(), node.id, &settings.cert_sources)?;
 
     let (stop, shutdown) = watch::channel(false);
     let signal = shutdown_signal();

@@ -18,6 +18,7 @@ mod enrolment;
 mod entity;
 mod export;
 mod query;
+mod sources;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +33,7 @@ pub(crate) use self::enrolment::{IssuedCert, Token};
 pub(crate) use self::entity::{Parent, Selector, coerce_form};
 pub(crate) use self::export::Export;
 pub(crate) use self::query::{ListQuery, Page, TagFilter};
+pub(crate) use self::sources::SourceRecord;
 use crate::Error;
 use crate::error::ApiError;
 

@@ -1,0 +1,160 @@
+//! State of the watched certificate sources (`certificate_source_files`,
+//! `certificate_source_leases`, migration V9): which certificate row each pair of files is
+//! kept in, what was last written there, and the lease that makes one replica at a time write
+//! a source. The certificates themselves are written through the ordinary entity functions
+//! (`Store::upsert`, `Store::delete`), which bump the config version.
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use super::{Store, db_error};
+use crate::error::ApiError;
+
+/// What was last written for one pair of files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SourceFile {
+    /// The pair's name within its source.
+    pub(crate) name: String,
+    /// Digest of the certificate, key and SNIs written.
+    pub(crate) digest: String,
+}
+
+/// A pair of files to record as written.
+#[derive(Debug, Clone)]
+pub(crate) struct SourceRecord<'a> {
+    /// The source directory.
+    pub(crate) source: &'a str,
+    /// The pair's name within it.
+    pub(crate) name: &'a str,
+    /// `certbot`, `kubernetes` or `plain`.
+    pub(crate) layout: &'a str,
+    /// The certificate file.
+    pub(crate) cert_path: &'a str,
+    /// The key file.
+    pub(crate) key_path: &'a str,
+    /// Digest of what was written.
+    pub(crate) digest: &'a str,
+}
+
+/// The source owning a certificate, as the Admin API reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SourceOwner {
+    /// The source directory.
+    pub(crate) source: String,
+    /// The certificate file.
+    pub(crate) cert_path: String,
+    /// Whether a replica watches the source now (its lease is current).
+    pub(crate) watched: bool,
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Takes or renews the lease of `source` for `owner` until `until`, unless another owner
+    /// holds an unexpired one. Returns whether it is now `owner`'s.
+    pub(crate) async fn cert_source_lease(
+        &self,
+        source: &str,
+        owner: Uuid,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, ApiError> {
+        let client = self.pool.get().await?;
+        let taken = client
+            .execute(
+                "INSERT INTO certificate_source_leases (source, owner, expires_at) \
+                 VALUES ($1, $2, $4) ON CONFLICT (source) DO UPDATE \
+                 SET owner = $2, expires_at = $4 \
+                 WHERE certificate_source_leases.owner = $2 \
+                 OR certificate_source_leases.expires_at < $3",
+                &[&source, &owner, &now, &until],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(taken == 1)
+    }
+
+    /// The pairs recorded for `source`, by certificate id.
+    pub(crate) async fn cert_source_files(
+        &self,
+        source: &str,
+    ) -> Result<HashMap<Uuid, SourceFile>, ApiError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT certificate_id, name, digest FROM certificate_source_files \
+                 WHERE source = $1",
+                &[&source],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                (
+                    row.get(0),
+                    SourceFile {
+                        name: row.get(1),
+                        digest: row.get(2),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Records that `certificate_id` now holds what `record` describes.
+    pub(crate) async fn cert_source_record(
+        &self,
+        certificate_id: Uuid,
+        record: &SourceRecord<'_>,
+        now: i64,
+    ) -> Result<(), ApiError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO certificate_source_files \
+                 (certificate_id, source, name, layout, cert_path, key_path, digest, synced_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (certificate_id) DO UPDATE \
+                 SET source = $2, name = $3, layout = $4, cert_path = $5, key_path = $6, \
+                 digest = $7, synced_at = $8",
+                &[
+                    &certificate_id,
+                    &record.source,
+                    &record.name,
+                    &record.layout,
+                    &record.cert_path,
+                    &record.key_path,
+                    &record.digest,
+                    &now,
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// The source owning certificate `id`, if any.
+    pub(crate) async fn cert_source_owner(
+        &self,
+        id: Uuid,
+        now: i64,
+    ) -> Result<Option<SourceOwner>, ApiError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT f.source, f.cert_path, coalesce(l.expires_at >= $2, false) \
+                 FROM certificate_source_files f \
+                 LEFT JOIN certificate_source_leases l ON l.source = f.source \
+                 WHERE f.certificate_id = $1",
+                &[&id, &now],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(row.map(|row| SourceOwner {
+            source: row.get(0),
+            cert_path: row.get(1),
+            watched: row.get(2),
+        }))
+    }
+}

@@ -641,10 +641,11 @@ async fn refuse_source_owned(
 ) -> Result<(), ApiError> {
     let certificate = match collection {
         "certificates" => state.store.get(collection, selector, parent).await?,
-        "snis" => match state.store.get(collection, selector, parent).await? {
-            Some(sni) => Some(sni["certificate"].clone()),
-            None => None,
-        },
+        "snis" => state
+            .store
+            .get(collection, selector, parent)
+            .await?
+            .map(|sni| sni["certificate"].clone()),
         _ => return Ok(()),
     };
     let Some(id) = certificate

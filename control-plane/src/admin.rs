@@ -941,15 +941,21 @@ async fn cluster_status(state: &State) -> Result<Response, ApiError> {
         "unknown: this control plane builds no snapshots (cluster listener disabled)"
     };
     let (built, sent) = state.node.stats.get();
-    Ok(ok(
-        StatusCode::OK,
-        cluster::status_json(
-            &rows,
-            current,
-            no_current,
-            Counters { built, sent },
-            state.node.cluster_addr.map(|a| a.to_string()),
-            unix_now(),
-        ),
-    ))
+    let now = unix_now();
+    let mut status = cluster::status_json(
+        &rows,
+        current,
+        no_current,
+        Counters { built, sent },
+        state.node.cluster_addr.map(|a| a.to_string()),
+        now,
+    );
+    let expiry = state
+        .store
+        .expiry_summary(now, state.settings.cert_expiry.warning_window)
+        .await?;
+    if let Some(status) = status.as_object_mut() {
+        status.insert("certificate_expiry".to_owned(), expiry);
+    }
+    Ok(ok(StatusCode::OK, status))
 }

@@ -33,6 +33,7 @@ mod acme;
 mod admin;
 mod cluster;
 mod error;
+mod expiry;
 mod snapshot;
 mod sources;
 mod status;
@@ -143,6 +144,7 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
     acme.spawn();
     let _ = node.acme.set(acme);
     sources::spawn(store.clone(), node.id, &settings.cert_sources)?;
+    expiry::spawn(store.clone(), settings.cert_expiry);
 
     let (stop, shutdown) = watch::channel(false);
     let signal = shutdown_signal();

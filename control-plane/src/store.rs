@@ -16,6 +16,7 @@ mod credentials;
 mod data_planes;
 mod enrolment;
 mod entity;
+mod expiry;
 mod export;
 mod query;
 mod sources;

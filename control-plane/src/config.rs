@@ -1235,6 +1235,16 @@ mod tests {
         ] {
             assert!(err.contains(needle), "{needle} in {err}");
         }
+        let path = std::env::temp_dir().join(format!("gh-cfg-src-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            format!("cert_source = [\"{dir}\"]\ncert_source_missing = \"remove\"\n"),
+        )
+        .unwrap();
+        let settings = parse(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(settings.cert_sources.dirs, [PathBuf::from(dir)]);
+        assert_eq!(settings.cert_sources.missing, MissingPolicy::Remove);
+        std::fs::remove_file(&path).unwrap();
         assert_eq!(parse_duration_secs("3600"), Ok(3600));
         assert_eq!(parse_duration_secs("2d"), Ok(172_800));
         assert!(parse_duration_secs("-1d").is_err());

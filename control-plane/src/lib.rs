@@ -221,6 +221,18 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
             Err(_) => tracing::warn!("timed out recording the data planes as disconnected"),
         }
     }
+    if !settings.cert_sources.dirs.is_empty() {
+        // Another replica watching the same sources takes them over at its next pass.
+        match tokio::time::timeout(SHUTDOWN_RECORD_TIMEOUT, store.cert_source_release(node.id))
+            .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error.detail(), "cannot release the certificate source leases");
+            }
+            Err(_) => tracing::warn!("timed out releasing the certificate source leases"),
+        }
+    }
     served?;
     Ok(())
 }

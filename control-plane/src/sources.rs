@@ -24,7 +24,8 @@
 //!
 //! Replicas: a pass first takes the source's lease (`certificate_source_leases`), renewed at
 //! every pass and valid for three rescan intervals (at least [`MIN_LEASE`]). One replica writes
-//! a source at a time; another one takes over when the holder stops renewing.
+//! a source at a time; another one takes over when the holder stops renewing, or at its next
+//! pass when the holder shut down gracefully (it releases its leases).
 
 mod scan;
 #[cfg(test)]

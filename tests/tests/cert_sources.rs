@@ -527,6 +527,20 @@ async fn removed_files_remove_the_certificate_with_policy_remove() -> Result<()>
         "{}",
         cp.logs()
     );
+    // A graceful stop gives the source's lease back (another replica takes over at once).
+    let client = db.client().await?;
+    let held = |client: tokio_postgres::Client| async move {
+        let row = client
+            .query_one("SELECT count(*) FROM certificate_source_leases", &[])
+            .await?;
+        anyhow::Ok((client, row.get::<_, i64>(0)))
+    };
+    let (client, before) = held(client).await?;
+    ensure!(before == 1, "{before} leases while watching");
+    let status = cp.stop().await?;
+    ensure!(status.success(), "{status}");
+    let (_, after) = held(client).await?;
+    ensure!(after == 0, "{after} leases after a graceful stop");
     // A directory that does not exist is a configuration error.
     let bad =
         ControlPlane::start_with(&db, &["--cert-source", "/nonexistent/gatehouse"], &[]).await;

@@ -75,6 +75,19 @@ impl Store {
         Ok(taken == 1)
     }
 
+    /// Gives up every source lease `owner` holds (at shutdown), so another replica takes the
+    /// sources over at its next pass instead of when the leases expire.
+    pub(crate) async fn cert_source_release(&self, owner: Uuid) -> Result<u64, ApiError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "DELETE FROM certificate_source_leases WHERE owner = $1",
+                &[&owner],
+            )
+            .await
+            .map_err(db_error)
+    }
+
     /// The pairs recorded for `source`, by certificate id.
     pub(crate) async fn cert_source_files(
         &self,

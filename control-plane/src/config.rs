@@ -37,6 +37,8 @@ pub const DEFAULT_CERT_SOURCE_DEBOUNCE_MS: u64 = 200;
 pub const DEFAULT_CERT_EXPIRY_WARNING: &str = "30d";
 /// Default time between two looks for expired and expiring certificates, in seconds.
 pub const DEFAULT_CERT_EXPIRY_CHECK_INTERVAL: u64 = 3600;
+/// Default `--ocsp-stapling-interval`, seconds.
+pub const DEFAULT_OCSP_STAPLING_INTERVAL: u64 = 60;
 
 /// Gatehouse control plane: keeps the gateway configuration in PostgreSQL behind a
 /// Kong-compatible Admin API.
@@ -269,6 +271,11 @@ pub struct Flags {
     /// at most once a day) [default: 3600].
     #[arg(long, env = "GATEHOUSE_CERT_EXPIRY_CHECK_INTERVAL")]
     pub cert_expiry_check_interval: Option<u64>,
+
+    /// Seconds between two looks for OCSP answers to staple (certificates whose leaf names an
+    /// OCSP responder); 0 turns OCSP stapling off [default: 60].
+    #[arg(long, env = "GATEHOUSE_OCSP_STAPLING_INTERVAL")]
+    pub ocsp_stapling_interval: Option<u64>,
 }
 
 /// Logging settings.
@@ -314,6 +321,8 @@ pub struct Settings {
     pub cert_sources: CertSourceSettings,
     /// Expiry warnings.
     pub cert_expiry: ExpirySettings,
+    /// Time between two OCSP stapling passes; `None` when stapling is off.
+    pub ocsp_stapling_interval: Option<std::time::Duration>,
 }
 
 /// What becomes of a source's certificate when its files disappear.
@@ -499,6 +508,7 @@ impl Flags {
             cert_expiry_check_interval: self
                 .cert_expiry_check_interval
                 .or(other.cert_expiry_check_interval),
+            ocsp_stapling_interval: self.ocsp_stapling_interval.or(other.ocsp_stapling_interval),
         }
     }
 
@@ -631,6 +641,13 @@ impl Flags {
                     acme_dns,
                     cert_sources,
                     cert_expiry,
+                    ocsp_stapling_interval: match self
+                        .ocsp_stapling_interval
+                        .unwrap_or(DEFAULT_OCSP_STAPLING_INTERVAL)
+                    {
+                        0 => None,
+                        secs => Some(std::time::Duration::from_secs(secs)),
+                    },
                 })
             }
             _ => Err(ConfigError(problems.join("; "))),

@@ -36,6 +36,7 @@ mod error;
 mod expiry;
 mod snapshot;
 mod sources;
+mod stapling;
 mod status;
 mod store;
 
@@ -145,6 +146,7 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
     let _ = node.acme.set(acme);
     sources::spawn(store.clone(), node.id, &settings.cert_sources)?;
     expiry::spawn(store.clone(), settings.cert_expiry);
+    stapling::spawn(store.clone(), node.id, settings.ocsp_stapling_interval);
 
     let (stop, shutdown) = watch::channel(false);
     let signal = shutdown_signal();

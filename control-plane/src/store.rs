@@ -18,6 +18,7 @@ mod enrolment;
 mod entity;
 mod expiry;
 mod export;
+mod ocsp_staples;
 mod query;
 mod sources;
 
@@ -33,6 +34,7 @@ pub(crate) use self::data_planes::{Claim, DataPlane, SyncStatus};
 pub(crate) use self::enrolment::{IssuedCert, Token};
 pub(crate) use self::entity::{Parent, Selector, coerce_form};
 pub(crate) use self::export::Export;
+pub(crate) use self::ocsp_staples::{ServedChains, Slot, Staple};
 pub(crate) use self::query::{ListQuery, Page, TagFilter};
 pub(crate) use self::sources::SourceRecord;
 use crate::Error;

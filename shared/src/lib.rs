@@ -9,13 +9,16 @@
 //! - [`cluster`]: cluster trust between the control plane and the data planes (PKI
 //!   generation, rustls configurations for `shared` and `pki` modes, reload on change).
 //!
+//! - [`revocation`]: DER, OCSP requests and checked answers, HTTP fetches of CRLs/OCSP answers.
+//!
 //! No I/O happens here, except in [`cluster`], which reads and writes the cluster certificate
-//! files: otherwise both planes call into this crate with bytes they already hold.
+//! files, and [`revocation::fetch`] (HTTP GET/POST to CRL and OCSP servers): otherwise both planes call into this crate with bytes they already hold.
 
 pub mod checks;
 pub mod cluster;
 pub mod entities;
 pub mod model;
+pub mod revocation;
 pub mod schema;
 pub mod snapshot;
 pub mod x509;

@@ -96,6 +96,8 @@ fn full_config() -> Config {
         fingerprint_sha256: "ab".repeat(32),
         key_type: "ecdsa".into(),
         tags: tags("cert"),
+        ocsp_response: Some(vec![0x30, 0x03, 0x0a, 0x01, 0x00]),
+        ocsp_response_alt: None,
     };
     let upstream = |n: u128| Upstream {
         id: uuid(n),
@@ -887,6 +889,8 @@ fn large_config(n: u128) -> Config {
             fingerprint_sha256: fake_base64(seed + 2_000_000, 64).to_lowercase(),
             key_type: "ecdsa".into(),
             tags: None,
+            ocsp_response: None,
+            ocsp_response_alt: None,
         });
         config.snis.push(Sni {
             id: uuid(4_000_000 + i),

@@ -257,7 +257,12 @@ fn attach_staples(config: &mut model::Config, staples: &HashMap<(Uuid, Slot), (S
             certificate.ocsp_response = Some(response.clone());
         }
         if let Some((leaf, response)) = staples.get(&(certificate.id, Slot::CertAlt))
-            && certificate.cert_alt.as_deref().and_then(leaf_sha256).as_ref() == Some(leaf)
+            && certificate
+                .cert_alt
+                .as_deref()
+                .and_then(leaf_sha256)
+                .as_ref()
+                == Some(leaf)
         {
             certificate.ocsp_response_alt = Some(response.clone());
         }

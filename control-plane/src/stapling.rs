@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_shared::revocation::certs::{Issuer, Leaf};
+use gatehouse_shared::revocation::der;
 use gatehouse_shared::revocation::fetch::Fetcher;
 use gatehouse_shared::revocation::ocsp::{self, CertId, Status};
-use gatehouse_shared::revocation::der;
 use gatehouse_shared::x509;
 use uuid::Uuid;
 
@@ -73,7 +73,9 @@ async fn pass(store: &Store, fetcher: &Fetcher) -> Result<(), String> {
     for ServedChains { id, cert, cert_alt } in chains {
         for (slot, pem) in [(Slot::Cert, Some(cert)), (Slot::CertAlt, cert_alt)] {
             let stored = staples.remove(&(id, slot));
-            let target = pem.as_deref().and_then(|pem| Target::parse(pem).ok().flatten());
+            let target = pem
+                .as_deref()
+                .and_then(|pem| Target::parse(pem).ok().flatten());
             let result = match target {
                 Some(target) => staple(store, fetcher, id, slot, &target, stored).await,
                 None if stored.is_some() => store
@@ -174,7 +176,10 @@ async fn staple(
         if status == "revoked" {
             tracing::warn!(certificate = %id, chain = slot.as_str(), responder = %url, "OCSP responder says the certificate is revoked; stapling that answer");
         }
-        if stored.as_ref().is_some_and(|s| s.response == fresh.response) {
+        if stored
+            .as_ref()
+            .is_some_and(|s| s.response == fresh.response)
+        {
             return Ok(());
         }
         store

@@ -191,6 +191,11 @@ pub(super) async fn export_staples(
         .map_err(db_error)?;
     Ok(rows
         .iter()
-        .filter_map(|row| Some(((row.get(0), Slot::parse(row.get(1))?), (row.get(2), row.get(3)))))
+        .filter_map(|row| {
+            Some((
+                (row.get(0), Slot::parse(row.get(1))?),
+                (row.get(2), row.get(3)),
+            ))
+        })
         .collect())
 }

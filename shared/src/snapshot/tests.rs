@@ -96,7 +96,7 @@ fn full_config() -> Config {
         fingerprint_sha256: "ab".repeat(32),
         key_type: "ecdsa".into(),
         tags: tags("cert"),
-        ocsp_response: Some(vec![0x30, 0x03, 0x0a, 0x01, 0x00]),
+        ocsp_response: None,
         ocsp_response_alt: None,
     };
     let upstream = |n: u128| Upstream {
@@ -438,6 +438,19 @@ fn a_config_without_acme_state_hashes_as_before_it_existed() {
         encode(&config, 1).hash,
         "df9e5589081d1c8a9bfb8fd0623f3ed19bbd0541096cf1a38da4496d441a1d20"
     );
+}
+
+#[test]
+fn ocsp_staples_travel_and_change_the_hash_only_when_present() {
+    // Fields 17 and 18 of `Certificate` are empty without staples: the hashes pinned above
+    // (configurations without staples) are unchanged.
+    let mut config = full_config();
+    let without = encode(&config, 1).hash;
+    config.certificates[0].ocsp_response = Some(vec![0x30, 0x03, 0x0a, 0x01, 0x00]);
+    config.certificates[0].ocsp_response_alt = Some(vec![0x30, 0x03, 0x0a, 0x01, 0x01]);
+    let snapshot = encode(&config, 1);
+    assert_ne!(snapshot.hash, without);
+    assert_eq!(decode(&snapshot.message).unwrap(), config);
 }
 
 const PINNED_FULL_CONFIG_HASH: &str =

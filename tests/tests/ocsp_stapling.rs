@@ -205,10 +205,31 @@ async fn data_planes_staple_answers_of_a_real_ocsp_responder() -> Result<()> {
         .kill_on_drop(true)
         .spawn()
         .context("starting openssl ocsp")?;
-    wait_until("the OCSP responder to listen", patience(), || async {
-        Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok())
+    // Ready when it answers a real request (`openssl ocsp` as a client): a bare connection
+    // that closes without a request wedges OpenSSL 3.0's single-threaded responder.
+    wait_until("the OCSP responder to answer", patience(), || async {
+        let out = tokio::process::Command::new("openssl")
+            .args([
+                "ocsp",
+                "-issuer",
+                "ca.crt",
+                "-cert",
+                "good.crt",
+                "-url",
+                &ocsp_url,
+                "-CAfile",
+                "ca.crt",
+                "-no_nonce",
+                "-timeout",
+                "5",
+            ])
+            .current_dir(path)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        Ok(stdout.contains("good.crt: good").then_some(()))
     })
     .await?;
 

@@ -10,6 +10,7 @@
 //! certificate is served without). A `revoked` answer is stapled too (it is the truth the
 //! client asked for) and logged as a warning.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,13 @@ const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// Validity assumed for an answer without nextUpdate (RFC 6960: newer information is always
 /// available); it is refreshed at half of it.
 const NO_NEXT_UPDATE_SECS: i64 = 3600;
+/// Longest wait before retrying a failed fetch, seconds (shorter as the staple nears its end).
+const MAX_RETRY_SECS: i64 = 300;
+/// Wait before retrying a failed fetch for a chain without a staple, seconds.
+const RETRY_WITHOUT_STAPLE_SECS: i64 = 60;
+
+/// When each chain whose last fetch failed is tried again (Unix seconds).
+type RetryAt = HashMap<(Uuid, Slot), i64>;
 
 /// Starts the stapler, unless `interval` is `None` (`--ocsp-stapling-interval 0`).
 pub(crate) fn spawn(store: Arc<Store>, owner: Uuid, interval: Option<Duration>) {
@@ -39,6 +47,7 @@ pub(crate) fn spawn(store: Arc<Store>, owner: Uuid, interval: Option<Duration>) 
     };
     tokio::spawn(async move {
         let fetcher = Fetcher::new();
+        let mut retry_at = RetryAt::new();
         // The lease outlives a few missed passes, so a busy holder keeps it.
         let lease_secs = i64::try_from(interval.as_secs().saturating_mul(3))
             .unwrap_or(i64::MAX)
@@ -59,7 +68,7 @@ pub(crate) fn spawn(store: Arc<Store>, owner: Uuid, interval: Option<Duration>) 
                     continue;
                 }
             }
-            if let Err(error) = pass(&store, &fetcher).await {
+            if let Err(error) = pass(&store, &fetcher, &mut retry_at).await {
                 tracing::warn!(%error, "OCSP stapling pass failed");
             }
         }
@@ -67,9 +76,10 @@ pub(crate) fn spawn(store: Arc<Store>, owner: Uuid, interval: Option<Duration>) 
 }
 
 /// One look at every certificate.
-async fn pass(store: &Store, fetcher: &Fetcher) -> Result<(), String> {
+async fn pass(store: &Store, fetcher: &Fetcher, retry_at: &mut RetryAt) -> Result<(), String> {
     let chains = store.served_chains().await.map_err(|e| e.detail())?;
     let mut staples = store.ocsp_staples().await.map_err(|e| e.detail())?;
+    retry_at.retain(|(id, _), _| chains.iter().any(|chain| chain.id == *id));
     for ServedChains { id, cert, cert_alt } in chains {
         for (slot, pem) in [(Slot::Cert, Some(cert)), (Slot::CertAlt, cert_alt)] {
             let stored = staples.remove(&(id, slot));
@@ -77,7 +87,7 @@ async fn pass(store: &Store, fetcher: &Fetcher) -> Result<(), String> {
                 .as_deref()
                 .and_then(|pem| Target::parse(pem).ok().flatten());
             let result = match target {
-                Some(target) => staple(store, fetcher, id, slot, &target, stored).await,
+                Some(target) => staple(store, fetcher, (id, slot), &target, stored, retry_at).await,
                 None if stored.is_some() => store
                     .delete_ocsp_staple(id, slot)
                     .await
@@ -127,16 +137,45 @@ impl Target {
 async fn staple(
     store: &Store,
     fetcher: &Fetcher,
-    id: Uuid,
-    slot: Slot,
+    (id, slot): (Uuid, Slot),
     target: &Target,
     stored: Option<Staple>,
+    retry_at: &mut RetryAt,
 ) -> Result<(), String> {
     let now = unix_now();
     let stored = stored.filter(|s| s.leaf_sha256 == target.leaf_sha256);
     if stored.as_ref().is_some_and(|s| now < refresh_at(s)) {
         return Ok(());
     }
+    // After a failure, wait before asking again; an expired staple is removed regardless.
+    let expired = stored.as_ref().is_some_and(|s| now >= expires_at(s));
+    if !expired && retry_at.get(&(id, slot)).is_some_and(|at| now < *at) {
+        return Ok(());
+    }
+    let expires = stored.as_ref().map(expires_at);
+    let result = fetch_and_store(store, fetcher, (id, slot), target, stored, now).await;
+    if let Ok(true) = result {
+        retry_at.remove(&(id, slot));
+    } else {
+        // A quarter of the staple's remaining life (so a few tries happen before it ends).
+        let delay = expires.map_or(RETRY_WITHOUT_STAPLE_SECS, |expires| {
+            (expires.saturating_sub(now) / 4).clamp(1, MAX_RETRY_SECS)
+        });
+        retry_at.insert((id, slot), now.saturating_add(delay));
+    }
+    result.map(drop)
+}
+
+/// Asks the responders; stores a new answer (`Ok(true)`), or keeps the stored one until it
+/// expires (`Ok(false)`).
+async fn fetch_and_store(
+    store: &Store,
+    fetcher: &Fetcher,
+    (id, slot): (Uuid, Slot),
+    target: &Target,
+    stored: Option<Staple>,
+    now: i64,
+) -> Result<bool, String> {
     let mut problems = Vec::new();
     for url in &target.urls {
         let answer = fetcher
@@ -180,7 +219,7 @@ async fn staple(
             .as_ref()
             .is_some_and(|s| s.response == fresh.response)
         {
-            return Ok(());
+            return Ok(true);
         }
         store
             .put_ocsp_staple(id, slot, &fresh)
@@ -195,7 +234,7 @@ async fn staple(
             next_update = ?answer.next_update.map(der::format_time),
             "OCSP staple stored"
         );
-        return Ok(());
+        return Ok(true);
     }
     match stored {
         Some(stored) if now < expires_at(&stored) => {
@@ -206,7 +245,7 @@ async fn staple(
                 expires = %der::format_time(expires_at(&stored)),
                 "cannot refresh the OCSP staple; keeping the last good one until it expires"
             );
-            Ok(())
+            Ok(false)
         }
         _ => {
             store

@@ -22,6 +22,12 @@ pub struct Fetcher {
 
 // === impl Fetcher ===
 
+impl Default for Fetcher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Fetcher {
     pub fn new() -> Self {
         let mut http = HttpConnector::new();

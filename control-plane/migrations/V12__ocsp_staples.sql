@@ -1,6 +1,6 @@
 -- OCSP stapling: the last good OCSP answer fetched for each served certificate (and for its
 -- alternative chain), written by the one control-plane replica holding the `ocsp-stapling`
--- lease (in `certificate_source_leases`) and read by every replica when it builds a snapshot,
+-- lease (`ocsp_stapling_leases`) and read by every replica when it builds a snapshot,
 -- so every replica builds the same snapshot of a version. A change bumps the config version.
 
 CREATE TABLE ocsp_staples (
@@ -20,4 +20,12 @@ CREATE TABLE ocsp_staples (
     next_update    bigint,
     fetched_at     bigint NOT NULL,
     PRIMARY KEY (certificate_id, slot)
+);
+
+-- The replica fetching staples until `expires_at` (Unix seconds); renewed at every pass, taken
+-- over by another replica once expired.
+CREATE TABLE ocsp_stapling_leases (
+    name       text   PRIMARY KEY,
+    owner      uuid   NOT NULL,
+    expires_at bigint NOT NULL
 );

@@ -21,9 +21,9 @@ use gatehouse_shared::revocation::ocsp::{self, CertId, Status};
 use gatehouse_shared::x509;
 use uuid::Uuid;
 
-use crate::store::{ServedChains, Slot, Staple, Store, unix_now};
+use crate::store::{Lease, ServedChains, Slot, Staple, Store, unix_now};
 
-/// The lease (in `certificate_source_leases`) making one replica at a time the stapler.
+/// The lease (in `ocsp_stapling_leases`) making one replica at a time the stapler.
 const LEASE: &str = "ocsp-stapling";
 /// Longest time one fetch takes (connection included).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,7 +58,13 @@ pub(crate) fn spawn(store: Arc<Store>, owner: Uuid, interval: Option<Duration>) 
             tick.tick().await;
             let now = unix_now();
             match store
-                .cert_source_lease(LEASE, owner, now, now.saturating_add(lease_secs))
+                .lease(
+                    Lease::OcspStapling,
+                    LEASE,
+                    owner,
+                    now,
+                    now.saturating_add(lease_secs),
+                )
                 .await
             {
                 Ok(true) => {}
@@ -199,6 +205,16 @@ async fn fetch_and_store(
                 continue;
             }
         };
+        // parse_response tolerates some clock skew; a staple must still be current here.
+        if let Some(next) = answer.next_update
+            && (next < answer.this_update || next <= now)
+        {
+            problems.push(format!(
+                "{url}: answer already out of date (nextUpdate {})",
+                der::format_time(next)
+            ));
+            continue;
+        }
         let status = match answer.status {
             Status::Good => "good",
             Status::Revoked(_) => "revoked",

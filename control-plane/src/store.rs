@@ -36,7 +36,7 @@ pub(crate) use self::entity::{Parent, Selector, coerce_form};
 pub(crate) use self::export::Export;
 pub(crate) use self::ocsp_staples::{ServedChains, Slot, Staple};
 pub(crate) use self::query::{ListQuery, Page, TagFilter};
-pub(crate) use self::sources::SourceRecord;
+pub(crate) use self::sources::{Lease, SourceRecord};
 use crate::Error;
 use crate::error::ApiError;
 

@@ -48,6 +48,25 @@ pub(crate) struct SourceOwner {
     pub(crate) watched: bool,
 }
 
+/// The lease tables: one writer at a time per row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lease {
+    /// `certificate_source_leases`: one per watched directory (V9).
+    CertificateSource,
+    /// `ocsp_stapling_leases`: the replica fetching OCSP staples (V12).
+    OcspStapling,
+}
+
+impl Lease {
+    /// The table and its key column.
+    fn table(self) -> (&'static str, &'static str) {
+        match self {
+            Self::CertificateSource => ("certificate_source_leases", "source"),
+            Self::OcspStapling => ("ocsp_stapling_leases", "name"),
+        }
+    }
+}
+
 // === impl Store ===
 
 impl Store {
@@ -60,15 +79,31 @@ impl Store {
         now: i64,
         until: i64,
     ) -> Result<bool, ApiError> {
+        self.lease(Lease::CertificateSource, source, owner, now, until)
+            .await
+    }
+
+    /// Takes or renews lease `name` of `table` for `owner` until `until`, unless another owner
+    /// holds an unexpired one. Returns whether it is now `owner`'s.
+    pub(crate) async fn lease(
+        &self,
+        table: Lease,
+        name: &str,
+        owner: Uuid,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, ApiError> {
+        let (table, key) = table.table();
         let client = self.pool.get().await?;
         let taken = client
             .execute(
-                "INSERT INTO certificate_source_leases (source, owner, expires_at) \
-                 VALUES ($1, $2, $4) ON CONFLICT (source) DO UPDATE \
-                 SET owner = $2, expires_at = $4 \
-                 WHERE certificate_source_leases.owner = $2 \
-                 OR certificate_source_leases.expires_at < $3",
-                &[&source, &owner, &now, &until],
+                &format!(
+                    "INSERT INTO {table} ({key}, owner, expires_at) \
+                     VALUES ($1, $2, $4) ON CONFLICT ({key}) DO UPDATE \
+                     SET owner = $2, expires_at = $4 \
+                     WHERE {table}.owner = $2 OR {table}.expires_at < $3"
+                ),
+                &[&name, &owner, &now, &until],
             )
             .await
             .map_err(db_error)?;

@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::json;
 
 use cluster_support::*;
-use gatehouse_tests::{TempDir, patience, wait_until};
+use gatehouse_tests::{TempDir, clustering_status, patience, wait_until};
 
 const GOOD_SNI: &str = "good.ocsp.test";
 const REVOKED_SNI: &str = "revoked.ocsp.test";
@@ -272,6 +272,27 @@ async fn data_planes_staple_answers_of_a_real_ocsp_responder() -> Result<()> {
         .cp
         .wait_for_log("OCSP responder says the certificate is revoked", patience())
         .await?;
+
+    // A second replica on the same database (not the lease holder) builds the same snapshot,
+    // staples included.
+    let (cp2, _) = start_cp(&cluster.db, &cluster.cp_args).await?;
+    let (one, two) = wait_until(
+        "both replicas at one config version",
+        patience(),
+        || async {
+            let one = clustering_status(cluster.admin()).await?;
+            let two = clustering_status(cp2.admin()).await?;
+            let same =
+                one["config_version"].is_i64() && one["config_version"] == two["config_version"];
+            Ok(same.then_some((one, two)))
+        },
+    )
+    .await?;
+    ensure!(
+        one["config_hash"].is_string() && one["config_hash"] == two["config_hash"],
+        "replicas built different snapshots: {one} / {two}"
+    );
+    cp2.stop().await?;
 
     // The responder goes away: the next refresh (half-way through the minute of validity)
     // fails and the last good staple stays; at its nextUpdate it goes.

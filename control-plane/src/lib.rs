@@ -223,6 +223,17 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
             Err(_) => tracing::warn!("timed out recording the data planes as disconnected"),
         }
     }
+    if settings.ocsp_stapling_interval.is_some() {
+        // Another replica takes stapling over at its next pass.
+        let release = store.lease_release(store::Lease::OcspStapling, node.id);
+        match tokio::time::timeout(SHUTDOWN_RECORD_TIMEOUT, release).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error.detail(), "cannot release the OCSP stapling lease");
+            }
+            Err(_) => tracing::warn!("timed out releasing the OCSP stapling lease"),
+        }
+    }
     if !settings.cert_sources.dirs.is_empty() {
         // Another replica watching the same sources takes them over at its next pass.
         match tokio::time::timeout(SHUTDOWN_RECORD_TIMEOUT, store.cert_source_release(node.id))

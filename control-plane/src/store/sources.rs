@@ -113,12 +113,15 @@ impl Store {
     /// Gives up every source lease `owner` holds (at shutdown), so another replica takes the
     /// sources over at its next pass instead of when the leases expire.
     pub(crate) async fn cert_source_release(&self, owner: Uuid) -> Result<u64, ApiError> {
+        self.lease_release(Lease::CertificateSource, owner).await
+    }
+
+    /// Gives up every lease of `table` that `owner` holds.
+    pub(crate) async fn lease_release(&self, table: Lease, owner: Uuid) -> Result<u64, ApiError> {
+        let (table, _) = table.table();
         let client = self.pool.get().await?;
         client
-            .execute(
-                "DELETE FROM certificate_source_leases WHERE owner = $1",
-                &[&owner],
-            )
+            .execute(&format!("DELETE FROM {table} WHERE owner = $1"), &[&owner])
             .await
             .map_err(db_error)
     }

@@ -129,6 +129,17 @@ if ! command -v prometheus >/dev/null 2>&1; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
     else
         echo "prometheus is needed for the metrics test (apt-get install prometheus)" >&2
+
+# OCSP stapling (tests/tests/ocsp_stapling.rs) runs `openssl ocsp` as the responder and
+# `openssl s_client -status` as the client (also used by other TLS tests): install the
+# `openssl` command as root on Debian when it is missing.
+if ! command -v openssl >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        section "openssl (command) for the OCSP stapling and TLS tests"
+        apt-get update
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssl
+    else
+        echo "the openssl command is needed for the OCSP stapling test (apt-get install openssl)" >&2
         exit 1
     fi
 fi
@@ -163,6 +174,7 @@ ensure_deploy_tools() {
 }
 section "deployment tools (systemd-analyze, kubectl, kubernetes-validate $KUBERNETES_VALIDATE_VERSION)"
 ensure_deploy_tools
+
 
 section "cargo fmt --check"
 cargo fmt --all -- --check

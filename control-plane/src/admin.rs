@@ -667,6 +667,9 @@ async fn entity(
     } else {
         ApiError::NotFound("Not found")
     };
+    if matches!(request.method, Method::PATCH | Method::PUT | Method::DELETE) {
+        refuse_source_owned(state, scope.collection, &selector, parent.as_ref()).await?;
+    }
     match request.method {
         Method::GET | Method::HEAD => {
             let found = state
@@ -721,6 +724,44 @@ async fn entity(
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         _ => Err(ApiError::NotFound("Not found")),
+    }
+}
+
+/// Refuses a write to a certificate (or one of its SNIs) that a watched certificate source
+/// owns: its files are the truth, and the next change of them would undo the write. Once no
+/// control plane watches the source any more, the row is an ordinary one again.
+async fn refuse_source_owned(
+    state: &State,
+    collection: &str,
+    selector: &Selector,
+    parent: Option<&Parent>,
+) -> Result<(), ApiError> {
+    let certificate = match collection {
+        "certificates" => state.store.get(collection, selector, parent).await?,
+        "snis" => state
+            .store
+            .get(collection, selector, parent)
+            .await?
+            .map(|sni| sni["certificate"].clone()),
+        _ => return Ok(()),
+    };
+    let Some(id) = certificate
+        .as_ref()
+        .and_then(|c| c["id"].as_str())
+        .and_then(|id| Uuid::parse_str(id).ok())
+    else {
+        return Ok(());
+    };
+    match state.store.cert_source_owner(id, unix_now()).await? {
+        Some(owner) if owner.watched => Err(ApiError::Message(
+            StatusCode::CONFLICT,
+            format!(
+                "certificate '{id}' is managed by certificate source '{}' (file {}); change \
+                 its files instead",
+                owner.source, owner.cert_path
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -1033,19 +1074,25 @@ async fn cluster_status(state: &State) -> Result<Response, ApiError> {
         "unknown: this control plane builds no snapshots (cluster listener disabled)"
     };
     let (built, sent) = state.node.stats.get();
+    let now = unix_now();
     let mut body = cluster::status_json(
         &rows,
         current,
         no_current,
         Counters { built, sent },
         state.node.cluster_addr.map(|a| a.to_string()),
-        unix_now(),
+        now,
     );
+    let expiry = state
+        .store
+        .expiry_summary(now, state.settings.cert_expiry.warning_window)
+        .await?;
     if let Value::Object(fields) = &mut body {
         fields.insert(
             "secret_references".into(),
             json!({ "failing": state.store.failing_secret_references() }),
         );
+        fields.insert("certificate_expiry".to_owned(), expiry);
     }
     Ok(ok(StatusCode::OK, body))
 }

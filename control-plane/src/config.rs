@@ -37,6 +37,16 @@ pub const DEFAULT_SECRET_GRACE: std::time::Duration = std::time::Duration::from_
 pub const ENV_KEYRING_KEY: &str = "GATEHOUSE_KEYRING_KEY";
 /// Default address of the status listener (Kong's `status_listen`).
 pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:8100";
+/// Default time between two full rescans of each certificate source, in seconds.
+pub const DEFAULT_CERT_SOURCE_RESCAN_INTERVAL: u64 = 30;
+/// Default quiet time after a file event before a certificate source is read, in milliseconds.
+pub const DEFAULT_CERT_SOURCE_DEBOUNCE_MS: u64 = 200;
+/// Default window before `not_after` in which certificates are reported as expiring (30 days).
+pub const DEFAULT_CERT_EXPIRY_WARNING: &str = "30d";
+/// Default time between two looks for expired and expiring certificates, in seconds.
+pub const DEFAULT_CERT_EXPIRY_CHECK_INTERVAL: u64 = 3600;
+/// Default `--ocsp-stapling-interval`, seconds.
+pub const DEFAULT_OCSP_STAPLING_INTERVAL: u64 = 60;
 
 /// Gatehouse control plane: keeps the gateway configuration in PostgreSQL behind a
 /// Kong-compatible Admin API.
@@ -277,6 +287,44 @@ pub struct Flags {
     /// after that no snapshot is built until it resolves again [default: 3600].
     #[arg(long, env = "GATEHOUSE_SECRET_GRACE")]
     pub secret_grace: Option<u64>,
+
+    // --- Certificate sources and expiry (README "Certificates from your existing tooling").
+    /// A directory of certificate/key files this control plane keeps as `certificates` rows
+    /// (certbot `live/<name>/`, Kubernetes TLS secret mounts, `<name>.crt|.pem` +
+    /// `<name>.key`), watched for changes. Repeatable; comma-separated in the variable; a list
+    /// in the TOML file.
+    #[arg(long, env = "GATEHOUSE_CERT_SOURCE", value_delimiter = ',')]
+    pub cert_source: Option<Vec<PathBuf>>,
+
+    /// What happens to a source's certificate when its files disappear: `keep` (serve the
+    /// last good one) or `remove` (delete the row) [default: keep].
+    #[arg(long, env = "GATEHOUSE_CERT_SOURCE_MISSING")]
+    pub cert_source_missing: Option<String>,
+
+    /// Seconds between two full rescans of each certificate source, the safety net of the
+    /// file watches [default: 30].
+    #[arg(long, env = "GATEHOUSE_CERT_SOURCE_RESCAN_INTERVAL")]
+    pub cert_source_rescan_interval: Option<u64>,
+
+    /// Quiet time after the last file event before a certificate source is read, in
+    /// milliseconds [default: 200].
+    #[arg(long, env = "GATEHOUSE_CERT_SOURCE_DEBOUNCE_MS")]
+    pub cert_source_debounce_ms: Option<u64>,
+
+    /// Window before `not_after` in which a certificate or CA certificate is logged as
+    /// expiring: seconds, or a number with `s`, `m`, `h` or `d` [default: 30d].
+    #[arg(long, env = "GATEHOUSE_CERT_EXPIRY_WARNING")]
+    pub cert_expiry_warning: Option<String>,
+
+    /// Seconds between two looks for expired and expiring certificates (each one is logged
+    /// at most once a day) [default: 3600].
+    #[arg(long, env = "GATEHOUSE_CERT_EXPIRY_CHECK_INTERVAL")]
+    pub cert_expiry_check_interval: Option<u64>,
+
+    /// Seconds between two looks for OCSP answers to staple (certificates whose leaf names an
+    /// OCSP responder); 0 turns OCSP stapling off [default: 60].
+    #[arg(long, env = "GATEHOUSE_OCSP_STAPLING_INTERVAL")]
+    pub ocsp_stapling_interval: Option<u64>,
 }
 
 /// Logging settings.
@@ -322,6 +370,12 @@ pub struct Settings {
     pub keyring: Option<crate::keyring::KekSource>,
     /// Secret references.
     pub secrets: SecretSettings,
+    /// Watched certificate directories.
+    pub cert_sources: CertSourceSettings,
+    /// Expiry warnings.
+    pub cert_expiry: ExpirySettings,
+    /// Time between two OCSP stapling passes; `None` when stapling is off.
+    pub ocsp_stapling_interval: Option<std::time::Duration>,
 }
 
 /// Settings of secret references.
@@ -332,6 +386,40 @@ pub struct SecretSettings {
     pub refresh_interval: std::time::Duration,
     /// How long a reference that stops resolving keeps its last good value.
     pub grace: std::time::Duration,
+}
+
+/// What becomes of a source's certificate when its files disappear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MissingPolicy {
+    /// Keep the row (the last good certificate stays served).
+    Keep,
+    /// Delete the row (after the files stayed away for a grace period).
+    Remove,
+}
+
+/// Settings of the watched certificate sources (`--cert-source`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CertSourceSettings {
+    /// The directories, as given.
+    pub dirs: Vec<PathBuf>,
+    /// Files gone: keep or remove.
+    pub missing: MissingPolicy,
+    /// Time between two full rescans.
+    pub rescan_interval: std::time::Duration,
+    /// Quiet time after a file event before reading.
+    pub debounce: std::time::Duration,
+}
+
+/// Settings of the expiry warnings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExpirySettings {
+    /// Certificates whose `not_after` is within this many seconds are expiring.
+    pub warning_window: i64,
+    /// Time between two looks.
+    pub check_interval: std::time::Duration,
 }
 
 /// Settings of the control plane's ACME client.
@@ -484,6 +572,19 @@ impl Flags {
                 .secret_refresh_interval
                 .or(other.secret_refresh_interval),
             secret_grace: self.secret_grace.or(other.secret_grace),
+            cert_source: self.cert_source.or(other.cert_source),
+            cert_source_missing: self.cert_source_missing.or(other.cert_source_missing),
+            cert_source_rescan_interval: self
+                .cert_source_rescan_interval
+                .or(other.cert_source_rescan_interval),
+            cert_source_debounce_ms: self
+                .cert_source_debounce_ms
+                .or(other.cert_source_debounce_ms),
+            cert_expiry_warning: self.cert_expiry_warning.or(other.cert_expiry_warning),
+            cert_expiry_check_interval: self
+                .cert_expiry_check_interval
+                .or(other.cert_expiry_check_interval),
+            ocsp_stapling_interval: self.ocsp_stapling_interval.or(other.ocsp_stapling_interval),
         }
     }
 
@@ -545,6 +646,8 @@ impl Flags {
         }
         let cluster = self.cluster(&mut problems);
         let (admin_tls, admin_auth) = self.admin_access(&mut problems);
+        let cert_sources = self.cert_sources(&mut problems);
+        let cert_expiry = self.cert_expiry(&mut problems);
         let status_listen = match self.status_listen.as_deref().map(str::trim) {
             Some("off") => Some(None),
             other => other
@@ -647,9 +750,83 @@ impl Flags {
                     acme_dns,
                     keyring,
                     secrets,
+                    cert_sources,
+                    cert_expiry,
+                    ocsp_stapling_interval: match self
+                        .ocsp_stapling_interval
+                        .unwrap_or(DEFAULT_OCSP_STAPLING_INTERVAL)
+                    {
+                        0 => None,
+                        secs => Some(std::time::Duration::from_secs(secs)),
+                    },
                 })
             }
             _ => Err(ConfigError(problems.join("; "))),
+        }
+    }
+
+    /// Parses the certificate-source settings, adding what is wrong to `problems`.
+    fn cert_sources(&self, problems: &mut Vec<String>) -> CertSourceSettings {
+        let missing = match self.cert_source_missing.as_deref().map(str::trim) {
+            None | Some("keep") => MissingPolicy::Keep,
+            Some("remove") => MissingPolicy::Remove,
+            Some(other) => {
+                problems.push(format!(
+                    "--cert-source-missing: '{other}' is not one of keep, remove"
+                ));
+                MissingPolicy::Keep
+            }
+        };
+        let rescan = self
+            .cert_source_rescan_interval
+            .unwrap_or(DEFAULT_CERT_SOURCE_RESCAN_INTERVAL);
+        if rescan == 0 {
+            problems.push("--cert-source-rescan-interval: must be at least 1".into());
+        }
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for dir in self.cert_source.iter().flatten() {
+            if dir.as_os_str().is_empty() {
+                continue;
+            }
+            if !dir.is_dir() {
+                problems.push(format!(
+                    "--cert-source: {} is not a directory",
+                    dir.display()
+                ));
+            }
+            if !dirs.contains(dir) {
+                dirs.push(dir.clone());
+            }
+        }
+        CertSourceSettings {
+            dirs,
+            missing,
+            rescan_interval: std::time::Duration::from_secs(rescan.max(1)),
+            debounce: std::time::Duration::from_millis(
+                self.cert_source_debounce_ms
+                    .unwrap_or(DEFAULT_CERT_SOURCE_DEBOUNCE_MS),
+            ),
+        }
+    }
+
+    /// Parses the expiry-warning settings, adding what is wrong to `problems`.
+    fn cert_expiry(&self, problems: &mut Vec<String>) -> ExpirySettings {
+        let window = self
+            .cert_expiry_warning
+            .as_deref()
+            .unwrap_or(DEFAULT_CERT_EXPIRY_WARNING);
+        let warning_window = parse_duration_secs(window)
+            .map_err(|reason| problems.push(format!("--cert-expiry-warning: {reason}")))
+            .unwrap_or(0);
+        let interval = self
+            .cert_expiry_check_interval
+            .unwrap_or(DEFAULT_CERT_EXPIRY_CHECK_INTERVAL);
+        if interval == 0 {
+            problems.push("--cert-expiry-check-interval: must be at least 1".into());
+        }
+        ExpirySettings {
+            warning_window,
+            check_interval: std::time::Duration::from_secs(interval.max(1)),
         }
     }
 
@@ -836,6 +1013,29 @@ impl Flags {
             auto_cert,
         })
     }
+}
+
+/// Parses a duration in whole seconds: `3600`, `90s`, `15m`, `12h` or `30d`.
+fn parse_duration_secs(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().last() {
+        Some((at, c)) if c.is_ascii_alphabetic() => (&text[..at], c),
+        _ => (text, 's'),
+    };
+    let factor: i64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(format!("'{text}': unknown unit (expected s, m, h or d)")),
+    };
+    number
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| format!("'{text}' is not a duration (e.g. 3600, 12h, 30d)"))
 }
 
 /// The non-empty, trimmed items of a comma-separated list.
@@ -1127,6 +1327,61 @@ mod tests {
             settings.status_listen.map(|a| a.to_string()).as_deref(),
             Some("127.0.0.1:9100")
         );
+    }
+
+    #[test]
+    fn cert_source_and_expiry_settings() {
+        let settings = parse(&[]).unwrap();
+        assert!(settings.cert_sources.dirs.is_empty());
+        assert_eq!(settings.cert_sources.missing, MissingPolicy::Keep);
+        assert_eq!(settings.cert_expiry.warning_window, 30 * 86_400);
+        let dir = std::env::temp_dir();
+        let dir = dir.to_str().unwrap();
+        let settings = parse(&[
+            "--cert-source",
+            dir,
+            "--cert-source",
+            dir,
+            "--cert-source-missing",
+            "remove",
+            "--cert-expiry-warning",
+            "12h",
+        ])
+        .unwrap();
+        assert_eq!(settings.cert_sources.dirs, [PathBuf::from(dir)]);
+        assert_eq!(settings.cert_sources.missing, MissingPolicy::Remove);
+        assert_eq!(settings.cert_expiry.warning_window, 12 * 3600);
+        let err = parse(&[
+            "--cert-source",
+            "/nonexistent/gatehouse",
+            "--cert-source-missing",
+            "drop",
+            "--cert-expiry-warning",
+            "3w",
+        ])
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "--cert-source: /nonexistent/gatehouse is not a directory",
+            "--cert-source-missing: 'drop' is not one of keep, remove",
+            "--cert-expiry-warning: '3w': unknown unit",
+        ] {
+            assert!(err.contains(needle), "{needle} in {err}");
+        }
+        let path = std::env::temp_dir().join(format!("gh-cfg-src-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            format!("cert_source = [\"{dir}\"]\ncert_source_missing = \"remove\"\n"),
+        )
+        .unwrap();
+        let settings = parse(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(settings.cert_sources.dirs, [PathBuf::from(dir)]);
+        assert_eq!(settings.cert_sources.missing, MissingPolicy::Remove);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(parse_duration_secs("3600"), Ok(3600));
+        assert_eq!(parse_duration_secs("2d"), Ok(172_800));
+        assert!(parse_duration_secs("-1d").is_err());
+        assert!(parse_duration_secs("d").is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`pki`]: the `pki` subcommand, which writes the cluster CA and node certificates;
 //! - [`keyring`]: private keys encrypted at rest (AES-256-GCM envelope) and its CLI;
 //! - [`dns_update`]: RFC 2136 dynamic DNS updates signed with TSIG (ACME DNS-01 records).
+//! - `sources`: watched certificate directories (`--cert-source`) kept as certificate rows.
 //!
 //! Every write to the store runs in one transaction that also bumps the config version and
 //! sends `NOTIFY gatehouse_config, '<version>'`; a failed write changes nothing.
@@ -35,9 +36,12 @@ mod acme;
 mod admin;
 mod cluster;
 mod error;
+mod expiry;
 mod metrics;
 mod secrets;
 mod snapshot;
+mod sources;
+mod stapling;
 mod status;
 mod store;
 
@@ -161,6 +165,9 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
     let acme = acme::Acme::new(store.clone(), node.id, settings.acme.clone(), dns);
     acme.spawn();
     let _ = node.acme.set(acme);
+    sources::spawn(store.clone(), node.id, &settings.cert_sources)?;
+    expiry::spawn(store.clone(), settings.cert_expiry);
+    stapling::spawn(store.clone(), node.id, settings.ocsp_stapling_interval);
 
     let (stop, shutdown) = watch::channel(false);
     let signal = shutdown_signal();
@@ -236,6 +243,29 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
                 tracing::warn!(error = %error.detail(), "cannot record the data planes as disconnected");
             }
             Err(_) => tracing::warn!("timed out recording the data planes as disconnected"),
+        }
+    }
+    if settings.ocsp_stapling_interval.is_some() {
+        // Another replica takes stapling over at its next pass.
+        let release = store.lease_release(store::Lease::OcspStapling, node.id);
+        match tokio::time::timeout(SHUTDOWN_RECORD_TIMEOUT, release).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error.detail(), "cannot release the OCSP stapling lease");
+            }
+            Err(_) => tracing::warn!("timed out releasing the OCSP stapling lease"),
+        }
+    }
+    if !settings.cert_sources.dirs.is_empty() {
+        // Another replica watching the same sources takes them over at its next pass.
+        match tokio::time::timeout(SHUTDOWN_RECORD_TIMEOUT, store.cert_source_release(node.id))
+            .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error.detail(), "cannot release the certificate source leases");
+            }
+            Err(_) => tracing::warn!("timed out releasing the certificate source leases"),
         }
     }
     served?;

@@ -11,6 +11,7 @@
 //! Every control-plane replica runs its own builder on the same database; the snapshot of one
 //! version has the same hash on all of them (see `gatehouse_shared::snapshot`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -20,10 +21,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use gatehouse_shared::model;
 use gatehouse_shared::snapshot::{self, EncodedSnapshot};
+use gatehouse_shared::{model, x509};
+use uuid::Uuid;
 
-use crate::store::{Export, NOTIFY_CHANNEL, Store};
+use crate::store::{Export, NOTIFY_CHANNEL, Slot, Store};
 
 /// Shortest time between two snapshot builds.
 pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -226,14 +228,46 @@ async fn build(
 
 fn encode(export: Export) -> Result<EncodedSnapshot, String> {
     let version = u64::try_from(export.version).map_err(|_| "negative config version")?;
-    let config: model::Config =
+    let mut config: model::Config =
         serde_json::from_value(serde_json::Value::Object(export.collections)).map_err(|e| {
             format!(
                 "stored configuration does not fit the model: {}",
                 redact_long_strings(&e.to_string())
             )
         })?;
+    attach_staples(&mut config, &export.ocsp_staples);
     Ok(snapshot::encode(&config, version))
+}
+
+/// Puts each OCSP staple on its certificate, only while the chain's leaf is the one the staple
+/// is about (a replaced certificate goes without until the stapler fetched for the new leaf).
+/// Depends on the stored rows only, so every replica builds the same snapshot.
+fn attach_staples(config: &mut model::Config, staples: &HashMap<(Uuid, Slot), (String, Vec<u8>)>) {
+    if staples.is_empty() {
+        return;
+    }
+    let leaf_sha256 = |pem: &str| {
+        x509::parse_certificates(pem)
+            .ok()
+            .and_then(|chain| chain.first().map(|leaf| x509::sha256_hex(leaf)))
+    };
+    for certificate in &mut config.certificates {
+        if let Some((leaf, response)) = staples.get(&(certificate.id, Slot::Cert))
+            && *leaf == certificate.fingerprint_sha256
+        {
+            certificate.ocsp_response = Some(response.clone());
+        }
+        if let Some((leaf, response)) = staples.get(&(certificate.id, Slot::CertAlt))
+            && certificate
+                .cert_alt
+                .as_deref()
+                .and_then(leaf_sha256)
+                .as_ref()
+                == Some(leaf)
+        {
+            certificate.ocsp_response_alt = Some(response.clone());
+        }
+    }
 }
 
 /// Replaces every quoted string longer than 64 bytes by its length: serde quotes the values

@@ -17,11 +17,14 @@ mod data_planes;
 mod declarative;
 mod enrolment;
 mod entity;
+mod expiry;
 mod export;
 mod keyring;
 mod metrics;
+mod ocsp_staples;
 mod query;
 mod secrets;
+mod sources;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,7 +40,9 @@ pub(crate) use self::enrolment::{IssuedCert, RenewalRequests, Token};
 pub(crate) use self::entity::{Parent, Selector, coerce_form};
 pub(crate) use self::export::Export;
 pub(crate) use self::metrics::Expiries;
+pub(crate) use self::ocsp_staples::{ServedChains, Slot, Staple};
 pub(crate) use self::query::{ListQuery, Page, TagFilter};
+pub(crate) use self::sources::{Lease, SourceRecord};
 use crate::Error;
 use crate::error::ApiError;
 use crate::keyring::Keyring;

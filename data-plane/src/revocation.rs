@@ -34,12 +34,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::CertificateDer;
 
+use gatehouse_shared::revocation::{CLOCK_SKEW_SECS, Revocation, certs, der, fetch, ocsp};
+
 mod cache;
-mod certs;
 mod crl;
-mod der;
-mod fetch;
-mod ocsp;
 #[cfg(test)]
 mod tests;
 
@@ -57,8 +55,6 @@ const OCSP_CACHE_CAPACITY: usize = 10_000;
 const MAX_CRL_BYTES: usize = 32 << 20;
 /// Largest OCSP answer fetched.
 const MAX_OCSP_BYTES: usize = 1 << 20;
-/// Clock difference tolerated with CRL issuers and OCSP responders (thisUpdate, nextUpdate).
-const CLOCK_SKEW_SECS: i64 = 300;
 /// The CRLReason `removeFromCRL`.
 const REMOVE_FROM_CRL: u8 = 8;
 
@@ -97,15 +93,6 @@ pub(crate) struct RevocationChecker {
     fetcher: Fetcher,
     crls: FlightCache<CrlKey, Crl>,
     ocsp: FlightCache<Vec<u8>, OcspAnswer>,
-}
-
-/// One revoked certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Revocation {
-    /// Revocation date, Unix seconds.
-    since: i64,
-    /// The CRLReason code, when given.
-    reason: Option<u8>,
 }
 
 /// A CRL is cached per location and per issuer key (its signature was checked with it).

@@ -853,10 +853,15 @@ fn compile_certificate(
     cert: &model::Certificate,
     provider: &CryptoProvider,
 ) -> Result<TlsCertificate, String> {
-    let key = certified_key(&cert.cert, &cert.key, provider, MAIN_PAIR)?;
+    // The OCSP staples the control plane fetched, checked and keeps current (it drops them
+    // before they expire); rustls sends them to clients that ask (`status_request`).
+    let mut key = certified_key(&cert.cert, &cert.key, provider, MAIN_PAIR)?;
+    key.ocsp.clone_from(&cert.ocsp_response);
     let alt = match (&cert.cert_alt, &cert.key_alt) {
         (Some(cert_alt), Some(key_alt)) => {
-            Some(certified_key(cert_alt, key_alt, provider, ALT_PAIR)?)
+            let mut alt = certified_key(cert_alt, key_alt, provider, ALT_PAIR)?;
+            alt.ocsp.clone_from(&cert.ocsp_response_alt);
+            Some(alt)
         }
         (None, None) => None,
         (Some(_), None) => return Err("cert_alt is set without key_alt".to_owned()),

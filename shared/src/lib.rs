@@ -10,13 +10,16 @@
 //!   generation, rustls configurations for `shared` and `pki` modes, reload on change);
 //! - [`sealed`]: AES-256-GCM sealing with a context (keys at rest, the data plane's cache).
 //!
+//! - [`revocation`]: DER, OCSP requests and checked answers, HTTP fetches of CRLs/OCSP answers.
+//!
 //! No I/O happens here, except in [`cluster`], which reads and writes the cluster certificate
-//! files: otherwise both planes call into this crate with bytes they already hold.
+//! files, and [`revocation::fetch`] (HTTP GET/POST to CRL and OCSP servers): otherwise both planes call into this crate with bytes they already hold.
 
 pub mod checks;
 pub mod cluster;
 pub mod entities;
 pub mod model;
+pub mod revocation;
 pub mod schema;
 pub mod sealed;
 pub mod snapshot;

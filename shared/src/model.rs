@@ -247,6 +247,13 @@ pub struct Certificate {
     pub key_type: String,
     /// Free-form tags.
     pub tags: Option<Vec<String>>,
+    /// The OCSP response (DER) to staple with `cert`, fetched by the control plane; never part
+    /// of the Admin API (it travels in snapshots only).
+    #[serde(default, skip)]
+    pub ocsp_response: Option<Vec<u8>>,
+    /// The OCSP response (DER) to staple with `cert_alt`.
+    #[serde(default, skip)]
+    pub ocsp_response_alt: Option<Vec<u8>>,
 }
 
 /// A server name associated with a certificate.

@@ -417,6 +417,8 @@ fn certificate(certificate: &model::Certificate) -> pb::Certificate {
         fingerprint_sha256,
         key_type,
         tags,
+        ocsp_response,
+        ocsp_response_alt,
     } = certificate;
     pb::Certificate {
         id: id(certificate_id),
@@ -435,6 +437,8 @@ fn certificate(certificate: &model::Certificate) -> pb::Certificate {
         fingerprint_sha256: fingerprint_sha256.clone(),
         key_type: key_type.clone(),
         tags: string_list(tags),
+        ocsp_response: ocsp_response.clone().unwrap_or_default().into(),
+        ocsp_response_alt: ocsp_response_alt.clone().unwrap_or_default().into(),
     }
 }
 
@@ -1085,6 +1089,8 @@ fn certificate_from_pb(
         fingerprint_sha256,
         key_type,
         tags,
+        ocsp_response,
+        ocsp_response_alt,
     } = certificate;
     Ok(model::Certificate {
         id: e.uuid("id", &id)?,
@@ -1103,6 +1109,8 @@ fn certificate_from_pb(
         fingerprint_sha256,
         key_type,
         tags: strings(tags),
+        ocsp_response: Some(ocsp_response.to_vec()).filter(|r| !r.is_empty()),
+        ocsp_response_alt: Some(ocsp_response_alt.to_vec()).filter(|r| !r.is_empty()),
     })
 }
 

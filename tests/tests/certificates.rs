@@ -1,15 +1,18 @@
 //! Read-only certificate facts the Admin API adds to certificates and CA certificates
-//! (subject, issuer, SANs, validity, SHA-256 fingerprint, key type), and the
-//! `expiring_within` filter built on them.
+//! (subject, issuer, SANs, validity, SHA-256 fingerprint, key type), and what is built on
+//! them: the `expiring_within` filter, and (issue 13, "Expiry you can see") the control
+//! plane's periodic warning about certificates and CA certificates expired or within
+//! `--cert-expiry-warning` (once per certificate a day, not at every look) and the
+//! `certificate_expiry` summary of `/clustering/status`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use gatehouse_tests::certs::{Algorithm, Ca, self_signed};
-use gatehouse_tests::{Admin, ControlPlane, Response, test_db};
+use gatehouse_tests::{Admin, ControlPlane, Response, patience, test_db, wait_until};
 
 const DAY: i64 = 86_400;
 
@@ -266,5 +269,140 @@ async fn expiring_within_lists_certificates_ending_soon() -> Result<()> {
         expect(&refused, 400);
         assert!(refused.body["message"].is_string(), "{refused:?}");
     }
+    Ok(())
+}
+
+/// Creates `body` at `path`; returns the new id.
+async fn create(admin: &Admin, path: &str, body: Value) -> Result<String> {
+    let created = admin.post_json(path, &body).await?;
+    ensure!(created.status == 201, "POST {path}: {created:?}");
+    Ok(created.body["id"].as_str().context("id")?.to_owned())
+}
+
+/// The lines of `logs` warning about certificate `id`.
+fn warnings_about(logs: &str, id: &str) -> usize {
+    logs.lines()
+        .filter(|l| l.contains("WARN") && l.contains(id) && l.contains("certificate exp"))
+        .count()
+}
+
+#[tokio::test]
+async fn expired_and_expiring_certificates_are_logged_listed_and_counted() -> Result<()> {
+    let db = test_db().await?;
+    let cp = ControlPlane::start_with(
+        &db,
+        &[
+            "--cert-expiry-warning",
+            "10d",
+            "--cert-expiry-check-interval",
+            "1",
+        ],
+        &[],
+    )
+    .await?;
+    let admin = cp.admin();
+    let ca = Ca::new("Expiry test CA")?;
+    let soon = ca.leaf(&["soon.test"], Algorithm::Ecdsa, 5)?;
+    let expired = ca.leaf_valid(&["expired.test"], Algorithm::Ecdsa, -20, -2)?;
+    let later = ca.leaf(&["later.test"], Algorithm::Ecdsa, 60)?;
+    let soon_id = create(
+        admin,
+        "/certificates",
+        json!({"cert": soon.cert, "key": soon.key}),
+    )
+    .await?;
+    let expired_id = create(
+        admin,
+        "/certificates",
+        json!({"cert": expired.cert, "key": expired.key}),
+    )
+    .await?;
+    let later_id = create(
+        admin,
+        "/certificates",
+        json!({"cert": later.cert, "key": later.key}),
+    )
+    .await?;
+    wait_until("the certificate warnings", patience(), || async {
+        let logs = cp.logs();
+        Ok(
+            (warnings_about(&logs, &soon_id) > 0 && warnings_about(&logs, &expired_id) > 0)
+                .then_some(()),
+        )
+    })
+    .await?;
+
+    // A CA certificate expiring soon, created after: once it is warned about, the looks
+    // after the first warnings have run, and did not repeat them.
+    let soon_ca = Ca::valid("Expiry soon CA", -1, 3)?;
+    let soon_ca_id = create(admin, "/ca_certificates", json!({"cert": soon_ca.pem.cert})).await?;
+    let long_ca_id = create(admin, "/ca_certificates", json!({"cert": ca.pem.cert})).await?;
+    wait_until("the CA certificate warning", patience(), || async {
+        Ok((warnings_about(&cp.logs(), &soon_ca_id) > 0).then_some(()))
+    })
+    .await?;
+    // One more look after that one.
+    let seen = cp.logs().len();
+    let other_ca = Ca::valid("Expiry other CA", -1, 2)?;
+    let other_ca_id = create(
+        admin,
+        "/ca_certificates",
+        json!({"cert": other_ca.pem.cert}),
+    )
+    .await?;
+    wait_until("the second CA certificate warning", patience(), || async {
+        Ok((warnings_about(&cp.logs()[seen..], &other_ca_id) > 0).then_some(()))
+    })
+    .await?;
+    let logs = cp.logs();
+    for id in [&soon_id, &expired_id, &soon_ca_id] {
+        ensure!(
+            warnings_about(&logs, id) == 1,
+            "{id} warned about once:\n{logs}"
+        );
+    }
+    ensure!(
+        warnings_about(&logs, &later_id) == 0 && warnings_about(&logs, &long_ca_id) == 0,
+        "certificates far from expiry are not warned about"
+    );
+    ensure!(
+        logs.lines()
+            .any(|l| l.contains(&expired_id) && l.contains("certificate expired")),
+        "the expired one says so"
+    );
+
+    // The filter, on both collections.
+    let within = 10 * 86_400;
+    let mut listed = listed_ids(admin, &format!("/certificates?expiring_within={within}")).await?;
+    listed.sort();
+    let mut want = vec![soon_id.clone(), expired_id.clone()];
+    want.sort();
+    ensure!(listed == want, "{listed:?}");
+    let mut listed =
+        listed_ids(admin, &format!("/ca_certificates?expiring_within={within}")).await?;
+    listed.sort();
+    let mut want = vec![soon_ca_id.clone(), other_ca_id.clone()];
+    want.sort();
+    ensure!(listed == want, "{listed:?}");
+    let bad = admin.get("/ca_certificates?expiring_within=-1").await?;
+    ensure!(bad.status == 400, "{bad:?}");
+
+    // The summary.
+    let status = admin.get("/clustering/status").await?;
+    ensure!(status.status == 200, "{status:?}");
+    let expiry = &status.body["certificate_expiry"];
+    ensure!(expiry["warning_window"] == json!(within), "{expiry}");
+    let certs = &expiry["certificates"];
+    ensure!(
+        certs["total"] == json!(3) && certs["expired"] == json!(1) && certs["expiring"] == json!(1),
+        "{certs}"
+    );
+    ensure!(certs["soonest_id"] == json!(expired_id), "{certs}");
+    let cas = &expiry["ca_certificates"];
+    ensure!(
+        cas["total"] == json!(3) && cas["expired"] == json!(0) && cas["expiring"] == json!(2),
+        "{cas}"
+    );
+    ensure!(cas["soonest_id"] == json!(other_ca_id), "{cas}");
     Ok(())
 }

@@ -414,7 +414,7 @@ fn list_parameters(collection: &str) -> Vec<Value> {
             "Only the consumer with this `custom_id`.",
             json!({"type": "string"}),
         )),
-        "certificates" => all.push(query_parameter(
+        "certificates" | "ca_certificates" => all.push(query_parameter(
             "expiring_within",
             "Only certificates whose `not_after` falls within this many seconds from now \
              (already expired ones included).",
@@ -1834,6 +1834,22 @@ fn data_plane_schema() -> Value {
     })
 }
 
+/// One collection's part of `certificate_expiry` in `/clustering/status`.
+fn expiry_counts_schema() -> Value {
+    let count = json!({"type": "integer", "minimum": 0});
+    json!({
+        "type": "object",
+        "required": ["total", "expired", "expiring", "soonest_id", "soonest_not_after"],
+        "properties": {
+            "total": count.clone(),
+            "expired": count.clone(),
+            "expiring": count,
+            "soonest_id": {"type": "string", "format": "uuid", "nullable": true},
+            "soonest_not_after": {"type": "integer", "nullable": true},
+        },
+    })
+}
+
 fn cluster_status_schema() -> Value {
     let count = json!({"type": "integer", "minimum": 0});
     json!({
@@ -1877,6 +1893,17 @@ fn cluster_status_schema() -> Value {
                             },
                         },
                     },
+                },
+            },
+            "certificate_expiry": {
+                "type": "object",
+                "description": "Certificates and CA certificates expired (`not_after` passed) \
+                                or expiring within `warning_window` seconds \
+                                (`--cert-expiry-warning`), with the soonest one.",
+                "properties": {
+                    "warning_window": count.clone(),
+                    "certificates": expiry_counts_schema(),
+                    "ca_certificates": expiry_counts_schema(),
                 },
             },
             "data_planes": {

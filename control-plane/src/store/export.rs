@@ -1,10 +1,14 @@
 //! Reading the whole configuration at one config version, for snapshots.
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value};
+use uuid::Uuid;
 
 use gatehouse_shared::entities::{COLLECTIONS, CONTROL_PLANE_PLUGINS};
 
 use super::entity::{base_schema, from_row, select_expr};
+use super::ocsp_staples::{Slot, export_staples};
 use super::{Store, db_error};
 use crate::error::ApiError;
 
@@ -15,6 +19,9 @@ pub(crate) struct Export {
     pub(crate) version: i64,
     /// `{"services": [...], "routes": [...], ...}`, every list ordered by id.
     pub(crate) collections: Map<String, Value>,
+    /// The OCSP staples of that version: `(certificate, chain)` → (SHA-256 of the leaf they
+    /// are about, OCSPResponse DER).
+    pub(crate) ocsp_staples: HashMap<(Uuid, Slot), (String, Vec<u8>)>,
 }
 
 impl Store {
@@ -74,10 +81,12 @@ impl Store {
             .map_err(db_error)?;
         let challenges = rows.iter().map(|row| row.get::<_, Value>(0)).collect();
         collections.insert("acme_challenges".into(), Value::Array(challenges));
+        let ocsp_staples = export_staples(&tx).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(Some(Export {
             version,
             collections,
+            ocsp_staples,
         }))
     }
 }

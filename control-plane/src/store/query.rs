@@ -31,7 +31,8 @@ pub(crate) struct ListQuery {
     pub(crate) offset: Option<String>,
     /// Tag filter.
     pub(crate) tags: Option<TagFilter>,
-    /// Only certificates whose `not_after` is within this many seconds from now.
+    /// Only certificates and CA certificates whose `not_after` is within this many seconds
+    /// from now.
     pub(crate) expiring_within: Option<i64>,
     /// Only consumers with this `custom_id`.
     pub(crate) custom_id: Option<String>,
@@ -112,7 +113,9 @@ impl Store {
             }
             None => {}
         }
-        if let (Some(within), "certificates") = (query.expiring_within, collection) {
+        if let (Some(within), "certificates" | "ca_certificates") =
+            (query.expiring_within, collection)
+        {
             let deadline = (now().floor() as i64).saturating_add(within);
             clauses.push(format!("t.not_after <= {}", bind(Box::new(deadline))));
         }

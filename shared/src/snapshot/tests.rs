@@ -96,6 +96,8 @@ fn full_config() -> Config {
         fingerprint_sha256: "ab".repeat(32),
         key_type: "ecdsa".into(),
         tags: tags("cert"),
+        ocsp_response: None,
+        ocsp_response_alt: None,
     };
     let upstream = |n: u128| Upstream {
         id: uuid(n),
@@ -436,6 +438,19 @@ fn a_config_without_acme_state_hashes_as_before_it_existed() {
         encode(&config, 1).hash,
         "df9e5589081d1c8a9bfb8fd0623f3ed19bbd0541096cf1a38da4496d441a1d20"
     );
+}
+
+#[test]
+fn ocsp_staples_travel_and_change_the_hash_only_when_present() {
+    // Fields 17 and 18 of `Certificate` are empty without staples: the hashes pinned above
+    // (configurations without staples) are unchanged.
+    let mut config = full_config();
+    let without = encode(&config, 1).hash;
+    config.certificates[0].ocsp_response = Some(vec![0x30, 0x03, 0x0a, 0x01, 0x00]);
+    config.certificates[0].ocsp_response_alt = Some(vec![0x30, 0x03, 0x0a, 0x01, 0x01]);
+    let snapshot = encode(&config, 1);
+    assert_ne!(snapshot.hash, without);
+    assert_eq!(decode(&snapshot.message).unwrap(), config);
 }
 
 const PINNED_FULL_CONFIG_HASH: &str =
@@ -887,6 +902,8 @@ fn large_config(n: u128) -> Config {
             fingerprint_sha256: fake_base64(seed + 2_000_000, 64).to_lowercase(),
             key_type: "ecdsa".into(),
             tags: None,
+            ocsp_response: None,
+            ocsp_response_alt: None,
         });
         config.snis.push(Sni {
             id: uuid(4_000_000 + i),

@@ -15,9 +15,9 @@ use super::der::{
 use super::{CLOCK_SKEW_SECS, Revocation};
 
 /// `Content-Type` of a request (RFC 6960 appendix A.1).
-pub(super) const REQUEST_CONTENT_TYPE: &str = "application/ocsp-request";
+pub const REQUEST_CONTENT_TYPE: &str = "application/ocsp-request";
 /// `Content-Type` of a response.
-pub(super) const RESPONSE_CONTENT_TYPE: &str = "application/ocsp-response";
+pub const RESPONSE_CONTENT_TYPE: &str = "application/ocsp-response";
 
 /// AlgorithmIdentifier `{ id-sha1, NULL }`.
 const SHA1_ALGORITHM: &[u8] = &[
@@ -36,36 +36,36 @@ const UNKNOWN: u8 = 0x82;
 
 /// The identity of the checked certificate in requests and responses.
 #[derive(Debug, Clone)]
-pub(super) struct CertId {
+pub struct CertId {
     name_hash: Vec<u8>,
     key_hash: Vec<u8>,
     serial: Vec<u8>,
     /// The encoded CertID (also the cache key).
-    pub(super) der: Vec<u8>,
+    pub der: Vec<u8>,
 }
 
 /// What a responder said about the certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Status {
+pub enum Status {
     Good,
     Revoked(Revocation),
 }
 
 /// A checked answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Answer {
-    pub(super) status: Status,
+pub struct Answer {
+    pub status: Status,
     /// `thisUpdate`, Unix seconds.
-    pub(super) this_update: i64,
+    pub this_update: i64,
     /// `nextUpdate`, Unix seconds.
-    pub(super) next_update: Option<i64>,
+    pub next_update: Option<i64>,
 }
 
 // === impl CertId ===
 
 impl CertId {
     /// The SHA-1 CertID of the certificate with `serial` (INTEGER value octets) from `issuer`.
-    pub(super) fn new(issuer: &Issuer, serial: &[u8]) -> Self {
+    pub fn new(issuer: &Issuer, serial: &[u8]) -> Self {
         let name_hash = digest(&SHA1_FOR_LEGACY_USE_ONLY, &issuer.subject)
             .as_ref()
             .to_vec();
@@ -87,7 +87,7 @@ impl CertId {
     }
 
     /// `OCSPRequest { tbsRequest { requestList { Request { reqCert } } } }`.
-    pub(super) fn request(&self) -> Vec<u8> {
+    pub fn request(&self) -> Vec<u8> {
         let request = der::sequence(&[&self.der]);
         let list = der::sequence(&[&request]);
         let tbs = der::sequence(&[&list]);
@@ -111,7 +111,7 @@ impl CertId {
 }
 
 /// Parses and checks a responder's answer about `cert_id` at `now` (Unix seconds).
-pub(super) fn parse_response(
+pub fn parse_response(
     body: &[u8],
     cert_id: &CertId,
     issuer: &Issuer,

@@ -16,14 +16,20 @@ const USER_AGENT: &str = concat!("gatehouse/", env!("CARGO_PKG_VERSION"));
 
 /// A shared HTTP/1.1 client (connections to a CRL or OCSP server are reused).
 #[derive(Debug, Clone)]
-pub(super) struct Fetcher {
+pub struct Fetcher {
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 // === impl Fetcher ===
 
+impl Default for Fetcher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Fetcher {
-    pub(super) fn new() -> Self {
+    pub fn new() -> Self {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
@@ -35,7 +41,7 @@ impl Fetcher {
     }
 
     /// `GET url`; the body of a `200 OK` answer of at most `limit` bytes.
-    pub(super) async fn get(
+    pub async fn get(
         &self,
         url: &str,
         accept: &str,
@@ -53,7 +59,7 @@ impl Fetcher {
 
     /// `POST url` with `body` of `content_type`; the body of a `200 OK` answer of at most
     /// `limit` bytes.
-    pub(super) async fn post(
+    pub async fn post(
         &self,
         url: &str,
         content_type: &str,

@@ -7,43 +7,43 @@
 
 use std::fmt;
 
-pub(super) const INTEGER: u8 = 0x02;
-pub(super) const BIT_STRING: u8 = 0x03;
-pub(super) const OCTET_STRING: u8 = 0x04;
-pub(super) const OID: u8 = 0x06;
-pub(super) const ENUMERATED: u8 = 0x0a;
-pub(super) const GENERALIZED_TIME: u8 = 0x18;
-pub(super) const SEQUENCE: u8 = 0x30;
+pub const INTEGER: u8 = 0x02;
+pub const BIT_STRING: u8 = 0x03;
+pub const OCTET_STRING: u8 = 0x04;
+pub const OID: u8 = 0x06;
+pub const ENUMERATED: u8 = 0x0a;
+pub const GENERALIZED_TIME: u8 = 0x18;
+pub const SEQUENCE: u8 = 0x30;
 
 /// Malformed DER: what was expected where.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct DerError(pub(super) &'static str);
+pub struct DerError(pub &'static str);
 
 /// Reads TLVs one after the other from a byte slice.
 #[derive(Debug, Clone)]
-pub(super) struct Reader<'a> {
+pub struct Reader<'a> {
     data: &'a [u8],
 }
 
 /// One tag-length-value element.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Tlv<'a> {
-    pub(super) tag: u8,
+pub struct Tlv<'a> {
+    pub tag: u8,
     /// The value octets.
-    pub(super) contents: &'a [u8],
+    pub contents: &'a [u8],
     /// The whole element: tag, length and value.
-    pub(super) raw: &'a [u8],
+    pub raw: &'a [u8],
 }
 
 /// A signed structure (`SEQUENCE { tbs, signatureAlgorithm, signature BIT STRING, ... }`).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Signed<'a> {
+pub struct Signed<'a> {
     /// The whole to-be-signed element (what the signature covers).
-    pub(super) tbs: &'a [u8],
+    pub tbs: &'a [u8],
     /// The contents of the signature AlgorithmIdentifier (no outer tag), as rustls compares them.
-    pub(super) algorithm: &'a [u8],
+    pub algorithm: &'a [u8],
     /// The signature octets.
-    pub(super) signature: &'a [u8],
+    pub signature: &'a [u8],
 }
 
 // === impl DerError ===
@@ -63,20 +63,20 @@ impl From<DerError> for String {
 // === impl Reader ===
 
 impl<'a> Reader<'a> {
-    pub(super) fn new(data: &'a [u8]) -> Self {
+    pub fn new(data: &'a [u8]) -> Self {
         Self { data }
     }
 
-    pub(super) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
 
-    pub(super) fn peek_tag(&self) -> Option<u8> {
+    pub fn peek_tag(&self) -> Option<u8> {
         self.data.first().copied()
     }
 
     /// Reads the next element, whatever its tag.
-    pub(super) fn read_any(&mut self) -> Result<Tlv<'a>, DerError> {
+    pub fn read_any(&mut self) -> Result<Tlv<'a>, DerError> {
         let data = self.data;
         let (&tag, rest) = data.split_first().ok_or(DerError("unexpected end"))?;
         if tag & 0x1f == 0x1f {
@@ -112,7 +112,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads the next element, which must carry `tag`.
-    pub(super) fn read_tlv(&mut self, tag: u8, what: &'static str) -> Result<Tlv<'a>, DerError> {
+    pub fn read_tlv(&mut self, tag: u8, what: &'static str) -> Result<Tlv<'a>, DerError> {
         match self.peek_tag() {
             Some(t) if t == tag => self.read_any(),
             _ => Err(DerError(what)),
@@ -120,12 +120,12 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads the value octets of the next element, which must carry `tag`.
-    pub(super) fn read(&mut self, tag: u8, what: &'static str) -> Result<&'a [u8], DerError> {
+    pub fn read(&mut self, tag: u8, what: &'static str) -> Result<&'a [u8], DerError> {
         self.read_tlv(tag, what).map(|tlv| tlv.contents)
     }
 
     /// Reads the value octets of the next element if it carries `tag`.
-    pub(super) fn read_optional(&mut self, tag: u8) -> Result<Option<&'a [u8]>, DerError> {
+    pub fn read_optional(&mut self, tag: u8) -> Result<Option<&'a [u8]>, DerError> {
         match self.peek_tag() {
             Some(t) if t == tag => self.read_any().map(|tlv| Some(tlv.contents)),
             _ => Ok(None),
@@ -133,7 +133,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Fails unless everything was read.
-    pub(super) fn finish(&self, what: &'static str) -> Result<(), DerError> {
+    pub fn finish(&self, what: &'static str) -> Result<(), DerError> {
         if self.data.is_empty() {
             Ok(())
         } else {
@@ -147,7 +147,7 @@ impl<'a> Reader<'a> {
 impl<'a> Signed<'a> {
     /// Reads `tbs, signatureAlgorithm, signature` from the contents of the outer SEQUENCE;
     /// `reader` is left on what follows (the certificates of a BasicOCSPResponse).
-    pub(super) fn read(reader: &mut Reader<'a>) -> Result<Self, DerError> {
+    pub fn read(reader: &mut Reader<'a>) -> Result<Self, DerError> {
         let tbs = reader.read_tlv(SEQUENCE, "to-be-signed data")?.raw;
         let algorithm = reader.read(SEQUENCE, "signature algorithm")?;
         let signature = bit_string(reader.read(BIT_STRING, "signature")?)?;
@@ -159,7 +159,7 @@ impl<'a> Signed<'a> {
     }
 
     /// Parses a whole signed structure with nothing after the signature (CRL, certificate).
-    pub(super) fn parse(der: &'a [u8]) -> Result<Self, DerError> {
+    pub fn parse(der: &'a [u8]) -> Result<Self, DerError> {
         let mut outer = Reader::new(der);
         let contents = outer.read(SEQUENCE, "signed structure")?;
         outer.finish("data after the signed structure")?;
@@ -171,7 +171,7 @@ impl<'a> Signed<'a> {
 }
 
 /// The octets of a BIT STRING without unused bits.
-pub(super) fn bit_string(contents: &[u8]) -> Result<&[u8], DerError> {
+pub fn bit_string(contents: &[u8]) -> Result<&[u8], DerError> {
     match contents.split_first() {
         Some((0, bits)) => Ok(bits),
         _ => Err(DerError("bit string with unused bits")),
@@ -179,7 +179,7 @@ pub(super) fn bit_string(contents: &[u8]) -> Result<&[u8], DerError> {
 }
 
 /// A SubjectPublicKeyInfo: the contents of its AlgorithmIdentifier and the key octets.
-pub(super) fn spki(der: &[u8]) -> Result<(&[u8], &[u8]), DerError> {
+pub fn spki(der: &[u8]) -> Result<(&[u8], &[u8]), DerError> {
     let mut outer = Reader::new(der);
     let mut reader = Reader::new(outer.read(SEQUENCE, "SubjectPublicKeyInfo")?);
     let algorithm = reader.read(SEQUENCE, "public key algorithm")?;
@@ -188,7 +188,7 @@ pub(super) fn spki(der: &[u8]) -> Result<(&[u8], &[u8]), DerError> {
 }
 
 /// A GeneralizedTime (`YYYYMMDDHHMMSS[.f]Z`) as Unix seconds (fractions dropped).
-pub(super) fn generalized_time(contents: &[u8]) -> Result<i64, DerError> {
+pub fn generalized_time(contents: &[u8]) -> Result<i64, DerError> {
     const BAD: DerError = DerError("GeneralizedTime");
     let (digits, rest) = contents.split_at_checked(14).ok_or(BAD)?;
     let fraction_ok = match rest.split_last() {
@@ -220,7 +220,7 @@ pub(super) fn generalized_time(contents: &[u8]) -> Result<i64, DerError> {
 }
 
 /// `2026-11-22T10:00:00Z` for Unix seconds (operator-facing messages).
-pub(super) fn format_time(secs: i64) -> String {
+pub fn format_time(secs: i64) -> String {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (year, month, day) = civil_from_days(days);
     format!(
@@ -256,7 +256,7 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 }
 
 /// Encodes one element (definite length).
-pub(super) fn tlv(tag: u8, contents: &[u8]) -> Vec<u8> {
+pub fn tlv(tag: u8, contents: &[u8]) -> Vec<u8> {
     let len = contents.len();
     let mut out = Vec::with_capacity(len + 6);
     out.push(tag);
@@ -275,7 +275,7 @@ pub(super) fn tlv(tag: u8, contents: &[u8]) -> Vec<u8> {
 }
 
 /// Encodes a SEQUENCE of already encoded elements.
-pub(super) fn sequence(elements: &[&[u8]]) -> Vec<u8> {
+pub fn sequence(elements: &[&[u8]]) -> Vec<u8> {
     tlv(SEQUENCE, &elements.concat())
 }
 

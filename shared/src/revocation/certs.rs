@@ -25,37 +25,37 @@ static ALGORITHMS: LazyLock<&'static [&'static dyn SignatureVerificationAlgorith
 /// The issuer of the checked certificate: it signs the CRLs and OCSP responses (or the
 /// delegated responder's certificate).
 #[derive(Debug, Clone)]
-pub(super) struct Issuer {
+pub struct Issuer {
     /// The subject Name, DER (CRL issuer, OCSP issuerNameHash, delegated responder's issuer).
-    pub(super) subject: Vec<u8>,
+    pub subject: Vec<u8>,
     /// The SubjectPublicKeyInfo, DER.
-    pub(super) spki: Vec<u8>,
+    pub spki: Vec<u8>,
     /// The subjectPublicKey octets (OCSP issuerKeyHash).
-    pub(super) key: Vec<u8>,
+    pub key: Vec<u8>,
     /// False when the issuer has a key usage extension without `cRLSign`.
-    pub(super) crl_sign: bool,
+    pub crl_sign: bool,
 }
 
 /// The checked (client) certificate.
 #[derive(Debug, Clone)]
-pub(super) struct Leaf {
+pub struct Leaf {
     /// The serial number's INTEGER value octets, as in CRL entries and OCSP CertIDs.
-    pub(super) serial: Vec<u8>,
+    pub serial: Vec<u8>,
     /// `http://` OCSP responders from the authority information access extension.
-    pub(super) ocsp_urls: Vec<String>,
+    pub ocsp_urls: Vec<String>,
     /// `http://` URLs of the CRL distribution points.
-    pub(super) crl_urls: Vec<String>,
+    pub crl_urls: Vec<String>,
     /// Every URI of the CRL distribution points (a CRL's issuing distribution point must name
     /// one of them).
-    pub(super) crl_names: Vec<String>,
+    pub crl_names: Vec<String>,
     /// Locations that cannot be used, each with why (shown when the status stays unknown).
-    pub(super) skipped: Vec<String>,
+    pub skipped: Vec<String>,
 }
 
 // === impl Issuer ===
 
 impl Issuer {
-    pub(super) fn parse(der: &[u8]) -> Result<Self, String> {
+    pub fn parse(der: &[u8]) -> Result<Self, String> {
         let cert =
             parse_cert(der).map_err(|e| format!("cannot parse the issuer certificate: {e}"))?;
         let spki = cert.public_key().raw.to_vec();
@@ -74,7 +74,7 @@ impl Issuer {
     }
 
     /// Checks that the issuer's key made `signed`.
-    pub(super) fn verify(&self, signed: &Signed<'_>) -> Result<(), String> {
+    pub fn verify(&self, signed: &Signed<'_>) -> Result<(), String> {
         verify(&self.spki, signed)
     }
 }
@@ -83,7 +83,7 @@ impl Issuer {
 
 impl Leaf {
     /// Parses the client certificate; fails when `issuer` did not issue it (by name).
-    pub(super) fn parse(der: &[u8], issuer: &Issuer) -> Result<Self, String> {
+    pub fn parse(der: &[u8], issuer: &Issuer) -> Result<Self, String> {
         let cert = parse_cert(der).map_err(|e| format!("cannot parse the certificate: {e}"))?;
         if cert.issuer().as_raw() != issuer.subject.as_slice() {
             return Err(format!(
@@ -173,7 +173,7 @@ enum Kind {
     Crl,
 }
 
-pub(super) fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, String> {
+pub fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, String> {
     match X509Certificate::from_der(der) {
         Ok(([], cert)) => Ok(cert),
         Ok(_) => Err("data after the certificate".to_owned()),
@@ -182,7 +182,7 @@ pub(super) fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, String> {
 }
 
 /// Checks that the key of `spki` (a SubjectPublicKeyInfo, DER) made `signed`.
-pub(super) fn verify(spki: &[u8], signed: &Signed<'_>) -> Result<(), String> {
+pub fn verify(spki: &[u8], signed: &Signed<'_>) -> Result<(), String> {
     let (key_algorithm, key) = der::spki(spki).map_err(|e| format!("signer public key: {e}"))?;
     let algorithm = ALGORITHMS
         .iter()

@@ -129,6 +129,9 @@ if ! command -v prometheus >/dev/null 2>&1; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
     else
         echo "prometheus is needed for the metrics test (apt-get install prometheus)" >&2
+        exit 1
+    fi
+fi
 
 # OCSP stapling (tests/tests/ocsp_stapling.rs) runs `openssl ocsp` as the responder and
 # `openssl s_client -status` as the client (also used by other TLS tests): install the

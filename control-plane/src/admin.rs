@@ -736,11 +736,12 @@ async fn refuse_source_owned(
     selector: &Selector,
     parent: Option<&Parent>,
 ) -> Result<(), ApiError> {
+    // Only the id is needed: the keys are not opened (a PUT may replace a key that does not).
     let certificate = match collection {
-        "certificates" => state.store.get(collection, selector, parent).await?,
+        "certificates" => state.store.get_sealed(collection, selector, parent).await?,
         "snis" => state
             .store
-            .get(collection, selector, parent)
+            .get_sealed(collection, selector, parent)
             .await?
             .map(|sni| sni["certificate"].clone()),
         _ => return Ok(()),

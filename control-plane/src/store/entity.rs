@@ -206,17 +206,31 @@ impl Store {
         selector: &Selector,
         parent: Option<&Parent>,
     ) -> Result<Option<Value>, ApiError> {
+        self.get_with(Some(&self.keyring), collection, selector, parent)
+            .await
+    }
+
+    /// Reads one entity with its private keys as stored (sealed): for checks that need only
+    /// its other fields, which then work whether or not the keys open.
+    pub(crate) async fn get_sealed(
+        &self,
+        collection: &str,
+        selector: &Selector,
+        parent: Option<&Parent>,
+    ) -> Result<Option<Value>, ApiError> {
+        self.get_with(None, collection, selector, parent).await
+    }
+
+    async fn get_with(
+        &self,
+        keyring: Option<&Keyring>,
+        collection: &str,
+        selector: &Selector,
+        parent: Option<&Parent>,
+    ) -> Result<Option<Value>, ApiError> {
         let mut client = self.pool.get().await?;
         let tx = Self::begin(&mut client).await?;
-        let found = read(
-            &tx,
-            Some(&self.keyring),
-            collection,
-            selector,
-            parent,
-            false,
-        )
-        .await?;
+        let found = read(&tx, keyring, collection, selector, parent, false).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(found)
     }

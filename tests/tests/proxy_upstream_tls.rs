@@ -825,7 +825,24 @@ async fn client_certificate_comes_from_service_then_upstream_then_flag() -> Resu
         assert_eq!(seen["sni"], json!("mtls.test"), "{seen}");
         let seen = reached(&http, dp, "/upstream", None).await?;
         assert_eq!(seen["client_cn"], json!("upstream-client"), "{seen}");
-        let lines = refused(&http, dp, "/rogue", None).await?;
+        // TLS 1.3 sends the server's refusal of a client certificate after the handshake: when
+        // it arrives after the pooled connection was handed to the request, the DP logs the
+        // failed request instead (still a 502). Ask until the refusal itself is logged.
+        let before = dp.log_lines(TLS_FAILED).len();
+        let lines = wait_until(
+            "the refusal of the rogue certificate logged",
+            patience(),
+            || async {
+                let lines = dp.log_lines(TLS_FAILED);
+                if lines.len() > before {
+                    return Ok(Some(lines[before..].to_vec()));
+                }
+                let (status, body) = get(&http, dp, "/rogue", None).await?;
+                ensure!(status == 502, "GET /rogue: {status} {body}");
+                Ok(None)
+            },
+        )
+        .await?;
         assert_logged(&lines, &["the upstream refused the client certificate"]);
     }
     // Nothing configured anywhere: refused, and the log says what is missing.

@@ -588,20 +588,9 @@ async fn a_control_plane_outage_over_the_renewal_point_costs_no_request_and_rene
     let loader = load(format!("{}/load", dp.proxy_url()?), stop.clone());
     kill_process(cluster.cp.pid()).await?;
     dp.wait_until_disconnected(patience()).await?;
-    let renew_at = {
-        let text = std::fs::read_to_string(dp.cache_dir().join(IDENTITY_FILE))?;
-        let facts = gatehouse_shared::x509::check_key_pair(&text, &text)?;
-        gatehouse_shared::cluster::enrol::renew_at(facts.not_before, facts.not_after)
-    };
-    wait_until(
-        "the renewal point passed with the CP down",
-        Duration::from_secs(60),
-        || async {
-            let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            Ok((now > renew_at + 2).then_some(()))
-        },
-    )
-    .await?;
+    let (not_before, not_after) = cached_validity(&dp)?;
+    let renew_at = gatehouse_shared::cluster::enrol::renew_at(not_before, not_after);
+    wait_past("the renewal point passed with the CP down", renew_at + 2).await?;
     cluster.restart_cp().await?;
     dp.wait_until_connected(patience()).await?;
     dp.wait_for_log("cluster certificate renewed", patience())
@@ -614,6 +603,22 @@ async fn a_control_plane_outage_over_the_renewal_point_costs_no_request_and_rene
     let now = registered(cluster.admin(), &dp).await?;
     assert_ne!(now["cert_details"]["serial"], serial, "{now}");
     Ok(())
+}
+
+/// (notBefore, notAfter) of the certificate `dp` keeps in its cache directory.
+fn cached_validity(dp: &DataPlane) -> Result<(i64, i64)> {
+    let text = std::fs::read_to_string(dp.cache_dir().join(IDENTITY_FILE))?;
+    let facts = gatehouse_shared::x509::check_key_pair(&text, &text)?;
+    Ok((facts.not_before, facts.not_after))
+}
+
+/// Waits (up to a minute) until the clock is past `when` (Unix seconds).
+async fn wait_past(what: &str, when: i64) -> Result<()> {
+    wait_until(what, Duration::from_secs(60), || async {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        Ok((now > when).then_some(()))
+    })
+    .await
 }
 
 /// Runs `gatehouse-cp pki ARGS...`.
@@ -1150,19 +1155,8 @@ async fn a_data_plane_whose_certificate_expired_while_cut_off_enrols_again_with_
     // The CP is away for longer than the certificate lives.
     kill_process(cluster.cp.pid()).await?;
     dp.wait_until_disconnected(patience()).await?;
-    let not_after = {
-        let text = std::fs::read_to_string(dp.cache_dir().join(IDENTITY_FILE))?;
-        gatehouse_shared::x509::check_key_pair(&text, &text)?.not_after
-    };
-    wait_until(
-        "the certificate expired with the CP down",
-        Duration::from_secs(60),
-        || async {
-            let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            Ok((now > not_after + 1).then_some(()))
-        },
-    )
-    .await?;
+    let (_, not_after) = cached_validity(&dp)?;
+    wait_past("the certificate expired with the CP down", not_after + 1).await?;
     cluster.restart_cp().await?;
     dp.wait_for_log("enrolled with the control plane", patience())
         .await?;
